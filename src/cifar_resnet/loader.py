@@ -1,0 +1,134 @@
+"""Batches on the training device, from one uint8 copy of the images.
+
+``CifarLoader`` keeps the images of one split on the target device as a single uint8 tensor (50,000 CIFAR
+images are 150 MB), shuffles with a device-side permutation, augments whole batches with the tensor ops of
+:mod:`cifar_resnet.augment`, and converts to floating point only batch by batch, with the normalisation
+fused into that conversion. There is never a float copy of the whole set and no worker process.
+
+Randomness is a pure function of ``(seed, epoch)``: the loader seeds its own generator at the start of each
+epoch, so a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import augment
+from .datasets import Split
+
+FLIP_MODES = ("none", "random", "alternating")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation; the defaults are the notebook's (4 px reflect crop, random flip)."""
+
+    crop_pad: int = 4
+    crop_mode: str = "reflect"
+    flip: str = "random"
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.flip not in FLIP_MODES:
+            raise ValueError(f"unknown flip mode {self.flip!r}; use one of {', '.join(FLIP_MODES)}")
+        if self.crop_pad < 0 or self.cutout < 0:
+            raise ValueError("crop padding and cutout size must be >= 0")
+
+
+NO_AUGMENT = Augment(crop_pad=0, flip="none", cutout=0)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A fixed odd multiplier spreads (seed, epoch) pairs over the 63-bit seed space without collisions
+    # for any realistic number of epochs.
+    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 1) % (2**63)
+
+
+class CifarLoader:
+    """Iterate over ``(images, labels)`` batches of a :class:`~cifar_resnet.datasets.Split`.
+
+    ``images`` come out as float NCHW tensors in channels_last memory (``dtype``, normalised with
+    ``mean``/``std`` given in [0, 1] units), ``labels`` as int64, both on ``device``.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, mean, std, device: torch.device | str = "cpu",
+                 train: bool = False, aug: Augment | None = None, seed: int = 0, drop_last: bool | None = None,
+                 dtype: torch.dtype = torch.float32):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.aug = (aug or Augment()) if train else NO_AUGMENT
+        self.seed = seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.dtype = dtype
+        self.epoch = 0
+        images = np.ascontiguousarray(split.images)
+        # pin the host copy before the one transfer so it can overlap; on CPU this is the tensor itself
+        host = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        self.images = host.to(self.device, non_blocking=True)  # (N, 32, 32, 3) uint8, the only copy
+        self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64)).to(self.device)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
+        # normalise(x/255) == x * scale + shift: one fused multiply-add in the first float conversion
+        self._scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
+        self._shift = (-mean_t / std_t).view(1, 3, 1, 1)
+        self._cutout_fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=self.device)
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(seed)
+        self._flip_base = torch.rand(len(self.labels), generator=self._gen, device=self.device) < 0.5
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def normalise(self, images_nhwc_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalised float NCHW (channels_last memory, no copy before the conversion)."""
+        x = images_nhwc_uint8.permute(0, 3, 1, 2)
+        return torch.addcmul(self._shift, x.to(torch.float32), self._scale).to(self.dtype)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        gen = self._gen
+        if self.train:
+            gen.manual_seed(_epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(n, generator=gen, device=self.device)
+        else:
+            order = None
+        aug = self.aug
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            end = min(start + self.batch_size, n)
+            idx = order[start:end] if order is not None else slice(start, end)
+            x = self.images[idx]
+            y = self.labels[idx]
+            if self.train:
+                x = self._augment(x, idx, aug, gen)
+            yield self.normalise(x), y
+        if self.train:
+            self.epoch += 1
+
+    def _augment(self, x: torch.Tensor, idx, aug: Augment, gen: torch.Generator) -> torch.Tensor:
+        if aug.crop_pad:
+            x = augment.random_crop(x, aug.crop_pad, gen, aug.crop_mode)
+        if aug.flip == "random":
+            x = augment.flip(x, augment.random_flip_mask(len(x), gen, x.device))
+        elif aug.flip == "alternating":
+            x = augment.flip(x, augment.alternating_flip_mask(self._flip_base[idx], self.epoch))
+        if aug.cutout:
+            # fill with the mean colour, which the normalisation maps to zero
+            x = augment.cutout(x, aug.cutout, gen, self._cutout_fill)
+        return x

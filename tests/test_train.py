@@ -1,0 +1,143 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_resnet import TrainConfig, fit, load_checkpoint
+from cifar_resnet.checkpoint import CheckpointError, build_model
+from cifar_resnet.datasets import CifarData, Split
+from cifar_resnet.train import PRESETS
+
+
+def synthetic(n_train=120, n_val=40, seed=0):
+    """Noisy images whose class is visible (a colour per class), so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    classes = 10
+    palette = np.random.default_rng(1).integers(0, 200, size=(classes, 3))
+
+    def make(n):
+        labels = np.arange(n, dtype=np.int64) % classes
+        images = rng.integers(0, 56, size=(n, 32, 32, 3)) + palette[labels][:, None, None, :]
+        return Split(images=images.astype(np.uint8), labels=labels, coarse=None)
+
+    names = tuple(f"class{i}" for i in range(classes))
+    return CifarData(name="cifar10", train=make(n_train), test=None, val=make(n_val), classes=names,
+                     coarse_classes=None, source="synthetic")
+
+
+TINY = dict(model="fast", model_kwargs={"widths": [8, 16, 16], "stem_width": 8}, batch_size=20,
+            eval_batch_size=40, device="cpu", val_split=0)
+
+
+def tiny_config(**kw):
+    return TrainConfig(**{**TINY, **kw})
+
+
+def test_seed_preset_is_the_notebook_recipe():
+    c = PRESETS["seed"]
+    assert (c.model, c.optimizer, c.schedule, c.lr, c.grad_clip, c.grad_clip_mode, c.weight_decay, c.epochs) == \
+        ("seed_resnet", "adam", "onecycle", 1e-3, 0.1, "value", 1e-5, 100)
+    assert (c.crop_pad, c.flip) == (4, "random")
+
+
+def test_run_directory_contents(tmp_path):
+    data = synthetic()
+    hist = fit(tiny_config(epochs=2), data, tmp_path, log=None, progress=False)
+    assert [r["epoch"] for r in hist.records] == [1, 2]
+    for name in ("config.json", "history.json", "metrics.csv", "last.pt", "best.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*tmp"))
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == "fast"
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"lr", "train_loss", "val_loss", "val_top1", "val_top5", "seconds"} <= set(rows[0])
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["classes"] == list(data.classes) and len(ckpt["mean"]) == 3
+    model = build_model(ckpt)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_learns_a_visible_signal(tmp_path):
+    hist = fit(tiny_config(epochs=10, lr=3e-3, optimizer="adam", grad_clip=0.0, weight_decay=5e-4),
+               synthetic(), None, log=None, progress=False)
+    assert hist.records[-1]["val_top1"] >= 0.8  # chance is 0.1
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_is_exact(tmp_path):
+    """An interrupted and resumed run ends with bit-identical weights to an uninterrupted one (CPU)."""
+    data = synthetic()
+    config = tiny_config(epochs=3, optimizer="adam", lr=3e-3)
+    full = fit(config, data, tmp_path / "full", log=None, progress=False)
+
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, data, tmp_path / "cut", log=None, progress=False, on_epoch_end=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    resumed = fit(config, data, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
+    a = full.model.state_dict()
+    b = resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_loss"] for r in resumed.records] == [r["val_loss"] for r in full.records]
+    hist = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+
+
+def test_resume_into_finished_run_is_refused(tmp_path):
+    data = synthetic(n_train=40, n_val=10)
+    config = tiny_config(epochs=1)
+    fit(config, data, tmp_path, log=None, progress=False)
+    with pytest.raises(ValueError, match="finished run"):
+        fit(config, data, resume=tmp_path / "last.pt", log=None, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        fit(tiny_config(epochs=5), data, resume=tmp_path / "last.pt", log=None, progress=False)
+    with pytest.raises(CheckpointError, match="weights only"):
+        fit(config, data, resume=tmp_path / "best.pt", log=None, progress=False)
+
+
+def test_checkpoint_from_another_model_or_class_count(tmp_path):
+    data = synthetic(n_train=40, n_val=10)
+    fit(tiny_config(epochs=1), data, tmp_path, log=None, progress=False)
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="holds a fast model, not seed_resnet"):
+        build_model(ckpt, expect_model="seed_resnet")
+    with pytest.raises(CheckpointError, match="10 classes, but the data has 100"):
+        build_model(ckpt, expect_classes=100)
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="directory"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"flip": "up"}, "flip"),
+    ({"label_smoothing": 1.5}, "smoothing"), ({"schedule": "step"}, "schedule"),
+])
+def test_bad_config_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kw)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine", "constant"])
+def test_schedules_peak_at_lr(schedule):
+    hist = fit(tiny_config(epochs=2, schedule=schedule, lr=0.01, warmup=0.25), synthetic(n_train=80, n_val=10),
+               None, log=None, progress=False)
+    lrs = [lr for r in hist.records for lr in r["lrs"]]
+    assert len(lrs) == 8 and max(lrs) == pytest.approx(0.01, rel=0.05)
+    if schedule != "constant":
+        assert lrs[-1] < 0.5 * max(lrs) and lrs[0] < max(lrs)
