@@ -1,0 +1,167 @@
+"""Smoke tests of benchmarks/: every code path runs at tiny sizes and reports positive numbers.
+
+No timing is asserted (the machine may be busy); only that the figures exist, are positive and finite, and
+that the table is printed. The GPU-only sections (the seed preset's training loop, time-to-accuracy, the
+correctness checks) are exercised on the CPU through the same functions.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_resnet.datasets import CifarData, Split
+from cifar_resnet.train import TrainConfig
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a CPU shared with other work, threads waiting for each other are far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("bench")
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+    """``bench.py --quick`` for one model, through its main() (each model still runs in a fresh process)."""
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    before = torch.get_num_threads()
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            rc = bench.main(["--quick", "--models", "fast_small", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0, stdout.getvalue()
+    return json.loads(out.read_text()), stdout.getvalue()
+
+
+def test_quick_run_json_has_every_figure(quick_run):
+    res, _ = quick_run
+    assert {"meta", "matmul", "loader", "loader_vs_step", "train", "wall_seconds"} <= set(res)
+    assert res["meta"]["device"] == "cpu" and res["meta"]["quick"] is True
+    assert _positive(res["matmul"][0]["gflops"]) and res["matmul"][0]["repeats"] >= 1
+
+    rows = res["loader"]["rows"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("ours") == 2 and kinds.count("baseline") >= 2
+    assert {r.get("workers") for r in rows if r["kind"] == "baseline"} >= {0}
+    for r in rows:
+        assert _positive(r["images_per_s"]) and _positive(r["ms_per_batch"]) and r["repeats"] >= 1
+        if r["kind"] == "ours":
+            assert len(r["speedup"]) == kinds.count("baseline")
+            assert all(_positive(v) for v in r["speedup"].values())
+
+    (m,) = res["train"]
+    assert "error" not in m, m
+    assert m["model"] == "fast_small" and m["params"] > 0
+    assert m["flops_per_image"]["train_step"] > 2 * m["flops_per_image"]["forward"] > 0
+    for value in (m["train"]["median_s"], m["train_images_per_s"], m["train_gflops"],
+                  m["train_memory"]["peak_mb"], m["latency"]["median_ms"], m["inference"]["images_per_s"],
+                  m["inference"]["gflops"], m["inference_memory"]["peak_mb"]):
+        assert _positive(value)
+
+    lvs = res["loader_vs_step"]
+    assert "skipped" not in lvs and _positive(lvs["step_ms"])
+    assert all(_positive(r["fraction_of_step"]) for r in lvs["rows"])
+
+
+def test_quick_run_prints_the_table(quick_run):
+    _, stdout = quick_run
+    for heading in ("## Matrix multiply", "## Data loader", "## Training step", "## Inference",
+                    "% of a training step"):
+        assert heading in stdout
+    assert "median of" in stdout and "`fast_small`" in stdout
+
+
+def _synthetic(n_train=100, n_val=50):
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = np.arange(n) % 10
+        return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), labels)
+
+    return CifarData("cifar10", make(n_train), None, make(n_val), tuple(f"c{i}" for i in range(10)), None,
+                     "synthetic")
+
+
+TINY = TrainConfig(model="fast", model_kwargs={"widths": [8, 16, 16], "stem_width": 8}, epochs=2, batch_size=50,
+                   eval_batch_size=50, device="cpu", val_split=0)
+
+
+def test_gpu_sections_run_on_cpu(bench, quick_run):
+    """The seed-preset step and time-to-accuracy code, and the table's GPU sections, at tiny sizes."""
+    data = _synthetic()
+    step = bench.bench_preset_step(TINY, data.train, torch.device("cpu"), n_images=100, repeats=1,
+                                   num_classes=10)
+    assert _positive(step["images_per_s"]) and _positive(step["projected_minutes"])
+    tta = bench.bench_time_to_accuracy(TINY, data, warmup_images=100)
+    assert tta["epochs"] == 2 and len(tta["per_epoch"]) == 2
+    assert _positive(tta["train_seconds"]) and 0 <= tta["val_top1_final"] <= 1
+
+    res, _ = quick_run
+    fake = dict(res, meta=dict(res["meta"], device="cuda", gpu="Test GPU"), seed_preset=step,
+                time_to_accuracy={"preset": "tiny", **tta})
+    text = bench.render(fake)
+    assert "Test GPU" in text and "validation top-1" in text and "minutes" in text
+    skipped = bench.render(dict(fake, time_to_accuracy={"preset": "fast", "skipped": "no such preset"}))
+    assert "Skipped: no such preset" in skipped
+
+
+def test_missing_preset_is_skipped_with_a_message(bench):
+    args = bench.get_args_parser().parse_args(["--tta-preset", "no_such_preset"])
+    out = bench.run_time_to_accuracy(args, _synthetic(), torch.device("cpu"))
+    assert "skipped" in out and "no_such_preset" in out["skipped"]
+
+
+def test_gpu_checks_pass_on_cpu():
+    check = _load("gpu_check")
+    assert check.check_loader(torch.device("cpu"), n=64, batch=32)["ok"]
+    assert check.check_models_learn(torch.device("cpu"), ["fast_small"], steps=5, batch=8)["fast_small"]["ok"]
+
+
+def test_peak_memory_reports_a_positive_peak(bench):
+    mem = bench.PeakMemory(torch.device("cpu"))
+    mem.reset()
+    buf = np.ones(4 * 2**20)  # 32 MB
+    buf += 1
+    r = mem.read()
+    assert r["peak_mb"] > 0 and r["method"]
+    if r["method"].startswith("VmHWM after"):
+        assert r["delta_mb"] >= 16
+
+
+def test_sizes_are_consistent(bench):
+    for (device, quick), s in bench.SIZES.items():
+        assert s.batch <= s.loader_images and s.train_repeats >= 1 and s.latency_runs >= 1
+        assert bench.STEP_REFERENCE[device] in s.models or quick
+        assert dataclasses.asdict(s)["models"]

@@ -1,0 +1,130 @@
+"""The core commands (train, data, models) end to end, and their one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cifar_resnet.cli import get_args_parser, main
+
+
+def _npz(path, n=60, classes=10, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+              "y_train": (np.arange(n) % classes).astype(np.uint8)}
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+TINY = ["--model", "fast", "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--batch-size", "20",
+        "--device", "cpu", "--no-progress", "--val-split", "20", "--optimizer", "sgd", "--lr", "0.05"]
+
+
+def _one_error_line(capsys):
+    # progress bars (tqdm, carriage returns) may precede the error; the error itself is one line
+    err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").strip().splitlines() if "%|" not in ln]
+    assert len(err) == 1 and err[0].startswith("cifar-resnet: error: "), err
+    return err[0]
+
+
+def test_train_then_resume_then_refuse_finished(tmp_path, capsys):
+    data = _npz(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "2", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "Epoch 1, last_lr: " in text and "Epoch 2, last_lr: " in text
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["model_kwargs"] == {"widths": [8, 16, 16], "stem_width": 8}
+    assert main(["train", "--resume", str(out / "last.pt")]) == 2
+    assert "finished run (2 of 2 epochs)" in _one_error_line(capsys)
+    assert main(["train", "--resume", str(out / "last.pt"), "--epochs", "5"]) == 2
+    assert "drop --epochs" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+    (["--model-kwargs", '{"depth": 3}'], "unknown argument depth"),
+    (["--optimizer", "rmsprop"], "unknown optimizer"),
+    (["--val-split", "100000"], "val"),
+])
+def test_train_bad_arguments_one_line(tmp_path, capsys, args, message):
+    data = _npz(tmp_path / "d.npz")
+    argv = ["train", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"), *TINY, *args]
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "no such file"),
+    ("labels", "must lie in 0..99"),
+    ("dtype", "uint8"),
+    ("keys", "y_train"),
+    ("garbage", "d.npz"),
+])
+def test_bad_npz_is_one_line(tmp_path, capsys, kind, message):
+    path = tmp_path / "d.npz"
+    if kind == "labels":
+        _npz(path, y_train=np.full(60, 200, dtype=np.uint8))
+    elif kind == "dtype":
+        _npz(path, x_train=np.zeros((60, 32, 32, 3), dtype=np.float32))
+    elif kind == "keys":
+        np.savez(path, images=np.zeros((4, 32, 32, 3), dtype=np.uint8))
+    elif kind == "garbage":
+        path.write_bytes(b"PK\x03\x04 this is not a zip")
+    assert main(["data", "info", "--data", str(path)]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_data_info_json(tmp_path, capsys):
+    assert main(["data", "info", "--data", str(_npz(tmp_path / "d.npz")), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train"] == 60 and info["num_classes"] == 10 and len(info["mean"]) == 3
+
+
+def test_download_md5_mismatch_leaves_nothing(tmp_path, capsys):
+    fake = tmp_path / "fake.tar.gz"
+    fake.write_bytes(b"not the archive")
+    root = tmp_path / "cache"
+    assert main(["data", "download", "--dataset", "cifar10", "--root", str(root), "--url", fake.as_uri()]) == 2
+    assert "md5" in _one_error_line(capsys)
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"seed_resnet", "resnet18", "resnet50", "fast", "fast_small"} <= set(names)
+
+
+def test_console_entry_point_runs_without_traceback(tmp_path):
+    """The installed command (python -m) prints one line and exits 2 on a missing file."""
+    r = subprocess.run([sys.executable, "-m", "cifar_resnet", "data", "info", "--data", str(tmp_path / "x.npz")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_every_train_flag_is_documented_in_readme():
+    """The README's CLI reference stays true to --help: every option of every subcommand appears in it."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parser = get_args_parser()
+    missing = []
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            stack = [(name, sub)]
+            while stack:
+                label, p = stack.pop()
+                for a in p._actions:
+                    if a.option_strings and "--help" not in a.option_strings:
+                        for flag in a.option_strings:
+                            if flag.startswith("--") and not flag.startswith("--no-") and flag not in readme:
+                                missing.append(f"{label} {flag}")
+                    if isinstance(a, type(action)):
+                        stack.extend((f"{label} {n}", s) for n, s in a.choices.items())
+    assert not missing, f"flags missing from README.md: {missing}"
