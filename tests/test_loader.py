@@ -72,7 +72,7 @@ def test_eval_loader_is_plain_normalised_images_in_order():
 
 def test_train_loader_shuffles_per_epoch_and_is_a_function_of_seed_and_epoch():
     s = _split(40)
-    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3, train=True, seed=7)
+    kw = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "train": True, "seed": 7}
     a = CifarLoader(s, 8, **kw)
     b = CifarLoader(s, 8, **kw)
     ep0 = [(x.clone(), y.clone()) for x, y in a]

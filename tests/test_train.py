@@ -27,8 +27,8 @@ def synthetic(n_train=120, n_val=40, seed=0):
                      coarse_classes=None, source="synthetic")
 
 
-TINY = dict(model="fast", model_kwargs={"widths": [8, 16, 16], "stem_width": 8}, batch_size=20,
-            eval_batch_size=40, device="cpu", val_split=0)
+TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
+            "eval_batch_size": 40, "device": "cpu", "val_split": 0}
 
 
 def tiny_config(**kw):

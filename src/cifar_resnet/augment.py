@@ -77,7 +77,7 @@ def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator | 
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None,
-           fill: torch.Tensor | float | int = 0) -> torch.Tensor:
+           fill: torch.Tensor | float = 0) -> torch.Tensor:
     """Set a random ``size`` x ``size`` square of each image to ``fill`` (a scalar or one value per channel)."""
     if size <= 0:
         return images

@@ -74,7 +74,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no such checkpoint: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

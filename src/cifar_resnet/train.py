@@ -89,7 +89,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        self.augment  # validates flip mode and sizes
+        _ = self.augment  # builds an Augment, which validates the flip mode and sizes
 
     @property
     def augment(self) -> Augment:
@@ -440,5 +440,15 @@ def fit(config: TrainConfig, data: CifarData | None = None, out_dir: str | Path 
     return History(records=records, model=model, seconds=seconds, out_dir=out)
 
 
-__all__ = ["TrainConfig", "PRESETS", "get_preset", "fit", "prepare_data", "History", "resolve_device",
-           "train_one_epoch", "epoch_line", "DataError"]
+__all__ = [
+    "PRESETS",
+    "DataError",
+    "History",
+    "TrainConfig",
+    "epoch_line",
+    "fit",
+    "get_preset",
+    "prepare_data",
+    "resolve_device",
+    "train_one_epoch",
+]
