@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from test_train import synthetic
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_resnet import channel_stats
@@ -18,6 +17,7 @@ from cifar_resnet.notebook import (
     predict_image,
     to_device,
 )
+from test_train import synthetic
 
 
 def test_notebook_flow(tmp_path, capsys):
@@ -54,7 +54,7 @@ def test_notebook_flow(tmp_path, capsys):
     plot_loss(history, fig_path)
     assert fig_path.stat().st_size > 1000
 
-    img, label = next(iter(valid_dl))
+    img, _label = next(iter(valid_dl))
     name = predict_image(img[0], model)
     assert name in data.classes
 

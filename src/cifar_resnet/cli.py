@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import typing
 
 PROG = "cifar-resnet"
@@ -24,6 +25,7 @@ CONFIG_HELP = {
     "train_subset": "train on a stratified subset of this many images (0: all)",
     "model": "model name (see `cifar-resnet models`)",
     "model_kwargs": "model arguments as JSON, e.g. '{\"widths\": [32, 64, 128]}'",
+    "whiten": "initialise the stem by patch whitening of training images (fast, fast_small)",
     "epochs": "number of epochs",
     "batch_size": "training batch size",
     "optimizer": "adam | adamw | sgd | nesterov",
@@ -71,12 +73,14 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     from .train import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("training configuration (defaults: the chosen preset's)")
     for f in dataclasses.fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         help_text = CONFIG_HELP[f.name]
@@ -125,11 +129,216 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("download", help="download an official archive (progress bar, md5 check)")
-    p.add_argument("--dataset", required=True, choices=["cifar100", "cifar10"])
+    p.add_argument("--dataset", required=True, choices=["cifar100", "cifar10"], help="which archive to download")
     p.add_argument("--root", default=None, help="directory to download into (default ~/.cache/cifar-resnet)")
     p.add_argument("--url", default=None, help="download from this URL instead of the official one (a mirror)")
     p.set_defaults(func=cmd_data_download)
+
+    _add_inspection_parsers(sub)
     return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspection: evaluate, plot, predict, interpret, lr-find
+# --------------------------------------------------------------------------------------------------
+
+# TrainConfig fields that matter to the learning-rate range test (the rest schedule a whole run)
+LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
+                  "momentum", "weight_decay", "grad_clip", "grad_clip_mode", "label_smoothing", "crop_pad",
+                  "flip", "cutout", "seed", "device", "amp", "channels_last")
+
+SPLIT_HELP = ("split to use: train, val or test (default: the split the run evaluated on). val and train are "
+              "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
+              "(saved in the checkpoint) are applied to DATA again, after checking that DATA is the run's "
+              "source (its training images reproduce the checkpoint's normalisation statistics); test is "
+              "the source's official test split")
+DATA_HELP = ("data source (.npz, official archive, extracted folder, or cifar100/cifar10); default: the data "
+             "the checkpoint was trained on, from its config")
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+    p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train` (best.pt or last.pt)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    if split:
+        p.add_argument("--split", default=None, choices=["train", "val", "test"], help=SPLIT_HELP)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation: average the logits of each image and its mirror image "
+                        "(default: as the run evaluated, from the checkpoint's config)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+
+
+def _add_inspection_parsers(sub) -> None:
+    from .predict import RESIZE_MODES
+    from .train import PRESETS
+
+    p = sub.add_parser(
+        "evaluate", help="accuracy, loss, calibration of a checkpoint on a split",
+        description="Evaluate a checkpoint: top-1 and top-5 accuracy, mean loss, superclass accuracy "
+                    "(CIFAR-100: a fine prediction counts as right when its superclass is the true one's), "
+                    "expected calibration error and per-class accuracy. The normalisation is the "
+                    "checkpoint's, never recomputed.",
+        epilog="example: cifar-resnet evaluate runs/demo/best.pt --data cifar100 --split test --tta")
+    _add_checkpoint_arguments(p)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
+                        "per_superclass, split, split_description, tta, model, epoch, checkpoint, data)")
+    p.add_argument("--no-per-class", dest="per_class", action="store_false",
+                   help="leave the per-class table out of the text output")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "plot", help="loss, accuracy and learning-rate curves of a run directory",
+        description="Draw the curves of a run (finished or in progress) as PNG files: loss.png (training vs "
+                    "validation loss), accuracy.png (top-1, top-5) and lr.png (learning rate per step).",
+        epilog="example: cifar-resnet plot runs/demo   # writes runs/demo/plots/{loss,accuracy,lr}.png")
+    p.add_argument("run_dir", help="a run directory (holding history.json)")
+    p.add_argument("--out", default=None, help="folder for the PNG files (default: RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "predict", help="top-k predictions for image files or dataset images",
+        description=textwrap.fill(
+            "Predict the class of image files (any size and mode: RGB, RGBA, grayscale, palette; PNG, JPEG, "
+            "WebP, ...), made 32x32 as CIFAR's images were (centre square, area-averaging downscale), or of "
+            "dataset images chosen with --index or --sample. Unreadable files are reported one line each on "
+            "stderr and the others are still predicted (exit status 2).", 79),
+        epilog="examples:\n  cifar-resnet predict runs/demo/best.pt cat.jpg more/*.png --top-k 3\n"
+               "  cifar-resnet predict runs/demo/best.pt --data DATA --index 100 --show out.png\n"
+               "  cifar-resnet predict runs/demo/best.pt --sample 32 --show grid.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_checkpoint_arguments(p)
+    p.add_argument("images", nargs="*", help="image files to predict")
+    p.add_argument("--index", type=int, nargs="+", default=None, metavar="I",
+                   help="predict images I... of the dataset split (with --data / --split)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="predict N images of the dataset split drawn at random (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
+    p.add_argument("--resize", default="crop", choices=RESIZE_MODES,
+                   help="how a non-square file becomes 32x32: crop (centre square, default) or squash "
+                        "(whole frame, aspect ratio not kept)")
+    p.add_argument("--show", default=None, metavar="PNG",
+                   help="also write a figure: one image with its true and predicted labels and the top-k "
+                        "probabilities, or a grid of several with the wrong ones marked in red")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list: {path or index, true (dataset images), correct, top: "
+                        "[{class, prob}]} or {path, error} per image")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "interpret", help="confusion matrix, most confused pairs, top losses, per-superclass accuracy",
+        description="Interpret a checkpoint's mistakes on a split (after fastai's ClassificationInterpretation): "
+                    "writes confusion_matrix.png (sorted by superclass for CIFAR-100), top_losses.png (the "
+                    "images with the highest loss, with their labels), confusion_matrix.csv, "
+                    "most_confused.csv, per_superclass.csv and report.json into --out, and prints the most "
+                    "confused pairs and the per-superclass table.",
+        epilog="example: cifar-resnet interpret runs/demo/best.pt --data DATA --out report/")
+    _add_checkpoint_arguments(p)
+    p.add_argument("--out", default=None, help="output folder (default: interpret/ beside the checkpoint)")
+    p.add_argument("--top-losses", type=int, default=24, metavar="K",
+                   help="how many highest-loss images to show (default 24)")
+    p.add_argument("--most-confused", type=int, default=20, metavar="K",
+                   help="how many most-confused (true, predicted) pairs to list (default 20)")
+    p.add_argument("--json", action="store_true", help="print report.json's content instead of the tables")
+    p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser(
+        "lr-find", help="learning-rate range test: suggested max_lr and a plot",
+        description="The learning-rate range test (Smith 2017; fastai's lr_find): train from the "
+                    "configuration's initial weights while the learning rate grows exponentially from "
+                    "--start-lr to --end-lr, record the smoothed loss, stop once it diverges, and suggest "
+                    "max_lr (a tenth of the rate at the smoothed minimum). Uses the training step of "
+                    "`train` (same model, data, optimizer, clipping, label smoothing); nothing is saved "
+                    "but the plot.",
+        epilog="example: cifar-resnet lr-find --model seed_resnet --data DATA --out lr_find.png")
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS),
+                   help="named configuration to start from (default: seed, the notebook's recipe)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    p.add_argument("--steps", type=int, default=200, help="length of the sweep in training steps (default 200)")
+    p.add_argument("--beta", type=float, default=0.98,
+                   help="smoothing of the loss for the divergence test (exponential moving average factor, "
+                        "default 0.98)")
+    p.add_argument("--diverge", type=float, default=4.0,
+                   help="stop when the moving average of the loss exceeds this many times its minimum (default 4)")
+    p.add_argument("--out", default="lr_find.png", help="where to write the plot (default lr_find.png)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object (suggestion, min_loss_lr, steepest_lr, stopped, lrs, losses, smoothed)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    _add_config_arguments(p, only=LR_FIND_FIELDS)
+    p.set_defaults(func=cmd_lr_find)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
+                                 device=args.device, progress=args.progress)
+    print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out).values():
+        print(path)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_command
+
+    code, text, errors = predict_command(
+        args.checkpoint, args.images, data=args.data, split=args.split, index=args.index, sample=args.sample,
+        seed=args.seed, k=args.top_k, resize=args.resize, show=args.show, as_json=args.json, tta=args.tta,
+        batch_size=args.batch_size, device=args.device, progress=args.progress)
+    for message in errors:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    if text:
+        print(text)
+    return code
+
+
+def cmd_interpret(args) -> int:
+    from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
+
+    out = check_out_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "interpret"))
+    interp = Interpretation.from_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
+                                            batch_size=args.batch_size, device=args.device, progress=args.progress)
+    result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
+    if args.json:
+        print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())
+    else:
+        print(format_interpretation(result, interp.meta))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from .lr_find import lr_find_config
+    from .plots import plot_lr_find, save_figure
+    from .train import TrainConfig, get_preset
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name in LR_FIND_FIELDS and getattr(args, f.name) is not None}
+    config = dataclasses.replace(get_preset(args.preset), **overrides)
+    result = lr_find_config(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+                            beta=args.beta, diverge=args.diverge, progress=args.progress,
+                            log=None if args.json else print)
+    save_figure(plot_lr_find(result.lrs, result.losses, result.smoothed, suggestion=result.suggestion,
+                             title=f"Learning-rate range test: {config.model}, {config.optimizer}, "
+                                   f"batch {config.batch_size}"), args.out)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "plot": args.out}, indent=1))
+    else:
+        print(f"suggested max_lr {result.suggestion:.3g}  (a tenth of {result.min_loss_lr:.3g}, where the smoothed "
+              f"loss is lowest; steepest descent at {result.steepest_lr:.3g})")
+        print(f"{len(result.lrs)} steps, {result.stopped}; plot: {args.out}")
+    return 0
 
 
 def cmd_train(args) -> int:

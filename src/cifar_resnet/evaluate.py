@@ -1,14 +1,20 @@
-"""Metrics over a loader.
+"""Metrics over a loader, and the reports of ``cifar-resnet evaluate``.
 
 ``collect_logits`` runs a model over a loader once (optionally with flip test-time augmentation) and
 returns the logits and labels on the CPU; every metric is then computed from those two tensors, so the
 numbers printed during training, by ``cifar-resnet evaluate`` and in reports agree by construction.
+
+``evaluate_checkpoint(path, data, split)`` needs nothing but the checkpoint: it rebuilds the model,
+normalises with the checkpoint's mean/std (never recomputed), and finds the run's own validation or
+training images again (:func:`resolve_split`). ``compute_report`` gives top-1/top-5, loss, superclass
+accuracy, expected calibration error and per-class/per-superclass accuracy; ``format_report`` a table.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +70,7 @@ def basic_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
         "loss": F.cross_entropy(logits, labels).item(),
         "top1": topk_correct(logits, labels, 1).float().mean().item(),
         "top5": topk_correct(logits, labels, 5).float().mean().item(),
-        "n": int(len(labels)),
+        "n": len(labels),
     }
 
 
@@ -72,3 +78,282 @@ def evaluate_model(model: nn.Module, loader, *, tta: bool = False, amp: bool = T
     """``basic_metrics`` of a model over a loader."""
     logits, labels = collect_logits(model, loader, tta=tta, amp=amp)
     return basic_metrics(logits, labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Full reports: ``cifar-resnet evaluate``
+# --------------------------------------------------------------------------------------------------
+
+REPORT_KEYS = ("top1", "top5", "coarse_top1", "loss", "ece", "n", "per_class")
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks"):
+    predictions are put in ``n_bins`` equal-width bins of confidence (the top probability), and the
+    gaps between each bin's accuracy and its mean confidence are averaged, weighted by the bin's size.
+    0 is perfectly calibrated."""
+    if len(labels) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    conf = conf.double()
+    # bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 cannot occur for a softmax
+    bins = (conf * n_bins).ceil().long().clamp(1, n_bins) - 1
+    acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
+    conf_sum = torch.bincount(bins, weights=conf, minlength=n_bins)
+    return float((acc_sum - conf_sum).abs().sum() / len(labels))
+
+
+def fine_to_coarse(classes, coarse_classes=None, split=None):
+    """The superclass index of each fine class, and the superclass names, or ``(None, None)``.
+
+    The official CIFAR-100 classes use the official mapping (``datasets.CIFAR100_FINE_TO_COARSE``);
+    other class lists take it from the coarse labels of ``split`` when it has them (each fine class
+    must then always carry the same coarse label; a class absent from the split maps to -1).
+    """
+    from .datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE
+
+    classes = tuple(classes)
+    coarse_names = tuple(coarse_classes) if coarse_classes else None
+    if classes == CIFAR100_CLASSES and coarse_names in (None, CIFAR100_COARSE_CLASSES):
+        return CIFAR100_FINE_TO_COARSE, CIFAR100_COARSE_CLASSES
+    if split is None or split.coarse is None or coarse_names is None:
+        return None, None
+    mapping = np.full(len(classes), -1, dtype=np.int64)
+    for fine, coarse in set(zip(split.labels.tolist(), split.coarse.tolist())):
+        if mapping[fine] not in (-1, coarse):
+            return None, None  # not a hierarchy: a fine class under two superclasses
+        mapping[fine] = coarse
+    return mapping, coarse_names
+
+
+def compute_report(logits: torch.Tensor, labels: torch.Tensor, classes, *, coarse_map=None,
+                   coarse_classes=None, n_bins: int = 15) -> dict:
+    """Every metric of ``cifar-resnet evaluate`` from logits and labels.
+
+    Keys (stable): ``top1``, ``top5``, ``loss``, ``n`` (as :func:`basic_metrics`), ``ece`` (expected
+    calibration error), ``coarse_top1`` (a fine prediction counts as right when its superclass is the
+    true one's; ``None`` without a fine -> coarse mapping), ``per_class`` ({name: {"n", "top1"}}, top1
+    ``None`` for a class with no image) and, with a mapping, ``per_superclass`` ({name: {"n", "top1",
+    "coarse_top1"}}). Fractions are in [0, 1].
+    """
+    report = basic_metrics(logits, labels)
+    # exact fractions from the counts (basic_metrics averages in float32, training's way): 0.1045, not
+    # 0.10450000315904617, and comparisons such as superclass >= fine accuracy hold exactly
+    for k in (1, 5):
+        report[f"top{k}"] = int(topk_correct(logits, labels, k).sum()) / len(labels)
+    probs = logits.float().softmax(dim=1)
+    report["ece"] = expected_calibration_error(probs, labels, n_bins)
+    pred = logits.argmax(dim=1)
+    correct = (pred == labels).double()
+    num = len(classes)
+    counts = torch.bincount(labels, minlength=num)
+    hits = torch.bincount(labels, weights=correct, minlength=num)
+    report["per_class"] = {
+        name: {"n": int(counts[i]), "top1": float(hits[i] / counts[i]) if counts[i] else None}
+        for i, name in enumerate(classes)
+    }
+    report["coarse_top1"] = None
+    if coarse_map is not None:
+        cmap = torch.tensor(np.asarray(coarse_map), dtype=torch.long)  # a copy: the constant is read-only
+        true_c, pred_c = cmap[labels], cmap[pred]
+        coarse_hit = ((true_c == pred_c) & (true_c >= 0)).double()
+        report["coarse_top1"] = float(coarse_hit.mean())
+        report["per_superclass"] = {}
+        for j, name in enumerate(coarse_classes):
+            mask = true_c == j
+            n = int(mask.sum())
+            report["per_superclass"][name] = {
+                "n": n,
+                "top1": float(correct[mask].mean()) if n else None,
+                "coarse_top1": float(coarse_hit[mask].mean()) if n else None,
+            }
+    return report
+
+
+def _source_splits_like_run(ckpt: dict, data):
+    """``data`` with the run's validation split held out and its training subset taken, exactly as
+    ``train.prepare_data`` did, or ``None`` when ``data`` is not the source the run was trained on.
+
+    Whether it is the same source is checked, not assumed: the checkpoint's normalisation statistics
+    were computed from the run's training images, so the re-split training images must reproduce them
+    exactly (``channel_stats`` counts pixels in integer histograms, so the numbers are bit-for-bit).
+    """
+    from .datasets import DataError, channel_stats
+    from .train import TrainConfig, prepare_data
+
+    try:
+        config = ckpt.get("config")
+        # no saved config: nothing was held out or subsampled
+        config = TrainConfig.from_dict(config) if config else TrainConfig(val_split=0)
+        run = prepare_data(config, data)
+        mean, std = channel_stats(run.train.images)
+    except DataError:
+        return None
+    same = all(abs(a - b) <= 1e-9 for a, b in zip((*mean, *std), (*ckpt["mean"], *ckpt["std"])))
+    return run if same else None
+
+
+def resolve_split(ckpt: dict, data, split: str | None = None):
+    """The images a checkpoint is evaluated on: ``(split_name, Split, description)``.
+
+    ``split`` is "train", "val" or "test" (default: the split the run evaluated on, ``ckpt["eval_split"]``).
+    "val" and "train" mean the run's own held-out validation images and the images it trained on: the
+    run's ``val_split``, ``train_subset`` and ``seed`` (from the checkpoint's config) are applied to
+    ``data`` again, and that ``data`` is the run's source is verified against the checkpoint's
+    normalisation statistics. For another source, "val" is refused (it would be other images) and
+    "train" is all of that source's training images. "test" is the source's official test split.
+    """
+    split = split or ckpt.get("eval_split") or "test"
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    if split == "test":
+        return "test", data.get_split("test"), f"{data.source}: official test split"
+    run = _source_splits_like_run(ckpt, data)
+    if run is not None:
+        if split == "val":
+            if run.val is None:
+                raise ValueError(f"the run held out no validation split (val_split 0); use --split test"
+                                 f"{'' if data.test is not None else ' with a source that has one'}")
+            return "val", run.val, f"{data.source}: the run's held-out validation split"
+        return "train", run.train, f"{data.source}: the run's training images"
+    if split == "val":
+        if data.val is not None:
+            return "val", data.val, f"{data.source}: validation split"
+        raise ValueError(f"{data.source} is not the data this checkpoint was trained on (its training images do "
+                         "not reproduce the checkpoint's normalisation statistics), so the run's validation "
+                         "images cannot be recovered from it; pass the run's --data, or use --split test")
+    return "train", data.train, f"{data.source}: all training images (not the run's: another source)"
+
+
+def check_classes(ckpt: dict, data, source: str = "checkpoint") -> None:
+    """ValueError unless ``data`` has the checkpoint's classes, in the same order."""
+    if list(ckpt["classes"]) != list(data.classes):
+        n, m = len(ckpt["classes"]), data.num_classes
+        detail = f"{n} classes vs {m}" if n != m else "the class names differ"
+        raise ValueError(f"{source} was trained on other classes than {data.source} has ({detail})")
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "checkpoint") -> nn.Module:
+    """The checkpoint's model, weights loaded, in eval mode on ``device``."""
+    from .checkpoint import CheckpointError, build_model
+
+    if not ckpt.get("classes") or not all(isinstance(c, str) and c for c in ckpt["classes"]):
+        raise CheckpointError(f"{source} has no class names")
+    model = build_model(ckpt, source=source).to(device)
+    model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img"):
+    """A tqdm bar on stderr (enabled by default when stderr is a terminal)."""
+    import sys
+
+    enabled = sys.stderr.isatty() if enabled is None else enabled
+    if enabled:
+        from tqdm.auto import tqdm  # a widget in Jupyter, text elsewhere
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not enabled)
+
+
+def split_logits(model: nn.Module, ckpt: dict, split, *, device: torch.device, batch_size: int = 500,
+                 tta: bool = False, amp: bool = True, progress: bool | None = None,
+                 desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``model`` over a whole Split, normalised with the checkpoint's mean/std."""
+    from .loader import CifarLoader
+
+    loader = CifarLoader(split, batch_size, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), device=device)
+    with progress_bar(len(split), desc, progress) as bar:
+        return collect_logits(model, loader, tta=tta, amp=amp, progress=bar)
+
+
+def tta_for(ckpt: dict, tta: bool | None) -> bool:
+    """``tta`` if given, else what the run evaluated with (its config's ``tta``), so that by default a
+    checkpoint is measured the way its training history was."""
+    return bool((ckpt.get("config") or {}).get("tta", False)) if tta is None else bool(tta)
+
+
+def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
+                        batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
+                        progress: bool | None = None) -> dict:
+    """Evaluate a checkpoint (a path or a loaded dict) on a split of ``data`` (a source for
+    ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
+    config); see :func:`resolve_split` for what the split names mean. ``tta``: flip test-time
+    augmentation (default: as the run evaluated, see :func:`tta_for`).
+
+    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``, ``model``,
+    ``epoch``, ``checkpoint``, ``data``.
+    """
+    from .checkpoint import load_checkpoint
+    from .train import resolve_device
+
+    source = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
+    ckpt = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    data = data_for_checkpoint(ckpt, data, source)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model = model_from_checkpoint(ckpt, dev, source)
+    check_classes(ckpt, data, source)
+    name, images, description = resolve_split(ckpt, data, split)
+    tta = tta_for(ckpt, tta)
+    logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta, amp=amp,
+                                  progress=progress, desc=f"evaluate {name}")
+    coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
+                                              images)
+    report = compute_report(logits, labels, ckpt["classes"], coarse_map=coarse_map, coarse_classes=coarse_names)
+    report.update(split=name, split_description=description, tta=tta, model=ckpt["model_name"],
+                  epoch=ckpt.get("epoch"), checkpoint=source, data=data.source)
+    return report
+
+
+def _columns(cells: list[str], width: int, total: int = 110) -> list[str]:
+    per_row = max(1, total // (width + 2))
+    rows = -(-len(cells) // per_row)
+    return ["  ".join(cells[r + k * rows].ljust(width) for k in range(per_row) if r + k * rows < len(cells)).rstrip()
+            for r in range(rows)]
+
+
+def format_report(report: dict, per_class: bool = True) -> str:
+    """A readable text table of :func:`evaluate_checkpoint`'s report."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:6.2f}%"
+
+    epoch = f", epoch {report['epoch']}" if report.get("epoch") is not None else ""
+    lines = [
+        f"checkpoint   {report.get('checkpoint', '?')} ({report.get('model', '?')}{epoch})",
+        f"images       {report['n']:,} ({report.get('split_description', report.get('split', '?'))})"
+        + (", flip TTA" if report.get("tta") else ""),
+        f"top-1        {pct(report['top1'])}",
+        f"top-5        {pct(report['top5'])}",
+    ]
+    if report.get("coarse_top1") is not None:
+        lines.append(f"superclass   {pct(report['coarse_top1'])}  (a prediction in the true superclass counts)")
+    lines += [f"loss         {report['loss']:.4f}  (mean cross-entropy)",
+              f"ECE          {report['ece']:.4f}  (expected calibration error, 15 bins)"]
+    if report.get("per_superclass"):
+        rows = sorted(report["per_superclass"].items(), key=lambda kv: -(kv[1]["top1"] or 0))
+        width = max(len(k) for k in report["per_superclass"])
+        lines += ["", f"{'superclass':<{width}}  {'n':>5}  {'top-1':>7}  {'superclass':>10}"]
+        lines += [f"{k:<{width}}  {v['n']:>5}  {pct(v['top1'])}  {pct(v['coarse_top1']):>10}" for k, v in rows]
+    if per_class and report.get("per_class"):
+        items = [(k, v) for k, v in report["per_class"].items() if v["n"]]
+        items.sort(key=lambda kv: (-kv[1]["top1"], kv[0]))
+        width = max(len(k) for k, _ in items) + 8
+        lines += ["", "per-class top-1, best first:"]
+        lines += _columns([f"{k:<{width - 8}}{100 * v['top1']:6.1f}%" for k, v in items], width)
+    return "\n".join(lines)
+
+
+def data_for_checkpoint(ckpt: dict, data=None, source: str = "checkpoint"):
+    """``data`` loaded (a source for ``datasets.load_data``, or a ``CifarData`` as is); when ``None``,
+    the source the run was trained on, from the checkpoint's config."""
+    from .datasets import CifarData, load_data
+
+    if isinstance(data, CifarData):
+        return data
+    if data is None:
+        data = (ckpt.get("config") or {}).get("data")
+        if not data:
+            raise ValueError(f"{source} does not name its training data; pass --data")
+    return load_data(data)

@@ -155,40 +155,23 @@ def fit(epochs, train_dl, test_dl, model, optimizer, max_lr, grad_clip=None, wei
 
 
 def plot_loss(history, path=None):
-    """Training and validation loss per epoch (the notebook's figure). Saves to ``path`` when given;
-    returns the matplotlib Figure."""
-    import matplotlib
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Training and validation loss per epoch (the notebook's figure), drawn by
+    :func:`cifar_resnet.plots.plot_loss`; takes this module's ``fit`` history or a run's records
+    (``fit(config, ...).records``, ``history.json``). Saves a PNG to ``path`` when given; returns the
+    matplotlib Figure (end the notebook cell with ``plot_loss(history)`` to see it)."""
+    from .plots import plot_loss as _plot_loss
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    train = [x.get("train_loss") for x in history]
-    val = [x["val_loss"] for x in history]
-    ax.plot([i for i, v in enumerate(train) if v is not None], [v for v in train if v is not None], "-bx",
-            label="Training")
-    ax.plot(range(len(val)), val, "-rx", label="Validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss vs. No. of epochs")
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _plot_loss(history, path)
 
 
 @torch.no_grad()
 def predict_image(img: torch.Tensor, model: nn.Module, classes: Sequence[str] | None = None) -> str:
-    """Class name of one normalised (3, 32, 32) image tensor, as the notebook's ``predict_image``."""
+    """Class name of one normalised (3, 32, 32) image tensor, as the notebook's ``predict_image``
+    (probabilities from :func:`cifar_resnet.predict.predict_tensor`)."""
+    from .predict import predict_tensor
+
     if img.ndim != 3:
         raise ValueError(f"predict_image takes one (C, H, W) image tensor, got shape {tuple(img.shape)}")
     names = classes if classes is not None else getattr(model, "classes", None) or CIFAR100_CLASSES
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(img.unsqueeze(0).to(_device_of(model)))
-    finally:
-        model.train(was_training)
-    return names[int(out.argmax(dim=1)[0])]
+    probs = predict_tensor(model, img)
+    return names[int(probs.argmax(dim=1)[0])]

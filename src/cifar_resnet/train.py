@@ -121,10 +121,10 @@ PRESETS: dict[str, TrainConfig] = {
     # narrow net sized for a 2-core CPU (see the README's Performance section for what it reaches).
     "fast": TrainConfig(model="fast", whiten=True, optimizer="nesterov", lr=2.0, momentum=0.9,
                         weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0, label_smoothing=0.2,
-                        crop_pad=4, flip="alternating", tta=True, epochs=16, batch_size=512),
+                        crop_pad=2, flip="alternating", tta=True, epochs=16, batch_size=512),
     "fast-cpu": TrainConfig(model="fast_small", whiten=True, optimizer="nesterov", lr=2.0, momentum=0.9,
                             weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0,
-                            label_smoothing=0.2, crop_pad=4, flip="alternating", tta=True, epochs=16,
+                            label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, epochs=16,
                             batch_size=512),
 }
 
@@ -153,14 +153,33 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def prepare_data(config: TrainConfig) -> CifarData:
-    """Load the configured source and hold out the validation split (and subsample train if asked)."""
-    data = load_data(config.data)
-    if config.val_split:
+def prepare_data(config: TrainConfig, data: CifarData | None = None) -> CifarData:
+    """The run's data: ``config.data`` loaded (or ``data`` as given), with the validation split held out
+    (unless the source brings one) and the training subset taken, both seeded by ``config.seed``."""
+    if data is None:
+        data = load_data(config.data)
+    if config.val_split and data.val is None:
         data = split_validation(data, config.val_split, seed=config.seed)
     if config.train_subset:
         data = subsample(data, config.train_subset, seed=config.seed)
     return data
+
+
+def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
+                model: nn.Module | None = None, data_init: bool = True) -> nn.Module:
+    """The model a run starts from: seeded initialisation of ``config.model`` (or ``model`` as given),
+    the optional patch-whitening of its stem from the training images, moved to ``device``."""
+    torch.manual_seed(config.seed)  # the model's initialisation
+    if model is None:
+        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    if config.whiten and data_init:
+        if not hasattr(model, "init_whiten"):
+            raise ValueError(f"--whiten: model {config.model} has no patch-whitening stem (use fast or fast_small)")
+        model.init_whiten(data.train.images[:5000], mean=mean, std=std)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -343,16 +362,7 @@ def fit(config: TrainConfig, data: CifarData | None = None, out_dir: str | Path 
     if len(train_loader) == 0:
         raise ValueError(f"{len(data.train)} training images is fewer than one batch of {config.batch_size}")
 
-    torch.manual_seed(config.seed)  # the model's initialisation
-    if model is None:
-        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
-    if config.whiten and state is None:
-        if not hasattr(model, "init_whiten"):
-            raise ValueError(f"--whiten: model {config.model} has no patch-whitening stem (use fast or fast_small)")
-        model.init_whiten(data.train.images[:5000], mean=mean, std=std)
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = init_model(config, data, mean, std, device, model=model, data_init=state is None)
     optimizer = build_optimizer(config, model, device)
     scheduler = build_scheduler(config, optimizer, len(train_loader))
     records: list[dict] = []

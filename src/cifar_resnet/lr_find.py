@@ -1,0 +1,193 @@
+"""The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural Networks",
+section 3.3; popularised by fastai's ``lr_find``).
+
+The learning rate grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` training steps
+while the loss of each step is recorded. The loss first barely moves (too small a rate), then falls,
+then, past the largest usable rate, turns up and diverges. While sweeping, the loss is smoothed with an
+exponential moving average (bias-corrected, as in Adam) and the test stops early once that exceeds
+``diverge`` times its minimum (or the loss is not finite): there is nothing to learn from a diverged
+network.
+
+A causal moving average lags by about ``1 / (1 - beta)`` steps (50 for beta 0.98), a large part of a
+sweep of a few hundred steps, and by the time it crosses the divergence threshold the raw losses have
+been exploding for a while. The curve that is plotted and used for the suggestion (``smoothed``) is
+therefore a centred running median of the recorded losses (a window of about 5% of the sweep): no lag,
+and single noisy batches or the exploding tail do not leak into the rest of the curve.
+
+The suggested peak (``max_lr`` of the one-cycle schedule) is one tenth of the rate at the minimum of
+the smoothed loss: at the minimum the loss is about to blow up, and an order of magnitude below is
+where it still falls steadily (the rule of thumb of Smith's and fastai's ``lr_min``). The steepest
+descent point is reported as well. When the loss never turned up, the minimum is just the end of the
+sweep and the suggestion is only a lower bound: the result says so.
+
+Each step is :func:`cifar_resnet.train.train_one_epoch` on a single batch, so the test uses exactly the
+training step of ``fit`` (optimizer, weight decay, clipping, label smoothing, autocast): there is no
+second training loop. The model's weights (and BN statistics) are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LRFindResult", "lr_find", "lr_find_config"]
+
+
+@dataclass
+class LRFindResult:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]      # centred running median of the losses (see the module docstring)
+    suggestion: float          # suggested max_lr: min_loss_lr / 10
+    min_loss_lr: float         # learning rate at the minimum of the smoothed loss
+    steepest_lr: float         # learning rate where the smoothed loss falls fastest (per log lr)
+    stopped: str               # why the sweep ended: "end_lr reached" or "diverged at lr ..."
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(start_lr: float, end_lr: float, num_steps: int, beta: float, diverge: float) -> None:
+    if not (0 < start_lr < end_lr):
+        raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
+    if num_steps < 2:
+        raise ValueError(f"the sweep needs at least 2 steps, got {num_steps}")
+    if not 0 <= beta < 1:
+        raise ValueError(f"smoothing beta must be in [0, 1), got {beta}")
+    if diverge <= 1:
+        raise ValueError(f"the divergence factor must be > 1, got {diverge}")
+
+
+def _forever(batches: Iterable, set_epoch) -> Iterator:
+    epoch = 0
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("the training loader yielded no batch")
+        epoch += 1
+
+
+def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *, start_lr: float = 1e-7,
+            end_lr: float = 10.0, num_steps: int = 200, beta: float = 0.98, diverge: float = 4.0,
+            grad_clip: float = 0.0, grad_clip_mode: str = "value", label_smoothing: float = 0.0,
+            amp: bool = True, progress: bool | None = None) -> LRFindResult:
+    """Run the range test on ``model`` with ``optimizer`` over ``batches`` (re-iterated as needed; a
+    :class:`~cifar_resnet.loader.CifarLoader` gets a new epoch each pass). The model's state and the
+    optimizer's are restored afterwards, so the model can be trained from where it was."""
+    from .evaluate import progress_bar
+    from .train import train_one_epoch
+
+    _check(start_lr, end_lr, num_steps, beta, diverge)
+    device = next(model.parameters()).device
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(optimizer.state_dict())
+    was_training = model.training
+    ratio = end_lr / start_lr
+    for group in optimizer.param_groups:
+        group["lr"] = start_lr
+        group.pop("initial_lr", None)
+    # lr of step i: start * ratio ** (i / (num_steps - 1)), exponential from start_lr to end_lr exactly
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: ratio ** (min(i, num_steps - 1)
+                                                                                 / (num_steps - 1)))
+    lrs, losses = [], []
+    avg, best = 0.0, math.inf
+    stopped = "end_lr reached"
+    stream = _forever(batches, getattr(batches, "set_epoch", None))
+    try:
+        with progress_bar(num_steps, "lr-find", progress, unit="step") as bar:
+            for step in range(num_steps):
+                x, y = next(stream)
+                rec = train_one_epoch(model, [(x, y)], optimizer, scheduler, device=device,
+                                      label_smoothing=label_smoothing, grad_clip=grad_clip,
+                                      grad_clip_mode=grad_clip_mode, amp=amp)
+                loss, lr = rec["train_loss"], rec["lrs"][0]
+                bar.update(1)
+                lrs.append(lr)
+                losses.append(loss)
+                if not math.isfinite(loss):
+                    stopped = f"diverged at lr {lr:.3g} (loss not finite)"
+                    break
+                avg = beta * avg + (1 - beta) * loss
+                s = avg / (1 - beta ** (step + 1))
+                best = min(best, s)
+                if step > 0 and s > diverge * best:
+                    stopped = f"diverged at lr {lr:.3g} (smoothed loss {s:.3g} > {diverge:g} x minimum {best:.3g})"
+                    break
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_opt)
+        model.train(was_training)
+    return _summarise(lrs, losses, stopped)
+
+
+def smooth(values, window: int) -> np.ndarray:
+    """Centred running median over ``window`` points (odd), the window shrinking symmetrically at the ends
+    so that it stays centred: no lag anywhere, robust to spikes."""
+    x = np.asarray(values, dtype=np.float64)
+    n, half = len(x), max(window, 1) // 2
+    return np.array([np.median(x[i - h: i + h + 1]) for i in range(n) for h in (min(half, i, n - 1 - i),)])
+
+
+def _summarise(lrs: list[float], losses: list[float], stopped: str) -> LRFindResult:
+    # the sweep stops at the first loss that is not finite, so only the last one can be
+    n = len(losses) if losses and math.isfinite(losses[-1]) else len(losses) - 1
+    if n < 1:
+        raise ValueError("the loss was not finite from the first step; lower --start-lr")
+    lrs, losses = lrs[:n], losses[:n]
+    s = smooth(losses, 2 * max(2, len(losses) // 40) + 1)
+    i_min = int(np.argmin(s))
+    if stopped == "end_lr reached" and i_min >= len(s) - max(2, len(s) // 20):
+        stopped = ("end_lr reached and the loss was still falling: the suggestion is a lower bound; "
+                   "sweep further with a larger --end-lr")
+    log_lr = np.log10(np.asarray(lrs))
+    if i_min >= 2:
+        grad = np.gradient(s[: i_min + 1], log_lr[: i_min + 1])
+        i_steep = int(np.argmin(grad))
+    else:
+        i_steep = i_min
+    return LRFindResult(lrs=list(lrs), losses=list(losses), smoothed=s.tolist(),
+                        suggestion=lrs[i_min] / 10, min_loss_lr=lrs[i_min], steepest_lr=lrs[i_steep],
+                        stopped=stopped)
+
+
+def lr_find_config(config, data=None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 200,
+                   beta: float = 0.98, diverge: float = 4.0, progress: bool | None = None,
+                   log=print) -> LRFindResult:
+    """The range test for a training configuration (any model, preset and optimizer): builds the model
+    and the training loader exactly as ``fit(config, data)`` would (same data set-up, normalisation,
+    augmentation, initialisation, optimizer) and sweeps the learning rate instead of training."""
+    from .datasets import channel_stats
+    from .loader import CifarLoader
+    from .models import model_kwargs_names
+    from .train import build_optimizer, init_model, prepare_data, resolve_device
+
+    _check(start_lr, end_lr, num_steps, beta, diverge)
+    model_kwargs_names(config.model)  # an unknown model name fails now, not after loading the data
+    device = resolve_device(config.device)
+    if data is None:
+        data = prepare_data(config)
+    mean, std = channel_stats(data.train.images)
+    loader = CifarLoader(data.train, config.batch_size, mean=mean, std=std, device=device, train=True,
+                         aug=config.augment, seed=config.seed)
+    if len(loader) == 0:
+        raise ValueError(f"{len(data.train)} training images is fewer than one batch of {config.batch_size}")
+    model = init_model(config, data, mean, std, device)  # the initialisation fit would start from
+    optimizer = build_optimizer(dataclasses.replace(config, lr=start_lr), model, device)
+    if log:
+        log(f"lr-find: {config.model} on {len(data.train):,} {data.name} training images, {config.optimizer}, "
+            f"batch {config.batch_size}, lr {start_lr:g} -> {end_lr:g} over up to {num_steps} steps")
+    return lr_find(model, loader, optimizer, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, beta=beta,
+                   diverge=diverge, grad_clip=config.grad_clip, grad_clip_mode=config.grad_clip_mode,
+                   label_smoothing=config.label_smoothing, amp=config.amp, progress=progress)

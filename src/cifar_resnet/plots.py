@@ -1,0 +1,443 @@
+"""Figures from histories, reports and predictions: PNG files, never windows.
+
+Every function builds a :class:`matplotlib.figure.Figure` directly (no ``pyplot``: no global figure
+state, no GUI backend, safe in threads and servers), optionally saves it with :func:`save_figure` and
+returns it. Saving is atomic (a temporary file in the same folder, then ``os.replace``), so a reader,
+e.g. a web page polling ``runs/demo/plots/loss.png`` of a run in progress, never sees half a file.
+
+Images are shown as the uint8 pixels the model was given (or, for normalised tensors, denormalised
+with :func:`to_uint8` and clamped to [0, 255]), so matplotlib never clips and never warns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "draw_accuracy",
+    "draw_loss",
+    "draw_lr",
+    "load_run_history",
+    "normalise_history",
+    "plot_accuracy",
+    "plot_confusion",
+    "plot_image_grid",
+    "plot_loss",
+    "plot_lr",
+    "plot_lr_find",
+    "plot_prediction",
+    "plot_run",
+    "save_figure",
+    "to_uint8",
+]
+
+TRAIN_COLOUR, VAL_COLOUR, TOP5_COLOUR = "tab:blue", "tab:red", "tab:orange"
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay legible for most colour-vision types
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is for others to read (a web server, a team)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finish(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
+    if path is not None:
+        save_figure(fig, path, dpi)
+    return fig
+
+
+def to_uint8(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """An (H, W, 3) uint8 array for ``imshow`` from a uint8 HWC array or a (3, H, W) float tensor.
+
+    A float image is denormalised (``x * std + mean``, [0, 1] units) when ``mean``/``std`` are given,
+    then clamped to [0, 1] and scaled to bytes: what matplotlib would otherwise clip with a warning.
+    """
+    arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr if arr.shape[-1] == 3 else arr.transpose(1, 2, 0)
+    if arr.ndim != 3:
+        raise ValueError(f"expected one image of 3 dimensions, got shape {arr.shape}")
+    if arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if std is not None:
+        arr = arr * np.asarray(std, dtype=np.float32)
+    if mean is not None:
+        arr = arr + np.asarray(mean, dtype=np.float32)
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------------
+
+
+def normalise_history(history: Sequence[dict]) -> list[dict]:
+    """Per-epoch records with ``epoch`` and the package's key names, from either a run's history
+    (``history.json``, ``fit(...).records``) or the notebook's ``fit`` history (``val_acc``; its first
+    entry may be the untrained ``evaluate`` with no ``train_loss``, plotted at epoch 0)."""
+    if not history:
+        raise ValueError("the history is empty: no epoch has finished yet")
+    out = []
+    for i, r in enumerate(history):
+        rec = dict(r)
+        rec["epoch"] = r.get("epoch", i)
+        if "val_top1" not in rec and "val_acc" in rec:
+            rec["val_top1"] = rec["val_acc"]
+        if "lr" not in rec and rec.get("lrs"):
+            rec["lr"] = rec["lrs"][-1]
+        out.append(rec)
+    return out
+
+
+def _series(records: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _epoch_axis(ax, records: list[dict]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+
+
+def draw_loss(ax, history: Sequence[dict], note: str | None = None) -> None:
+    """Training and validation loss per epoch on ``ax`` (the notebook's plot, titled and labelled)."""
+    records = normalise_history(history)
+    x, y = _series(records, "train_loss")
+    if x:
+        ax.plot(x, y, "-x", color=TRAIN_COLOUR, label="training")
+    x, y = _series(records, "val_loss")
+    split = records[-1].get("eval_split", "val")
+    ax.plot(x, y, "-x", color=VAL_COLOUR, label="validation" if split == "val" else split)
+    ax.set_ylabel("loss (cross-entropy)")
+    ax.set_title("Loss vs. No. of epochs" + (f"\n{note}" if note else ""))
+    _epoch_axis(ax, records)
+    ax.legend()
+
+
+def draw_accuracy(ax, history: Sequence[dict], note: str | None = None) -> None:
+    """Top-1 (training and validation) and validation top-5 accuracy in percent per epoch."""
+    records = normalise_history(history)
+    split = "validation" if records[-1].get("eval_split", "val") == "val" else records[-1]["eval_split"]
+    for key, colour, style, label in (("train_top1", TRAIN_COLOUR, "-x", "training top-1"),
+                                      ("val_top1", VAL_COLOUR, "-x", f"{split} top-1"),
+                                      ("val_top5", TOP5_COLOUR, "--o", f"{split} top-5")):
+        x, y = _series(records, key)
+        if x:
+            ax.plot(x, [100 * v for v in y], style, color=colour, label=label)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Accuracy vs. No. of epochs" + (f"\n{note}" if note else ""))
+    _epoch_axis(ax, records)
+    ax.legend()
+
+
+def draw_lr(ax, history: Sequence[dict], note: str | None = None) -> None:
+    """The learning rate: every step when the records carry ``lrs``, else the last one of each epoch."""
+    records = normalise_history(history)
+    if all(r.get("lrs") for r in records if r["epoch"] > 0):
+        xs, ys = [], []
+        for r in records:
+            lrs = r.get("lrs") or []
+            n = len(lrs)
+            xs += [r["epoch"] - 1 + (i + 1) / n for i in range(n)]  # step i of epoch e at e-1+(i+1)/n
+            ys += list(lrs)
+        ax.plot(xs, ys, "-", color=TRAIN_COLOUR, label="per step")
+        x, y = _series(records, "lr")
+        ax.plot(x, y, "o", color=VAL_COLOUR, label="end of epoch")
+        ax.legend()
+    else:
+        x, y = _series(records, "lr")
+        ax.plot(x, y, "-o", color=TRAIN_COLOUR)
+    ax.set_ylabel("learning rate")
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.set_title("Learning rate vs. No. of epochs" + (f"\n{note}" if note else ""))
+    _epoch_axis(ax, records)
+
+
+def _one_axes_figure(draw, history, path, note=None, size=(6.4, 4.2)) -> Figure:
+    fig = Figure(figsize=size, layout="constrained")
+    draw(fig.add_subplot(), history, note)
+    return _finish(fig, path)
+
+
+def plot_loss(history: Sequence[dict], path: str | Path | None = None, note: str | None = None) -> Figure:
+    """Training vs validation loss per epoch; saved to ``path`` (PNG) when given."""
+    return _one_axes_figure(draw_loss, history, path, note)
+
+
+def plot_accuracy(history: Sequence[dict], path: str | Path | None = None, note: str | None = None) -> Figure:
+    """Top-1 / top-5 accuracy per epoch; saved to ``path`` (PNG) when given."""
+    return _one_axes_figure(draw_accuracy, history, path, note)
+
+
+def plot_lr(history: Sequence[dict], path: str | Path | None = None, note: str | None = None) -> Figure:
+    """Learning rate per step (or per epoch); saved to ``path`` (PNG) when given."""
+    return _one_axes_figure(draw_lr, history, path, note)
+
+
+def load_run_history(run_dir: str | Path) -> tuple[list[dict], dict]:
+    """The per-epoch records and config of a run directory, readable while the run is in progress.
+
+    ``history.json`` gives the records (it is replaced atomically after each epoch); the per-step
+    learning rates it leaves out are taken from ``last.pt`` when that is readable and covers them.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"{run} is not a run directory" + (" (it is a file)" if run.exists() else ""))
+    hist_path = run / "history.json"
+    if not hist_path.is_file():
+        raise ValueError(f"{run} is not a run directory (no history.json; has the first epoch finished?)")
+    try:
+        records = json.loads(hist_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{hist_path}: unreadable ({' '.join(str(e).split())})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "epoch" in r for r in records):
+        raise ValueError(f"{hist_path}: not a list of per-epoch records")
+    if not records:
+        raise ValueError(f"{hist_path}: no epoch has finished yet")
+    config = {}
+    if (run / "config.json").is_file():
+        try:
+            config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+    last = run / "last.pt"
+    if last.is_file():
+        from .checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            lrs = {r["epoch"]: r.get("lrs") for r in load_checkpoint(last).get("history", [])}
+        except CheckpointError:  # being replaced, or foreign: the per-epoch lr is still plotted
+            lrs = {}
+        if all(lrs.get(r["epoch"]) for r in records):
+            records = [{**r, "lrs": lrs[r["epoch"]]} for r in records]
+    return records, config
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Loss, accuracy and learning-rate curves of a run directory as ``loss.png``, ``accuracy.png``
+    and ``lr.png`` in ``out_dir`` (default ``run_dir/plots``); returns ``{name: path}``."""
+    records, config = load_run_history(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    model = config.get("model", "")
+    epochs = config.get("epochs")
+    progress = f"{records[-1]['epoch']}/{epochs} epochs" if epochs else f"{records[-1]['epoch']} epochs"
+    note = f"{model}, {progress}" if model else progress
+    loss_note = note
+    if config.get("label_smoothing"):
+        loss_note += f"; training loss includes label smoothing {config['label_smoothing']:g}"
+    return {
+        "loss": save_figure(plot_loss(records, note=loss_note), out / "loss.png"),
+        "accuracy": save_figure(plot_accuracy(records, note=note), out / "accuracy.png"),
+        "lr": save_figure(plot_lr(records, note=note), out / "lr.png"),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Images and predictions
+# --------------------------------------------------------------------------------------------------
+
+
+def _show(ax, image: np.ndarray) -> None:
+    # "nearest": 32x32 pixels drawn as the blocks the model saw, not smoothed into something sharper
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mark(ax, colour: str, width: float = 3.0) -> None:
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(width)
+
+
+def plot_prediction(image, top: Sequence[tuple[str, float]], path: str | Path | None = None, *,
+                    true: str | None = None, title: str | None = None) -> Figure:
+    """One image with its true label (when known), the prediction, and a bar chart of the top-k
+    probabilities (the notebook's ``Label: ..., Predicted: ...`` for one test image)."""
+    image = to_uint8(image)
+    fig = Figure(figsize=(7.5, 3.4), layout="constrained")
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.35])
+    _show(ax_img, image)
+    pred = top[0][0]
+    label = f"Label: {true}, Predicted: {pred}" if true is not None else f"Predicted: {pred}"
+    ax_img.set_title(label, fontsize=10, color=WRONG if true is not None and true != pred else "black")
+    if true is not None:
+        _mark(ax_img, RIGHT if true == pred else WRONG)
+    names = [n for n, _ in top][::-1]
+    probs = [100 * p for _, p in top][::-1]
+    colours = [RIGHT if true is not None and n == true else TRAIN_COLOUR for n in names]
+    ax_bar.barh(range(len(names)), probs, color=colours)
+    ax_bar.set_yticks(range(len(names)), names, fontsize=9)
+    top_p = max(probs)
+    ax_bar.set_xlim(0, min(100.0, top_p * 1.3) if top_p > 0 else 1.0)  # a weak model's bars stay visible
+    ax_bar.set_xlabel("probability (%)")
+    for i, p in enumerate(probs):
+        ax_bar.text(p, i, f" {p:.1f}%", va="center", fontsize=8)
+    ax_bar.set_title(f"top-{len(top)} probabilities", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_image_grid(images, titles: Sequence[str], path: str | Path | None = None, *,
+                    wrong: Sequence[bool] | None = None, ncols: int | None = None, title: str | None = None,
+                    fontsize: float = 7.5) -> Figure:
+    """Images in a grid with a caption each; where ``wrong[i]`` the caption is red and the image framed
+    in red (right ones in green); without ``wrong`` captions are black and frames plain."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to show")
+    ncols = ncols or min(n, 8)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(1.55 * ncols, 1.75 * nrows + (0.45 if title else 0.1)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        _show(ax, to_uint8(images[i]))
+        colour = "black"
+        if wrong is not None:
+            colour = WRONG if wrong[i] else RIGHT
+            _mark(ax, colour)
+        ax.set_title(titles[i], fontsize=fontsize, color=colour)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _finish(fig, path)
+
+
+def _short(name: str, width: int = 16) -> str:
+    return name if len(name) <= width else name[: width - 1] + "."
+
+
+def prediction_captions(true: Sequence[str | None], pred: Sequence[str], prob: Sequence[float]) -> list[str]:
+    """``pred (p%)`` captions, with ``true: ...`` above when the truth is known."""
+    out = []
+    for t, p, q in zip(true, pred, prob):
+        line = f"{_short(p)} {100 * q:.0f}%"
+        out.append(line if t is None else f"true: {_short(t)}\npred: {line}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Confusion matrix and learning-rate finder
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path | None = None, *,
+                   order: Sequence[int] | None = None, groups: Sequence[int] | None = None,
+                   group_names: Sequence[str] | None = None, title: str = "Confusion matrix",
+                   normalise: bool = True) -> Figure:
+    """Confusion matrix (rows: true class, columns: predicted) as a heat map.
+
+    ``order`` permutes the classes (e.g. sorted by superclass); ``groups`` gives each class's group
+    (superclass) index so that group boundaries are drawn and group names written on the top and right
+    edges. Rows are normalised to per-true-class fractions unless ``normalise`` is false. With up to 20
+    classes every cell carries its count.
+    """
+    cm = np.asarray(cm)
+    n = len(classes)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {n} classes")
+    order = np.arange(n) if order is None else np.asarray(order)
+    m = cm[np.ix_(order, order)].astype(np.float64)
+    names = [classes[i] for i in order]
+    if normalise:
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    big = n > 20
+    size = 13.0 if big else max(5.0, 0.55 * n + 2.5)
+    fig = Figure(figsize=(size * 1.04, size), layout="constrained")
+    ax = fig.add_subplot()
+    # a square-root colour scale keeps the many small off-diagonal confusions visible next to the diagonal
+    from matplotlib.colors import PowerNorm
+
+    im = ax.imshow(m, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(m.max(), 1e-9)), interpolation="nearest")
+    font = 5.2 if big else 9
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_ylabel("true class", fontsize=10)
+    ax.tick_params(length=1.5, pad=1)
+    if groups is not None:
+        g = np.asarray(groups)[order]
+        bounds = [i for i in range(1, n) if g[i] != g[i - 1]]
+        for b in bounds:
+            ax.axhline(b - 0.5, color="0.35", lw=0.6)
+            ax.axvline(b - 0.5, color="0.35", lw=0.6)
+        if group_names is not None:
+            starts = [0, *bounds]
+            ends = [*bounds, n]
+            centres = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
+            labels = [group_names[g[s]] if g[s] >= 0 else "?" for s in starts]
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(centres, labels, rotation=90, fontsize=font + 1.3)
+            top.tick_params(length=0)
+            right = ax.secondary_yaxis("right")
+            right.set_yticks(centres, labels, fontsize=font + 1.3)
+            right.tick_params(length=0)
+    if not big:
+        for i in range(n):
+            for j in range(n):
+                count = int(cm[order[i], order[j]])
+                if count:
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > 0.5 * m.max() else "black")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.5, pad=0.01, aspect=30)
+    cbar.set_label("fraction of the true class" if normalise else "images")
+    ax.set_title(title, fontsize=12)
+    return _finish(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], path=None, *,
+                 suggestion: float | None = None, title: str = "Learning-rate range test") -> Figure:
+    """Loss against learning rate (log scale): raw per-step losses faint, the smoothed curve bold, the
+    suggested maximum learning rate marked."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    lrs, losses, smoothed = np.asarray(lrs), np.asarray(losses), np.asarray(smoothed)
+    ax.plot(lrs, losses, "-", color=TRAIN_COLOUR, alpha=0.25, lw=0.8, label="loss per step")
+    ax.plot(lrs, smoothed, "-", color=TRAIN_COLOUR, lw=2, label="smoothed")
+    ax.set_xscale("log")
+    finite = smoothed[np.isfinite(smoothed)]
+    raw = losses[np.isfinite(losses)]
+    if finite.size:
+        lo = min(finite.min(), raw.min() if raw.size else finite.min())
+        # zoom on the interesting part: from the lowest loss to a little above the starting loss; the
+        # divergence leaves through the top of the frame
+        span = max(finite[0] - lo, 0.05 * abs(finite[0]), 1e-6)
+        hi = min(finite.max(), finite[0] + 1.5 * span)
+        pad = 0.08 * max(hi - lo, 1e-6)
+        ax.set_ylim(lo - pad, max(hi, lo) + pad)
+    if suggestion is not None:
+        ax.axvline(suggestion, color=VAL_COLOUR, ls="--", lw=1.2)
+        y = np.interp(np.log(suggestion), np.log(lrs), smoothed) if len(lrs) > 1 else smoothed[0]
+        ax.plot([suggestion], [y], "o", color=VAL_COLOUR, label=f"suggested max_lr {suggestion:.2g}")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend()
+    return _finish(fig, path)

@@ -1,0 +1,76 @@
+"""The command line as a whole: every flag documented, the new commands listed, the old ones intact, and
+mistakes reported as one line with exit status 2."""
+
+import argparse
+
+import pytest
+import torch
+
+from cifar_resnet.cli import get_args_parser, main
+from test_evaluate import assert_one_line_error, cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
+    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+NEW_COMMANDS = ("evaluate", "plot", "predict", "interpret", "lr-find")
+
+
+def subparsers(parser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from subparsers(sub, (*prefix, name))
+
+
+def test_every_flag_and_argument_is_documented():
+    commands = dict(subparsers(get_args_parser()))
+    assert {(c,) for c in (*NEW_COMMANDS, "train", "models", "data")} <= set(commands)
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help.strip(), f"{' '.join(name)}: {action.option_strings or action.dest}"
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in (*NEW_COMMANDS, "train", "models", "data"):
+        assert command in out
+
+
+def test_existing_commands_still_work(capsys):
+    code, out, _ = cli(capsys, "models")
+    assert code == 0 and "seed_resnet" in out.split() and "fast_small" in out.split()
+    for command in ("train", "data"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "interpret", "predict"])
+def test_bad_checkpoints_are_one_line(tmp_path, capsys, command):
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
+    extra = ["--index", "0"] if command == "predict" else []
+    for path, message in ((tmp_path / "missing.pt", "no such checkpoint"), (tmp_path, "is a directory"),
+                          (tmp_path / "junk.pt", "not a readable checkpoint")):
+        code, _, err = cli(capsys, command, path, *extra)
+        assert_one_line_error(code, err, message)
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "x.pt", "--split", "holdout"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

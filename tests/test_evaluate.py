@@ -1,0 +1,186 @@
+"""`cifar-resnet evaluate`: metrics checked against known values, against the numbers training printed for the
+same checkpoint, and on a tiny model that has memorised its training images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_resnet import TrainConfig, channel_stats, fit, load_checkpoint, load_data, subsample
+from cifar_resnet.cli import main
+from cifar_resnet.datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
+from cifar_resnet.evaluate import (
+    REPORT_KEYS,
+    compute_report,
+    expected_calibration_error,
+    fine_to_coarse,
+    resolve_split,
+    tta_for,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
+    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(capsys, *args):
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-resnet: error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics on crafted numbers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_expected_calibration_error_known_values():
+    # confident and always right: calibrated
+    assert expected_calibration_error(torch.tensor([[1.0, 0.0]] * 4), torch.tensor([0, 0, 0, 0])) == 0.0
+    # confidence 1.0, right half the time: a gap of 0.5
+    assert expected_calibration_error(torch.tensor([[1.0, 0.0]] * 4), torch.tensor([0, 1, 0, 1])) == 0.5
+    # confidence 0.6 and right 6 times in 10: calibrated; 0.6 and right 3 times in 10: gap 0.3
+    probs = torch.tensor([[0.6, 0.4]] * 10)
+    assert expected_calibration_error(probs, torch.tensor([0] * 6 + [1] * 4)) == pytest.approx(0.0, abs=1e-6)  # float32 0.6
+    assert expected_calibration_error(probs, torch.tensor([0] * 3 + [1] * 7)) == pytest.approx(0.3)
+
+
+def test_report_counts_a_prediction_in_the_right_superclass():
+    # apple (fruit_and_vegetables), with predictions: apple (right), orange (same superclass), bear (wrong superclass)
+    apple, orange, bear = (CIFAR100_CLASSES.index(n) for n in ("apple", "orange", "bear"))
+    assert CIFAR100_FINE_TO_COARSE[apple] == CIFAR100_FINE_TO_COARSE[orange] != CIFAR100_FINE_TO_COARSE[bear]
+    logits = torch.zeros(3, 100)
+    for row, pred in enumerate((apple, orange, bear)):
+        logits[row, pred] = 10.0
+    labels = torch.tensor([apple, apple, apple])
+    cmap, cnames = fine_to_coarse(CIFAR100_CLASSES)
+    r = compute_report(logits, labels, CIFAR100_CLASSES, coarse_map=cmap, coarse_classes=cnames)
+    assert set(REPORT_KEYS) <= set(r)
+    assert r["n"] == 3
+    assert r["top1"] == pytest.approx(1 / 3) and r["coarse_top1"] == pytest.approx(2 / 3)
+    assert r["per_class"]["apple"] == {"n": 3, "top1": pytest.approx(1 / 3)}
+    assert r["per_class"]["bear"] == {"n": 0, "top1": None}
+    fruit = r["per_superclass"]["fruit_and_vegetables"]
+    assert fruit["n"] == 3 and fruit["coarse_top1"] == pytest.approx(2 / 3)
+    json.dumps(r)  # JSON-ready as it is
+
+
+def test_tta_defaults_to_what_the_run_evaluated_with():
+    assert tta_for({"config": {"tta": True}}, None) is True
+    assert tta_for({"config": {"tta": True}}, False) is False
+    assert tta_for({}, None) is False and tta_for({}, True) is True
+
+
+def test_superclass_mapping_from_the_data_for_other_class_names():
+    names = tuple(f"c{i}" for i in range(4))
+    split = Split(np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 2, 3], coarse=[0, 0, 1, 1])
+    mapping, coarse = fine_to_coarse(names, ("a", "b"), split)
+    assert mapping.tolist() == [0, 0, 1, 1] and coarse == ("a", "b")
+    not_a_tree = Split(np.zeros((2, 32, 32, 3), np.uint8), [0, 0], coarse=[0, 1])
+    assert fine_to_coarse(names, ("a", "b"), not_a_tree) == (None, None)
+    assert fine_to_coarse(names) == (None, None)
+    assert fine_to_coarse(CIFAR100_CLASSES)[1] == CIFAR100_COARSE_CLASSES
+
+
+# ------------------------------------------------------------------------------------------------
+# the real checkpoint
+# ------------------------------------------------------------------------------------------------
+
+
+def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, capsys):
+    ckpt = load_checkpoint(real_run / "best.pt")
+    record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt["epoch"])
+    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", real_npz, "--split", "val", "--json",
+                         "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(REPORT_KEYS) <= set(r)
+    assert r["split"] == "val" and r["n"] == 2000
+    # the same 2,000 images, normalised the same way, through the same weights: training's numbers
+    assert r["top1"] == pytest.approx(record["val_top1"], abs=1e-6)
+    assert r["top5"] == pytest.approx(record["val_top5"], abs=1e-6)
+    assert r["loss"] == pytest.approx(record["val_loss"], rel=1e-4)
+    # top-1 a second way: per-class accuracies weighted by their counts (stratified: 20 per class)
+    per_class = r["per_class"]
+    assert list(per_class) == list(CIFAR100_CLASSES)
+    assert {v["n"] for v in per_class.values()} == {20}
+    assert sum(v["top1"] * v["n"] for v in per_class.values()) / r["n"] == pytest.approx(r["top1"], rel=1e-12)
+    # superclass accuracy counts every right fine prediction and more
+    assert r["coarse_top1"] >= r["top1"] and r["top5"] >= r["top1"]
+    sup = r["per_superclass"]
+    assert len(sup) == 20 and sum(v["n"] for v in sup.values()) == 2000
+    assert sum(v["coarse_top1"] * v["n"] for v in sup.values()) / 2000 == pytest.approx(r["coarse_top1"])
+    assert 0.0 <= r["ece"] <= 1.0
+
+
+def test_text_table_with_defaults_and_tta(real_run, capsys):
+    # no --data and no --split: the run's own data source and the split it evaluated on
+    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--tta", "--device", "cpu")
+    assert code == 0, err
+    for text in ("top-1", "top-5", "superclass", "loss", "ECE", "the run's held-out validation split",
+                 "flip TTA", "per-class top-1", "sunflower", "large_carnivores"):
+        assert text in out, text
+
+
+def test_train_split_is_the_images_the_run_trained_on(real_run, real_npz):
+    ckpt = load_checkpoint(real_run / "best.pt")
+    name, split, description = resolve_split(ckpt, load_data(real_npz), "train")
+    assert name == "train" and len(split) == 10000 and "the run's training images" in description
+    mean, std = channel_stats(split.images)
+    assert list(mean) == ckpt["mean"] and list(std) == ckpt["std"]
+
+
+def test_another_source_cannot_stand_for_the_runs_validation_split(real_run, real_npz, tmp_path, capsys):
+    data = load_data(real_npz)
+    other = tmp_path / "other.npz"
+    np.savez(other, x_train=data.train.images[:300], y_train=data.train.labels[:300])
+    code, _, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "val")
+    assert_one_line_error(code, err, "not the data this checkpoint was trained on")
+    code, _, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "test")
+    assert_one_line_error(code, err, "no split 'test'")
+    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "train", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["n"] == 300 and "not the run's" in r["split_description"]
+
+
+def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_npz, tmp_path, capsys):
+    """200 real images (2 per class), no augmentation, a small net and enough epochs to memorise them."""
+    data = load_data(real_npz)
+    small = subsample(data, 200, seed=1).train
+    test = data.train.subset(np.arange(100))  # fit needs a split to evaluate on; what it is does not matter
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=small.images, y_train=small.labels, y_train_coarse=small.coarse,
+             x_test=test.images, y_test=test.labels, y_test_coarse=test.coarse,
+             fine_label_names=np.array(data.classes), coarse_label_names=np.array(data.coarse_classes))
+    config = TrainConfig(data=str(npz), val_split=0, model="fast",
+                         model_kwargs={"widths": [16, 32, 32], "logit_scale": 1.0}, epochs=20, batch_size=50,
+                         optimizer="adam", lr=0.02, weight_decay=0.0, grad_clip=0.0, crop_pad=0, flip="none",
+                         device="cpu", eval_batch_size=200)
+    fit(config, None, tmp_path / "run", log=None, progress=False)
+    code, out, err = cli(capsys, "evaluate", tmp_path / "run" / "last.pt", "--split", "train", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["split_description"].endswith("the run's training images") and r["n"] == 200
+    assert r["top1"] >= 0.95, r["top1"]
+    assert r["coarse_top1"] >= r["top1"] and r["top5"] >= r["top1"]
+    code, out, err = cli(capsys, "evaluate", tmp_path / "run" / "last.pt", "--split", "test", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n"] == 100

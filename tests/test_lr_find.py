@@ -1,0 +1,80 @@
+"""`cifar-resnet lr-find`: the learning-rate range test on a tiny model, and the command on real images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_resnet import channel_stats, create_model
+from cifar_resnet.loader import CifarLoader
+from cifar_resnet.lr_find import lr_find, smooth
+from test_evaluate import assert_one_line_error, cli
+from test_plots import open_png
+from test_train import synthetic
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
+    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():
+    data = synthetic(n_train=120, n_val=10)
+    mean, std = channel_stats(data.train.images)
+    loader = CifarLoader(data.train, 20, mean=mean, std=std, train=True)
+    torch.manual_seed(0)
+    model = create_model("fast", num_classes=10, widths=[8, 16, 16], stem_width=8)
+    model.train(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    result = lr_find(model, loader, opt, start_lr=1e-4, end_lr=1e6, num_steps=30, progress=False)
+
+    assert "diverged" in result.stopped and len(result.lrs) < 30  # SGD at lr 1e6 cannot survive
+    assert result.lrs[0] == pytest.approx(1e-4)
+    ratio = (1e6 / 1e-4) ** (1 / 29)
+    assert all(b / a == pytest.approx(ratio, rel=1e-6) for a, b in zip(result.lrs, result.lrs[1:]))
+    assert len(result.smoothed) == len(result.losses) == len(result.lrs)
+    assert result.suggestion == pytest.approx(result.min_loss_lr / 10)
+    assert result.lrs[0] <= result.steepest_lr <= result.min_loss_lr
+    # weights, BN statistics, training mode and optimizer all as they were
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training and opt.param_groups[0]["lr"] == 0.05 and not opt.state
+
+
+def test_smoothing_has_no_lag_and_ignores_spikes():
+    assert smooth([2.0] * 10, 5).tolist() == [2.0] * 10
+    ramp = np.arange(50.0)
+    assert smooth(ramp, 9).tolist() == ramp.tolist()  # a causal average would lag behind
+    spiky = np.full(30, 4.0)
+    spiky[[10, 20]] = 50.0
+    assert smooth(spiky, 5).tolist() == [4.0] * 30
+
+
+def test_lr_find_command_on_real_images(real_npz, tmp_path, capsys):
+    code, out, err = cli(capsys, "lr-find", "--data", real_npz, "--train-subset", "500", "--model", "fast",
+                         "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--batch-size", "50",
+                         "--optimizer", "sgd", "--steps", "20", "--start-lr", "1e-3", "--end-lr", "100",
+                         "--device", "cpu", "--out", tmp_path / "lr.png", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert {"suggestion", "min_loss_lr", "steepest_lr", "stopped", "lrs", "losses", "smoothed", "plot"} <= set(r)
+    assert 1e-4 <= r["suggestion"] <= 10 and len(r["lrs"]) <= 20
+    open_png(tmp_path / "lr.png", (640, 420))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start-lr", "1", "--end-lr", "0.1"], "need 0 < start_lr < end_lr"),
+    (["--steps", "1"], "at least 2 steps"),
+    (["--diverge", "1"], "divergence factor"),
+    (["--model", "nonet"], "unknown model"),
+])
+def test_bad_arguments(capsys, args, message):
+    code, _, err = cli(capsys, "lr-find", "--data", "/nonexistent.npz", *args)
+    assert_one_line_error(code, err, message)

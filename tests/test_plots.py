@@ -1,0 +1,136 @@
+"""`cifar-resnet plot` and the figures of plots.py, checked by opening the PNG files they write."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_resnet import plots
+from cifar_resnet.notebook import plot_loss as notebook_plot_loss
+from test_evaluate import assert_one_line_error, cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
+    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+BLUE, RED, ORANGE = (31, 119, 180), (214, 39, 40), (255, 127, 14)  # matplotlib's tab: colours
+
+
+def open_png(path, size=None) -> np.ndarray:
+    """The RGB pixels of a PNG file, after checking it is one (and of ``size``, if given)."""
+    with Image.open(path) as img:
+        assert img.format == "PNG", path
+        if size is not None:
+            assert img.size == size, (path, img.size)
+        img.load()
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 10, f"{path} looks blank"
+    return pixels
+
+
+def count_colour(pixels: np.ndarray, rgb, tol: int = 30) -> int:
+    return int((np.abs(pixels.astype(int) - np.array(rgb)).max(axis=-1) <= tol).sum())
+
+
+def fake_run(path, epochs=2, lrs=False, config=True):
+    """A run directory as `train` leaves it after ``epochs`` epochs (history.json, config.json)."""
+    path.mkdir(parents=True, exist_ok=True)
+    records = [{"epoch": e, "lr": 0.1 / e, "train_loss": 4.6 - 0.3 * e, "train_top1": 0.02 * e,
+                "val_loss": 4.5 - 0.25 * e, "val_top1": 0.03 * e, "val_top5": 0.1 * e, "eval_split": "val",
+                "seconds": 1.0, "images_per_s": 100.0} for e in range(1, epochs + 1)]
+    if lrs:
+        for r in records:
+            r["lrs"] = [0.1] * 5
+    (path / "history.json").write_text(json.dumps(records))
+    if config:
+        (path / "config.json").write_text(json.dumps({"model": "fast", "epochs": 10, "label_smoothing": 0.1}))
+    return records
+
+
+def test_plot_command_on_a_real_run(real_run, tmp_path, capsys):
+    code, out, err = cli(capsys, "plot", real_run, "--out", tmp_path / "plots")
+    assert code == 0, err
+    paths = out.split()
+    assert [os.path.basename(p) for p in paths] == ["loss.png", "accuracy.png", "lr.png"]
+    loss = open_png(tmp_path / "plots" / "loss.png", (640, 420))
+    assert count_colour(loss, BLUE) > 100 and count_colour(loss, RED) > 100  # training and validation curves
+    acc = open_png(tmp_path / "plots" / "accuracy.png", (640, 420))
+    assert min(count_colour(acc, c) for c in (BLUE, RED, ORANGE)) > 50  # train top-1, val top-1, val top-5
+    lr = open_png(tmp_path / "plots" / "lr.png", (640, 420))
+    assert count_colour(lr, BLUE) > 200  # per-step learning rates, taken from last.pt
+    assert not [p for p in os.listdir(tmp_path / "plots") if p.endswith(".tmp")]
+
+
+def test_a_run_in_progress_is_plotted_into_its_plots_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    fake_run(run, epochs=1)
+    (run / "last.pt").write_bytes(b"being written")  # unreadable: the per-epoch learning rate is drawn instead
+    code, _, err = cli(capsys, "plot", run)
+    assert code == 0, err
+    for name in ("loss", "accuracy", "lr"):
+        open_png(run / "plots" / f"{name}.png", (640, 420))
+        assert oct((run / "plots" / f"{name}.png").stat().st_mode & 0o777) == oct(0o644)
+    fake_run(run, epochs=3)  # the next epoch finished: plotting again replaces the files
+    assert cli(capsys, "plot", run)[0] == 0
+    open_png(run / "plots" / "loss.png", (640, 420))
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p.mkdir(), "no history.json"),
+    (lambda p: p.write_text("x"), "is not a run directory"),
+    (lambda p: (p.mkdir(), (p / "history.json").write_text("[]")), "no epoch has finished yet"),
+    (lambda p: (p.mkdir(), (p / "history.json").write_text("{oops")), "unreadable"),
+])
+def test_not_a_run_directory(tmp_path, capsys, setup, message):
+    path = tmp_path / "thing"
+    setup(path)
+    code, _, err = cli(capsys, "plot", path)
+    assert_one_line_error(code, err, message)
+
+
+def test_notebook_history_and_plot_loss(tmp_path):
+    # the notebook API's history: an untrained evaluate() first, then fit()'s epochs with val_acc and lrs
+    history = [{"val_loss": 4.61, "val_acc": 0.01}]
+    history += [{"val_loss": 4.4 - 0.2 * e, "val_acc": 0.05 * e, "train_loss": 4.5 - 0.2 * e,
+                 "lrs": list(np.linspace(0.001, 0.0001, 4))} for e in range(1, 4)]
+    notebook_plot_loss(history, tmp_path / "loss.png")
+    pixels = open_png(tmp_path / "loss.png", (640, 420))
+    assert count_colour(pixels, BLUE) > 100 and count_colour(pixels, RED) > 100
+    plots.plot_accuracy(history, tmp_path / "acc.png")
+    plots.plot_lr(history, tmp_path / "lr.png")
+    open_png(tmp_path / "acc.png", (640, 420))
+    open_png(tmp_path / "lr.png", (640, 420))
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_loss([])
+
+
+def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.48, 0.44), (0.27, 0.26, 0.28)
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) \
+        / torch.tensor(std)[:, None, None]
+    assert np.array_equal(plots.to_uint8(x, mean, std), image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Clipping input data" would fail here
+        plots.plot_prediction(x * 3, [("cat", 0.7), ("dog", 0.2)], tmp_path / "p.png", true="dog")
+    open_png(tmp_path / "p.png", (750, 340))
+
+
+def test_confusion_matrix_figure_small_and_sorted(tmp_path):
+    cm = np.array([[5, 1, 0], [0, 3, 2], [1, 0, 4]])
+    plots.plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png", order=[2, 0, 1], groups=[1, 0, 0],
+                         group_names=["g0", "g1"])
+    open_png(tmp_path / "cm.png")
+    with pytest.raises(ValueError, match="shape"):
+        plots.plot_confusion(cm, ["a", "b"])
