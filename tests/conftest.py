@@ -36,3 +36,16 @@ def real_run(real_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real_run")
     assert main(REAL_RUN_ARGS + ["--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small models on small batches: they gain nothing from a second,
+    and on a small CPU shared with other work, two OpenMP threads spinning against other processes made
+    such tests several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

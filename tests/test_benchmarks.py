@@ -32,13 +32,7 @@ def _load(name):
     return module
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other work, threads waiting for each other are far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

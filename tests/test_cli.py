@@ -4,20 +4,11 @@ mistakes reported as one line with exit status 2."""
 import argparse
 
 import pytest
-import torch
 
 from cifar_resnet.cli import get_args_parser, main
 from test_evaluate import assert_one_line_error, cli
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
-    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW_COMMANDS = ("evaluate", "plot", "predict", "interpret", "lr-find")
 

@@ -18,15 +18,7 @@ from cifar_resnet.interpret import Interpretation
 from test_evaluate import assert_one_line_error, cli
 from test_plots import open_png
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
-    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crafted():

@@ -13,15 +13,7 @@ from test_evaluate import assert_one_line_error, cli
 from test_plots import open_png
 from test_train import synthetic
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
-    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():

@@ -27,14 +27,7 @@ from cifar_resnet.models.seed import IdentityBlock
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this module on one intra-op thread: these are tiny batches, and on a small shared CPU two
-    OpenMP threads spinning against other processes made the file ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: nn.Module) -> int:

@@ -13,15 +13,7 @@ from cifar_resnet import plots
 from cifar_resnet.notebook import plot_loss as notebook_plot_loss
 from test_evaluate import assert_one_line_error, cli
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
-    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLUE, RED, ORANGE = (31, 119, 180), (214, 39, 40), (255, 127, 14)  # matplotlib's tab: colours
 

@@ -14,15 +14,7 @@ from cifar_resnet.predict import ImageFileError, Predictor, load_image, load_ima
 from test_evaluate import assert_one_line_error, cli
 from test_plots import count_colour, open_png
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small models on small batches gain nothing from a second, and on a small shared
-    CPU two OpenMP threads spinning against other processes made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
