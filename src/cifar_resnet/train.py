@@ -124,7 +124,7 @@ PRESETS: dict[str, TrainConfig] = {
                         crop_pad=2, flip="alternating", tta=True, epochs=16, batch_size=512),
     "fast-cpu": TrainConfig(model="fast_small", whiten=True, optimizer="nesterov", lr=2.0, momentum=0.9,
                             weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0,
-                            label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, epochs=16,
+                            label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, epochs=17,
                             batch_size=512),
 }
 
