@@ -13,6 +13,7 @@ accuracy, expected calibration error and per-class/per-superclass accuracy; ``fo
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -275,17 +276,36 @@ def tta_for(ckpt: dict, tta: bool | None) -> bool:
     return bool((ckpt.get("config") or {}).get("tta", False)) if tta is None else bool(tta)
 
 
-def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
-                        progress: bool | None = None) -> dict:
-    """Evaluate a checkpoint (a path or a loaded dict) on a split of ``data`` (a source for
-    ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
-    config); see :func:`resolve_split` for what the split names mean. ``tta``: flip test-time
-    augmentation (default: as the run evaluated, see :func:`tta_for`).
+@dataclass
+class CheckpointRun:
+    """A checkpoint run over one split: what ``evaluate`` and ``interpret`` both start from."""
 
-    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``, ``model``,
-    ``epoch``, ``checkpoint``, ``data``.
-    """
+    ckpt: dict
+    source: str             # the checkpoint's path (or "checkpoint" for a dict)
+    data: object            # the CifarData the split came from
+    split: str              # "train" | "val" | "test"
+    images: object          # the Split itself
+    description: str
+    tta: bool
+    logits: torch.Tensor    # (N, C) float32, CPU
+    labels: torch.Tensor    # (N,) int64, CPU
+    coarse_map: object
+    coarse_classes: object
+
+    @property
+    def meta(self) -> dict:
+        return {"checkpoint": self.source, "model": self.ckpt["model_name"], "epoch": self.ckpt.get("epoch"),
+                "split": self.split, "split_description": self.description, "tta": self.tta,
+                "data": self.data.source}
+
+
+def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
+                   batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
+                   progress: bool | None = None, desc: str = "evaluate") -> CheckpointRun:
+    """Load a checkpoint (a path or a loaded dict), find the split of ``data`` (a source for
+    ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
+    config; see :func:`resolve_split` for what the split names mean) and run the model over it.
+    ``tta``: flip test-time augmentation (default: as the run evaluated, see :func:`tta_for`)."""
     from .checkpoint import load_checkpoint
     from .train import resolve_device
 
@@ -298,12 +318,28 @@ def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta:
     name, images, description = resolve_split(ckpt, data, split)
     tta = tta_for(ckpt, tta)
     logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta, amp=amp,
-                                  progress=progress, desc=f"evaluate {name}")
+                                  progress=progress, desc=f"{desc} {name}")
     coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
                                               images)
-    report = compute_report(logits, labels, ckpt["classes"], coarse_map=coarse_map, coarse_classes=coarse_names)
-    report.update(split=name, split_description=description, tta=tta, model=ckpt["model_name"],
-                  epoch=ckpt.get("epoch"), checkpoint=source, data=data.source)
+    return CheckpointRun(ckpt, source, data, name, images, description, tta, logits, labels, coarse_map,
+                         coarse_names)
+
+
+def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
+                        batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
+                        progress: bool | None = None) -> dict:
+    """Evaluate a checkpoint on a split (arguments as :func:`run_checkpoint`).
+
+    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``, ``model``,
+    ``epoch``, ``checkpoint``, ``data``.
+    """
+    run = run_checkpoint(checkpoint, data, split, tta=tta, batch_size=batch_size, device=device, amp=amp,
+                         progress=progress)
+    report = compute_report(run.logits, run.labels, run.ckpt["classes"], coarse_map=run.coarse_map,
+                            coarse_classes=run.coarse_classes)
+    meta = run.meta
+    report.update(split=meta["split"], split_description=meta["split_description"], tta=meta["tta"],
+                  model=meta["model"], epoch=meta["epoch"], checkpoint=meta["checkpoint"], data=meta["data"])
     return report
 
 

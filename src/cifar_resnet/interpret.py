@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import plots
-from .evaluate import compute_report, fine_to_coarse
+from .evaluate import compute_report
 
 __all__ = ["Interpretation", "check_out_dir", "format_interpretation", "write_report"]
 
@@ -49,32 +49,12 @@ class Interpretation:
                         progress: bool | None = None) -> Interpretation:
         """Run a checkpoint (path or dict) over a split of ``data`` (a source or a ``CifarData``); the
         split names mean what they mean for ``cifar-resnet evaluate`` (see ``evaluate.resolve_split``)."""
-        from .checkpoint import load_checkpoint
-        from .evaluate import (
-            check_classes,
-            data_for_checkpoint,
-            model_from_checkpoint,
-            resolve_split,
-            split_logits,
-            tta_for,
-        )
-        from .train import resolve_device
+        from .evaluate import run_checkpoint
 
-        source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
-        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        data = data_for_checkpoint(ckpt, data, source)
-        dev = resolve_device(device) if isinstance(device, str) else device
-        model = model_from_checkpoint(ckpt, dev, source)
-        check_classes(ckpt, data, source)
-        name, images, description = resolve_split(ckpt, data, split)
-        tta = tta_for(ckpt, tta)
-        logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta,
-                                      progress=progress, desc=f"interpret {name}")
-        coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
-                                                  images)
-        meta = {"checkpoint": source, "model": ckpt["model_name"], "epoch": ckpt.get("epoch"), "split": name,
-                "split_description": description, "tta": tta, "data": data.source}
-        return cls(list(ckpt["classes"]), images.images, labels, logits, coarse_map, coarse_names, description, meta)
+        run = run_checkpoint(checkpoint, data, split, tta=tta, batch_size=batch_size, device=device,
+                             progress=progress, desc="interpret")
+        return cls(list(run.ckpt["classes"]), run.images.images, run.labels, run.logits, run.coarse_map,
+                   run.coarse_classes, run.description, run.meta)
 
     @property
     def num_classes(self) -> int:
