@@ -78,8 +78,9 @@ class CifarLoader:
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
         # normalise(x/255) == x * scale + shift: one fused multiply-add in the first float conversion
-        self._scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
-        self._shift = (-mean_t / std_t).view(1, 3, 1, 1)
+        # per-channel, applied on the NHWC batch (channel innermost: a contiguous, vectorised op)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -mean_t / std_t
         self._cutout_fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=self.device)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)
@@ -97,9 +98,12 @@ class CifarLoader:
         self.epoch = epoch
 
     def normalise(self, images_nhwc_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> normalised float NCHW (channels_last memory, no copy before the conversion)."""
-        x = images_nhwc_uint8.permute(0, 3, 1, 2)
-        return torch.addcmul(self._shift, x.to(torch.float32), self._scale).to(self.dtype)
+        """uint8 NHWC -> normalised float NCHW (channels_last memory, no copy before the conversion).
+
+        Normalising before the permute runs on contiguous memory, which is faster on the CPU than the same
+        op on the permuted (channels_last) view."""
+        x = torch.addcmul(self._shift, images_nhwc_uint8.to(torch.float32), self._scale)
+        return x.to(self.dtype).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
