@@ -15,16 +15,18 @@ def _split(n=50, seed=0):
     return Split(images=images, labels=labels, coarse=None)
 
 
-def test_random_crop_matches_reflect_pad_then_crop():
-    """The index-based crop equals padding each image (reflect) and cutting the 32x32 window at the offsets
-    it drew; recover the offsets by replaying the generator."""
+@pytest.mark.parametrize("mode, torch_mode", [("reflect", "reflect"), ("zeros", "constant")])
+def test_random_crop_matches_pad_then_crop(mode, torch_mode):
+    """The row-gather crop equals padding each image (reflect or zeros) and cutting the 32x32 window at the
+    offsets it drew; recover the offsets by replaying the generator."""
     x = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
     g = torch.Generator().manual_seed(3)
-    out = augment.random_crop(x, 4, g)
+    out = augment.random_crop(x, 4, g, mode=mode)
+    assert out.shape == x.shape and out.dtype == x.dtype
     g = torch.Generator().manual_seed(3)
     dy = torch.randint(0, 9, (16,), generator=g)
     dx = torch.randint(0, 9, (16,), generator=g)
-    padded = F.pad(x.permute(0, 3, 1, 2).float(), (4, 4, 4, 4), mode="reflect").permute(0, 2, 3, 1)
+    padded = F.pad(x.permute(0, 3, 1, 2).float(), (4, 4, 4, 4), mode=torch_mode).permute(0, 2, 3, 1)
     for i in range(16):
         ref = padded[i, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32].to(torch.uint8)
         assert torch.equal(out[i], ref)
