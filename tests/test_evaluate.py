@@ -16,7 +16,9 @@ from cifar_resnet.evaluate import (
     expected_calibration_error,
     fine_to_coarse,
     resolve_split,
+    translate_for,
     tta_for,
+    tta_logits,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,10 +126,10 @@ def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, c
 
 def test_text_table_with_defaults_and_tta(real_run, capsys):
     # no --data and no --split: the run's own data source and the split it evaluated on
-    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--tta", "--device", "cpu")
+    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--tta", "--tta-translate", "1", "--device", "cpu")
     assert code == 0, err
     for text in ("top-1", "top-5", "superclass", "loss", "ECE", "the run's held-out validation split",
-                 "flip TTA", "per-class top-1", "sunflower", "large_carnivores"):
+                 "flip TTA", "1 px translate TTA", "per-class top-1", "sunflower", "large_carnivores"):
         assert text in out, text
 
 
@@ -176,3 +178,30 @@ def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_npz,
     code, out, err = cli(capsys, "evaluate", tmp_path / "run" / "last.pt", "--split", "test", "--json")
     assert code == 0, err
     assert json.loads(out)["n"] == 100
+
+
+def test_translate_tta_is_airbench_level_2():
+    """Half the weight on the image, a quarter each on it shifted one pixel up-left and down-right
+    (reflect-padded), each view flip-averaged; translate 0 is plain flip TTA."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        def flip_avg(v):
+            return 0.5 * (model(v) + model(v.flip(-1)))
+
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        expected = 0.5 * flip_avg(x) + 0.25 * (flip_avg(padded[..., :32, :32]) + flip_avg(padded[..., 2:, 2:]))
+        torch.testing.assert_close(tta_logits(model, x, tta=True, translate=1), expected)
+        torch.testing.assert_close(tta_logits(model, x, tta=True, translate=0), flip_avg(x))
+        torch.testing.assert_close(tta_logits(model, x), model(x))
+        with pytest.raises(ValueError, match="smaller than the image"):
+            tta_logits(model, x, translate=32)
+
+
+def test_translate_defaults_to_what_the_run_evaluated_with():
+    assert translate_for({"config": {"tta_translate": 1}}, None) == 1
+    assert translate_for({"config": {"tta_translate": 1}}, 0) == 0
+    assert translate_for({"config": {"tta": True}}, None) == 0  # runs from before the option
+    with pytest.raises(ValueError, match="tta-translate"):
+        translate_for({}, -1)

@@ -40,6 +40,28 @@ def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():
     assert not model.training and opt.param_groups[0]["lr"] == 0.05 and not opt.state
 
 
+def test_sweep_with_muon_sweeps_the_sgd_group_only():
+    from cifar_resnet.optim import MuonSGD
+
+    data = synthetic(n_train=120, n_val=10)
+    mean, std = channel_stats(data.train.images)
+    loader = CifarLoader(data.train, 20, mean=mean, std=std, train=True)
+    model = create_model("fast", num_classes=10, widths=[8, 16, 16], stem_width=8)
+    seen = []
+
+    class Recording(MuonSGD):
+        def step(self, closure=None):
+            seen.append([g["lr"] for g in self.param_groups])
+            return super().step(closure)
+
+    opt = Recording(model, lr=0.05, momentum=0.9, weight_decay=5e-4, muon_lr=0.02, muon_momentum=0.6)
+    result = lr_find(model, loader, opt, start_lr=1e-3, end_lr=1.0, num_steps=10, progress=False)
+    assert [lrs[0] for lrs in seen] == pytest.approx(result.lrs)  # the SGD group sweeps
+    assert result.lrs[0] == pytest.approx(1e-3) and result.lrs[-1] == pytest.approx(1.0)
+    assert all(lrs[1] == 0.02 for lrs in seen)  # Muon's stays at its own rate
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.02]  # both restored
+
+
 def test_smoothing_has_no_lag_and_ignores_spikes():
     assert smooth([2.0] * 10, 5).tolist() == [2.0] * 10
     ramp = np.arange(50.0)

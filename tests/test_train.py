@@ -70,10 +70,11 @@ class Stop(Exception):
     pass
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("optimizer, lr", [("adam", 3e-3), ("muon", 0.05)])
+def test_resume_is_exact(tmp_path, optimizer, lr):
     """An interrupted and resumed run ends with bit-identical weights to an uninterrupted one (CPU)."""
     data = synthetic()
-    config = tiny_config(epochs=3, optimizer="adam", lr=3e-3)
+    config = tiny_config(epochs=3, optimizer=optimizer, lr=lr)
     full = fit(config, data, tmp_path / "full", log=None, progress=False)
 
     def interrupt(record):
@@ -127,6 +128,7 @@ def test_checkpoint_from_another_model_or_class_count(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     ({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"flip": "up"}, "flip"),
     ({"label_smoothing": 1.5}, "smoothing"), ({"schedule": "step"}, "schedule"),
+    ({"muon_lr": 0}, "muon learning rate"), ({"muon_momentum": 1.0}, "momenta"), ({"tta_translate": -1}, "translate"),
 ])
 def test_bad_config_values(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -141,3 +143,24 @@ def test_schedules_peak_at_lr(schedule):
     assert len(lrs) == 8 and max(lrs) == pytest.approx(0.01, rel=0.05)
     if schedule != "constant":
         assert lrs[-1] < 0.5 * max(lrs) and lrs[0] < max(lrs)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "linear"])
+def test_muon_group_peaks_at_muon_lr(schedule):
+    """With optimizer muon both groups follow the schedule, each peaking at its own rate, and OneCycleLR
+    leaves the Muon group's momentum alone."""
+    from cifar_resnet.train import build_optimizer, build_scheduler
+
+    config = tiny_config(epochs=2, optimizer="muon", lr=0.4, muon_lr=0.05, muon_momentum=0.6, schedule=schedule)
+    from cifar_resnet.models import create_model
+
+    model = create_model(config.model, num_classes=10, **config.model_kwargs)
+    opt = build_optimizer(config, model, torch.device("cpu"))
+    sched = build_scheduler(config, opt, steps_per_epoch=5)
+    peaks = [0.0, 0.0]
+    for _ in range(10):
+        peaks = [max(p, g["lr"]) for p, g in zip(peaks, opt.param_groups)]
+        assert opt.param_groups[1]["momentum"] == 0.6
+        opt.step()
+        sched.step()
+    assert peaks == [pytest.approx(0.4, rel=0.05), pytest.approx(0.05, rel=0.05)]

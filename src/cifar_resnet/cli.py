@@ -28,7 +28,8 @@ CONFIG_HELP = {
     "whiten": "initialise the stem by patch whitening of training images (fast, fast_small)",
     "epochs": "number of epochs",
     "batch_size": "training batch size",
-    "optimizer": "adam | adamw | sgd | nesterov",
+    "optimizer": "adam | adamw | sgd | nesterov | muon (Muon for the hidden convolution filters, Nesterov SGD "
+                 "for the rest)",
     "lr": "peak learning rate (OneCycleLR's max_lr)",
     "momentum": "SGD momentum",
     "weight_decay": "weight decay",
@@ -41,6 +42,10 @@ CONFIG_HELP = {
     "flip": "horizontal flips: none | random | alternating",
     "cutout": "cutout square side in pixels (0: off)",
     "tta": "flip test-time augmentation when evaluating",
+    "tta_translate": "translate test-time augmentation when evaluating: also the image shifted this many "
+                     "pixels up-left and down-right, with half the weight (airbench's TTA level 2; 0: off)",
+    "muon_lr": "--optimizer muon: peak step of the hidden convolution filters, relative to their norm",
+    "muon_momentum": "--optimizer muon: Nesterov momentum of the hidden convolution filters",
     "eval_batch_size": "evaluation batch size",
     "seed": "random seed (initialisation, split, shuffling, augmentation)",
     "device": "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps",
@@ -144,7 +149,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # TrainConfig fields that matter to the learning-rate range test (the rest schedule a whole run)
 LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
-                  "momentum", "weight_decay", "grad_clip", "grad_clip_mode", "label_smoothing", "crop_pad",
+                  "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
+                  "label_smoothing", "crop_pad",
                   "flip", "cutout", "seed", "device", "amp", "channels_last")
 
 SPLIT_HELP = ("split to use: train, val or test (default: the split the run evaluated on). val and train are "
@@ -164,6 +170,9 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation: average the logits of each image and its mirror image "
                         "(default: as the run evaluated, from the checkpoint's config)")
+    p.add_argument("--tta-translate", type=int, default=None, metavar="PX",
+                   help="translate test-time augmentation: also the image shifted PX pixels up-left and "
+                        "down-right, with half the weight; 0 turns it off (default: as the run evaluated)")
     p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -276,8 +285,8 @@ def _add_inspection_parsers(sub) -> None:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint, format_report
 
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
-                                 device=args.device, progress=args.progress)
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, translate=args.tta_translate,
+                                 batch_size=args.batch_size, device=args.device, progress=args.progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
     return 0
 
@@ -296,6 +305,7 @@ def cmd_predict(args) -> int:
     code, text, errors = predict_command(
         args.checkpoint, args.images, data=args.data, split=args.split, index=args.index, sample=args.sample,
         seed=args.seed, k=args.top_k, resize=args.resize, show=args.show, as_json=args.json, tta=args.tta,
+        translate=args.tta_translate,
         batch_size=args.batch_size, device=args.device, progress=args.progress)
     for message in errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -309,6 +319,7 @@ def cmd_interpret(args) -> int:
 
     out = check_out_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "interpret"))
     interp = Interpretation.from_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
+                                            translate=args.tta_translate,
                                             batch_size=args.batch_size, device=args.device, progress=args.progress)
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:

@@ -29,13 +29,37 @@ def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, translate: int = 0) -> torch.Tensor:
+    """The model's logits for a batch, with test-time augmentation.
+
+    ``tta``: the mean of the image's and its mirror image's logits (flip TTA). ``translate`` (pixels,
+    > 0): airbench's TTA level 2, half the weight on the image itself and a quarter each on the image
+    shifted ``translate`` pixels up-left and down-right (reflect-padded), each view flip-averaged when
+    ``tta``.
+    """
+    def view(v: torch.Tensor) -> torch.Tensor:
+        out = model(v)
+        return 0.5 * (out + model(v.flip(-1))) if tta else out
+
+    logits = view(x)
+    if translate > 0:
+        t, (h, w) = translate, x.shape[-2:]
+        if not t < min(h, w):
+            raise ValueError(f"tta translate must be smaller than the image, got {t} for {h}x{w}")
+        padded = F.pad(x, (t, t, t, t), mode="reflect")
+        shifts = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
+        shifted = sum(view(s.contiguous(memory_format=torch.channels_last)) for s in shifts)
+        logits = 0.5 * logits + 0.25 * shifted
+    return logits
+
+
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader, *, tta: bool = False, amp: bool = True,
+def collect_logits(model: nn.Module, loader, *, tta: bool = False, translate: int = 0, amp: bool = True,
                    progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and int64 labels (N,) on the CPU, in loader order.
 
-    With ``tta`` the logits are the mean of the image's and its mirror image's (flip test-time
-    augmentation, as in airbench and the CIFAR speedruns).
+    ``tta`` and ``translate``: test-time augmentation, see :func:`tta_logits` (flip TTA as in airbench and
+    the CIFAR speedruns; translate as airbench's level 2).
     """
     was_training = model.training
     model.eval()
@@ -44,9 +68,7 @@ def collect_logits(model: nn.Module, loader, *, tta: bool = False, amp: bool = T
     try:
         for x, y in loader:
             with autocast_for(device, amp):
-                logits = model(x)
-                if tta:
-                    logits = 0.5 * (logits + model(x.flip(-1)))
+                logits = tta_logits(model, x, tta=tta, translate=translate)
             outs.append(logits.float())
             labels.append(y)
             if progress is not None:
@@ -260,20 +282,28 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img")
 
 
 def split_logits(model: nn.Module, ckpt: dict, split, *, device: torch.device, batch_size: int = 500,
-                 tta: bool = False, amp: bool = True, progress: bool | None = None,
+                 tta: bool = False, translate: int = 0, amp: bool = True, progress: bool | None = None,
                  desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of ``model`` over a whole Split, normalised with the checkpoint's mean/std."""
     from .loader import CifarLoader
 
     loader = CifarLoader(split, batch_size, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), device=device)
     with progress_bar(len(split), desc, progress) as bar:
-        return collect_logits(model, loader, tta=tta, amp=amp, progress=bar)
+        return collect_logits(model, loader, tta=tta, translate=translate, amp=amp, progress=bar)
 
 
 def tta_for(ckpt: dict, tta: bool | None) -> bool:
     """``tta`` if given, else what the run evaluated with (its config's ``tta``), so that by default a
     checkpoint is measured the way its training history was."""
     return bool((ckpt.get("config") or {}).get("tta", False)) if tta is None else bool(tta)
+
+
+def translate_for(ckpt: dict, translate: int | None) -> int:
+    """``translate`` if given, else the run's ``tta_translate`` (0 for runs from before it existed)."""
+    value = int((ckpt.get("config") or {}).get("tta_translate", 0)) if translate is None else int(translate)
+    if value < 0:
+        raise ValueError(f"--tta-translate must be >= 0, got {value}")
+    return value
 
 
 @dataclass
@@ -287,6 +317,7 @@ class CheckpointRun:
     images: object          # the Split itself
     description: str
     tta: bool
+    translate: int          # pixels of translate TTA (0: none)
     logits: torch.Tensor    # (N, C) float32, CPU
     labels: torch.Tensor    # (N,) int64, CPU
     coarse_map: object
@@ -296,16 +327,19 @@ class CheckpointRun:
     def meta(self) -> dict:
         return {"checkpoint": self.source, "model": self.ckpt["model_name"], "epoch": self.ckpt.get("epoch"),
                 "split": self.split, "split_description": self.description, "tta": self.tta,
+                "tta_translate": self.translate,
                 "data": self.data.source}
 
 
 def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
+                   translate: int | None = None,
                    batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
                    progress: bool | None = None, desc: str = "evaluate") -> CheckpointRun:
     """Load a checkpoint (a path or a loaded dict), find the split of ``data`` (a source for
     ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
     config; see :func:`resolve_split` for what the split names mean) and run the model over it.
-    ``tta``: flip test-time augmentation (default: as the run evaluated, see :func:`tta_for`)."""
+    ``tta``, ``translate``: flip and translate test-time augmentation (default: as the run evaluated, see
+    :func:`tta_for` and :func:`translate_for`)."""
     from .checkpoint import load_checkpoint
     from .train import resolve_device
 
@@ -316,29 +350,32 @@ def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool
     model = model_from_checkpoint(ckpt, dev, source)
     check_classes(ckpt, data, source)
     name, images, description = resolve_split(ckpt, data, split)
-    tta = tta_for(ckpt, tta)
-    logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta, amp=amp,
+    tta, translate = tta_for(ckpt, tta), translate_for(ckpt, translate)
+    logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta,
+                                  translate=translate, amp=amp,
                                   progress=progress, desc=f"{desc} {name}")
     coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
                                               images)
-    return CheckpointRun(ckpt, source, data, name, images, description, tta, logits, labels, coarse_map,
+    return CheckpointRun(ckpt, source, data, name, images, description, tta, translate, logits, labels, coarse_map,
                          coarse_names)
 
 
 def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
+                        translate: int | None = None,
                         batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
                         progress: bool | None = None) -> dict:
     """Evaluate a checkpoint on a split (arguments as :func:`run_checkpoint`).
 
-    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``, ``model``,
-    ``epoch``, ``checkpoint``, ``data``.
+    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``,
+    ``tta_translate``, ``model``, ``epoch``, ``checkpoint``, ``data``.
     """
-    run = run_checkpoint(checkpoint, data, split, tta=tta, batch_size=batch_size, device=device, amp=amp,
-                         progress=progress)
+    run = run_checkpoint(checkpoint, data, split, tta=tta, translate=translate, batch_size=batch_size,
+                         device=device, amp=amp, progress=progress)
     report = compute_report(run.logits, run.labels, run.ckpt["classes"], coarse_map=run.coarse_map,
                             coarse_classes=run.coarse_classes)
     meta = run.meta
     report.update(split=meta["split"], split_description=meta["split_description"], tta=meta["tta"],
+                  tta_translate=meta["tta_translate"],
                   model=meta["model"], epoch=meta["epoch"], checkpoint=meta["checkpoint"], data=meta["data"])
     return report
 
@@ -359,7 +396,8 @@ def format_report(report: dict, per_class: bool = True) -> str:
     lines = [
         f"checkpoint   {report.get('checkpoint', '?')} ({report.get('model', '?')}{epoch})",
         f"images       {report['n']:,} ({report.get('split_description', report.get('split', '?'))})"
-        + (", flip TTA" if report.get("tta") else ""),
+        + (", flip TTA" if report.get("tta") else "")
+        + (f", {report['tta_translate']} px translate TTA" if report.get("tta_translate") else ""),
         f"top-1        {pct(report['top1'])}",
         f"top-5        {pct(report['top5'])}",
     ]

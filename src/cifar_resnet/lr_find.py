@@ -95,12 +95,18 @@ def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimize
     saved_opt = copy.deepcopy(optimizer.state_dict())
     was_training = model.training
     ratio = end_lr / start_lr
-    for group in optimizer.param_groups:
-        group["lr"] = start_lr
+    # Muon's group (optimizer "muon") keeps its own step size: the sweep is of the other group's --lr
+    swept = [not group.get("muon", False) for group in optimizer.param_groups]
+    for group, sweep in zip(optimizer.param_groups, swept):
+        if sweep:
+            group["lr"] = start_lr
         group.pop("initial_lr", None)
-    # lr of step i: start * ratio ** (i / (num_steps - 1)), exponential from start_lr to end_lr exactly
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: ratio ** (min(i, num_steps - 1)
-                                                                                 / (num_steps - 1)))
+
+    def factor(i: int) -> float:
+        # lr of step i: start * ratio ** (i / (num_steps - 1)), exponential from start_lr to end_lr exactly
+        return ratio ** (min(i, num_steps - 1) / (num_steps - 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factor if s else (lambda i: 1.0) for s in swept])
     lrs, losses = [], []
     avg, best = 0.0, math.inf
     stopped = "end_lr reached"

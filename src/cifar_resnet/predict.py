@@ -160,7 +160,7 @@ class Predictor:
         model = model_from_checkpoint(ckpt, dev, source)
         return cls(model, list(ckpt["classes"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), dev, ckpt, source)
 
-    def probabilities(self, images: np.ndarray, *, tta: bool = False, batch_size: int = 500,
+    def probabilities(self, images: np.ndarray, *, tta: bool = False, translate: int = 0, batch_size: int = 500,
                       progress: bool | None = False) -> torch.Tensor:
         """Softmax probabilities (N, C), float32 on the CPU, for (N, 32, 32, 3) uint8 RGB images."""
         from .evaluate import split_logits
@@ -172,7 +172,7 @@ class Predictor:
             return torch.zeros(0, len(self.classes))
         split = Split(images, np.zeros(len(images), dtype=np.int64))
         logits, _ = split_logits(self.model, self.ckpt, split, device=self.device, batch_size=batch_size,
-                                 tta=tta, progress=progress, desc="predict")
+                                 tta=tta, translate=translate, progress=progress, desc="predict")
         return logits.softmax(dim=1)
 
     def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
@@ -184,8 +184,8 @@ class Predictor:
                 for vs, ix in zip(values.tolist(), indices.tolist())]
 
     def predict_files(self, paths: Sequence[str | Path], k: int = 5, *, resize: str = "crop",
-                      tta: bool = False, batch_size: int = 500, progress: bool | None = False
-                      ) -> tuple[list[dict], np.ndarray]:
+                      tta: bool = False, translate: int = 0, batch_size: int = 500,
+                      progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
         """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
         cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
         results, images = [], []
@@ -196,7 +196,7 @@ class Predictor:
             except ImageFileError as e:
                 results.append({"path": str(p), "error": str(e)})
         stacked = np.stack(images) if images else np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)
-        probs = self.probabilities(stacked, tta=tta, batch_size=batch_size, progress=progress)
+        probs = self.probabilities(stacked, tta=tta, translate=translate, batch_size=batch_size, progress=progress)
         tops = iter(self.top_k(probs, k) if images else [])
         for r in results:
             if "error" not in r:
@@ -204,14 +204,15 @@ class Predictor:
         return results, stacked
 
     def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, tta: bool = False,
-                      batch_size: int = 500, progress: bool | None = False) -> list[dict]:
+                      translate: int = 0, batch_size: int = 500, progress: bool | None = False) -> list[dict]:
         """Results for images ``indices`` of a Split: ``{"index", "true", "top", "correct"}``."""
         idx = np.asarray(list(indices), dtype=np.int64)
         n = len(split)
         bad = [int(i) for i in idx if i < 0 or i >= n]
         if bad:
             raise ValueError(f"index {bad[0]} is out of range: the split has {n} images (0..{n - 1})")
-        probs = self.probabilities(split.images[idx], tta=tta, batch_size=batch_size, progress=progress)
+        probs = self.probabilities(split.images[idx], tta=tta, translate=translate, batch_size=batch_size,
+                                   progress=progress)
         tops = self.top_k(probs, k)
         return [{"index": int(i), "true": self.classes[int(split.labels[i])], "top": _top_json(t),
                  "correct": t[0][0] == self.classes[int(split.labels[i])]} for i, t in zip(idx, tops)]
@@ -262,7 +263,7 @@ def show_results(results: list[dict], images: np.ndarray, path, *, title: str | 
 def predict_command(checkpoint, files: Sequence[str], *, data=None, split: str | None = None,
                     index: Sequence[int] | None = None, sample: int | None = None, seed: int = 0, k: int = 5,
                     resize: str = "crop", show=None, as_json: bool = False, tta: bool | None = None,
-                    batch_size: int = 500, device: str = "auto", progress: bool | None = False
+                    translate: int | None = None, batch_size: int = 500, device: str = "auto", progress: bool | None = False
                     ) -> tuple[int, str, list[str]]:
     """What ``cifar-resnet predict`` does: returns ``(exit status, text for stdout, error lines)``.
 
@@ -281,10 +282,10 @@ def predict_command(checkpoint, files: Sequence[str], *, data=None, split: str |
         raise ValueError("nothing to predict: give image files, or --index I / --sample N with --data")
     if index is not None and sample is not None:
         raise ValueError("--index and --sample exclude each other")
-    from .evaluate import tta_for
+    from .evaluate import translate_for, tta_for
 
     predictor = Predictor.from_checkpoint(checkpoint, device)
-    tta = tta_for(predictor.ckpt, tta)
+    tta, translate = tta_for(predictor.ckpt, tta), translate_for(predictor.ckpt, translate)
     if from_data:
         from .evaluate import check_classes, data_for_checkpoint, resolve_split
 
@@ -295,14 +296,14 @@ def predict_command(checkpoint, files: Sequence[str], *, data=None, split: str |
             if not 1 <= sample <= len(images_split):
                 raise ValueError(f"--sample must be between 1 and {len(images_split)} (the {name} split's size)")
             index = np.random.default_rng(seed).choice(len(images_split), sample, replace=False).tolist()
-        results = predictor.predict_split(images_split, index, k, tta=tta, batch_size=batch_size,
-                                          progress=progress)
+        results = predictor.predict_split(images_split, index, k, tta=tta, translate=translate,
+                                          batch_size=batch_size, progress=progress)
         for r in results:
             r["split"] = name
         images = images_split.images[np.asarray(index, dtype=np.int64)]
     else:
-        results, images = predictor.predict_files(files, k, resize=resize, tta=tta, batch_size=batch_size,
-                                                  progress=progress)
+        results, images = predictor.predict_files(files, k, resize=resize, tta=tta, translate=translate,
+                                                  batch_size=batch_size, progress=progress)
     errors = [r["error"] for r in results if "error" in r]
     text = json.dumps(results, indent=1) if as_json else format_results(results)
     if show is not None and len(images):

@@ -28,7 +28,7 @@ from .evaluate import autocast_for, basic_metrics, collect_logits
 from .loader import Augment, CifarLoader
 from .models import create_model
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov")
+OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "muon")
 SCHEDULES = ("onecycle", "linear", "cosine", "constant")
 CLIP_MODES = ("value", "norm")
 
@@ -48,9 +48,11 @@ class TrainConfig:
     # optimisation
     epochs: int = 100
     batch_size: int = 128
-    optimizer: str = "adam"         # adam | adamw | sgd | nesterov
+    optimizer: str = "adam"         # adam | adamw | sgd | nesterov | muon (Muon filters + Nesterov SGD rest)
     lr: float = 1e-3                # peak learning rate (OneCycleLR's max_lr)
     momentum: float = 0.9           # SGD momentum (Adam uses its default betas)
+    muon_lr: float = 0.1            # muon: peak step of the hidden filters, relative to their norm
+    muon_momentum: float = 0.6      # muon: the filters' (Nesterov) momentum
     weight_decay: float = 1e-5
     schedule: str = "onecycle"      # onecycle | linear (warm-up then linear decay) | cosine | constant
     warmup: float = 0.3             # fraction of the steps spent rising (OneCycleLR's pct_start)
@@ -63,6 +65,7 @@ class TrainConfig:
     cutout: int = 0                 # side of the cut-out square (0: off)
     # evaluation
     tta: bool = False               # flip test-time augmentation when evaluating
+    tta_translate: int = 0          # with tta: also the image shifted this many pixels up-left and down-right
     eval_batch_size: int = 500
     # machinery
     seed: int = 0
@@ -77,6 +80,9 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval batch size must be >= 1, got {self.eval_batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.muon_lr > 0, f"muon learning rate must be > 0, got {self.muon_lr}"),
+            (0 <= self.momentum < 1 and 0 <= self.muon_momentum < 1, "momenta must be in [0, 1)"),
+            (self.tta_translate >= 0, f"tta translate must be >= 0, got {self.tta_translate}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.grad_clip >= 0, f"gradient clip must be >= 0, got {self.grad_clip}"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
@@ -186,6 +192,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device)
     # fused kernels on CUDA (one launch for all parameters); foreach elsewhere
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     params = model.parameters()
+    if config.optimizer == "muon":
+        from .optim import MuonSGD
+
+        return MuonSGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                       muon_lr=config.muon_lr, muon_momentum=config.muon_momentum)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
     if config.optimizer == "adamw":
@@ -198,8 +209,10 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
     """A per-batch schedule over ``epochs * steps_per_epoch`` steps."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                                   pct_start=config.warmup)
+        # each group peaks at its own learning rate (MuonSGD has two); its momentum is left alone
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total, pct_start=config.warmup,
+                                                   cycle_momentum=config.optimizer != "muon")
     warm = max(1, int(config.warmup * total))
     if config.schedule == "linear":
         def factor(step: int) -> float:
@@ -414,7 +427,8 @@ def fit(config: TrainConfig, data: CifarData | None = None, out_dir: str | Path 
                 bar.close()
         train_seconds = time.perf_counter() - t0
         train_seconds_total += train_seconds
-        logits, labels = collect_logits(model, eval_loader, tta=config.tta, amp=config.amp)
+        logits, labels = collect_logits(model, eval_loader, tta=config.tta, translate=config.tta_translate,
+                                        amp=config.amp)
         m = basic_metrics(logits, labels)
         record = {
             "epoch": epoch + 1, "lr": rec["lrs"][-1], "train_loss": rec["train_loss"],

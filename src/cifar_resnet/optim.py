@@ -1,0 +1,114 @@
+"""Muon for the hidden convolution filters, Nesterov SGD for everything else, as one optimizer.
+
+Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks"; used by the airbench
+CIFAR-10 speedruns since ``airbench94_muon``) replaces each filter bank's momentum update by the nearest
+semi-orthogonal matrix (its "zeroth power", computed by a quintic Newton-Schulz iteration), so that every
+direction of the update moves at the same rate.
+
+Why not ``torch.optim.Muon``: it accepts 2-D parameters only (a convolution's weight is 4-D) and it has no
+projection of the weights to a fixed norm, which Muon needs on filters followed by batch normalisation:
+those layers are scale-invariant, so without it the weights' norm drifts and with it the effective step
+size. Here, as in airbench, each Muon-managed filter bank is rescaled to Frobenius norm ``sqrt(out)``
+(unit norm per filter on average) before its step, and the learning rate is then the relative size of
+the step. Weight decay is meaningless for such weights and is not applied to them.
+
+Which parameters get Muon (:func:`muon_parameters`): every parameter with two or more dimensions except
+the network's first (it reads pixels, not features) and last (the classifier), in registration order;
+the rest (the stem, the head, BN weights and biases) are updated by Nesterov SGD with weight decay. One
+optimizer with two parameter groups keeps one learning-rate schedule and one state dict, so that resume
+stays exact. The schedule scales both groups' learning rates by the same factor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MuonSGD", "muon_parameters", "zeropower"]
+
+# The quintic's coefficients from the Muon write-up: they maximise the slope at zero, so that small
+# singular values grow fast, at the price of converging to roughly [0.7, 1.2] rather than exactly 1.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+@torch.no_grad()
+def zeropower(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately ``U @ V.T`` for ``g = U S V.T`` (2-D), by ``steps`` Newton-Schulz iterations."""
+    if g.ndim != 2:
+        raise ValueError(f"zeropower expects a matrix, got shape {tuple(g.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    x = g.float() / (g.norm() + eps)  # spectral norm <= Frobenius norm = 1
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:  # iterate on the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if transposed else x).to(g.dtype)
+
+
+def muon_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(muon, other)``: the hidden filter banks (every >= 2-D parameter but the first and the last)
+    and everything else, each in registration order."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    matrices = [i for i, p in enumerate(params) if p.ndim >= 2]
+    hidden = set(matrices[1:-1])
+    return ([p for i, p in enumerate(params) if i in hidden],
+            [p for i, p in enumerate(params) if i not in hidden])
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Group 0: Nesterov SGD with weight decay; group 1: Muon (lr: the step's size relative to the weights).
+
+    ``MuonSGD(model, lr=..., momentum=..., weight_decay=..., muon_lr=..., muon_momentum=...)``.
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
+                 muon_lr: float, muon_momentum: float, ns_steps: int = 5) -> None:
+        if lr <= 0 or muon_lr <= 0:
+            raise ValueError(f"learning rates must be > 0, got lr={lr}, muon_lr={muon_lr}")
+        if not (0 <= momentum < 1 and 0 <= muon_momentum < 1):
+            raise ValueError(f"momenta must be in [0, 1), got {momentum}, {muon_momentum}")
+        muon, other = muon_parameters(model)
+        if not muon:
+            raise ValueError("this model has no hidden filter banks for Muon (it needs at least three "
+                             "parameters with two or more dimensions)")
+        # the SGD group first: training logs group 0's learning rate, which is then the --lr one
+        groups = [{"params": other, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False},
+                  {"params": muon, "lr": muon_lr, "momentum": muon_momentum, "weight_decay": 0.0, "muon": True}]
+        super().__init__(groups, {"ns_steps": ns_steps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            if group["muon"]:
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, grads)
+                for p, g, buf in zip(params, grads, bufs):
+                    update = g.add(buf, alpha=mom)  # Nesterov
+                    rows = p.shape[0]
+                    p.mul_(rows ** 0.5 / p.norm().clamp_min(1e-12))
+                    p.add_(zeropower(update.reshape(rows, -1), group["ns_steps"]).view_as(p), alpha=-lr)
+            else:
+                if wd:
+                    grads = torch._foreach_add(grads, params, alpha=wd)
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, grads)
+                updates = torch._foreach_add(grads, bufs, alpha=mom)  # Nesterov
+                torch._foreach_add_(params, updates, alpha=-lr)
+        return loss
