@@ -77,10 +77,13 @@ class CifarLoader:
         self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64)).to(self.device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
-        # normalise(x/255) == x * scale + shift: one fused multiply-add in the first float conversion
-        # per-channel, applied on the NHWC batch (channel innermost: a contiguous, vectorised op)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        # normalise(x/255) == x * scale + shift: one fused multiply-add in the first float conversion,
+        # on the NHWC batch seen as (N, H*W*C) rows, with scale and shift tiled to one whole image: a
+        # contiguous, vectorised op (broadcasting 3-vectors over the channel axis makes an inner loop of
+        # length 3, which measured 6x slower on the CPU)
+        h, w, c = images.shape[1:]
+        self._scale = (1.0 / (255.0 * std_t)).repeat(h * w)
+        self._shift = (-mean_t / std_t).repeat(h * w)
         self._cutout_fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=self.device)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)
@@ -102,7 +105,8 @@ class CifarLoader:
 
         Normalising before the permute runs on contiguous memory, which is faster on the CPU than the same
         op on the permuted (channels_last) view."""
-        x = torch.addcmul(self._shift, images_nhwc_uint8.to(torch.float32), self._scale)
+        x = images_nhwc_uint8
+        x = torch.addcmul(self._shift, x.reshape(len(x), -1).to(torch.float32), self._scale).view(x.shape)
         return x.to(self.dtype).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
