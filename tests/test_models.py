@@ -269,6 +269,16 @@ def test_fast_logit_scale_scales_logits():
         torch.testing.assert_close(b(x), 0.5 * a(x))
 
 
+def test_fast_activation_choice():
+    gelu, relu = create_model("fast_small"), create_model("fast_small", act="relu")
+    assert relu.model_kwargs["act"] == "relu" and gelu.model_kwargs["act"] == "gelu"
+    assert {type(m) for m in gelu.modules()} & {nn.GELU, nn.ReLU} == {nn.GELU}
+    assert {type(m) for m in relu.modules()} & {nn.GELU, nn.ReLU} == {nn.ReLU}
+    relu.load_state_dict(gelu.state_dict())  # same parameters, only the nonlinearity differs
+    with pytest.raises(ValueError, match="activation"):
+        create_model("fast", act="tanh")
+
+
 @pytest.mark.parametrize("widths", [(64, 256), (0, 1, 2), (1.5, 2, 3)])
 def test_fast_bad_widths(widths):
     with pytest.raises(ValueError, match="widths"):

@@ -26,6 +26,10 @@ Choices taken from airbench, and why:
   difference is otherwise negligible. Unlike airbench the BN gamma is trainable (airbench freezes it
   at 1): freezing by ``requires_grad`` is state a checkpoint does not keep, so resume would differ.
 
+The nonlinearity is GELU, as in airbench; ``act="relu"`` swaps in ReLU, whose step is about 8% faster on a
+2-core CPU, but which ended 0.7 points lower after a 6-epoch ``fast-cpu`` run (58.76% against 59.44%
+validation top-1), so the presets keep GELU.
+
 Every convolution has no bias: BN follows each 3x3 conv, and the stem is a fixed linear map of
 patches (airbench's stem does carry a bias, trained only for the first epochs; it is left out here).
 Works in ``channels_last`` and under bf16 autocast.
@@ -41,6 +45,15 @@ from .registry import register_model
 __all__ = ["ConvGroup", "FastNet", "fast", "fast_small"]
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; use {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
 
@@ -48,14 +61,15 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 class ConvGroup(nn.Module):
     """conv3x3 -> MaxPool2d(2) -> BN -> GELU -> conv3x3 -> BN -> GELU."""
 
-    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float,
+                 act: str = "gelu") -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.conv2 = _conv3x3(out_channels, out_channels)
         self.norm2 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
-        self.act = nn.GELU()
+        self.act = _activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -67,7 +81,7 @@ class FastNet(nn.Module):
 
     def __init__(self, num_classes: int = 100, widths: tuple[int, int, int] | list[int] = (64, 256, 256),
                  stem_width: int = 24, stem_kernel: int = 2, logit_scale: float = 1 / 9,
-                 bn_momentum: float = 0.4, bn_eps: float = 1e-5) -> None:
+                 bn_momentum: float = 0.4, bn_eps: float = 1e-5, act: str = "gelu") -> None:
         super().__init__()
         widths = list(widths)
         if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
@@ -78,10 +92,10 @@ class FastNet(nn.Module):
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         self.stem = nn.Conv2d(3, stem_width, kernel_size=stem_kernel, padding=0, bias=False)
-        self.stem_act = nn.GELU()
-        self.group1 = ConvGroup(stem_width, widths[0], bn_momentum, bn_eps)
-        self.group2 = ConvGroup(widths[0], widths[1], bn_momentum, bn_eps)
-        self.group3 = ConvGroup(widths[1], widths[2], bn_momentum, bn_eps)
+        self.stem_act = _activation(act)
+        self.group1 = ConvGroup(stem_width, widths[0], bn_momentum, bn_eps, act)
+        self.group2 = ConvGroup(widths[0], widths[1], bn_momentum, bn_eps, act)
+        self.group3 = ConvGroup(widths[1], widths[2], bn_momentum, bn_eps, act)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -181,15 +195,15 @@ class FastNet(nn.Module):
 
 @register_model
 def fast(num_classes: int = 100, widths: tuple[int, int, int] = (64, 256, 256), stem_width: int = 24,
-         logit_scale: float = 1 / 9, bn_momentum: float = 0.4) -> FastNet:
+         logit_scale: float = 1 / 9, bn_momentum: float = 0.4, act: str = "gelu") -> FastNet:
     """airbench-style net (widths 64/256/256 as airbench94); ~2.0 M parameters for 100 classes."""
     return FastNet(num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale,
-                   bn_momentum=bn_momentum)
+                   bn_momentum=bn_momentum, act=act)
 
 
 @register_model
 def fast_small(num_classes: int = 100, widths: tuple[int, int, int] = (32, 64, 128), stem_width: int = 24,
-               logit_scale: float = 1 / 9, bn_momentum: float = 0.4) -> FastNet:
+               logit_scale: float = 1 / 9, bn_momentum: float = 0.4, act: str = "gelu") -> FastNet:
     """The fast net at widths 32/64/128, for CPUs with a couple of cores."""
     return FastNet(num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale,
-                   bn_momentum=bn_momentum)
+                   bn_momentum=bn_momentum, act=act)
