@@ -159,3 +159,16 @@ def test_sizes_are_consistent(bench):
         assert s.batch <= s.loader_images and s.train_repeats >= 1 and s.latency_runs >= 1
         assert bench.STEP_REFERENCE[device] in s.models or quick
         assert dataclasses.asdict(s)["models"]
+
+
+def test_step_variants_runs_every_variant(tmp_path, capsys):
+    variants = _load("step_variants")
+    out = tmp_path / "steps.json"
+    assert variants.main(["--batch-size", "8", "--repeats", "2", "--warmup", "0", "--threads", "1",
+                          "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["variant"] for r in res["rows"]] == list(variants.VARIANTS)
+    assert all(len(r["times_s"]) == 2 and _positive(r["median_ms"]) for r in res["rows"])
+    assert res["rows"][0]["ratio"] == 1.0
+    table = capsys.readouterr().out
+    assert "| muon, relu |" in table and "ms/step" in table

@@ -81,9 +81,9 @@ class CifarLoader:
         # on the NHWC batch seen as (N, H*W*C) rows, with scale and shift tiled to one whole image: a
         # contiguous, vectorised op (broadcasting 3-vectors over the channel axis makes an inner loop of
         # length 3, which measured 6x slower on the CPU)
-        h, w, c = images.shape[1:]
-        self._scale = (1.0 / (255.0 * std_t)).repeat(h * w)
-        self._shift = (-mean_t / std_t).repeat(h * w)
+        pixels = images.shape[1] * images.shape[2]
+        self._scale = (1.0 / (255.0 * std_t)).repeat(pixels)
+        self._shift = (-mean_t / std_t).repeat(pixels)
         self._cutout_fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8, device=self.device)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)

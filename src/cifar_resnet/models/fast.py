@@ -26,9 +26,9 @@ Choices taken from airbench, and why:
   difference is otherwise negligible. Unlike airbench the BN gamma is trainable (airbench freezes it
   at 1): freezing by ``requires_grad`` is state a checkpoint does not keep, so resume would differ.
 
-The nonlinearity is GELU, as in airbench; ``act="relu"`` swaps in ReLU, whose step is about 8% faster on a
-2-core CPU, but which ended 0.7 points lower after a 6-epoch ``fast-cpu`` run (58.76% against 59.44%
-validation top-1), so the presets keep GELU.
+The nonlinearity is GELU, as in airbench; ``act="relu"`` swaps in ReLU, whose training step is 12% faster
+on a 2-core CPU (``benchmarks/step_variants.py``), but which ended 0.7 points lower after a 6-epoch
+``fast-cpu`` run (58.76% against 59.44% validation top-1), so the presets keep GELU.
 
 Every convolution has no bias: BN follows each 3x3 conv, and the stem is a fixed linear map of
 patches (airbench's stem does carry a bias, trained only for the first epochs; it is left out here).
