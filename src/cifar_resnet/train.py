@@ -65,7 +65,7 @@ class TrainConfig:
     cutout: int = 0                 # side of the cut-out square (0: off)
     # evaluation
     tta: bool = False               # flip test-time augmentation when evaluating
-    tta_translate: int = 0          # with tta: also the image shifted this many pixels up-left and down-right
+    tta_translate: int = 0          # also the image shifted this many px up-left and down-right (0: off)
     eval_batch_size: int = 500
     # machinery
     seed: int = 0
