@@ -25,7 +25,8 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | Non
     one gather of whole pixel rows: only the columns are padded (two thin strips), each padded row is seen
     as bytes, ``unfold`` makes every horizontal shift of it a view, and one indexing picks, for each output
     row, its source row (reflected at the border, or a zero row for ``mode="zeros"``) at the image's shift.
-    About 5x faster on a CPU than gathering pixel by pixel, with the same result.
+    Much faster on a CPU than gathering pixel by pixel (rows of ``w * c`` bytes are copied, not 3-byte
+    pixels), with the same result.
     """
     if pad <= 0:
         return images

@@ -150,8 +150,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # TrainConfig fields that matter to the learning-rate range test (the rest schedule a whole run)
 LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
                   "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
-                  "label_smoothing", "crop_pad",
-                  "flip", "cutout", "seed", "device", "amp", "channels_last")
+                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "amp", "channels_last")
 
 SPLIT_HELP = ("split to use: train, val or test (default: the split the run evaluated on). val and train are "
               "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
@@ -193,7 +192,8 @@ def _add_inspection_parsers(sub) -> None:
     _add_checkpoint_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
-                        "per_superclass, split, split_description, tta, model, epoch, checkpoint, data)")
+                        "per_superclass, split, split_description, tta, tta_translate, model, epoch, "
+                        "checkpoint, data)")
     p.add_argument("--no-per-class", dest="per_class", action="store_false",
                    help="leave the per-class table out of the text output")
     p.set_defaults(func=cmd_evaluate)
@@ -305,8 +305,7 @@ def cmd_predict(args) -> int:
     code, text, errors = predict_command(
         args.checkpoint, args.images, data=args.data, split=args.split, index=args.index, sample=args.sample,
         seed=args.seed, k=args.top_k, resize=args.resize, show=args.show, as_json=args.json, tta=args.tta,
-        translate=args.tta_translate,
-        batch_size=args.batch_size, device=args.device, progress=args.progress)
+        translate=args.tta_translate, batch_size=args.batch_size, device=args.device, progress=args.progress)
     for message in errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     if text:
@@ -319,8 +318,8 @@ def cmd_interpret(args) -> int:
 
     out = check_out_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "interpret"))
     interp = Interpretation.from_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
-                                            translate=args.tta_translate,
-                                            batch_size=args.batch_size, device=args.device, progress=args.progress)
+                                            translate=args.tta_translate, batch_size=args.batch_size,
+                                            device=args.device, progress=args.progress)
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:
         print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())

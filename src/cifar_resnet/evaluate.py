@@ -327,13 +327,11 @@ class CheckpointRun:
     def meta(self) -> dict:
         return {"checkpoint": self.source, "model": self.ckpt["model_name"], "epoch": self.ckpt.get("epoch"),
                 "split": self.split, "split_description": self.description, "tta": self.tta,
-                "tta_translate": self.translate,
-                "data": self.data.source}
+                "tta_translate": self.translate, "data": self.data.source}
 
 
 def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                   translate: int | None = None,
-                   batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
+                   translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
                    progress: bool | None = None, desc: str = "evaluate") -> CheckpointRun:
     """Load a checkpoint (a path or a loaded dict), find the split of ``data`` (a source for
     ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
@@ -352,31 +350,26 @@ def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool
     name, images, description = resolve_split(ckpt, data, split)
     tta, translate = tta_for(ckpt, tta), translate_for(ckpt, translate)
     logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta,
-                                  translate=translate, amp=amp,
-                                  progress=progress, desc=f"{desc} {name}")
+                                  translate=translate, amp=amp, progress=progress, desc=f"{desc} {name}")
     coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
                                               images)
-    return CheckpointRun(ckpt, source, data, name, images, description, tta, translate, logits, labels, coarse_map,
-                         coarse_names)
+    return CheckpointRun(ckpt, source, data, name, images, description, tta, translate, logits, labels,
+                         coarse_map, coarse_names)
 
 
 def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        translate: int | None = None,
-                        batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
+                        translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto", amp: bool = True,
                         progress: bool | None = None) -> dict:
     """Evaluate a checkpoint on a split (arguments as :func:`run_checkpoint`).
 
-    Returns :func:`compute_report`'s dict plus ``split``, ``split_description``, ``tta``,
-    ``tta_translate``, ``model``, ``epoch``, ``checkpoint``, ``data``.
+    Returns :func:`compute_report`'s dict plus the run's :attr:`CheckpointRun.meta`: ``split``,
+    ``split_description``, ``tta``, ``tta_translate``, ``model``, ``epoch``, ``checkpoint``, ``data``.
     """
     run = run_checkpoint(checkpoint, data, split, tta=tta, translate=translate, batch_size=batch_size,
                          device=device, amp=amp, progress=progress)
     report = compute_report(run.logits, run.labels, run.ckpt["classes"], coarse_map=run.coarse_map,
                             coarse_classes=run.coarse_classes)
-    meta = run.meta
-    report.update(split=meta["split"], split_description=meta["split_description"], tta=meta["tta"],
-                  tta_translate=meta["tta_translate"],
-                  model=meta["model"], epoch=meta["epoch"], checkpoint=meta["checkpoint"], data=meta["data"])
+    report.update(run.meta)
     return report
 
 

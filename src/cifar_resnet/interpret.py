@@ -45,16 +45,14 @@ class Interpretation:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        translate: int | None = None,
-                        batch_size: int = 500, device: str | torch.device = "auto",
+                        translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto",
                         progress: bool | None = None) -> Interpretation:
         """Run a checkpoint (path or dict) over a split of ``data`` (a source or a ``CifarData``); the
         split names mean what they mean for ``cifar-resnet evaluate`` (see ``evaluate.resolve_split``)."""
         from .evaluate import run_checkpoint
 
         run = run_checkpoint(checkpoint, data, split, tta=tta, translate=translate, batch_size=batch_size,
-                             device=device,
-                             progress=progress, desc="interpret")
+                             device=device, progress=progress, desc="interpret")
         return cls(list(run.ckpt["classes"]), run.images.images, run.labels, run.logits, run.coarse_map,
                    run.coarse_classes, run.description, run.meta)
 

@@ -80,7 +80,7 @@ class CifarLoader:
         # normalise(x/255) == x * scale + shift: one fused multiply-add in the first float conversion,
         # on the NHWC batch seen as (N, H*W*C) rows, with scale and shift tiled to one whole image: a
         # contiguous, vectorised op (broadcasting 3-vectors over the channel axis makes an inner loop of
-        # length 3, which measured 6x slower on the CPU)
+        # length 3, which is much slower on the CPU)
         pixels = images.shape[1] * images.shape[2]
         self._scale = (1.0 / (255.0 * std_t)).repeat(pixels)
         self._shift = (-mean_t / std_t).repeat(pixels)

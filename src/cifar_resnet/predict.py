@@ -188,19 +188,12 @@ class Predictor:
                       progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
         """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
         cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
-        results, images = [], []
-        for p in paths:
-            try:
-                images.append(load_image(p, resize))
-                results.append({"path": str(p)})
-            except ImageFileError as e:
-                results.append({"path": str(p), "error": str(e)})
-        stacked = np.stack(images) if images else np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)
+        stacked, _, errors = load_images(paths, resize)
+        failed = dict(errors)
         probs = self.probabilities(stacked, tta=tta, translate=translate, batch_size=batch_size, progress=progress)
-        tops = iter(self.top_k(probs, k) if images else [])
-        for r in results:
-            if "error" not in r:
-                r["top"] = _top_json(next(tops))
+        tops = iter(self.top_k(probs, k) if len(stacked) else [])
+        results = [{"path": str(p), "error": failed[Path(p)]} if Path(p) in failed
+                   else {"path": str(p), "top": _top_json(next(tops))} for p in paths]
         return results, stacked
 
     def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, tta: bool = False,
@@ -263,8 +256,8 @@ def show_results(results: list[dict], images: np.ndarray, path, *, title: str | 
 def predict_command(checkpoint, files: Sequence[str], *, data=None, split: str | None = None,
                     index: Sequence[int] | None = None, sample: int | None = None, seed: int = 0, k: int = 5,
                     resize: str = "crop", show=None, as_json: bool = False, tta: bool | None = None,
-                    translate: int | None = None, batch_size: int = 500, device: str = "auto", progress: bool | None = False
-                    ) -> tuple[int, str, list[str]]:
+                    translate: int | None = None, batch_size: int = 500, device: str = "auto",
+                    progress: bool | None = False) -> tuple[int, str, list[str]]:
     """What ``cifar-resnet predict`` does: returns ``(exit status, text for stdout, error lines)``.
 
     Files, or dataset images (``index`` / ``sample`` of ``split`` of ``data``, default the run's data),
