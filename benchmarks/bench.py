@@ -47,10 +47,14 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_resnet.datasets import CifarData, Split, channel_stats, load_data, split_validation, subsample
-from cifar_resnet.evaluate import autocast_for
-from cifar_resnet.loader import Augment, CifarLoader
+from cifar_resnet.augment import Augment
+from cifar_resnet.config import PRESETS, TrainConfig
+from cifar_resnet.engine import train_one_epoch
+from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
-from cifar_resnet.train import PRESETS, TrainConfig, build_optimizer, build_scheduler, fit, train_one_epoch
+from cifar_resnet.optim import build_optimizer, build_scheduler
+from cifar_resnet.runtime import autocast_for
+from cifar_resnet.train import fit
 
 CHILD_MARK = "BENCH_CHILD_RESULT "
 NOTEBOOK_EPOCH_IMAGES = 50_000  # the notebook trains on all 50,000 training images each epoch

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cifar_resnet.datasets import CifarData, Split
-from cifar_resnet.train import TrainConfig
+from cifar_resnet.config import TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -519,7 +519,7 @@ def test_load_data_dispatch(tmp_path: Path, c100_archive: tuple[Path, dict]) -> 
 
     with pytest.raises(DataError, match="no such file: .*missing.npz"):
         ds.load_data(tmp_path / "missing.npz")
-    with pytest.raises(DataError, match="cifar-resnet data download cifar10"):
+    with pytest.raises(DataError, match="cifar-resnet data download --dataset cifar10"):
         ds.load_data("cifar10", root=tmp_path / "empty")
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(DataError, match="unrecognised data source"):

@@ -10,16 +10,9 @@ import torch
 from cifar_resnet import TrainConfig, channel_stats, fit, load_checkpoint, load_data, subsample
 from cifar_resnet.cli import main
 from cifar_resnet.datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
-from cifar_resnet.evaluate import (
-    REPORT_KEYS,
-    compute_report,
-    expected_calibration_error,
-    fine_to_coarse,
-    resolve_split,
-    translate_for,
-    tta_for,
-    tta_logits,
-)
+from cifar_resnet.engine import tta_logits
+from cifar_resnet.inference import resolve_split, tta_settings
+from cifar_resnet.metrics import REPORT_KEYS, compute_report, expected_calibration_error, fine_to_coarse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,9 +70,9 @@ def test_report_counts_a_prediction_in_the_right_superclass():
 
 
 def test_tta_defaults_to_what_the_run_evaluated_with():
-    assert tta_for({"config": {"tta": True}}, None) is True
-    assert tta_for({"config": {"tta": True}}, False) is False
-    assert tta_for({}, None) is False and tta_for({}, True) is True
+    assert tta_settings({"config": {"tta": True}}, None)[0] is True
+    assert tta_settings({"config": {"tta": True}}, False)[0] is False
+    assert tta_settings({}, None)[0] is False and tta_settings({}, True)[0] is True
 
 
 def test_superclass_mapping_from_the_data_for_other_class_names():
@@ -192,16 +185,16 @@ def test_translate_tta_is_airbench_level_2():
 
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
         expected = 0.5 * flip_avg(x) + 0.25 * (flip_avg(padded[..., :32, :32]) + flip_avg(padded[..., 2:, 2:]))
-        torch.testing.assert_close(tta_logits(model, x, tta=True, translate=1), expected)
-        torch.testing.assert_close(tta_logits(model, x, tta=True, translate=0), flip_avg(x))
+        torch.testing.assert_close(tta_logits(model, x, tta=True, tta_translate=1), expected)
+        torch.testing.assert_close(tta_logits(model, x, tta=True, tta_translate=0), flip_avg(x))
         torch.testing.assert_close(tta_logits(model, x), model(x))
         with pytest.raises(ValueError, match="smaller than the image"):
-            tta_logits(model, x, translate=32)
+            tta_logits(model, x, tta_translate=32)
 
 
 def test_translate_defaults_to_what_the_run_evaluated_with():
-    assert translate_for({"config": {"tta_translate": 1}}, None) == 1
-    assert translate_for({"config": {"tta_translate": 1}}, 0) == 0
-    assert translate_for({"config": {"tta": True}}, None) == 0  # runs from before the option
+    assert tta_settings({"config": {"tta_translate": 1}}, None, None)[1] == 1
+    assert tta_settings({"config": {"tta_translate": 1}}, None, 0)[1] == 0
+    assert tta_settings({"config": {"tta": True}}, None, None) == (True, 0)  # runs from before the option
     with pytest.raises(ValueError, match="tta-translate"):
-        translate_for({}, -1)
+        tta_settings({}, None, -1)

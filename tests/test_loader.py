@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from cifar_resnet import augment
 from cifar_resnet.datasets import Split
-from cifar_resnet.loader import Augment, CifarLoader
+from cifar_resnet.augment import Augment
+from cifar_resnet.loader import CifarLoader
 
 
 def _split(n=50, seed=0):

@@ -9,7 +9,7 @@ from cifar_resnet.loader import CifarLoader
 from cifar_resnet.notebook import (
     BaseModel,
     DeviceDataLoader,
-    SeedResNet,
+    ResNet,
     evaluate,
     fit,
     get_default_device,
@@ -27,7 +27,7 @@ def test_notebook_flow(tmp_path, capsys):
     valid_dl = CifarLoader(data.val, 20, mean=mean, std=std)
 
     device = get_default_device()
-    model = to_device(SeedResNet(num_classes=10, classes=data.classes), device)
+    model = to_device(ResNet(3, 10, classes=data.classes), device)
     assert isinstance(model, BaseModel)
 
     # the notebook's cells
@@ -65,7 +65,7 @@ def test_notebook_fit_with_torch_dataloader_and_instances():
     x = torch.from_numpy(np.ascontiguousarray(data.train.images.transpose(0, 3, 1, 2))).float() / 255
     train_dl = DeviceDataLoader(DataLoader(TensorDataset(x, torch.from_numpy(data.train.labels)), batch_size=20,
                                            shuffle=True), "cpu")
-    model = SeedResNet(num_classes=10)
+    model = ResNet(3, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
     history = fit(1, train_dl, train_dl, model, opt, 0.01, None, 0, sched)

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from cifar_resnet import load_checkpoint, load_data
-from cifar_resnet.evaluate import resolve_split
+from cifar_resnet.images import ImageFileError, load_image, load_images, prepare_image
+from cifar_resnet.inference import Predictor, resolve_split
 from cifar_resnet.plots import RIGHT, WRONG
-from cifar_resnet.predict import ImageFileError, Predictor, load_image, load_images, prepare_image
 from test_evaluate import assert_one_line_error, cli
 from test_plots import count_colour, open_png
 

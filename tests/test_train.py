@@ -8,7 +8,7 @@ import torch
 from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.checkpoint import CheckpointError, build_model
 from cifar_resnet.datasets import CifarData, Split
-from cifar_resnet.train import PRESETS
+from cifar_resnet.config import PRESETS
 
 
 def synthetic(n_train=120, n_val=40, seed=0):
@@ -149,7 +149,7 @@ def test_schedules_peak_at_lr(schedule):
 def test_muon_group_peaks_at_muon_lr(schedule):
     """With optimizer muon both groups follow the schedule, each peaking at its own rate, and OneCycleLR
     leaves the Muon group's momentum alone."""
-    from cifar_resnet.train import build_optimizer, build_scheduler
+    from cifar_resnet.optim import build_optimizer, build_scheduler
 
     config = tiny_config(epochs=2, optimizer="muon", lr=0.4, muon_lr=0.05, muon_momentum=0.6, schedule=schedule)
     from cifar_resnet.models import create_model

@@ -3,9 +3,14 @@
 Everything the ``cifar-resnet`` command does is one import away::
 
     from cifar_resnet import TrainConfig, PRESETS, fit, load_data, create_model
+
+The notebook's own API (``fit(epochs, train_dl, ...)``, ``evaluate``, ``plot_loss``, ``predict_image``,
+``ResNet(3, 100)``) lives in :mod:`cifar_resnet.notebook`.
 """
 
-from .checkpoint import CheckpointError, build_model, load_checkpoint
+from .augment import Augment
+from .checkpoint import CheckpointError, RunDir, build_model, load_checkpoint
+from .config import PRESETS, TrainConfig, get_preset, prepare_data
 from .datasets import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -19,22 +24,26 @@ from .datasets import (
     split_validation,
     subsample,
 )
-from .evaluate import basic_metrics, collect_logits, compute_report, evaluate_checkpoint, evaluate_model
+from .engine import collect_logits
+from .evaluate import evaluate_checkpoint
+from .inference import Predictor, run_checkpoint
 from .interpret import Interpretation
-from .loader import Augment, CifarLoader
+from .loader import CifarLoader
 from .lr_find import lr_find, lr_find_config
+from .metrics import basic_metrics, compute_report
 from .models import create_model, list_models, register_model
 from .plots import plot_run
-from .predict import Predictor
-from .train import PRESETS, History, TrainConfig, fit, get_preset, prepare_data, resolve_device
+from .predict import predict
+from .runtime import resolve_device
+from .train import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR100_COARSE_CLASSES", "PRESETS", "Augment", "CheckpointError",
-    "CifarData", "CifarLoader", "DataError", "History", "Interpretation", "Predictor", "Split", "TrainConfig",
-    "basic_metrics", "build_model", "channel_stats", "collect_logits", "compute_report", "create_model",
-    "download", "evaluate_checkpoint", "evaluate_model", "fit", "get_preset", "list_models", "load_checkpoint",
-    "load_data", "lr_find", "lr_find_config", "plot_run", "prepare_data", "register_model", "resolve_device",
-    "split_validation", "subsample",
+    "CifarData", "CifarLoader", "DataError", "History", "Interpretation", "Predictor", "RunDir", "Split",
+    "TrainConfig", "basic_metrics", "build_model", "channel_stats", "collect_logits", "compute_report",
+    "create_model", "download", "evaluate_checkpoint", "fit", "get_preset", "list_models", "load_checkpoint",
+    "load_data", "lr_find", "lr_find_config", "plot_run", "predict", "prepare_data", "register_model",
+    "resolve_device", "run_checkpoint", "split_validation", "subsample",
 ]

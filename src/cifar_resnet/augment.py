@@ -8,7 +8,30 @@ step (airbench's ``CifarLoader`` is the model: https://github.com/KellerJordan/c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+FLIP_MODES = ("none", "random", "alternating")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation; the defaults are the notebook's (4 px reflect crop, random flip)."""
+
+    crop_pad: int = 4
+    crop_mode: str = "reflect"
+    flip: str = "random"
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.flip not in FLIP_MODES:
+            raise ValueError(f"unknown flip mode {self.flip!r}; use one of {', '.join(FLIP_MODES)}")
+        if self.crop_pad < 0 or self.cutout < 0:
+            raise ValueError("crop padding and cutout size must be >= 0")
+
+
+NO_AUGMENT = Augment(crop_pad=0, flip="none", cutout=0)
 
 
 def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:

@@ -14,58 +14,18 @@ import sys
 import textwrap
 import typing
 
+from .config import PRESETS, TrainConfig, get_preset
+from .datasets import DEFAULT_ROOT, describe, download, load_data
+from .evaluate import evaluate_checkpoint, format_report
+from .images import RESIZE_MODES
+from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
+from .lr_find import LR_FIND_FIELDS, lr_find_config
+from .models import create_model, list_models
+from .plots import plot_lr_find, plot_run, save_figure
+from .predict import format_results, predict, show_results
+from .train import fit
+
 PROG = "cifar-resnet"
-
-# help text for every TrainConfig field: the CLI exposes each one as --field-name
-CONFIG_HELP = {
-    "data": "data source: an .npz file, an official archive (.tar.gz), an extracted folder, or cifar100/cifar10 "
-            "(looked up in the download cache)",
-    "val_split": "images held out from training (stratified, seeded) for validation; 0 evaluates on the "
-                 "source's test split",
-    "train_subset": "train on a stratified subset of this many images (0: all)",
-    "model": "model name (see `cifar-resnet models`)",
-    "model_kwargs": "model arguments as JSON, e.g. '{\"widths\": [32, 64, 128]}'",
-    "whiten": "initialise the stem by patch whitening of training images (fast, fast_small)",
-    "epochs": "number of epochs",
-    "batch_size": "training batch size",
-    "optimizer": "adam | adamw | sgd | nesterov | muon (Muon for the hidden convolution filters, Nesterov SGD "
-                 "for the rest)",
-    "lr": "peak learning rate (OneCycleLR's max_lr)",
-    "momentum": "SGD momentum",
-    "weight_decay": "weight decay",
-    "schedule": "per-batch schedule: onecycle | linear | cosine | constant",
-    "warmup": "fraction of the steps spent warming up (OneCycleLR's pct_start)",
-    "grad_clip": "gradient clipping threshold (0: off)",
-    "grad_clip_mode": "value (clip each gradient element, the notebook's) | norm",
-    "label_smoothing": "label smoothing of the cross-entropy loss",
-    "crop_pad": "random-crop padding in pixels (reflect); 0 disables",
-    "flip": "horizontal flips: none | random | alternating",
-    "cutout": "cutout square side in pixels (0: off)",
-    "tta": "flip test-time augmentation when evaluating",
-    "tta_translate": "translate test-time augmentation when evaluating: also the image shifted this many "
-                     "pixels up-left and down-right, with half the weight (airbench's TTA level 2; 0: off)",
-    "muon_lr": "--optimizer muon: peak step of the hidden convolution filters, relative to their norm",
-    "muon_momentum": "--optimizer muon: Nesterov momentum of the hidden convolution filters",
-    "eval_batch_size": "evaluation batch size",
-    "seed": "random seed (initialisation, split, shuffling, augmentation)",
-    "device": "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps",
-    "amp": "bf16 autocast on CUDA",
-    "channels_last": "channels_last memory format",
-    "compile": "torch.compile the model for training",
-}
-
-
-class _Error(Exception):
-    pass
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def _json_dict(text: str) -> dict:
@@ -79,8 +39,7 @@ def _json_dict(text: str) -> dict:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    from .train import TrainConfig
-
+    """One --field-name flag per TrainConfig field, with the field's own help text."""
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("training configuration (defaults: the chosen preset's)")
     for f in dataclasses.fields(TrainConfig):
@@ -88,7 +47,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...]
             continue
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
-        help_text = CONFIG_HELP[f.name]
+        help_text = f.metadata["help"]
         if typ is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
@@ -99,8 +58,6 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .train import PRESETS
-
     parser = argparse.ArgumentParser(
         prog=PROG, description="Train, evaluate and inspect ResNet classifiers on CIFAR-100 and CIFAR-10.")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
@@ -147,11 +104,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 # Inspection: evaluate, plot, predict, interpret, lr-find
 # --------------------------------------------------------------------------------------------------
 
-# TrainConfig fields that matter to the learning-rate range test (the rest schedule a whole run)
-LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
-                  "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
-                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "amp", "channels_last")
-
 SPLIT_HELP = ("split to use: train, val or test (default: the split the run evaluated on). val and train are "
               "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
               "(saved in the checkpoint) are applied to DATA again, after checking that DATA is the run's "
@@ -179,9 +131,6 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True)
 
 
 def _add_inspection_parsers(sub) -> None:
-    from .predict import RESIZE_MODES
-    from .train import PRESETS
-
     p = sub.add_parser(
         "evaluate", help="accuracy, loss, calibration of a checkpoint on a split",
         description="Evaluate a checkpoint: top-1 and top-5 accuracy, mean loss, superclass accuracy "
@@ -283,42 +232,40 @@ def _add_inspection_parsers(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint, format_report
-
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, translate=args.tta_translate,
-                                 batch_size=args.batch_size, device=args.device, progress=args.progress)
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
+                                 tta_translate=args.tta_translate, batch_size=args.batch_size, device=args.device,
+                                 progress=args.progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
     return 0
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_run
-
     for path in plot_run(args.run_dir, args.out).values():
         print(path)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_command
-
-    code, text, errors = predict_command(
-        args.checkpoint, args.images, data=args.data, split=args.split, index=args.index, sample=args.sample,
-        seed=args.seed, k=args.top_k, resize=args.resize, show=args.show, as_json=args.json, tta=args.tta,
-        translate=args.tta_translate, batch_size=args.batch_size, device=args.device, progress=args.progress)
-    for message in errors:
+    prediction = predict(args.checkpoint, args.images, data=args.data, split=args.split, index=args.index,
+                         sample=args.sample, seed=args.seed, k=args.top_k, resize=args.resize, tta=args.tta,
+                         tta_translate=args.tta_translate, batch_size=args.batch_size, device=args.device,
+                         progress=args.progress)
+    for message in prediction.errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
+    text = json.dumps(prediction.results, indent=1) if args.json else format_results(prediction.results)
+    if args.show is not None and len(prediction.images):
+        show_results(prediction.results, prediction.images, args.show)
+        if not args.json:
+            text += f"\nwrote {args.show}"
     if text:
         print(text)
-    return code
+    return 2 if prediction.errors else 0
 
 
 def cmd_interpret(args) -> int:
-    from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
-
     out = check_out_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "interpret"))
     interp = Interpretation.from_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
-                                            translate=args.tta_translate, batch_size=args.batch_size,
+                                            tta_translate=args.tta_translate, batch_size=args.batch_size,
                                             device=args.device, progress=args.progress)
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:
@@ -328,14 +275,14 @@ def cmd_interpret(args) -> int:
     return 0
 
 
-def cmd_lr_find(args) -> int:
-    from .lr_find import lr_find_config
-    from .plots import plot_lr_find, save_figure
-    from .train import TrainConfig, get_preset
+def _config_overrides(args, only: tuple[str, ...] | None = None) -> dict:
+    """The TrainConfig fields given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if (only is None or f.name in only) and getattr(args, f.name) is not None}
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name in LR_FIND_FIELDS and getattr(args, f.name) is not None}
-    config = dataclasses.replace(get_preset(args.preset), **overrides)
+
+def cmd_lr_find(args) -> int:
+    config = dataclasses.replace(get_preset(args.preset), **_config_overrides(args, LR_FIND_FIELDS))
     result = lr_find_config(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
                             beta=args.beta, diverge=args.diverge, progress=args.progress,
                             log=None if args.json else print)
@@ -352,34 +299,24 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, fit, get_preset
-
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = _config_overrides(args)
     if args.resume:
-        from .checkpoint import load_checkpoint
-        state = load_checkpoint(args.resume)
-        if "config" not in state:
-            raise ValueError(f"{args.resume} holds no training configuration")
         extra = sorted(set(overrides) - {"device"})
         if extra:
             flags = ", ".join("--" + k.replace("_", "-") for k in extra)
             raise ValueError(f"--resume continues a run as it was configured; drop {flags}")
-        config = TrainConfig.from_dict({**state["config"], **overrides})
-        out = args.out
+        history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"),
+                      progress=args.progress, tensorboard=args.tensorboard)
     else:
         config = dataclasses.replace(get_preset(args.preset), **overrides)
         out = args.out or os.path.join("runs", f"{args.preset}-{config.model}")
-    history = fit(config, out_dir=out, resume=args.resume, progress=args.progress,
-                  tensorboard=args.tensorboard)
+        history = fit(config, out_dir=out, progress=args.progress, tensorboard=args.tensorboard)
     if history.out_dir is not None:
         print(f"run directory: {history.out_dir}")
     return 0
 
 
 def cmd_models(args) -> int:
-    from .models import create_model, list_models
-
     for name in list_models():
         if args.params:
             n = sum(p.numel() for p in create_model(name, num_classes=100).parameters())
@@ -390,8 +327,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .datasets import describe, load_data
-
     info = describe(load_data(args.data, root=args.root))
     if args.json:
         print(json.dumps(info, indent=1))
@@ -403,10 +338,7 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from .datasets import download
-
-    root = args.root or os.path.join(os.path.expanduser("~"), ".cache", "cifar-resnet")
-    path = download(args.dataset, root, url=args.url)  # a mirror must match the official md5 too
+    path = download(args.dataset, args.root or DEFAULT_ROOT, url=args.url)  # a mirror must match the md5 too
     print(path)
     return 0
 

@@ -585,7 +585,7 @@ def load_data(
             return load_archive(base / spec["filename"])
         if not download_missing:
             raise DataError(
-                f"{source} not found in {base}; run `cifar-resnet data download {source}` "
+                f"{source} not found in {base}; run `cifar-resnet data download --dataset {source}` "
                 "(or pass download_missing=True)"
             )
         return load_archive(download(source, base))

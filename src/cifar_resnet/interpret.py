@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from . import plots
-from .evaluate import compute_report
+from .checkpoint import atomic_write_text
+from .inference import run_checkpoint
+from .metrics import compute_report
 
 __all__ = ["Interpretation", "check_out_dir", "format_interpretation", "write_report"]
 
@@ -45,15 +47,13 @@ class Interpretation:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto",
-                        progress: bool | None = None) -> Interpretation:
+                        tta_translate: int | None = None, batch_size: int = 500,
+                        device: str | torch.device = "auto", progress: bool | None = None) -> Interpretation:
         """Run a checkpoint (path or dict) over a split of ``data`` (a source or a ``CifarData``); the
-        split names mean what they mean for ``cifar-resnet evaluate`` (see ``evaluate.resolve_split``)."""
-        from .evaluate import run_checkpoint
-
-        run = run_checkpoint(checkpoint, data, split, tta=tta, translate=translate, batch_size=batch_size,
+        split names mean what they mean for ``cifar-resnet evaluate`` (see ``inference.resolve_split``)."""
+        run = run_checkpoint(checkpoint, data, split, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
                              device=device, progress=progress, desc="interpret")
-        return cls(list(run.ckpt["classes"]), run.images.images, run.labels, run.logits, run.coarse_map,
+        return cls(list(run.ckpt["classes"]), run.split.images, run.labels, run.logits, run.coarse_map,
                    run.coarse_classes, run.description, run.meta)
 
     @property
@@ -141,8 +141,6 @@ def write_report(interp: Interpretation, out_dir, *, top_losses: int = 16, most_
     columns predicted, in class order), ``most_confused.csv``, ``per_superclass.csv`` (CIFAR-100),
     ``report.json`` (everything in one document). All are written atomically.
     """
-    from .checkpoint import atomic_write_text
-
     out = check_out_dir(out_dir)
     files = {
         "confusion_matrix.png": plots.save_figure(interp.plot_confusion(), out / "confusion_matrix.png", dpi=110),

@@ -20,7 +20,7 @@ where it still falls steadily (the rule of thumb of Smith's and fastai's ``lr_mi
 descent point is reported as well. When the loss never turned up, the minimum is just the end of the
 sweep and the suggestion is only a lower bound: the result says so.
 
-Each step is :func:`cifar_resnet.train.train_one_epoch` on a single batch, so the test uses exactly the
+Each step is :func:`cifar_resnet.engine.train_one_epoch` on a single batch, so the test uses exactly the
 training step of ``fit`` (optimizer, weight decay, clipping, label smoothing, autocast): there is no
 second training loop. The model's weights (and BN statistics) are restored afterwards.
 """
@@ -37,7 +37,19 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LRFindResult", "lr_find", "lr_find_config"]
+from .config import TrainConfig, prepare_data
+from .datasets import CifarData, channel_stats
+from .engine import init_model, train_one_epoch, training_loader
+from .models import model_kwargs_names
+from .optim import build_optimizer
+from .runtime import progress_bar, resolve_device
+
+__all__ = ["LR_FIND_FIELDS", "LRFindResult", "lr_find", "lr_find_config"]
+
+# The TrainConfig fields that matter to the range test; the others schedule or evaluate a whole run.
+LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
+                  "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
+                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "amp", "channels_last")
 
 
 @dataclass
@@ -86,9 +98,6 @@ def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimize
     """Run the range test on ``model`` with ``optimizer`` over ``batches`` (re-iterated as needed; a
     :class:`~cifar_resnet.loader.CifarLoader` gets a new epoch each pass). The model's state and the
     optimizer's are restored afterwards, so the model can be trained from where it was."""
-    from .evaluate import progress_bar
-    from .train import train_one_epoch
-
     _check(start_lr, end_lr, num_steps, beta, diverge)
     device = next(model.parameters()).device
     saved_model = copy.deepcopy(model.state_dict())
@@ -168,27 +177,19 @@ def _summarise(lrs: list[float], losses: list[float], stopped: str) -> LRFindRes
                         stopped=stopped)
 
 
-def lr_find_config(config, data=None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 200,
+def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 200,
                    beta: float = 0.98, diverge: float = 4.0, progress: bool | None = None,
                    log=print) -> LRFindResult:
     """The range test for a training configuration (any model, preset and optimizer): builds the model
     and the training loader exactly as ``fit(config, data)`` would (same data set-up, normalisation,
     augmentation, initialisation, optimizer) and sweeps the learning rate instead of training."""
-    from .datasets import channel_stats
-    from .loader import CifarLoader
-    from .models import model_kwargs_names
-    from .train import build_optimizer, init_model, prepare_data, resolve_device
-
     _check(start_lr, end_lr, num_steps, beta, diverge)
     model_kwargs_names(config.model)  # an unknown model name fails now, not after loading the data
     device = resolve_device(config.device)
     if data is None:
         data = prepare_data(config)
     mean, std = channel_stats(data.train.images)
-    loader = CifarLoader(data.train, config.batch_size, mean=mean, std=std, device=device, train=True,
-                         aug=config.augment, seed=config.seed)
-    if len(loader) == 0:
-        raise ValueError(f"{len(data.train)} training images is fewer than one batch of {config.batch_size}")
+    loader = training_loader(config, data.train, mean, std, device)
     model = init_model(config, data, mean, std, device)  # the initialisation fit would start from
     optimizer = build_optimizer(dataclasses.replace(config, lr=start_lr), model, device)
     if log:

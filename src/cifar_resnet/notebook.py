@@ -1,16 +1,21 @@
 """The seed notebook's Python API, as thin adapters over the package's engine.
 
-People paste notebook code; it keeps working:
+People paste notebook code; after ``from cifar_resnet.notebook import *`` it runs unchanged:
 
-    model = to_device(SeedResNet(), device)          # or any BaseModel subclass of their own
+    device = get_default_device()
+    model = to_device(ResNet(3, 100), device)        # or any BaseModel subclass of their own
     history = [evaluate(model, test_dl)]
     history += fit(epochs, train_dl, test_dl, model, torch.optim.Adam, max_lr, grad_clip, weight_decay,
                    scheduler=torch.optim.lr_scheduler.OneCycleLR)
     plot_loss(history)
     predict_image(img, model)
 
-``fit`` runs :func:`cifar_resnet.train.train_one_epoch` (the one training loop of the package) and
-evaluates with :func:`cifar_resnet.evaluate.collect_logits`; nothing here is a second loop.
+The names are the notebook's, so two of them repeat the package's own in another sense: this module's
+``fit(epochs, train_dl, ...)`` and ``evaluate(model, loader)`` are the notebook's, while
+:func:`cifar_resnet.fit` (``fit(config, data)``) and ``cifar-resnet evaluate`` are the package's. The
+notebook's ``fit`` runs :func:`cifar_resnet.engine.train_one_epoch` (the one training step of the
+package) and evaluates with :func:`cifar_resnet.engine.collect_logits`: nothing here is a second loop.
+``plot_loss`` is :func:`cifar_resnet.plots.plot_loss` itself.
 """
 
 from __future__ import annotations
@@ -23,9 +28,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import CIFAR100_CLASSES
-from .evaluate import basic_metrics, collect_logits
+from .engine import collect_logits, epoch_line, train_one_epoch
+from .inference import predict_tensor
+from .metrics import basic_metrics
 from .models import create_model
-from .train import train_one_epoch
+from .plots import plot_accuracy as plot_accuracies
+from .plots import plot_loss
+from .plots import plot_lr as plot_lrs
+
+__all__ = [
+    "BaseModel",
+    "DeviceDataLoader",
+    "ResNet",
+    "accuracy",
+    "evaluate",
+    "fit",
+    "get_default_device",
+    "get_lr",
+    "plot_accuracies",
+    "plot_loss",
+    "plot_lrs",
+    "predict_image",
+    "to_device",
+]
 
 
 def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -51,15 +76,19 @@ class BaseModel(nn.Module):
         return {"val_loss": epoch_loss.item(), "val_acc": epoch_acc.item()}
 
     def epoch_end(self, epoch, result):
-        print("Epoch {}, last_lr: {:.5f}, train_loss: {:.4f}, val_loss: {:.4f}, val_acc: {:.4f}".format(
-            epoch, result["lrs"][-1], result["train_loss"], result["val_loss"], result["val_acc"]))
+        print(epoch_line(epoch, result["lrs"][-1], result["train_loss"], result["val_loss"], result["val_acc"]))
 
 
-class SeedResNet(BaseModel):
-    """The notebook's network (``seed_resnet`` from the registry) with the notebook's methods."""
+class ResNet(BaseModel):
+    """The notebook's network, built as the notebook builds it: ``ResNet(in_channels, num_classes)``.
 
-    def __init__(self, num_classes: int = 100, classes: Sequence[str] | None = None):
+    It is ``seed_resnet`` from the registry (the same layers and weights layout) with the notebook's
+    methods. ``classes``: the class names ``predict_image`` answers with (CIFAR-100's for 100 classes)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 100, classes: Sequence[str] | None = None):
         super().__init__()
+        if in_channels != 3:
+            raise ValueError(f"the notebook's network reads RGB images (in_channels 3), got {in_channels}")
         self.net = create_model("seed_resnet", num_classes=num_classes)
         self.classes = list(classes) if classes is not None else (
             list(CIFAR100_CLASSES) if num_classes == 100 else None)
@@ -154,22 +183,10 @@ def fit(epochs, train_dl, test_dl, model, optimizer, max_lr, grad_clip=None, wei
     return history
 
 
-def plot_loss(history, path=None):
-    """Training and validation loss per epoch (the notebook's figure), drawn by
-    :func:`cifar_resnet.plots.plot_loss`; takes this module's ``fit`` history or a run's records
-    (``fit(config, ...).records``, ``history.json``). Saves a PNG to ``path`` when given; returns the
-    matplotlib Figure (end the notebook cell with ``plot_loss(history)`` to see it)."""
-    from .plots import plot_loss as _plot_loss
-
-    return _plot_loss(history, path)
-
-
 @torch.no_grad()
 def predict_image(img: torch.Tensor, model: nn.Module, classes: Sequence[str] | None = None) -> str:
     """Class name of one normalised (3, 32, 32) image tensor, as the notebook's ``predict_image``
-    (probabilities from :func:`cifar_resnet.predict.predict_tensor`)."""
-    from .predict import predict_tensor
-
+    (probabilities from :func:`cifar_resnet.inference.predict_tensor`)."""
     if img.ndim != 3:
         raise ValueError(f"predict_image takes one (C, H, W) image tensor, got shape {tuple(img.shape)}")
     names = classes if classes is not None else getattr(model, "classes", None) or CIFAR100_CLASSES

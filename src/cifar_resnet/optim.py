@@ -17,14 +17,21 @@ the network's first (it reads pixels, not features) and last (the classifier), i
 the rest (the stem, the head, BN weights and biases) are updated by Nesterov SGD with weight decay. One
 optimizer with two parameter groups keeps one learning-rate schedule and one state dict, so that resume
 stays exact. The schedule scales both groups' learning rates by the same factor.
+
+:func:`build_optimizer` and :func:`build_scheduler` make the optimizer and the per-batch learning-rate
+schedule a :class:`~cifar_resnet.config.TrainConfig` asks for (training and ``lr-find`` share them).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["MuonSGD", "muon_parameters", "zeropower"]
+from .config import TrainConfig
+
+__all__ = ["MuonSGD", "build_optimizer", "build_scheduler", "muon_parameters", "zeropower"]
 
 # The quintic's coefficients from the Muon write-up: they maximise the slope at zero, so that small
 # singular values grow fast, at the price of converging to roughly [0.7, 1.2] rather than exactly 1.
@@ -112,3 +119,42 @@ class MuonSGD(torch.optim.Optimizer):
                 updates = torch._foreach_add(grads, bufs, alpha=mom)  # Nesterov
                 torch._foreach_add_(params, updates, alpha=-lr)
         return loss
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of ``config.optimizer`` over ``model``'s parameters, at ``config.lr``."""
+    if config.optimizer == "muon":
+        return MuonSGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                       muon_lr=config.muon_lr, muon_momentum=config.muon_momentum)
+    # fused kernels on CUDA (one launch for all parameters); foreach elsewhere
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.optimizer == "nesterov", **fast)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-batch schedule over ``epochs * steps_per_epoch`` steps."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        # each group peaks at its own learning rate (MuonSGD has two); its momentum is left alone
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total, pct_start=config.warmup,
+                                                   cycle_momentum=config.optimizer != "muon")
+    warm = max(1, int(config.warmup * total))
+    if config.schedule == "linear":
+        def factor(step: int) -> float:
+            return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+    elif config.schedule == "cosine":
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    else:
+        def factor(step: int) -> float:
+            return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

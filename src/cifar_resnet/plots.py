@@ -11,20 +11,20 @@ with :func:`to_uint8` and clamped to [0, 255]), so matplotlib never clips and ne
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .checkpoint import RunDir, atomic_write
 
 __all__ = [
     "draw_accuracy",
     "draw_loss",
     "draw_lr",
-    "load_run_history",
     "normalise_history",
     "plot_accuracy",
     "plot_confusion",
@@ -44,18 +44,7 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay legible for most co
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is for others to read (a web server, a team)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def _finish(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
@@ -113,8 +102,6 @@ def _series(records: list[dict], key: str) -> tuple[list, list]:
 
 
 def _epoch_axis(ax, records: list[dict]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
@@ -197,50 +184,12 @@ def plot_lr(history: Sequence[dict], path: str | Path | None = None, note: str |
     return _one_axes_figure(draw_lr, history, path, note)
 
 
-def load_run_history(run_dir: str | Path) -> tuple[list[dict], dict]:
-    """The per-epoch records and config of a run directory, readable while the run is in progress.
-
-    ``history.json`` gives the records (it is replaced atomically after each epoch); the per-step
-    learning rates it leaves out are taken from ``last.pt`` when that is readable and covers them.
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ValueError(f"{run} is not a run directory" + (" (it is a file)" if run.exists() else ""))
-    hist_path = run / "history.json"
-    if not hist_path.is_file():
-        raise ValueError(f"{run} is not a run directory (no history.json; has the first epoch finished?)")
-    try:
-        records = json.loads(hist_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{hist_path}: unreadable ({' '.join(str(e).split())})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "epoch" in r for r in records):
-        raise ValueError(f"{hist_path}: not a list of per-epoch records")
-    if not records:
-        raise ValueError(f"{hist_path}: no epoch has finished yet")
-    config = {}
-    if (run / "config.json").is_file():
-        try:
-            config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = {}
-    last = run / "last.pt"
-    if last.is_file():
-        from .checkpoint import CheckpointError, load_checkpoint
-
-        try:
-            lrs = {r["epoch"]: r.get("lrs") for r in load_checkpoint(last).get("history", [])}
-        except CheckpointError:  # being replaced, or foreign: the per-epoch lr is still plotted
-            lrs = {}
-        if all(lrs.get(r["epoch"]) for r in records):
-            records = [{**r, "lrs": lrs[r["epoch"]]} for r in records]
-    return records, config
-
-
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Loss, accuracy and learning-rate curves of a run directory as ``loss.png``, ``accuracy.png``
     and ``lr.png`` in ``out_dir`` (default ``run_dir/plots``); returns ``{name: path}``."""
-    records, config = load_run_history(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    run = RunDir(run_dir)
+    records, config = run.read_history()
+    out = Path(out_dir) if out_dir is not None else run.plots
     model = config.get("model", "")
     epochs = config.get("epochs")
     progress = f"{records[-1]['epoch']}/{epochs} epochs" if epochs else f"{records[-1]['epoch']} epochs"
@@ -372,8 +321,6 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path | No
     fig = Figure(figsize=(size * 1.04, size), layout="constrained")
     ax = fig.add_subplot()
     # a square-root colour scale keeps the many small off-diagonal confusions visible next to the diagonal
-    from matplotlib.colors import PowerNorm
-
     im = ax.imshow(m, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(m.max(), 1e-9)), interpolation="nearest")
     font = 5.2 if big else 9
     ax.set_xticks(range(n), names, rotation=90, fontsize=font)

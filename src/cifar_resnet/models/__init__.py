@@ -19,14 +19,14 @@ from .registry import (
     model_kwargs_names,
     register_model,
 )
-from .resnet import BasicBlock, Bottleneck, ResNet
+from .resnet import BasicBlock, Bottleneck, CifarResNet
 from .seed import SeedResNet
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "CifarResNet",
     "FastNet",
-    "ResNet",
     "SeedResNet",
     "create_model",
     "fast",

@@ -25,7 +25,7 @@ from torch import nn
 
 from .registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101",
+__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet152"]
 
 
@@ -94,8 +94,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
-    """CIFAR ResNet: 3x3 stem without max-pool, four stages, global average pool, linear."""
+class CifarResNet(nn.Module):
+    """ResNet for CIFAR: 3x3 stem without max-pool, four stages, global average pool, linear."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 100,
                  zero_init_residual: bool = False) -> None:
@@ -146,30 +146,30 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int = 100, zero_init_residual: bool = False) -> ResNet:
+def resnet18(num_classes: int = 100, zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-18 for CIFAR (BasicBlock x [2, 2, 2, 2]); 11.2 M parameters for 100 classes."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
 
 
 @register_model
-def resnet34(num_classes: int = 100, zero_init_residual: bool = False) -> ResNet:
+def resnet34(num_classes: int = 100, zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-34 for CIFAR (BasicBlock x [3, 4, 6, 3]); 21.3 M parameters for 100 classes."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual)
+    return CifarResNet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
 @register_model
-def resnet50(num_classes: int = 100, zero_init_residual: bool = False) -> ResNet:
+def resnet50(num_classes: int = 100, zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-50 for CIFAR (Bottleneck x [3, 4, 6, 3]); 23.7 M parameters for 100 classes."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
+    return CifarResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
 @register_model
-def resnet101(num_classes: int = 100, zero_init_residual: bool = False) -> ResNet:
+def resnet101(num_classes: int = 100, zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-101 for CIFAR (Bottleneck x [3, 4, 23, 3]); 42.7 M parameters for 100 classes."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, zero_init_residual)
+    return CifarResNet(Bottleneck, [3, 4, 23, 3], num_classes, zero_init_residual)
 
 
 @register_model
-def resnet152(num_classes: int = 100, zero_init_residual: bool = False) -> ResNet:
+def resnet152(num_classes: int = 100, zero_init_residual: bool = False) -> CifarResNet:
     """ResNet-152 for CIFAR (Bottleneck x [3, 8, 36, 3]); 58.3 M parameters for 100 classes."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, zero_init_residual)
+    return CifarResNet(Bottleneck, [3, 8, 36, 3], num_classes, zero_init_residual)

@@ -1,0 +1,167 @@
+"""What defines a training run: one frozen dataclass, its named presets, and the run's data set-up.
+
+Each field of :class:`TrainConfig` carries its own help text (``dataclasses.field(metadata={"help": ...})``):
+the CLI makes one ``--field-name`` flag per field from it, so the help a user reads and the field it sets
+cannot drift apart. A config is saved as ``config.json`` in the run directory and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .augment import Augment
+from .datasets import CifarData, load_data, split_validation, subsample
+
+__all__ = ["CLIP_MODES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig", "get_preset", "prepare_data"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "muon")
+SCHEDULES = ("onecycle", "linear", "cosine", "constant")
+CLIP_MODES = ("value", "norm")
+
+
+def _field(default: Any, help: str) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Saved as ``config.json`` and inside every checkpoint."""
+
+    # data
+    data: str = _field("cifar100", "data source: an .npz file, an official archive (.tar.gz), an extracted "
+                                   "folder, or cifar100/cifar10 (from the download cache, downloaded on first "
+                                   "use)")
+    val_split: int = _field(5000, "images held out from training (stratified, seeded) for validation; 0 "
+                                  "evaluates on the source's test split")
+    train_subset: int = _field(0, "train on a stratified subset of this many images (0: all)")
+    # model
+    model: str = _field("seed_resnet", "model name (see `cifar-resnet models`)")
+    model_kwargs: dict = _field({}, "model arguments as JSON, e.g. '{\"widths\": [32, 64, 128]}'")
+    whiten: bool = _field(False, "initialise the stem by patch whitening of training images (models that have "
+                                 "it: fast, fast_small)")
+    # optimisation
+    epochs: int = _field(100, "number of epochs")
+    batch_size: int = _field(128, "training batch size")
+    optimizer: str = _field("adam", "adam | adamw | sgd | nesterov | muon (Muon for the hidden convolution "
+                                    "filters, Nesterov SGD for the rest)")
+    lr: float = _field(1e-3, "peak learning rate (OneCycleLR's max_lr)")
+    momentum: float = _field(0.9, "SGD momentum (Adam uses its default betas)")
+    muon_lr: float = _field(0.1, "--optimizer muon: peak step of the hidden convolution filters, relative to "
+                                 "their norm")
+    muon_momentum: float = _field(0.6, "--optimizer muon: Nesterov momentum of the hidden convolution filters")
+    weight_decay: float = _field(1e-5, "weight decay")
+    schedule: str = _field("onecycle", "per-batch schedule: onecycle | linear (warm-up then linear decay) | "
+                                       "cosine | constant")
+    warmup: float = _field(0.3, "fraction of the steps spent warming up (OneCycleLR's pct_start)")
+    grad_clip: float = _field(0.1, "gradient clipping threshold (0: off)")
+    grad_clip_mode: str = _field("value", "value (clip each gradient element, the notebook's) | norm")
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy loss")
+    # augmentation
+    crop_pad: int = _field(4, "random crop from the image padded by this many pixels (reflect); 0 disables")
+    flip: str = _field("random", "horizontal flips: none | random | alternating")
+    cutout: int = _field(0, "side of the cut-out square in pixels (0: off)")
+    # evaluation
+    tta: bool = _field(False, "flip test-time augmentation when evaluating")
+    tta_translate: int = _field(0, "translate test-time augmentation when evaluating: also the image shifted "
+                                   "this many pixels up-left and down-right, with half the weight (airbench's "
+                                   "TTA level 2; 0: off)")
+    eval_batch_size: int = _field(500, "evaluation batch size")
+    # machinery
+    seed: int = _field(0, "random seed (initialisation, split, shuffling, augmentation)")
+    device: str = _field("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    amp: bool = _field(True, "bf16 autocast on CUDA (ignored elsewhere)")
+    channels_last: bool = _field(True, "channels_last memory format")
+    compile: bool = _field(False, "torch.compile the model for training")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval batch size must be >= 1, got {self.eval_batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.muon_lr > 0, f"muon learning rate must be > 0, got {self.muon_lr}"),
+            (0 <= self.momentum < 1 and 0 <= self.muon_momentum < 1, "momenta must be in [0, 1)"),
+            (self.tta_translate >= 0, f"tta translate must be >= 0, got {self.tta_translate}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"gradient clip must be >= 0, got {self.grad_clip}"),
+            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 < self.warmup < 1, f"warm-up fraction must be in (0, 1), got {self.warmup}"),
+            (self.val_split >= 0 and self.train_subset >= 0, "val split and train subset must be >= 0"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; use {', '.join(SCHEDULES)}"),
+            (self.grad_clip_mode in CLIP_MODES, f"unknown clip mode {self.grad_clip_mode!r}; use value or norm"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        _ = self.augment  # builds an Augment, which validates the flip mode and sizes
+
+    @property
+    def augment(self) -> Augment:
+        return Augment(crop_pad=self.crop_pad, flip=self.flip, cutout=self.cutout)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """The help text of field ``name``."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}[name]
+
+
+# Named presets. "seed" is the notebook's recipe (Adam, OneCycleLR per batch, max_lr 1e-3, gradient
+# clipping by value 0.1, weight decay 1e-5, 100 epochs, 4 px reflect crop + flip) on its network.
+PRESETS: dict[str, TrainConfig] = {
+    "seed": TrainConfig(),
+    # pytorch-cifar100's ResNet-18 recipe (SGD 0.1, momentum 0.9, wd 5e-4, 200 epochs) with a one-cycle
+    # schedule in place of its step schedule.
+    "resnet18": TrainConfig(model="resnet18", optimizer="sgd", lr=0.1, weight_decay=5e-4, epochs=200,
+                            grad_clip=0.0, warmup=0.15),
+    # Time-to-accuracy, airbench-style (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"):
+    # patch-whitened stem, Muon for the hidden filters and Nesterov SGD for the rest (as airbench94_muon),
+    # a warm-up then linear decay, label smoothing 0.2, alternating flips, flip and 1-pixel translate
+    # test-time augmentation. "fast" is for a GPU; "fast-cpu" is the same recipe on the narrow net sized
+    # for a 2-core CPU (see the README's Performance section for what it reaches and how it was tuned).
+    "fast": TrainConfig(model="fast", whiten=True, optimizer="muon", lr=2.0, momentum=0.9, muon_lr=0.1,
+                        muon_momentum=0.6, weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0,
+                        label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, tta_translate=1,
+                        epochs=16, batch_size=512),
+    "fast-cpu": TrainConfig(model="fast_small", whiten=True, optimizer="muon", lr=2.0, momentum=0.9,
+                            muon_lr=0.1, muon_momentum=0.6, weight_decay=5e-4, schedule="linear", warmup=0.2,
+                            grad_clip=0.0, label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True,
+                            tta_translate=1, epochs=17, batch_size=512),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download: bool = True) -> CifarData:
+    """The run's data: ``config.data`` loaded (or ``data`` as given), with the validation split held out
+    (unless the source brings one) and the training subset taken, both seeded by ``config.seed``.
+
+    A dataset named by ``cifar100``/``cifar10`` that is not in the download cache yet is downloaded
+    (progress bar, md5 check) when ``download`` is true.
+    """
+    if data is None:
+        data = load_data(config.data, download_missing=download)
+    if config.val_split and data.val is None:
+        data = split_validation(data, config.val_split, seed=config.seed)
+    if config.train_subset:
+        data = subsample(data, config.train_subset, seed=config.seed)
+    return data

@@ -1,0 +1,145 @@
+"""What training and inference share: the model a run starts from, the training step, and the pass of a
+model over a loader.
+
+* :func:`init_model` and :func:`training_loader` set a run up from its config (``fit`` and ``lr-find``
+  start from exactly the same model and batches);
+* :func:`train_one_epoch` is the one training step of the package, looped over a loader (``fit``,
+  ``lr-find`` and the notebook's ``fit`` all call it);
+* :func:`collect_logits` runs a model over a loader once, with test-time augmentation
+  (:func:`tta_logits`), and returns logits and labels on the CPU, from which :mod:`cifar_resnet.metrics`
+  computes every number that is reported.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .datasets import CifarData, Split
+from .loader import CifarLoader
+from .models import create_model
+from .runtime import autocast_for
+
+__all__ = ["collect_logits", "epoch_line", "init_model", "train_one_epoch", "training_loader", "tta_logits"]
+
+
+def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
+               model: nn.Module | None = None, data_init: bool = True) -> nn.Module:
+    """The model a run starts from: seeded initialisation of ``config.model`` (or ``model`` as given),
+    the optional patch-whitening of its stem from the training images, moved to ``device``."""
+    torch.manual_seed(config.seed)  # the model's initialisation
+    if model is None:
+        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    if config.whiten and data_init:
+        if not hasattr(model, "init_whiten"):
+            raise ValueError(f"--whiten: model {config.model} has no patch-whitening stem (use fast or fast_small)")
+        model.init_whiten(data.train.images[:5000], mean=mean, std=std)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.device) -> CifarLoader:
+    """The shuffled, augmented batches of a run; ValueError when there is not one whole batch."""
+    loader = CifarLoader(split, config.batch_size, mean=mean, std=std, device=device, train=True,
+                         aug=config.augment, seed=config.seed)
+    if len(loader) == 0:
+        raise ValueError(f"{len(split)} training images is fewer than one batch of {config.batch_size}")
+    return loader
+
+
+def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: torch.device,
+                    label_smoothing: float = 0.0, grad_clip: float = 0.0, grad_clip_mode: str = "value",
+                    amp: bool = True, bar=None, log_every: int = 20) -> dict:
+    """One pass over ``batches`` (``(images, labels)`` already on ``device``), stepping the scheduler per
+    batch; returns the mean training loss and accuracy and the learning rate each step used."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    lrs = []
+    for step, (x, y) in enumerate(batches):
+        with autocast_for(device, amp):
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            if grad_clip_mode == "value":
+                nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+            else:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        optimizer.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        # accumulate on the device: no host synchronisation inside the step
+        loss_sum += loss.detach() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update(1)
+            if step % log_every == 0:  # the one read-back, at logging points only
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[-1]:.2e}", refresh=False)
+    if seen == 0:
+        raise ValueError("the training loader yielded no batch")
+    return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
+            "lrs": lrs, "images": seen}
+
+
+def epoch_line(epoch: int, lr: float, train_loss: float, val_loss: float, val_acc: float) -> str:
+    """The notebook's per-epoch line (printed by ``fit`` and by the notebook's ``BaseModel.epoch_end``)."""
+    return (f"Epoch {epoch}, last_lr: {lr:.5f}, train_loss: {train_loss:.4f}, val_loss: {val_loss:.4f}, "
+            f"val_acc: {val_acc:.4f}")
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_translate: int = 0) -> torch.Tensor:
+    """The model's logits for a batch, with test-time augmentation.
+
+    ``tta``: the mean of the image's and its mirror image's logits (flip TTA). ``tta_translate`` (pixels,
+    > 0): airbench's TTA level 2, half the weight on the image itself and a quarter each on the image
+    shifted ``tta_translate`` pixels up-left and down-right (reflect-padded), each view flip-averaged when
+    ``tta``.
+    """
+    def view(v: torch.Tensor) -> torch.Tensor:
+        out = model(v)
+        return 0.5 * (out + model(v.flip(-1))) if tta else out
+
+    logits = view(x)
+    if tta_translate > 0:
+        t, (h, w) = tta_translate, x.shape[-2:]
+        if not t < min(h, w):
+            raise ValueError(f"tta translate must be smaller than the image, got {t} for {h}x{w}")
+        padded = F.pad(x, (t, t, t, t), mode="reflect")
+        shifts = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
+        shifted = sum(view(s.contiguous(memory_format=torch.channels_last)) for s in shifts)
+        logits = 0.5 * logits + 0.25 * shifted
+    return logits
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader, *, tta: bool = False, tta_translate: int = 0, amp: bool = True,
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits (N, C) and int64 labels (N,) on the CPU, in loader order.
+
+    ``tta`` and ``tta_translate``: test-time augmentation, see :func:`tta_logits` (flip TTA as in airbench
+    and the CIFAR speedruns; translate as airbench's level 2). ``progress``: a bar updated per image.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outs, labels = [], []
+    try:
+        for x, y in loader:
+            with autocast_for(device, amp):
+                logits = tta_logits(model, x, tta=tta, tta_translate=tta_translate)
+            outs.append(logits.float())
+            labels.append(y)
+            if progress is not None:
+                progress.update(len(y))
+    finally:
+        model.train(was_training)
+    # one device->host transfer at the end, not one per batch
+    return torch.cat(outs).cpu(), torch.cat(labels).cpu()

@@ -1,0 +1,101 @@
+"""Image files (any size, mode and format) -> the 32x32 RGB uint8 images the models were trained on.
+
+How a file becomes 32x32 (:func:`prepare_image`):
+
+* the EXIF orientation is applied (phone photos are stored sideways with a rotation tag);
+* anything with transparency (RGBA, LA, palette with a transparent colour) is composited on white, the
+  usual background of web images; other modes (grayscale, palette, CMYK, 16-bit) convert to RGB;
+* the largest centred square is cropped, then downscaled. CIFAR's images were made by downscaling
+  web images to 32x32 and show their objects undistorted and roughly centred; squashing a 16:9 photo
+  to a square would distort shapes in a way the model never saw, while the centre crop loses only the
+  margins (``resize="squash"`` keeps the whole frame instead);
+* the downscale averages areas (PIL's box filter: each output pixel is the mean of the source pixels
+  it covers, as a camera sensor or a good downscaler does): no aliasing, no ringing or sharpening that
+  CIFAR's pixels would not have, and an image enlarged by an integer factor comes back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["RESIZE_MODES", "SIZE", "ImageFileError", "load_image", "load_images", "prepare_image"]
+
+SIZE = 32
+RESIZE_MODES = ("crop", "squash")
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be used (missing, a directory, not an image, truncated)."""
+
+
+def prepare_image(img, resize: str = "crop") -> np.ndarray:
+    """A PIL image of any size and mode -> (32, 32, 3) uint8 RGB, as described in the module docstring."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize!r}; use crop or squash")
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit / float grayscale: PIL's convert("RGB") would clip, so scale to 8 bits first
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("RGB")
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ValueError("the image is empty")
+    box = None
+    if resize == "crop" and w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        box = (left, top, left + side, top + side)
+    if (w, h) != (SIZE, SIZE) or box is not None:
+        img = img.resize((SIZE, SIZE), Image.Resampling.BOX, box=box)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_image(path: str | Path, resize: str = "crop") -> np.ndarray:
+    """Read one image file as (32, 32, 3) uint8; :class:`ImageFileError` with a one-line reason if it
+    cannot be (missing, a directory, not an image, truncated or corrupt)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageFileError(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        raise ImageFileError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            # a large JPEG is decoded at a reduced scale (DCT scaling, exact averaging): much faster
+            img.draft(None, (4 * SIZE, 4 * SIZE))
+            img.load()  # decode now: a truncated or corrupt file fails here, not later
+            return prepare_image(img, resize)
+    except UnidentifiedImageError:
+        raise ImageFileError(f"{path}: not an image (PIL cannot identify the format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(f"{path}: refused, too many pixels ({' '.join(str(e).split())[:120]})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated data, bad headers, broken chunks
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ImageFileError(f"{path}: unreadable or truncated image ({detail[:160]})") from None
+
+
+def load_images(paths: Sequence[str | Path], resize: str = "crop"
+                ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+    """Read many files; a bad file does not stop the others.
+
+    Returns ``(images, good_paths, errors)``: the (N, 32, 32, 3) uint8 images of the readable files in
+    order, their paths, and ``(path, message)`` for each file that could not be read.
+    """
+    images, good, errors = [], [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, resize))
+            good.append(Path(p))
+        except ImageFileError as e:
+            errors.append((Path(p), str(e)))
+    stacked = np.stack(images) if images else np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)
+    return stacked, good, errors

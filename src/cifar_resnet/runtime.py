@@ -1,0 +1,71 @@
+"""Where and how the work runs: the device, autocast, progress bars and the random-number state.
+
+Nothing here holds a global: callers pass the device and flags in and get objects back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["autocast_for", "get_rng_state", "progress_bar", "resolve_device", "set_rng_state"]
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device;
+    ValueError for an unknown name or a device this machine lacks."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError("device 'mps' requested but MPS is not available on this machine")
+    return dev
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; on CPU and MPS full precision (bf16 convolutions on CPUs without
+    AMX are slower than fp32, and the result is what a user of this machine expects)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img") -> tqdm:
+    """The one progress bar of the package: tqdm on stderr (a widget in Jupyter, text elsewhere), shown
+    when ``enabled`` (``None``: when stderr is a terminal), a silent no-op otherwise; a context manager."""
+    enabled = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not enabled)
+
+
+def get_rng_state() -> dict:
+    """The global torch generators' state (CPU and every CUDA device), for an exact resume."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
