@@ -46,9 +46,9 @@ except ImportError:  # run from a checkout without installing: use the src/ besi
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar_resnet.datasets import CifarData, Split, channel_stats, load_data, split_validation, subsample
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import PRESETS, TrainConfig
+from cifar_resnet.datasets import CifarData, Split, channel_stats, load_data, split_validation, subsample
 from cifar_resnet.engine import train_one_epoch
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model

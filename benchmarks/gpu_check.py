@@ -38,9 +38,9 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cifar_resnet import load_checkpoint
-from cifar_resnet.datasets import CifarData, Split
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.datasets import CifarData, Split
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.runtime import autocast_for

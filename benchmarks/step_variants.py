@@ -26,9 +26,9 @@ try:
 except ImportError:  # a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cifar_resnet.models import create_model
 from cifar_resnet.config import PRESETS
 from cifar_resnet.engine import train_one_epoch
+from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
 
 # name -> (optimizer, extra model kwargs)

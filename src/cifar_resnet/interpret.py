@@ -98,7 +98,8 @@ class Interpretation:
                               coarse_classes=self.coarse_classes)
 
     def plot_confusion(self, path=None):
-        title = f"Confusion matrix: {self.meta.get('model', '')} on {len(self.labels):,} {self.meta.get('split', '')} images"
+        title = (f"Confusion matrix: {self.meta.get('model', '')} on {len(self.labels):,} "
+                 f"{self.meta.get('split', '')} images")
         if self.coarse_map is not None:
             title += ", sorted by superclass"
         return plots.plot_confusion(self.confusion_matrix(), self.classes, path, order=self.class_order(),

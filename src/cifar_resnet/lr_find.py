@@ -177,7 +177,8 @@ def _summarise(lrs: list[float], losses: list[float], stopped: str) -> LRFindRes
                         stopped=stopped)
 
 
-def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 200,
+def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_lr: float = 1e-7,
+                   end_lr: float = 10.0, num_steps: int = 200,
                    beta: float = 0.98, diverge: float = 4.0, progress: bool | None = None,
                    log=print) -> LRFindResult:
     """The range test for a training configuration (any model, preset and optimizer): builds the model

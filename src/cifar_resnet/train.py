@@ -52,7 +52,8 @@ def _tensorboard_writer(run: RunDir | None):
     try:  # an optional dependency: imported only when asked for
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'cifar-resnet[tensorboard]'") from None
+        raise ValueError("--tensorboard needs the tensorboard package: "
+                         "pip install 'cifar-resnet[tensorboard]'") from None
     return SummaryWriter(log_dir=str(run.tensorboard))
 
 
