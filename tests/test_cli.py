@@ -2,11 +2,11 @@
 mistakes reported as one line with exit status 2."""
 
 import argparse
+import re
 
 import pytest
 
 from cifar_resnet.cli import get_args_parser, main
-from test_evaluate import assert_one_line_error, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,12 +36,13 @@ def test_top_level_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in (*NEW_COMMANDS, "train", "models", "data"):
-        assert command in out
+    # the command list: one command per line, indented by 4 ("    plot       loss, accuracy and ...")
+    listed = re.findall(r"^    (\S+) ", out, flags=re.MULTILINE)
+    assert set(listed) >= {*NEW_COMMANDS, "train", "models", "data"}, out
 
 
-def test_existing_commands_still_work(capsys):
-    code, out, _ = cli(capsys, "models")
+def test_existing_commands_still_work(capsys, cli):
+    code, out, _ = cli("models")
     assert code == 0 and "seed_resnet" in out.split() and "fast_small" in out.split()
     for command in ("train", "data"):
         with pytest.raises(SystemExit) as exit_info:
@@ -51,12 +52,12 @@ def test_existing_commands_still_work(capsys):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "interpret", "predict"])
-def test_bad_checkpoints_are_one_line(tmp_path, capsys, command):
+def test_bad_checkpoints_are_one_line(tmp_path, cli, assert_one_line_error, command):
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
     extra = ["--index", "0"] if command == "predict" else []
     for path, message in ((tmp_path / "missing.pt", "no such checkpoint"), (tmp_path, "is a directory"),
                           (tmp_path / "junk.pt", "not a readable checkpoint")):
-        code, _, err = cli(capsys, command, path, *extra)
+        code, _, err = cli(command, path, *extra)
         assert_one_line_error(code, err, message)
 
 

@@ -29,9 +29,6 @@ from cifar_resnet.datasets import (
     Split,
 )
 
-REAL_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100-train.npz"
-
-
 # --------------------------------------------------------------------------------------------------
 # Builders for files in the official format
 # --------------------------------------------------------------------------------------------------
@@ -175,17 +172,6 @@ def c10_archive(tmp_path: Path) -> tuple[Path, dict]:
         tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files, {"readme.html": b"<p>"}
     )
     return path, truth
-
-
-def synthetic(num_classes: int = 10, per_class: int = 50, seed: int = 0, test: bool = False) -> CifarData:
-    """Balanced data whose image i carries its own index in pixel (0, 0), to track images through splits."""
-    n = num_classes * per_class
-    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(num_classes), per_class))
-    images = np.zeros((n, 32, 32, 3), dtype=np.uint8)
-    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
-    name, classes = ("cifar10", CIFAR10_CLASSES) if num_classes == 10 else ("cifar100", CIFAR100_CLASSES)
-    test_split = Split(images[:20], labels[:20]) if test else None
-    return CifarData(name, Split(images, labels), test_split, None, classes, None, "synthetic")
 
 
 def ids(split: Split) -> np.ndarray:
@@ -381,17 +367,12 @@ def test_archive_structure_problems(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _npz(path: Path, **arrays: Any) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
-def test_npz_cifar100_with_everything(tmp_path: Path) -> None:
+def test_npz_cifar100_with_everything(tmp_path: Path, write_npz) -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 100, 8).astype(np.uint8)
     names = np.array([f"class_{i}" for i in range(100)])
-    path = _npz(
+    path = write_npz(
         tmp_path / "d.npz",
         x_train=x,
         y_train=y,
@@ -411,16 +392,16 @@ def test_npz_cifar100_with_everything(tmp_path: Path) -> None:
     assert data.coarse_classes == CIFAR100_COARSE_CLASSES
 
 
-def test_npz_inference_and_layouts(tmp_path: Path) -> None:
+def test_npz_inference_and_layouts(tmp_path: Path, write_npz) -> None:
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     # Labels below 10, no names: CIFAR-10 with the built-in names.
-    d10 = ds.load_npz(_npz(tmp_path / "a.npz", x_train=x, y_train=np.arange(6)))
+    d10 = ds.load_npz(write_npz(tmp_path / "a.npz", x_train=x, y_train=np.arange(6)))
     assert d10.name == "cifar10" and d10.classes == CIFAR10_CLASSES and d10.test is None
     assert d10.train.coarse is None and d10.coarse_classes is None
     # A label >= 10: CIFAR-100; official classes, so coarse labels come from the official mapping.
     y = np.array([[0], [99], [5], [42], [7], [13]], dtype=np.int32)  # keras' (N, 1) label shape
-    d100 = ds.load_npz(_npz(tmp_path / "b.npz", x_train=x.transpose(0, 3, 1, 2), y_train=y))  # NCHW
+    d100 = ds.load_npz(write_npz(tmp_path / "b.npz", x_train=x.transpose(0, 3, 1, 2), y_train=y))  # NCHW
     assert d100.name == "cifar100" and d100.classes == CIFAR100_CLASSES
     np.testing.assert_array_equal(d100.train.images, x)  # NCHW turned back into the same NHWC images
     np.testing.assert_array_equal(d100.train.labels, y[:, 0])
@@ -428,7 +409,7 @@ def test_npz_inference_and_layouts(tmp_path: Path) -> None:
     np.testing.assert_array_equal(d100.train.coarse, CIFAR100_FINE_TO_COARSE[y[:, 0]])
     # Byte-string names are decoded.
     d = ds.load_npz(
-        _npz(
+        write_npz(
             tmp_path / "c.npz",
             x_train=x,
             y_train=np.arange(6),
@@ -472,10 +453,10 @@ def test_npz_inference_and_layouts(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_npz_problems(tmp_path: Path, arrays: dict, message: str) -> None:
+def test_npz_problems(tmp_path: Path, arrays: dict, message: str, write_npz) -> None:
     defaults = {"x": np.zeros((6, 32, 32, 3), np.uint8), "y": np.arange(6)}
     arrays = {k: defaults[v] if isinstance(v, str) else v for k, v in arrays.items()}
-    path = _npz(tmp_path / "bad.npz", **arrays)
+    path = write_npz(tmp_path / "bad.npz", defaults=False, **arrays)
     with pytest.raises(DataError, match=message) as err:
         ds.load_npz(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -502,11 +483,11 @@ def test_npz_unreadable(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_load_data_dispatch(tmp_path: Path, c100_archive: tuple[Path, dict]) -> None:
+def test_load_data_dispatch(tmp_path: Path, c100_archive: tuple[Path, dict], write_npz) -> None:
     archive, truth = c100_archive
     assert ds.load_data(archive).name == "cifar100"
     assert ds.load_data(str(archive)).source == str(archive)
-    npz = _npz(tmp_path / "d.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8), y_train=np.array([0, 1]))
+    npz = write_npz(tmp_path / "d.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8), y_train=np.array([0, 1]))
     assert ds.load_data(npz).name == "cifar10"
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "x", filter="data")
@@ -583,23 +564,23 @@ def test_split_container() -> None:
         CifarData("cifar10", split, None, None, ("a",), None, "x")
 
 
-def test_eval_and_get_split() -> None:
-    data = synthetic()
+def test_eval_and_get_split(synthetic) -> None:
+    data = synthetic(500, 0, shuffle=True)
     with pytest.raises(DataError, match="neither a validation nor a test split"):
         data.eval_split()
     with pytest.raises(DataError, match=r"no split 'test' \(available: train\)"):
         data.get_split("test")
     with pytest.raises(DataError, match="unknown split 'bogus'"):
         data.get_split("bogus")
-    with_test = synthetic(test=True)
+    with_test = synthetic(500, 0, n_test=20, shuffle=True)
     assert with_test.eval_split()[0] == "test"
     split = ds.split_validation(with_test, 50)
     name, val = split.eval_split()
     assert name == "val" and val is split.val and split.get_split("val") is split.val
 
 
-def test_split_validation_stratified() -> None:
-    data = synthetic(num_classes=10, per_class=50)
+def test_split_validation_stratified(synthetic) -> None:
+    data = synthetic(500, 0, shuffle=True)
     split = ds.split_validation(data, 100, seed=3)
     assert split.val is not None and len(split.val) == 100 and len(split.train) == 400
     assert np.bincount(split.val.labels, minlength=10).tolist() == [10] * 10
@@ -622,8 +603,8 @@ def test_split_validation_stratified() -> None:
     np.testing.assert_array_equal(ids(ds.split_validation(other, 100, seed=3).val), val_ids)
 
 
-def test_split_validation_remainder_and_limits() -> None:
-    data = synthetic(num_classes=10, per_class=50)
+def test_split_validation_remainder_and_limits(synthetic) -> None:
+    data = synthetic(500, 0, shuffle=True)
     counts = np.bincount(ds.split_validation(data, 105, seed=1).val.labels, minlength=10)
     assert sorted(counts.tolist()) == [10] * 5 + [11] * 5
     few = np.bincount(ds.split_validation(data, 7, seed=1).val.labels, minlength=10)
@@ -652,8 +633,8 @@ def test_split_validation_unbalanced() -> None:
     assert counts[0] == 2 and counts.sum() == 50 and set(counts[1:].tolist()) <= {5, 6}
 
 
-def test_subsample() -> None:
-    data = synthetic(num_classes=10, per_class=50, test=True)
+def test_subsample(synthetic) -> None:
+    data = synthetic(500, 0, n_test=20, shuffle=True)
     small = ds.subsample(data, 30, seed=0)
     assert len(small.train) == 30 and np.bincount(small.train.labels).tolist() == [3] * 10
     assert small.test is data.test
@@ -679,8 +660,8 @@ def test_channel_stats_matches_numpy() -> None:
         ds.channel_stats(images[:0])
 
 
-def test_describe() -> None:
-    info = ds.describe(ds.split_validation(synthetic(test=True), 100))
+def test_describe(synthetic) -> None:
+    info = ds.describe(ds.split_validation(synthetic(500, 0, n_test=20, shuffle=True), 100))
     assert info["name"] == "cifar10" and info["source"] == "synthetic" and info["num_classes"] == 10
     assert (info["train"], info["val"], info["test"]) == (400, 100, 20)
     assert info["train_per_class_min"] == info["train_per_class_max"] == 40
@@ -690,13 +671,6 @@ def test_describe() -> None:
 # --------------------------------------------------------------------------------------------------
 # The real CIFAR-100 training split
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_data() -> CifarData:
-    if not REAL_NPZ.is_file():
-        pytest.skip(f"real CIFAR-100 data not found at {REAL_NPZ}")
-    return ds.load_npz(REAL_NPZ)
 
 
 def test_real_data_shape_and_classes(real_data: CifarData) -> None:

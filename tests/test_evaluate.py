@@ -7,30 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet import TrainConfig, channel_stats, fit, load_checkpoint, load_data, subsample
-from cifar_resnet.cli import main
+from cifar_resnet import TrainConfig, channel_stats, fit, load_checkpoint, subsample
 from cifar_resnet.datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
 from cifar_resnet.engine import tta_logits
 from cifar_resnet.inference import resolve_split, tta_settings
 from cifar_resnet.metrics import REPORT_KEYS, compute_report, expected_calibration_error, fine_to_coarse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cli(capsys, *args):
-    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cifar-resnet: error: "), err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,7 +28,8 @@ def test_expected_calibration_error_known_values():
     assert expected_calibration_error(torch.tensor([[1.0, 0.0]] * 4), torch.tensor([0, 1, 0, 1])) == 0.5
     # confidence 0.6 and right 6 times in 10: calibrated; 0.6 and right 3 times in 10: gap 0.3
     probs = torch.tensor([[0.6, 0.4]] * 10)
-    assert expected_calibration_error(probs, torch.tensor([0] * 6 + [1] * 4)) == pytest.approx(0.0, abs=1e-6)  # float32 0.6
+    calibrated = expected_calibration_error(probs, torch.tensor([0] * 6 + [1] * 4))
+    assert calibrated == pytest.approx(0.0, abs=1e-6)  # abs: 0.6 in float32 is not 0.6
     assert expected_calibration_error(probs, torch.tensor([0] * 3 + [1] * 7)) == pytest.approx(0.3)
 
 
@@ -91,10 +75,10 @@ def test_superclass_mapping_from_the_data_for_other_class_names():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, capsys):
+def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, cli):
     ckpt = load_checkpoint(real_run / "best.pt")
     record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt["epoch"])
-    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", real_npz, "--split", "val", "--json",
+    code, out, err = cli("evaluate", real_run / "best.pt", "--data", real_npz, "--split", "val", "--json",
                          "--device", "cpu", "--no-progress")
     assert code == 0, err
     r = json.loads(out)
@@ -117,40 +101,41 @@ def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, c
     assert 0.0 <= r["ece"] <= 1.0
 
 
-def test_text_table_with_defaults_and_tta(real_run, capsys):
+def test_text_table_with_defaults_and_tta(real_run, cli):
     # no --data and no --split: the run's own data source and the split it evaluated on
-    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--tta", "--tta-translate", "1", "--device", "cpu")
+    code, out, err = cli("evaluate", real_run / "best.pt", "--tta", "--tta-translate", "1", "--device", "cpu")
     assert code == 0, err
     for text in ("top-1", "top-5", "superclass", "loss", "ECE", "the run's held-out validation split",
                  "flip TTA", "1 px translate TTA", "per-class top-1", "sunflower", "large_carnivores"):
         assert text in out, text
 
 
-def test_train_split_is_the_images_the_run_trained_on(real_run, real_npz):
+def test_train_split_is_the_images_the_run_trained_on(real_run, real_data):
     ckpt = load_checkpoint(real_run / "best.pt")
-    name, split, description = resolve_split(ckpt, load_data(real_npz), "train")
+    name, split, description = resolve_split(ckpt, real_data, "train")
     assert name == "train" and len(split) == 10000 and "the run's training images" in description
     mean, std = channel_stats(split.images)
     assert list(mean) == ckpt["mean"] and list(std) == ckpt["std"]
 
 
-def test_another_source_cannot_stand_for_the_runs_validation_split(real_run, real_npz, tmp_path, capsys):
-    data = load_data(real_npz)
+def test_another_source_cannot_stand_for_the_runs_validation_split(real_run, real_data, tmp_path, cli,
+                                                                   assert_one_line_error):
+    data = real_data
     other = tmp_path / "other.npz"
     np.savez(other, x_train=data.train.images[:300], y_train=data.train.labels[:300])
-    code, _, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "val")
+    code, _, err = cli("evaluate", real_run / "best.pt", "--data", other, "--split", "val")
     assert_one_line_error(code, err, "not the data this checkpoint was trained on")
-    code, _, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "test")
+    code, _, err = cli("evaluate", real_run / "best.pt", "--data", other, "--split", "test")
     assert_one_line_error(code, err, "no split 'test'")
-    code, out, err = cli(capsys, "evaluate", real_run / "best.pt", "--data", other, "--split", "train", "--json")
+    code, out, err = cli("evaluate", real_run / "best.pt", "--data", other, "--split", "train", "--json")
     assert code == 0, err
     r = json.loads(out)
     assert r["n"] == 300 and "not the run's" in r["split_description"]
 
 
-def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_npz, tmp_path, capsys):
+def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_data, tmp_path, cli):
     """200 real images (2 per class), no augmentation, a small net and enough epochs to memorise them."""
-    data = load_data(real_npz)
+    data = real_data
     small = subsample(data, 200, seed=1).train
     test = data.train.subset(np.arange(100))  # fit needs a split to evaluate on; what it is does not matter
     npz = tmp_path / "tiny.npz"
@@ -162,13 +147,13 @@ def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_npz,
                          optimizer="adam", lr=0.02, weight_decay=0.0, grad_clip=0.0, crop_pad=0, flip="none",
                          device="cpu", eval_batch_size=200)
     fit(config, None, tmp_path / "run", log=None, progress=False)
-    code, out, err = cli(capsys, "evaluate", tmp_path / "run" / "last.pt", "--split", "train", "--json")
+    code, out, err = cli("evaluate", tmp_path / "run" / "last.pt", "--split", "train", "--json")
     assert code == 0, err
     r = json.loads(out)
     assert r["split_description"].endswith("the run's training images") and r["n"] == 200
     assert r["top1"] >= 0.95, r["top1"]
     assert r["coarse_top1"] >= r["top1"] and r["top5"] >= r["top1"]
-    code, out, err = cli(capsys, "evaluate", tmp_path / "run" / "last.pt", "--split", "test", "--json")
+    code, out, err = cli("evaluate", tmp_path / "run" / "last.pt", "--split", "test", "--json")
     assert code == 0, err
     assert json.loads(out)["n"] == 100
 

@@ -15,8 +15,6 @@ from cifar_resnet.datasets import (
     CIFAR100_FINE_TO_COARSE,
 )
 from cifar_resnet.interpret import Interpretation
-from test_evaluate import assert_one_line_error, cli
-from test_plots import open_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +31,7 @@ def crafted():
     return Interpretation(list(CIFAR10_CLASSES), images, labels, logits)
 
 
-def test_confusion_most_confused_and_top_losses_on_crafted_logits(tmp_path):
+def test_confusion_most_confused_and_top_losses_on_crafted_logits(tmp_path, open_png):
     interp = crafted()
     cm = interp.confusion_matrix()
     assert cm.sum() == 6 and np.trace(cm) == 3 and cm[3, 5] == 2 and cm[8, 0] == 1
@@ -48,9 +46,9 @@ def test_confusion_most_confused_and_top_losses_on_crafted_logits(tmp_path):
     open_png(tmp_path / "cm.png")
 
 
-def test_interpret_command_on_the_real_run(real_run, tmp_path, capsys):
+def test_interpret_command_on_the_real_run(real_run, tmp_path, cli, open_png):
     out_dir = tmp_path / "report"
-    code, out, err = cli(capsys, "interpret", real_run / "best.pt", "--out", out_dir, "--top-losses", "24",
+    code, out, err = cli("interpret", real_run / "best.pt", "--out", out_dir, "--top-losses", "24",
                          "--most-confused", "10", "--device", "cpu")
     assert code == 0, err
     assert "most confused" in out and "superclass" in out and "wrote" in out
@@ -97,7 +95,7 @@ def test_classes_are_sorted_by_superclass():
     assert list(CIFAR100_FINE_TO_COARSE[order]) == sorted(CIFAR100_FINE_TO_COARSE)
 
 
-def test_out_must_be_a_directory(real_run, tmp_path, capsys):
+def test_out_must_be_a_directory(real_run, tmp_path, cli, assert_one_line_error):
     (tmp_path / "file").write_text("x")
-    code, _, err = cli(capsys, "interpret", real_run / "best.pt", "--out", tmp_path / "file")
+    code, _, err = cli("interpret", real_run / "best.pt", "--out", tmp_path / "file")
     assert_one_line_error(code, err, "is not a directory")

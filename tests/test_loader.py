@@ -4,9 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from cifar_resnet import augment
-from cifar_resnet.datasets import Split
 from cifar_resnet.augment import Augment
+from cifar_resnet.datasets import Split
 from cifar_resnet.loader import CifarLoader
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(n=50, seed=0):
@@ -86,7 +88,9 @@ def test_train_loader_shuffles_per_epoch_and_is_a_function_of_seed_and_epoch():
     assert sorted(torch.cat([y for _, y in ep0]).tolist()) == sorted(s.labels.tolist())
     # a fresh loader set to epoch 1 reproduces epoch 1 exactly (what exact resume relies on)
     b.set_epoch(1)
-    for (xa, ya), (xb, yb) in zip(ep1, b):
+    again = [(x.clone(), y.clone()) for x, y in b]
+    assert len(again) == len(ep1)
+    for (xa, ya), (xb, yb) in zip(ep1, again):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 

@@ -9,14 +9,11 @@ import torch
 from cifar_resnet import channel_stats, create_model
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.lr_find import lr_find, smooth
-from test_evaluate import assert_one_line_error, cli
-from test_plots import open_png
-from test_train import synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():
+def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model(synthetic):
     data = synthetic(n_train=120, n_val=10)
     mean, std = channel_stats(data.train.images)
     loader = CifarLoader(data.train, 20, mean=mean, std=std, train=True)
@@ -28,6 +25,7 @@ def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():
     result = lr_find(model, loader, opt, start_lr=1e-4, end_lr=1e6, num_steps=30, progress=False)
 
     assert "diverged" in result.stopped and len(result.lrs) < 30  # SGD at lr 1e6 cannot survive
+    assert len(result.lrs) >= 3  # but it takes several steps to get there, so the ratios below are checked
     assert result.lrs[0] == pytest.approx(1e-4)
     ratio = (1e6 / 1e-4) ** (1 / 29)
     assert all(b / a == pytest.approx(ratio, rel=1e-6) for a, b in zip(result.lrs, result.lrs[1:]))
@@ -40,7 +38,7 @@ def test_sweep_is_exponential_stops_on_divergence_and_restores_the_model():
     assert not model.training and opt.param_groups[0]["lr"] == 0.05 and not opt.state
 
 
-def test_sweep_with_muon_sweeps_the_sgd_group_only():
+def test_sweep_with_muon_sweeps_the_sgd_group_only(synthetic):
     from cifar_resnet.optim import MuonSGD
 
     data = synthetic(n_train=120, n_val=10)
@@ -71,8 +69,8 @@ def test_smoothing_has_no_lag_and_ignores_spikes():
     assert smooth(spiky, 5).tolist() == [4.0] * 30
 
 
-def test_lr_find_command_on_real_images(real_npz, tmp_path, capsys):
-    code, out, err = cli(capsys, "lr-find", "--data", real_npz, "--train-subset", "500", "--model", "fast",
+def test_lr_find_command_on_real_images(real_npz, tmp_path, cli, open_png):
+    code, out, err = cli("lr-find", "--data", real_npz, "--train-subset", "500", "--model", "fast",
                          "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--batch-size", "50",
                          "--optimizer", "sgd", "--steps", "20", "--start-lr", "1e-3", "--end-lr", "100",
                          "--device", "cpu", "--out", tmp_path / "lr.png", "--json")
@@ -89,6 +87,6 @@ def test_lr_find_command_on_real_images(real_npz, tmp_path, capsys):
     (["--diverge", "1"], "divergence factor"),
     (["--model", "nonet"], "unknown model"),
 ])
-def test_bad_arguments(capsys, args, message):
-    code, _, err = cli(capsys, "lr-find", "--data", "/nonexistent.npz", *args)
+def test_bad_arguments(cli, assert_one_line_error, args, message):
+    code, _, err = cli("lr-find", "--data", "/nonexistent.npz", *args)
     assert_one_line_error(code, err, message)

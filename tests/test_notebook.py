@@ -1,6 +1,7 @@
 """The seed notebook's calls, as written in the notebook, run on the package's engine."""
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -17,10 +18,13 @@ from cifar_resnet.notebook import (
     predict_image,
     to_device,
 )
-from test_train import synthetic
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BLUE, RED = (31, 119, 180), (214, 39, 40)  # matplotlib's tab:blue and tab:red (training and validation loss)
 
 
-def test_notebook_flow(tmp_path, capsys):
+def test_notebook_flow(tmp_path, capsys, synthetic, open_png, count_colour):
     data = synthetic(n_train=60, n_val=20)
     mean, std = channel_stats(data.train.images)
     train_dl = CifarLoader(data.train, 20, mean=mean, std=std, train=True)
@@ -45,21 +49,22 @@ def test_notebook_flow(tmp_path, capsys):
     assert len(history[1]["lrs"]) == len(train_dl) == 3
     # one-cycle: rises then falls within the run
     lrs = history[1]["lrs"] + history[2]["lrs"]
-    assert max(lrs) <= max_lr and lrs[-1] < max(lrs)
+    assert max(lrs) <= max_lr and lrs[0] < max(lrs) and lrs[-1] < max(lrs)
     out = capsys.readouterr().out
     assert out.count("Epoch ") == 2 and "last_lr: " in out and "val_acc: " in out
     assert out.splitlines()[0].startswith("Epoch 0, last_lr: ")
 
     fig_path = tmp_path / "loss.png"
     plot_loss(history, fig_path)
-    assert fig_path.stat().st_size > 1000
+    pixels = open_png(fig_path, (640, 420))
+    assert count_colour(pixels, BLUE) > 100 and count_colour(pixels, RED) > 100  # both curves
 
     img, _label = next(iter(valid_dl))
     name = predict_image(img[0], model)
     assert name in data.classes
 
 
-def test_notebook_fit_with_torch_dataloader_and_instances():
+def test_notebook_fit_with_torch_dataloader_and_instances(synthetic):
     """Plain torch DataLoaders (the notebook's) and ready-made optimizer/scheduler instances work too."""
     data = synthetic(n_train=40, n_val=20)
     x = torch.from_numpy(np.ascontiguousarray(data.train.images.transpose(0, 3, 1, 2))).float() / 255

@@ -7,6 +7,8 @@ from torch import nn
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import MuonSGD, muon_parameters, zeropower
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16), (8, 8)])
 def test_zeropower_is_nearly_orthogonal(shape):

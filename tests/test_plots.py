@@ -7,31 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cifar_resnet import plots
 from cifar_resnet.notebook import plot_loss as notebook_plot_loss
-from test_evaluate import assert_one_line_error, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLUE, RED, ORANGE = (31, 119, 180), (214, 39, 40), (255, 127, 14)  # matplotlib's tab: colours
-
-
-def open_png(path, size=None) -> np.ndarray:
-    """The RGB pixels of a PNG file, after checking it is one (and of ``size``, if given)."""
-    with Image.open(path) as img:
-        assert img.format == "PNG", path
-        if size is not None:
-            assert img.size == size, (path, img.size)
-        img.load()
-        pixels = np.asarray(img.convert("RGB"))
-    assert pixels.std() > 10, f"{path} looks blank"
-    return pixels
-
-
-def count_colour(pixels: np.ndarray, rgb, tol: int = 30) -> int:
-    return int((np.abs(pixels.astype(int) - np.array(rgb)).max(axis=-1) <= tol).sum())
 
 
 def fake_run(path, epochs=2, lrs=False, config=True):
@@ -49,8 +31,8 @@ def fake_run(path, epochs=2, lrs=False, config=True):
     return records
 
 
-def test_plot_command_on_a_real_run(real_run, tmp_path, capsys):
-    code, out, err = cli(capsys, "plot", real_run, "--out", tmp_path / "plots")
+def test_plot_command_on_a_real_run(real_run, tmp_path, cli, open_png, count_colour):
+    code, out, err = cli("plot", real_run, "--out", tmp_path / "plots")
     assert code == 0, err
     paths = out.split()
     assert [os.path.basename(p) for p in paths] == ["loss.png", "accuracy.png", "lr.png"]
@@ -63,18 +45,20 @@ def test_plot_command_on_a_real_run(real_run, tmp_path, capsys):
     assert not [p for p in os.listdir(tmp_path / "plots") if p.endswith(".tmp")]
 
 
-def test_a_run_in_progress_is_plotted_into_its_plots_folder(tmp_path, capsys):
+def test_a_run_in_progress_is_plotted_into_its_plots_folder(tmp_path, cli, open_png, count_colour):
     run = tmp_path / "run"
     fake_run(run, epochs=1)
     (run / "last.pt").write_bytes(b"being written")  # unreadable: the per-epoch learning rate is drawn instead
-    code, _, err = cli(capsys, "plot", run)
+    code, _, err = cli("plot", run)
     assert code == 0, err
     for name in ("loss", "accuracy", "lr"):
         open_png(run / "plots" / f"{name}.png", (640, 420))
         assert oct((run / "plots" / f"{name}.png").stat().st_mode & 0o777) == oct(0o644)
-    fake_run(run, epochs=3)  # the next epoch finished: plotting again replaces the files
-    assert cli(capsys, "plot", run)[0] == 0
-    open_png(run / "plots" / "loss.png", (640, 420))
+    one_epoch = open_png(run / "plots" / "loss.png", (640, 420))
+    fake_run(run, epochs=3)  # the next epochs finished: plotting again replaces the files
+    assert cli("plot", run)[0] == 0
+    three_epochs = open_png(run / "plots" / "loss.png", (640, 420))
+    assert count_colour(three_epochs, BLUE) > 3 * count_colour(one_epoch, BLUE)  # a line through 3 points now
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -83,14 +67,14 @@ def test_a_run_in_progress_is_plotted_into_its_plots_folder(tmp_path, capsys):
     (lambda p: (p.mkdir(), (p / "history.json").write_text("[]")), "no epoch has finished yet"),
     (lambda p: (p.mkdir(), (p / "history.json").write_text("{oops")), "unreadable"),
 ])
-def test_not_a_run_directory(tmp_path, capsys, setup, message):
+def test_not_a_run_directory(tmp_path, cli, assert_one_line_error, setup, message):
     path = tmp_path / "thing"
     setup(path)
-    code, _, err = cli(capsys, "plot", path)
+    code, _, err = cli("plot", path)
     assert_one_line_error(code, err, message)
 
 
-def test_notebook_history_and_plot_loss(tmp_path):
+def test_notebook_history_and_plot_loss(tmp_path, open_png, count_colour):
     # the notebook API's history: an untrained evaluate() first, then fit()'s epochs with val_acc and lrs
     history = [{"val_loss": 4.61, "val_acc": 0.01}]
     history += [{"val_loss": 4.4 - 0.2 * e, "val_acc": 0.05 * e, "train_loss": 4.5 - 0.2 * e,
@@ -106,7 +90,7 @@ def test_notebook_history_and_plot_loss(tmp_path):
         plots.plot_loss([])
 
 
-def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path):
+def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path, open_png):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     mean, std = (0.5, 0.48, 0.44), (0.27, 0.26, 0.28)
@@ -119,10 +103,19 @@ def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path):
     open_png(tmp_path / "p.png", (750, 340))
 
 
-def test_confusion_matrix_figure_small_and_sorted(tmp_path):
+def test_confusion_matrix_figure_small_and_sorted(tmp_path, open_png):
     cm = np.array([[5, 1, 0], [0, 3, 2], [1, 0, 4]])
-    plots.plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png", order=[2, 0, 1], groups=[1, 0, 0],
-                         group_names=["g0", "g1"])
-    open_png(tmp_path / "cm.png")
+    order = [2, 0, 1]
+    fig = plots.plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png", order=order, groups=[1, 0, 0],
+                               group_names=["g0", "g1"])
+    open_png(tmp_path / "cm.png", (520, 500))  # small: 3 classes (100 classes make 1487 x 1430)
+    ax = fig.axes[0]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        assert [t.get_text() for t in labels] == ["c", "a", "b"]
+    shown = cm[np.ix_(order, order)]
+    np.testing.assert_allclose(ax.images[0].get_array(), shown / shown.sum(axis=1, keepdims=True))  # row fractions
+    # every non-zero cell carries its count, in its sorted place
+    assert {(tuple(t.get_position()), t.get_text()) for t in ax.texts} == \
+        {((j, i), str(shown[i, j])) for i in range(3) for j in range(3) if shown[i, j]}
     with pytest.raises(ValueError, match="shape"):
         plots.plot_confusion(cm, ["a", "b"])

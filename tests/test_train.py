@@ -1,31 +1,14 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.checkpoint import CheckpointError, build_model
-from cifar_resnet.datasets import CifarData, Split
 from cifar_resnet.config import PRESETS
 
-
-def synthetic(n_train=120, n_val=40, seed=0):
-    """Noisy images whose class is visible (a colour per class), so a tiny model can learn them."""
-    rng = np.random.default_rng(seed)
-    classes = 10
-    palette = np.random.default_rng(1).integers(0, 200, size=(classes, 3))
-
-    def make(n):
-        labels = np.arange(n, dtype=np.int64) % classes
-        images = rng.integers(0, 56, size=(n, 32, 32, 3)) + palette[labels][:, None, None, :]
-        return Split(images=images.astype(np.uint8), labels=labels, coarse=None)
-
-    names = tuple(f"class{i}" for i in range(classes))
-    return CifarData(name="cifar10", train=make(n_train), test=None, val=make(n_val), classes=names,
-                     coarse_classes=None, source="synthetic")
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
             "eval_batch_size": 40, "device": "cpu", "val_split": 0}
@@ -42,7 +25,7 @@ def test_seed_preset_is_the_notebook_recipe():
     assert (c.crop_pad, c.flip) == (4, "random")
 
 
-def test_run_directory_contents(tmp_path):
+def test_run_directory_contents(tmp_path, synthetic):
     data = synthetic()
     hist = fit(tiny_config(epochs=2), data, tmp_path, log=None, progress=False)
     assert [r["epoch"] for r in hist.records] == [1, 2]
@@ -57,10 +40,15 @@ def test_run_directory_contents(tmp_path):
     assert ckpt["classes"] == list(data.classes) and len(ckpt["mean"]) == 3
     model = build_model(ckpt)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
-    assert sum(p.numel() for p in model.parameters()) > 0
+    state = model.state_dict()  # the rebuilt model holds the checkpoint's weights
+    assert state.keys() == ckpt["model"].keys()
+    assert all(torch.equal(state[k], ckpt["model"][k]) for k in state)
+    trained = hist.model.state_dict()  # and last.pt holds the weights training ended with
+    last = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert last.keys() == trained.keys() and all(torch.equal(last[k], trained[k].cpu()) for k in last)
 
 
-def test_learns_a_visible_signal(tmp_path):
+def test_learns_a_visible_signal(synthetic):
     hist = fit(tiny_config(epochs=10, lr=3e-3, optimizer="adam", grad_clip=0.0, weight_decay=5e-4),
                synthetic(), None, log=None, progress=False)
     assert hist.records[-1]["val_top1"] >= 0.8  # chance is 0.1
@@ -71,7 +59,7 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("optimizer, lr", [("adam", 3e-3), ("muon", 0.05)])
-def test_resume_is_exact(tmp_path, optimizer, lr):
+def test_resume_is_exact(tmp_path, synthetic, optimizer, lr):
     """An interrupted and resumed run ends with bit-identical weights to an uninterrupted one (CPU)."""
     data = synthetic()
     config = tiny_config(epochs=3, optimizer=optimizer, lr=lr)
@@ -95,7 +83,7 @@ def test_resume_is_exact(tmp_path, optimizer, lr):
     assert [r["epoch"] for r in hist] == [1, 2, 3]
 
 
-def test_resume_into_finished_run_is_refused(tmp_path):
+def test_resume_into_finished_run_is_refused(tmp_path, synthetic):
     data = synthetic(n_train=40, n_val=10)
     config = tiny_config(epochs=1)
     fit(config, data, tmp_path, log=None, progress=False)
@@ -107,7 +95,7 @@ def test_resume_into_finished_run_is_refused(tmp_path):
         fit(config, data, resume=tmp_path / "best.pt", log=None, progress=False)
 
 
-def test_checkpoint_from_another_model_or_class_count(tmp_path):
+def test_checkpoint_from_another_model_or_class_count(tmp_path, synthetic):
     data = synthetic(n_train=40, n_val=10)
     fit(tiny_config(epochs=1), data, tmp_path, log=None, progress=False)
     ckpt = load_checkpoint(tmp_path / "best.pt")
@@ -136,7 +124,7 @@ def test_bad_config_values(kw, match):
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine", "constant"])
-def test_schedules_peak_at_lr(schedule):
+def test_schedules_peak_at_lr(synthetic, schedule):
     hist = fit(tiny_config(epochs=2, schedule=schedule, lr=0.01, warmup=0.25), synthetic(n_train=80, n_val=10),
                None, log=None, progress=False)
     lrs = [lr for r in hist.records for lr in r["lrs"]]
