@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cifar_resnet import datasets as ds
+from cifar_resnet.cli import get_args_parser, main
 from cifar_resnet.datasets import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -517,6 +518,35 @@ def test_load_data_downloads_when_asked(
     data = ds.load_data("cifar10", root=root, download_missing=True)
     assert (root / "cifar-10-python.tar.gz").is_file() and data.source == str(root / "cifar-10-python.tar.gz")
     np.testing.assert_array_equal(data.train.labels, truth["train"][1])
+
+
+def test_first_train_on_a_fresh_machine_downloads_cifar100(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`cifar-resnet train --data cifar100` with an empty download cache fetches the archive (progress bar,
+    md5 check) into ~/.cache/cifar-resnet and trains, instead of stopping with a hint."""
+    files, _ = cifar100_files(n_train=200, n_test=100)
+    archive = write_tar_gz(tmp_path / "served.tar.gz", "cifar-100-python", files)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(ds.DATASETS, "cifar100", dict(ds.DATASETS["cifar100"], url=archive.as_uri(), md5=md5))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code = main(["train", "--data", "cifar100", "--val-split", "0", "--model", "fast", "--model-kwargs",
+                 '{"widths": [8, 16, 16], "stem_width": 8}', "--optimizer", "sgd", "--epochs", "1",
+                 "--batch-size", "50", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    cached = tmp_path / "home" / ".cache" / "cifar-resnet" / "cifar-100-python.tar.gz"
+    assert code == 0 and cached.read_bytes() == archive.read_bytes()
+    assert "cifar-100-python.tar.gz" in err  # the download's progress bar
+    assert "200 training images, 100 test images" in out and "Epoch 1, last_lr: " in out
+
+
+def test_the_missing_data_hint_is_a_command_that_parses(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        ds.load_data("cifar10", root=tmp_path)
+    hint = str(err.value).split("run `")[1].split("`")[0]
+    assert hint == "cifar-resnet data download --dataset cifar10"
+    args = get_args_parser().parse_args(hint.split()[1:])
+    assert (args.data_command, args.dataset) == ("download", "cifar10")
 
 
 def test_download_good_md5(tmp_path: Path, c100_archive: tuple[Path, dict]) -> None:
