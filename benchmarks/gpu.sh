@@ -8,7 +8,8 @@
 # `split -b 60m` are in /tmp/cifar100-parts/ or .gpu-data/ (benchmarks/README.md says how to carry them),
 # they are put together here and checked against the published sha256. Without data the benchmarks run on
 # random images and the time-to-accuracy run is skipped.
-# Results go to $OUT (default benchmarks/out): env.txt, gpu-check.{log,json}, bench-gpu.{md,json,log}.
+# Results go to $OUT (default benchmarks/out): env.txt, gpu-check.{log,json}, bench-gpu.{md,json,log},
+# ddp-gpu.{log,json} (torchrun on 1 and, with several GPUs, all of them).
 # Exit status: 0 when the checks passed and the benchmark ran, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,5 +66,15 @@ echo "== benchmarks (benchmarks/bench.py --gpu ${DATA_ARGS[*]:-} $*)"
     "$@" 2>&1 | tee "$OUT/bench-gpu.log"
 bench_rc=${PIPESTATUS[0]}
 
-echo "== done in $(( $(date +%s) - t0 )) s: checks exit $check_rc, benchmark exit $bench_rc; results in $OUT"
-[ "$check_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+# ---- data parallel: the torchrun/DDP path (NCCL) on every GPU of the machine ----------------------
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+PROCS=1
+[ "$NGPU" -gt 1 ] && PROCS="1,$NGPU"
+echo "== data parallel (benchmarks/ddp.py --device cuda --procs $PROCS)"
+"$PY" benchmarks/ddp.py --device cuda --procs "$PROCS" --model resnet18 --batch-size 512 --images 20480 \
+    ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --sync-bn --json "$OUT/ddp-gpu.json" 2>&1 | tee "$OUT/ddp-gpu.log"
+ddp_rc=${PIPESTATUS[0]}
+
+echo "== done in $(( $(date +%s) - t0 )) s: checks exit $check_rc, benchmark exit $bench_rc, ddp exit $ddp_rc;" \
+     "results in $OUT"
+[ "$check_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$ddp_rc" -eq 0 ]

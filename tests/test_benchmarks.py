@@ -162,3 +162,14 @@ def test_step_variants_runs_every_variant(tmp_path, capsys):
     assert res["rows"][0]["ratio"] == 1.0
     table = capsys.readouterr().out
     assert "| muon, relu |" in table and "ms/step" in table
+
+
+def test_ddp_benchmark_runs_one_and_two_processes(tmp_path, capsys):
+    ddp = _load("ddp")
+    out = tmp_path / "rows.json"
+    assert ddp.main(["--images", "400", "--val", "100", "--batch-size", "100", "--epochs", "2", "--model", "fast",
+                     "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["processes"] for r in rows] == [1, 2] and [r["threads_per_process"] for r in rows][1] >= 1
+    assert all(math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0 for r in rows)
+    assert "| 2 | " in capsys.readouterr().out

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifar_resnet"
 
 # Each module may import only modules of a lower layer (the README's "How the code is laid out").
 LAYERS = [
-    {"datasets", "augment", "runtime", "images", "models.registry"},
+    {"datasets", "augment", "runtime", "images", "distributed", "models.registry"},
     {"models.seed", "models.resnet", "models.fast", "loader", "config", "metrics"},
     {"models", "optim"},
     {"checkpoint", "engine"},

@@ -17,6 +17,7 @@ plot`` of a run in progress, a crash, a full disk) never sees half a file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -40,12 +41,15 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "make_checkpoint",
+    "payload_checksum",
     "unwrap",
 ]
 
 FORMAT = "cifar-resnet/1"
 REQUIRED = ("format", "model_name", "model_kwargs", "classes", "mean", "std", "model")
-TRAINING_STATE = ("optimizer", "scheduler", "rng")
+# what last.pt adds to the weights: enough to resume exactly ("partial": the epoch's progress when it was
+# written inside an epoch, else None)
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "partial")
 
 
 class CheckpointError(ValueError):
@@ -58,20 +62,38 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it to ``path``: a crash
-    or an error never leaves half a file (the temporary file is removed). Returns ``path``."""
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it to ``path``: a crash,
+    a ``kill -9`` or an error never leaves half a file (the temporary file is removed). The file is
+    flushed and fsynced before the rename and the folder after it, so that after a power loss ``path``
+    is the old file or the new one, whole. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary files, for others to read too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles (Windows): the rename is what it offers
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -101,11 +123,41 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def payload_checksum(ckpt: dict) -> str:
+    """SHA-256 over everything in a checkpoint but its ``checksum``: keys, tensors' dtype, shape and
+    bytes, and every other value's JSON text, in a fixed order. A flipped byte anywhere in the weights,
+    the optimizer state or the description changes it."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for k in sorted(value, key=str):
+                digest.update(repr(k).encode())
+                feed(value[k])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for v in value:
+                feed(v)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed({k: v for k, v in ckpt.items() if k != "checksum"})
+    return "sha256:" + digest.hexdigest()
+
+
 def make_checkpoint(model: nn.Module, *, classes, coarse_classes, dataset: str, mean, std, config: dict,
                     eval_split: str, epoch: int, history: list[dict], training_state: dict | None = None) -> dict:
     """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments).
 
-    ``training_state``: ``{"optimizer", "scheduler", "rng"}`` for a checkpoint that resumes (``last.pt``);
+    ``training_state``: ``{"optimizer", "scheduler", "rng", "partial"}`` for a checkpoint that resumes
+    (``last.pt``; ``partial``: how far into the epoch after ``epoch`` it was written, or None);
     without it the checkpoint is the weights and their description (``best.pt``)."""
     model = unwrap(model)
     ckpt = {
@@ -127,6 +179,7 @@ def make_checkpoint(model: nn.Module, *, classes, coarse_classes, dataset: str, 
         missing = [k for k in TRAINING_STATE if k not in training_state]
         assert not missing, f"training state lacks {missing}"
         ckpt.update(training_state)
+    ckpt["checksum"] = payload_checksum(ckpt)
     return ckpt
 
 
@@ -150,8 +203,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    # checkpoints from before the checksum existed have none and load as they are
+    if "checksum" in ckpt and payload_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointError(f"{path} is corrupt: its content does not match its checksum")
     if resumable:
-        if any(k not in ckpt for k in (*TRAINING_STATE, "epoch")):
+        if any(k not in ckpt for k in ("optimizer", "scheduler", "rng", "epoch")):
             raise CheckpointError(f"{path} holds weights only (a best.pt?); resume from last.pt")
         if not ckpt.get("config"):
             raise CheckpointError(f"{path} holds no training configuration")
@@ -211,12 +267,17 @@ class RunDir:
     def write_config(self, config: dict) -> None:
         atomic_write_text(self.config_json, json.dumps(config, indent=1) + "\n")
 
+    def write_checkpoint(self, ckpt: dict) -> None:
+        """``last.pt`` alone (a checkpoint written inside an epoch)."""
+        atomic_save(ckpt, self.last)
+
     def write_epoch(self, ckpt: dict, *, best: bool) -> None:
         """After an epoch: ``best.pt`` when ``best`` (the checkpoint without its training state),
         ``last.pt`` (all of it), then ``history.json`` and ``metrics.csv`` from ``ckpt["history"]``."""
         if best:
-            weights = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
-            atomic_save({**weights, "best": True}, self.best)
+            weights = {k: v for k, v in ckpt.items() if k not in (*TRAINING_STATE, "checksum")}
+            weights["best"] = True
+            atomic_save({**weights, "checksum": payload_checksum(weights)}, self.best)
         atomic_save(ckpt, self.last)
         self.write_history(ckpt["history"])
 

@@ -23,9 +23,22 @@ from .lr_find import LR_FIND_FIELDS, lr_find_config
 from .models import create_model, list_models
 from .plots import plot_lr_find, plot_run, save_figure
 from .predict import format_results, predict, show_results
-from .train import fit
+from .train import TrainingInterrupted, fit
 
 PROG = "cifar-resnet"
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 10m or 1h, got {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"the duration must be > 0, got {text!r}")
+    return seconds
 
 
 def _json_dict(text: str) -> dict:
@@ -69,8 +82,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS),
                    help="named configuration to start from (default: seed, the notebook's recipe)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<model>)")
-    p.add_argument("--resume", default=None, metavar="LAST_PT",
-                   help="continue the run of this last.pt exactly where it stopped (only --device may change)")
+    p.add_argument("--resume", default=None, metavar="LAST_PT|auto",
+                   help="continue the run of this last.pt exactly where it stopped (only --device may change); "
+                        "auto: continue OUT/last.pt when it exists, else start afresh (for restarted or "
+                        "requeued jobs; the preset and flags must then be the run's)")
+    p.add_argument("--save-every", type=_duration, default=None, metavar="DURATION",
+                   help="also write last.pt inside an epoch every DURATION of training (e.g. 30s, 10m, 1h)")
+    p.add_argument("--save-every-steps", type=int, default=None, metavar="K",
+                   help="also write last.pt inside an epoch every K steps")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
@@ -300,20 +319,36 @@ def cmd_lr_find(args) -> int:
 
 def cmd_train(args) -> int:
     overrides = _config_overrides(args)
-    if args.resume:
-        extra = sorted(set(overrides) - {"device"})
-        if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-            raise ValueError(f"--resume continues a run as it was configured; drop {flags}")
-        history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"),
-                      progress=args.progress, tensorboard=args.tensorboard)
-    else:
-        config = dataclasses.replace(get_preset(args.preset), **overrides)
-        out = args.out or os.path.join("runs", f"{args.preset}-{config.model}")
-        history = fit(config, out_dir=out, progress=args.progress, tensorboard=args.tensorboard)
-    if history.out_dir is not None:
+    options = {"save_every": args.save_every, "save_every_steps": args.save_every_steps, "progress": args.progress,
+               "tensorboard": args.tensorboard, "log": print if _rank() == 0 else None}
+    try:
+        if args.resume and args.resume != "auto":
+            extra = sorted(set(overrides) - {"device"})
+            if extra:
+                flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+                raise ValueError(f"--resume continues a run as it was configured; drop {flags}")
+            history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"), **options)
+        else:
+            config = dataclasses.replace(get_preset(args.preset), **overrides)
+            out = args.out or os.path.join("runs", f"{args.preset}-{config.model}")
+            history = fit(config, out_dir=out, resume=args.resume, **options)
+    except TrainingInterrupted as stop:
+        if _rank() == 0:
+            resume = f"; resume with: {PROG} train --resume {stop.checkpoint}" if stop.checkpoint else ""
+            print(f"{PROG}: {stop}{resume}", file=sys.stderr)
+        return stop.exit_code
+    if history.out_dir is not None and _rank() == 0:
         print(f"run directory: {history.out_dir}")
     return 0
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 in a plain process)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def cmd_models(args) -> int:
@@ -356,8 +391,17 @@ def main(argv: list[str] | None = None) -> int:
         if show_tb:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        where = f" (rank {_rank()})" if _distributed() else ""
+        print(f"{PROG}: error{where}: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        # under torchrun, a process whose peer failed sees the broken connection; the peer printed why
+        if show_tb or not _distributed():
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"{PROG}: error (rank {_rank()}): lost contact with another process, which probably failed "
+              f"(see its message): {detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

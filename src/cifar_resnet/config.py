@@ -76,6 +76,9 @@ class TrainConfig:
     amp: bool = _field(True, "bf16 autocast on CUDA (ignored elsewhere)")
     channels_last: bool = _field(True, "channels_last memory format")
     compile: bool = _field(False, "torch.compile the model for training")
+    sync_bn: bool = _field(False, "under torchrun: batch-norm statistics of the whole global batch "
+                                  "(SyncBatchNorm), so that N processes compute what one process computes; "
+                                  "no effect in one process")
 
     def __post_init__(self) -> None:
         checks = [

@@ -22,7 +22,8 @@ from .loader import CifarLoader
 from .models import create_model
 from .runtime import autocast_for
 
-__all__ = ["collect_logits", "epoch_line", "init_model", "train_one_epoch", "training_loader", "tta_logits"]
+__all__ = ["collect_logits", "epoch_line", "init_model", "train_one_epoch", "train_step", "training_loader",
+           "tta_logits"]
 
 
 def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
@@ -42,47 +43,59 @@ def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.de
     return model
 
 
-def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.device) -> CifarLoader:
-    """The shuffled, augmented batches of a run; ValueError when there is not one whole batch."""
+def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.device, *, rank: int = 0,
+                    world_size: int = 1) -> CifarLoader:
+    """The shuffled, augmented batches of a run (this rank's slice of each global batch under torchrun);
+    ValueError when there is not one whole batch."""
     loader = CifarLoader(split, config.batch_size, mean=mean, std=std, device=device, train=True,
-                         aug=config.augment, seed=config.seed)
+                         aug=config.augment, seed=config.seed, rank=rank, world_size=world_size)
     if len(loader) == 0:
         raise ValueError(f"{len(split)} training images is fewer than one batch of {config.batch_size}")
     return loader
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *,
+               device: torch.device, label_smoothing: float = 0.0, grad_clip: float = 0.0,
+               grad_clip_mode: str = "value", amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimisation step on a batch; returns the loss and the logits (detached, on the device, no
+    host synchronisation) and the learning rate the step used. The scheduler steps after it."""
+    with autocast_for(device, amp):
+        out = model(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        if grad_clip_mode == "value":
+            nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+        else:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+    optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return loss.detach(), out.detach(), lr
+
+
 def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: torch.device,
                     label_smoothing: float = 0.0, grad_clip: float = 0.0, grad_clip_mode: str = "value",
-                    amp: bool = True, bar=None, log_every: int = 20) -> dict:
-    """One pass over ``batches`` (``(images, labels)`` already on ``device``), stepping the scheduler per
-    batch; returns the mean training loss and accuracy and the learning rate each step used."""
+                    amp: bool = True) -> dict:
+    """:func:`train_step` over every batch of ``batches`` (``(images, labels)`` already on ``device``);
+    returns the mean training loss and accuracy and the learning rate each step used. ``lr-find`` and
+    the notebook's ``fit`` use it; ``fit`` loops over :func:`train_step` itself (it checkpoints, checks
+    for divergence and stops on signals between steps)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     lrs = []
-    for step, (x, y) in enumerate(batches):
-        with autocast_for(device, amp):
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            if grad_clip_mode == "value":
-                nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-            else:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-        optimizer.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+    for x, y in batches:
+        loss, out, lr = train_step(model, x, y, optimizer, scheduler, device=device,
+                                   label_smoothing=label_smoothing, grad_clip=grad_clip,
+                                   grad_clip_mode=grad_clip_mode, amp=amp)
+        lrs.append(lr)
         # accumulate on the device: no host synchronisation inside the step
-        loss_sum += loss.detach() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
+        loss_sum += loss * len(y)
+        correct += (out.argmax(1) == y).sum()
         seen += len(y)
-        if bar is not None:
-            bar.update(1)
-            if step % log_every == 0:  # the one read-back, at logging points only
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[-1]:.2e}", refresh=False)
     if seen == 0:
         raise ValueError("the training loader yielded no batch")
     return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,

@@ -6,7 +6,14 @@ images are 150 MB), shuffles with a device-side permutation, augments whole batc
 fused into that conversion. There is never a float copy of the whole set and no worker process.
 
 Randomness is a pure function of ``(seed, epoch)``: the loader seeds its own generator at the start of each
-epoch, so a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run would have seen.
+epoch, so a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run would have seen; and
+``set_epoch(e, step=k)`` starts at step ``k`` of epoch ``e`` with the same batches (the augmentation of the
+skipped steps is drawn, and dropped, to keep the generator where an uninterrupted epoch has it).
+
+Several processes share one global batch (``rank``, ``world_size``): every process draws the same global
+batch from the same permutation with the same augmentation and keeps its own contiguous slice of
+``batch_size // world_size`` images, so global step ``k`` sees the same images, augmented the same way,
+however many processes share it.
 """
 
 from __future__ import annotations
@@ -38,9 +45,14 @@ class CifarLoader:
 
     def __init__(self, split: Split, batch_size: int, *, mean, std, device: torch.device | str = "cpu",
                  train: bool = False, aug: Augment | None = None, seed: int = 0, drop_last: bool | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if world_size > 1 and (batch_size % world_size or not train):
+            raise ValueError(f"the batch of {batch_size} images cannot be shared by {world_size} processes; "
+                             f"use a multiple of {world_size}")
+        self.rank, self.world_size = rank, world_size
+        self.start_step = 0
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
@@ -78,8 +90,9 @@ class CifarLoader:
     def num_images(self) -> int:
         return len(self.labels)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """The next iteration yields epoch ``epoch`` from its step ``step`` on."""
+        self.epoch, self.start_step = epoch, step
 
     def normalise(self, images_nhwc_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW (channels_last memory, no copy before the conversion).
@@ -99,14 +112,21 @@ class CifarLoader:
         else:
             order = None
         aug = self.aug
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        share = self.batch_size // self.world_size
+        mine = slice(self.rank * share, (self.rank + 1) * share) if self.world_size > 1 else slice(None)
+        for step, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
             end = min(start + self.batch_size, n)
             idx = order[start:end] if order is not None else slice(start, end)
+            if step < self.start_step:
+                if self.train:  # the same draws as the skipped step makes, results dropped
+                    self._augment(self.images[idx], idx, aug, gen)
+                continue
             x = self.images[idx]
             y = self.labels[idx]
             if self.train:
                 x = self._augment(x, idx, aug, gen)
-            yield self.normalise(x), y
+            yield self.normalise(x[mine]), y[mine]
+        self.start_step = 0
         if self.train:
             self.epoch += 1
 

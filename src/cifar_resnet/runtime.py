@@ -1,4 +1,5 @@
-"""Where and how the work runs: the device, autocast, progress bars and the random-number state.
+"""Where and how the work runs: the device, autocast, progress bars, the random-number state and the
+signals that ask a run to stop.
 
 Nothing here holds a global: callers pass the device and flags in and get objects back.
 """
@@ -6,12 +7,14 @@ Nothing here holds a global: callers pass the device and flags in and get object
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["autocast_for", "get_rng_state", "progress_bar", "resolve_device", "set_rng_state"]
+__all__ = ["StopSignals", "autocast_for", "get_rng_state", "progress_bar", "resolve_device", "set_rng_state"]
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -69,3 +72,39 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) as a request to stop, while the context is active.
+
+    The first signal only sets :attr:`received` (its number), so that the training loop finishes the
+    step it is in, writes a resumable checkpoint and exits with ``128 + received``; a second SIGINT
+    raises ``KeyboardInterrupt`` at once (the user insists). Outside the main thread, where Python cannot
+    install handlers, this does nothing. The previous handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
