@@ -29,6 +29,7 @@ import torch
 from cifar_resnet import TrainConfig, engine, fit, load_checkpoint
 from cifar_resnet.checkpoint import CheckpointError, payload_checksum
 from cifar_resnet.cli import main
+from cifar_resnet.runtime import StopSignals
 from cifar_resnet.train import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -307,3 +308,24 @@ def test_resume_auto_starts_continues_or_refuses(small_npz, tmp_path, capsys):
     code = main(_args(small_npz, tmp_path, epochs=1, lr=0.1) + ["--resume", "auto"])
     err = capsys.readouterr().err
     assert code == 2 and "another configuration (lr differ)" in err
+
+
+def test_save_every_duration_writes_inside_the_epoch(small_npz, tmp_path, monkeypatch):
+    from cifar_resnet.checkpoint import RunDir
+
+    written = []
+    original = RunDir.write_checkpoint
+    monkeypatch.setattr(RunDir, "write_checkpoint", lambda self, ckpt: (written.append(ckpt["partial"]["step"]),
+                                                                        original(self, ckpt)))
+    fit(TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 1}), out_dir=tmp_path, save_every=1e-9, log=None,
+        progress=False)
+    assert written == list(range(1, 20))  # after every step but the last (the epoch's own checkpoint)
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM and stop.name == "SIGTERM"  # noted; training goes on
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the user insists
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
