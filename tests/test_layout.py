@@ -20,13 +20,14 @@ LAYERS = [
     {"models", "optim"},
     {"checkpoint", "engine"},
     {"plots", "inference", "train", "lr_find"},
-    {"evaluate", "interpret", "predict", "notebook"},
+    {"evaluate", "interpret", "predict", "notebook", "calibration", "export"},
     {"cli", "__init__"},
     {"__main__"},
 ]
 
 # Imports inside functions that are allowed, and why: optional dependencies, imported only when asked for.
-FUNCTION_LEVEL_IMPORTS = {("train", "torch.utils.tensorboard")}
+FUNCTION_LEVEL_IMPORTS = {("train", "torch.utils.tensorboard"), ("cli", ".serve"), ("export", "onnx"),
+                          ("export", "onnxruntime"), ("inference", "onnxruntime")}
 
 
 def _modules() -> dict[str, Path]:

@@ -14,14 +14,16 @@ import sys
 import textwrap
 import typing
 
+from .calibration import calibrate
 from .config import PRESETS, TrainConfig, get_preset
 from .datasets import DEFAULT_ROOT, describe, download, load_data
 from .evaluate import evaluate_checkpoint, format_report
+from .export import export_model
 from .images import RESIZE_MODES
 from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
 from .lr_find import LR_FIND_FIELDS, lr_find_config
 from .models import create_model, list_models
-from .plots import plot_lr_find, plot_run, save_figure
+from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
 from .train import TrainingInterrupted, fit
 
@@ -116,6 +118,57 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_download)
 
     _add_inspection_parsers(sub)
+
+    p = sub.add_parser(
+        "calibrate", help="fit a temperature so that the probabilities match the accuracy",
+        description="Temperature scaling (Guo et al. 2017): fit one temperature T on the run's validation split "
+                    "by minimising the NLL of softmax(logits / T), store it in the checkpoint (atomically, the "
+                    "rest kept) and print ECE and NLL before and after. evaluate, predict, interpret, serve and "
+                    "exported models use it from then on. Also writes a reliability diagram.",
+        epilog="example: cifar-resnet calibrate runs/demo/best.pt")
+    _add_checkpoint_arguments(p)
+    p.set_defaults(split="val")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="reliability diagram before/after (default: reliability.png beside the checkpoint)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but leave the checkpoint as it is")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX or torch.export (.pt2), checked against PyTorch",
+        description="Export a checkpoint as a model that takes images and returns calibrated probabilities: "
+                    "ONNX (needs `pip install 'cifar-resnet[onnx]'`) or torch.export's .pt2. Class names, "
+                    "superclasses, normalisation, temperature and the checkpoint's SHA-256 travel inside. The "
+                    "export is run on up to 256 real images of the run's data and refused (nothing written) "
+                    "when a probability differs from PyTorch's by 1e-4 or more.",
+        epilog="example: cifar-resnet export runs/demo/best.pt --format onnx --out demo.onnx")
+    p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train`")
+    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--input", dest="input_kind", default="uint8", choices=["uint8", "float"],
+                   help="uint8: (N, 32, 32, 3) RGB bytes (default); float: (N, 3, 32, 32) in [0, 1]")
+    p.add_argument("--data", default=None, help=DATA_HELP + " (the check images come from it)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="split of the check images (default: the run's evaluation split)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="HTTP service and web page for a checkpoint or an exported .onnx model",
+        description="Serve a model over HTTP (FastAPI on uvicorn; needs `pip install 'cifar-resnet[serve]'`): "
+                    "a web page at /, POST /predict (multipart images, top_k), GET /health, GET /classes, "
+                    "OpenAPI docs at /docs. Concurrent requests are batched together.",
+        epilog="example: cifar-resnet serve runs/demo/best.pt --port 8000")
+    p.add_argument("model", help="a checkpoint (best.pt) or a model exported with `cifar-resnet export` (.onnx)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5 ms)")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
+    p.add_argument("--max-files", type=int, default=32, help="most images in one request (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (checkpoints only)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -291,6 +344,46 @@ def cmd_interpret(args) -> int:
         print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())
     else:
         print(format_interpretation(result, interp.meta))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    report, logits, labels = calibrate(args.checkpoint, args.data, args.split, tta=args.tta,
+                                       tta_translate=args.tta_translate, batch_size=args.batch_size,
+                                       device=args.device, progress=args.progress, write=not args.dry_run)
+    plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "reliability.png")
+    save_figure(plot_reliability({"before (T = 1)": (logits.softmax(1).numpy(), labels.numpy(), report.ece_before),
+                                  f"after (T = {report.temperature:.3f})": ((logits / report.temperature).softmax(1)
+                                                                            .numpy(), labels.numpy(),
+                                                                            report.ece_after)},
+                                 title=f"Reliability on {report.n:,} {report.split} images"), plot)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "plot": plot, "written": not args.dry_run}, indent=1))
+        return 0
+    print(f"temperature {report.temperature:.4f} (was {report.previous_temperature:g}), fitted on {report.n:,} "
+          f"images: {report.split_description}")
+    print(f"ECE  {report.ece_before:.4f} -> {report.ece_after:.4f}  (expected calibration error, 15 bins)")
+    print(f"NLL  {report.nll_before:.4f} -> {report.nll_after:.4f}  (mean negative log-likelihood)")
+    print(("left unchanged (--dry-run): " if args.dry_run else "stored in ") + args.checkpoint + f"; plot: {plot}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    report = export_model(args.checkpoint, args.out, fmt=args.fmt, input_kind=args.input_kind, data=args.data,
+                          split=args.split, log=None if args.json else print)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:  # an optional dependency: imported only when asked for
+        from .serve import serve
+    except ImportError as e:
+        raise ValueError(f"serve needs the serve extra ({e.name} is missing): pip install 'cifar-resnet[serve]'") \
+            from None
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          max_upload_mb=args.max_upload_mb, max_files=args.max_files, device=args.device)
     return 0
 
 

@@ -50,6 +50,8 @@ def format_report(report: dict, per_class: bool = True) -> str:
         f"images       {report['n']:,} ({report.get('split_description', report.get('split', '?'))})"
         + (", flip TTA" if report.get("tta") else "")
         + (f", {report['tta_translate']} px translate TTA" if report.get("tta_translate") else ""),
+        f"temperature  {report.get('temperature', 1.0):.4g}"
+        + ("  (calibrated)" if report.get("temperature", 1.0) != 1.0 else "  (not calibrated)"),
         f"top-1        {pct(report['top1'])}",
         f"top-5        {pct(report['top5'])}",
     ]

@@ -14,6 +14,7 @@ augmentation is what the run evaluated with (:func:`tta_settings`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,17 @@ from .runtime import progress_bar, resolve_device
 
 __all__ = [
     "CheckpointRun",
+    "OnnxPredictor",
     "Predictor",
     "check_classes",
     "data_for_checkpoint",
+    "load_predictor",
     "model_from_checkpoint",
     "predict_tensor",
     "resolve_split",
     "run_checkpoint",
     "split_logits",
+    "temperature_of",
     "tta_settings",
 ]
 
@@ -138,13 +142,22 @@ def tta_settings(ckpt: dict, tta: bool | None = None, tta_translate: int | None 
     return flip, translate
 
 
+def temperature_of(ckpt: dict) -> float:
+    """The checkpoint's calibration temperature (``cifar-resnet calibrate``; 1.0 when never calibrated):
+    probabilities are ``softmax(logits / temperature)``."""
+    return float(ckpt.get("temperature") or 1.0)
+
+
 def split_logits(model: nn.Module, ckpt: dict, split: Split, *, device: torch.device, batch_size: int = 500,
                  tta: bool = False, tta_translate: int = 0, amp: bool = True, progress: bool | None = None,
-                 desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of ``model`` over a whole Split, normalised with the checkpoint's mean/std."""
+                 desc: str = "evaluate", temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``model`` over a whole Split, normalised with the checkpoint's mean/std and
+    divided by the calibration ``temperature`` (default: the checkpoint's)."""
     loader = CifarLoader(split, batch_size, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), device=device)
     with progress_bar(len(split), desc, progress) as bar:
-        return collect_logits(model, loader, tta=tta, tta_translate=tta_translate, amp=amp, progress=bar)
+        logits, labels = collect_logits(model, loader, tta=tta, tta_translate=tta_translate, amp=amp, progress=bar)
+    t = temperature_of(ckpt) if temperature is None else float(temperature)
+    return (logits / t if t != 1.0 else logits), labels
 
 
 @dataclass
@@ -163,12 +176,13 @@ class CheckpointRun:
     labels: torch.Tensor    # (N,) int64, CPU
     coarse_map: np.ndarray | None
     coarse_classes: tuple[str, ...] | None
+    temperature: float = 1.0  # the logits are divided by it (the checkpoint's calibration, or as asked)
 
     @property
     def meta(self) -> dict:
         return {"checkpoint": self.source, "model": self.ckpt["model_name"], "epoch": self.ckpt.get("epoch"),
                 "split": self.split_name, "split_description": self.description, "tta": self.tta,
-                "tta_translate": self.tta_translate, "data": self.data.source}
+                "tta_translate": self.tta_translate, "data": self.data.source, "temperature": self.temperature}
 
 
 def _load(checkpoint) -> tuple[dict, str]:
@@ -179,12 +193,14 @@ def _load(checkpoint) -> tuple[dict, str]:
 
 def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
                    tta_translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto",
-                   amp: bool = True, progress: bool | None = None, desc: str = "evaluate") -> CheckpointRun:
+                   amp: bool = True, progress: bool | None = None, desc: str = "evaluate",
+                   temperature: float | None = None) -> CheckpointRun:
     """Load a checkpoint (a path or a loaded dict), find the split of ``data`` (a source for
     ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
     config; see :func:`resolve_split` for what the split names mean) and run the model over it.
     ``tta``, ``tta_translate``: flip and translate test-time augmentation (default: as the run evaluated,
-    see :func:`tta_settings`)."""
+    see :func:`tta_settings`). ``temperature``: divide the logits by it (default: the checkpoint's
+    calibration temperature, 1 when it has none)."""
     ckpt, source = _load(checkpoint)
     tta, tta_translate = tta_settings(ckpt, tta, tta_translate)
     data = data_for_checkpoint(ckpt, data, source)
@@ -192,12 +208,14 @@ def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool
     model = model_from_checkpoint(ckpt, dev, source)
     check_classes(ckpt, data, source)
     name, images, description = resolve_split(ckpt, data, split)
+    temperature = temperature_of(ckpt) if temperature is None else float(temperature)
     logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta,
-                                  tta_translate=tta_translate, amp=amp, progress=progress, desc=f"{desc} {name}")
+                                  tta_translate=tta_translate, amp=amp, progress=progress, desc=f"{desc} {name}",
+                                  temperature=temperature)
     coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
                                               images)
     return CheckpointRun(ckpt, source, data, name, images, description, tta, tta_translate, logits, labels,
-                         coarse_map, coarse_names)
+                         coarse_map, coarse_names, temperature)
 
 
 @torch.no_grad()
@@ -217,8 +235,39 @@ def _top_json(top: list[tuple[str, float]]) -> list[dict]:
     return [{"class": name, "prob": prob} for name, prob in top]
 
 
+class _Predictions:
+    """What every predictor offers on top of ``probabilities``: top-k names, and image files in one call."""
+
+    classes: list[str]
+
+    def probabilities(self, images: np.ndarray, **options) -> torch.Tensor:
+        raise NotImplementedError
+
+    def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable ``(class name, probability)`` of each row, most probable first."""
+        if k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {k}")
+        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[(self.classes[i], float(v)) for v, i in zip(vs, ix)]
+                for vs, ix in zip(values.tolist(), indices.tolist())]
+
+    def predict_files(self, paths: Sequence[str | Path], k: int = 5, *, resize: str = "crop",
+                      tta: bool = False, tta_translate: int = 0, batch_size: int = 500,
+                      progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
+        """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
+        cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
+        stacked, _, errors = load_images(paths, resize)
+        failed = dict(errors)
+        probs = self.probabilities(stacked, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
+                                   progress=progress)
+        tops = iter(self.top_k(probs, k) if len(stacked) else [])
+        results = [{"path": str(p), "error": failed[Path(p)]} if Path(p) in failed
+                   else {"path": str(p), "top": _top_json(next(tops))} for p in paths]
+        return results, stacked
+
+
 @dataclass
-class Predictor:
+class Predictor(_Predictions):
     """A checkpoint's model ready to predict: ``Predictor.from_checkpoint("runs/demo/best.pt")``."""
 
     model: nn.Module
@@ -249,27 +298,22 @@ class Predictor:
                                  tta=tta, tta_translate=tta_translate, progress=progress, desc="predict")
         return logits.softmax(dim=1)
 
-    def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable ``(class name, probability)`` of each row, most probable first."""
-        if k < 1:
-            raise ValueError(f"--top-k must be >= 1, got {k}")
-        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [[(self.classes[i], float(v)) for v, i in zip(vs, ix)]
-                for vs, ix in zip(values.tolist(), indices.tolist())]
+    @property
+    def temperature(self) -> float:
+        return temperature_of(self.ckpt)
 
-    def predict_files(self, paths: Sequence[str | Path], k: int = 5, *, resize: str = "crop",
-                      tta: bool = False, tta_translate: int = 0, batch_size: int = 500,
-                      progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
-        """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
-        cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
-        stacked, _, errors = load_images(paths, resize)
-        failed = dict(errors)
-        probs = self.probabilities(stacked, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                                   progress=progress)
-        tops = iter(self.top_k(probs, k) if len(stacked) else [])
-        results = [{"path": str(p), "error": failed[Path(p)]} if Path(p) in failed
-                   else {"path": str(p), "top": _top_json(next(tops))} for p in paths]
-        return results, stacked
+    @property
+    def superclasses(self) -> list[str | None]:
+        """The superclass name of each class (``None`` each where the checkpoint has no hierarchy)."""
+        mapping, names = fine_to_coarse(self.classes, self.ckpt.get("coarse_classes"))
+        return [None] * len(self.classes) if mapping is None else [names[int(i)] if i >= 0 else None for i in mapping]
+
+    @property
+    def info(self) -> dict:
+        """What a server reports about its model: name, classes, checksum, calibration temperature."""
+        return {"model": self.ckpt["model_name"], "num_classes": len(self.classes), "source": self.source,
+                "checksum": self.ckpt.get("checksum"), "temperature": self.temperature, "format": "checkpoint",
+                "epoch": self.ckpt.get("epoch")}
 
     def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, tta: bool = False,
                       tta_translate: int = 0, batch_size: int = 500, progress: bool | None = False) -> list[dict]:
@@ -284,3 +328,67 @@ class Predictor:
         tops = self.top_k(probs, k)
         return [{"index": int(i), "true": self.classes[int(split.labels[i])], "top": _top_json(t),
                  "correct": t[0][0] == self.classes[int(split.labels[i])]} for i, t in zip(idx, tops)]
+
+
+class OnnxPredictor(_Predictions):
+    """A model exported by ``cifar-resnet export --format onnx``, run by onnxruntime: no PyTorch model,
+    no checkpoint. Class names, superclasses, normalisation and temperature come from the file's metadata
+    (the model takes the uint8 images and returns calibrated probabilities)."""
+
+    def __init__(self, path: str | Path):
+        try:  # an optional dependency: pip install 'cifar-resnet[onnx]'
+            import onnxruntime
+        except ImportError:
+            raise ValueError(f"{path}: running an ONNX model needs onnxruntime: pip install 'cifar-resnet[onnx]'") \
+                from None
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"no such model file: {path}")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a foreign or corrupt file
+            raise ValueError(f"{path} is not a readable ONNX model ({str(e).strip()[:160]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("producer") != "cifar-resnet":
+            raise ValueError(f"{path} was not exported by cifar-resnet (no class names in its metadata)")
+        self.source = str(path)
+        self.meta = {k: json.loads(v) for k, v in meta.items() if k != "producer"}
+        self.classes = list(self.meta["classes"])
+        self.input = self.session.get_inputs()[0].name
+        if self.meta["input"] != "uint8_nhwc":
+            raise ValueError(f"{path} takes {self.meta['input']} input; predict and serve use uint8 NHWC models")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def superclasses(self) -> list[str | None]:
+        return list(self.meta.get("superclasses") or [None] * len(self.classes))
+
+    @property
+    def info(self) -> dict:
+        return {"model": self.meta["model"], "num_classes": len(self.classes), "source": self.source,
+                "checksum": self.meta.get("checkpoint_checksum"), "temperature": self.temperature,
+                "format": "onnx", "epoch": self.meta.get("epoch")}
+
+    def probabilities(self, images: np.ndarray, *, batch_size: int = 256, tta: bool = False, tta_translate: int = 0,
+                      progress: bool | None = False) -> torch.Tensor:
+        """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 images (no test-time augmentation)."""
+        if tta or tta_translate:
+            raise ValueError("an exported model has no test-time augmentation; use the checkpoint for --tta")
+        images = np.ascontiguousarray(np.asarray(images, dtype=np.uint8))
+        if images.ndim == 3:
+            images = images[None]
+        if len(images) == 0:
+            return torch.zeros(0, len(self.classes))
+        out = [self.session.run(None, {self.input: images[i:i + batch_size]})[0]
+               for i in range(0, len(images), batch_size)]
+        return torch.from_numpy(np.concatenate(out)).float()
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "auto") -> Predictor | OnnxPredictor:
+    """A predictor for a checkpoint (``.pt``) or an exported ONNX model (``.onnx``)."""
+    if str(path).lower().endswith(".onnx"):
+        return OnnxPredictor(path)
+    return Predictor.from_checkpoint(path, device)

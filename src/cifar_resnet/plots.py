@@ -33,6 +33,7 @@ __all__ = [
     "plot_lr",
     "plot_lr_find",
     "plot_prediction",
+    "plot_reliability",
     "plot_run",
     "save_figure",
     "to_uint8",
@@ -387,4 +388,44 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequen
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend()
+    return _finish(fig, path)
+
+
+def reliability_bins(probs, labels, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin (i/n, (i+1)/n]: the mean confidence, the accuracy and the count
+    (NaN for an empty bin), as ``metrics.expected_calibration_error`` bins them."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int), 1, n_bins) - 1
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(bins, weights=(pred == labels).astype(float), minlength=n_bins) / count
+    return mean_conf, accuracy, count
+
+
+def plot_reliability(curves: dict[str, tuple], path: str | Path | None = None, *, n_bins: int = 15,
+                     title: str | None = None) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, one line per ``{label: (probs, labels,
+    ece)}``, with the diagonal of perfect calibration and the share of images per bin below."""
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    width = 1.0 / n_bins / (len(curves) + 1)
+    for i, (label, (probs, labels, ece)) in enumerate(curves.items()):
+        colour = (VAL_COLOUR, TRAIN_COLOUR, TOP5_COLOUR)[i % 3]
+        conf, acc, count = reliability_bins(probs, labels, n_bins)
+        keep = count > 0
+        ax.plot(conf[keep], acc[keep], "-o", color=colour, label=f"{label} (ECE {ece:.3f})")
+        centres = (np.arange(n_bins) + 0.5) / n_bins
+        ax_n.bar(centres + (i - (len(curves) - 1) / 2) * width, count / count.sum(), width=width, color=colour)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(title or "Reliability diagram")
+    ax_n.set_xlabel("confidence (top probability)")
+    ax_n.set_ylabel("share of images")
+    ax_n.grid(True, alpha=0.3)
     return _finish(fig, path)

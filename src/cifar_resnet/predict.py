@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .inference import Predictor, check_classes, data_for_checkpoint, resolve_split, tta_settings
+from .inference import (
+    OnnxPredictor,
+    Predictor,
+    check_classes,
+    data_for_checkpoint,
+    load_predictor,
+    resolve_split,
+    tta_settings,
+)
 
 __all__ = ["Prediction", "format_results", "predict", "show_results"]
 
@@ -29,7 +37,7 @@ class Prediction:
 
     results: list[dict]     # per image: {"path" | "index", "top": [{"class", "prob"}], ...} or {"path", "error"}
     images: np.ndarray      # (N, 32, 32, 3) uint8: the images that were predicted, in order
-    predictor: Predictor
+    predictor: Predictor | OnnxPredictor
 
     @property
     def errors(self) -> list[str]:
@@ -53,7 +61,13 @@ def predict(checkpoint, files: Sequence[str] = (), *, data=None, split: str | No
         raise ValueError("nothing to predict: give image files, or --index I / --sample N with --data")
     if index is not None and sample is not None:
         raise ValueError("--index and --sample exclude each other")
-    predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor = load_predictor(checkpoint, device)
+    if isinstance(predictor, OnnxPredictor):  # an exported model: image files, no test-time augmentation
+        if from_data:
+            raise ValueError("an exported model predicts image files; use its checkpoint for --index/--sample")
+        results, images = predictor.predict_files(files, k, resize=resize, tta=bool(tta),
+                                                  tta_translate=tta_translate or 0, batch_size=batch_size)
+        return Prediction(results, images, predictor)
     tta, tta_translate = tta_settings(predictor.ckpt, tta, tta_translate)
     options = {"tta": tta, "tta_translate": tta_translate, "batch_size": batch_size, "progress": progress}
     if not from_data:

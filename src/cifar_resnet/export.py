@@ -1,0 +1,190 @@
+"""A checkpoint as a file that runs without this package: ONNX (onnxruntime, any language) or
+``torch.export`` (``.pt2``, PyTorch without the model's Python code).
+
+The exported model takes images as a user has them, uint8 NHWC ``(N, 32, 32, 3)`` RGB (``--input uint8``,
+the default) or float NCHW ``(N, 3, 32, 32)`` in [0, 1] (``--input float``), with a dynamic batch axis;
+the normalisation with the checkpoint's mean/std, the network, and the calibration temperature are inside,
+and it returns ``probabilities`` (N, C). What a consumer needs to read them travels in the file: class
+names, superclasses, normalisation, temperature, the input layout, and the SHA-256 of the source
+checkpoint file (ONNX ``metadata_props``; ``.pt2``: ``extra_files["cifar_resnet.json"]``).
+
+Every export is checked before it is kept: the exported file is run (onnxruntime, or ``torch.export.load``)
+on real images of the run's data and compared with the checkpoint run by PyTorch through the package's own
+inference path; when the largest difference of a probability is 1e-4 or more the export is refused and
+nothing is left on disk (the file is written under a temporary name and renamed only after the check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .inference import Predictor, data_for_checkpoint, resolve_split
+from .metrics import fine_to_coarse
+
+__all__ = ["FORMATS", "INPUTS", "ExportReport", "export_model"]
+
+FORMATS = ("onnx", "pt2")
+INPUTS = ("uint8", "float")
+TOLERANCE = 1e-4
+CHECK_IMAGES = 256
+
+
+class Deployable(nn.Module):
+    """The network with its input conversion, normalisation and temperature: images in, probabilities out."""
+
+    def __init__(self, model: nn.Module, mean, std, temperature: float, uint8_nhwc: bool):
+        super().__init__()
+        self.model = model
+        self.uint8_nhwc = uint8_nhwc
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+        # (x / 255 - mean) / std == x * scale + shift, with x in pixel units (uint8) or [0, 1] (float)
+        unit = 255.0 if uint8_nhwc else 1.0
+        self.register_buffer("scale", (1.0 / (unit * std_t)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1))
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() if self.uint8_nhwc else images.float()
+        x = x * self.scale + self.shift
+        return (self.model(x) * self.inv_temperature).softmax(dim=1)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    format: str
+    input: str
+    max_abs_diff: float     # largest |p_exported - p_pytorch| over the check images
+    images_checked: int
+    check_split: str        # the split of the run's data the check images came from
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[str, object]:
+    ckpt = predictor.ckpt
+    mapping, coarse_names = fine_to_coarse(predictor.classes, ckpt.get("coarse_classes"))
+    return {
+        "model": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"], "classes": predictor.classes,
+        "coarse_classes": list(coarse_names) if coarse_names else None,
+        "superclasses": predictor.superclasses if mapping is not None else None,
+        "mean": list(predictor.mean), "std": list(predictor.std), "temperature": predictor.temperature,
+        "input": "uint8_nhwc" if input_kind == "uint8" else "float01_nchw", "output": "probabilities",
+        "checkpoint_sha256": _sha256(checkpoint), "checkpoint_checksum": ckpt.get("checksum"),
+        "epoch": ckpt.get("epoch"), "exporter": f"cifar-resnet (torch {torch.__version__})",
+    }
+
+
+def export_model(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", input_kind: str = "uint8",
+                 data=None, split: str | None = None, log=print) -> ExportReport:
+    """Export ``checkpoint`` to ``out`` as ``fmt`` ("onnx" or "pt2"), check it on up to 256 real images of
+    ``split`` of ``data`` (default: the run's own data and evaluation split) and keep it only when every
+    probability is within 1e-4 of PyTorch's."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use onnx or pt2")
+    if input_kind not in INPUTS:
+        raise ValueError(f"unknown input kind {input_kind!r}; use uint8 or float")
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and out.is_dir():
+        raise ValueError(f"{out} is a directory; give the file to write")
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    dataset = data_for_checkpoint(predictor.ckpt, data, str(checkpoint))
+    split_name, images_split, _ = resolve_split(predictor.ckpt, dataset, split)
+    images = images_split.images[:CHECK_IMAGES]
+    expected = predictor.probabilities(images).numpy()  # the package's own path: loader + model + temperature
+
+    wrapper = Deployable(predictor.model.float().eval(), predictor.mean, predictor.std, predictor.temperature,
+                         uint8_nhwc=input_kind == "uint8").eval()
+    inputs = torch.from_numpy(images) if input_kind == "uint8" else \
+        torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+    example = inputs[:2]
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    meta = _metadata(predictor, checkpoint, input_kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.tmp-", suffix=f".{fmt}", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        # the exporters log and warn about their own internals (torchvision ops, deprecations): not the user's
+        with torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._export"):
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                got = _export_onnx(wrapper, example, batch, tmp, meta, inputs.numpy())
+            else:
+                got = _export_pt2(wrapper, example, batch, tmp, meta, inputs)
+        diff = float(np.abs(got - expected).max())
+        if not diff < TOLERANCE:
+            raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} in a probability "
+                             f"(limit {TOLERANCE:g}); nothing was written")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.data").unlink(missing_ok=True)  # an exporter's external weights, should it write them
+    report = ExportReport(out, fmt, input_kind, diff, len(images), split_name, out.stat().st_size)
+    if log:
+        log(f"wrote {out} ({report.bytes / 1e6:.1f} MB, {fmt}, {input_kind} input); checked on {len(images)} "
+            f"{split_name} images: largest probability difference to PyTorch {diff:.1e}")
+    return report
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict,
+                 check_inputs: np.ndarray) -> np.ndarray:
+    try:  # optional dependencies: pip install 'cifar-resnet[onnx]'
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise ValueError(f"ONNX export needs {e.name}: pip install 'cifar-resnet[onnx]'") from None
+    torch.onnx.export(wrapper, (example,), str(path), dynamo=True, input_names=["images"],
+                      output_names=["probabilities"], dynamic_shapes={"images": {0: batch}}, verbose=False,
+                      external_data=False)  # one self-contained file
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="producer", value="cifar-resnet")
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": check_inputs})[0]
+
+
+def _export_pt2(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict,
+                check_inputs: torch.Tensor) -> np.ndarray:
+    program = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, str(path), extra_files={"cifar_resnet.json": json.dumps(meta)})
+    loaded = torch.export.load(str(path)).module()
+    return loaded(check_inputs).detach().numpy()
