@@ -114,3 +114,22 @@ def test_an_export_that_does_not_match_is_refused_and_leaves_nothing(best, tmp_p
     code, _, err = cli("export", best, "--out", tmp_path / "x.onnx")
     assert_one_line_error(code, err, "differs from the checkpoint", "nothing was written")
     assert not [p for p in tmp_path.iterdir() if "x" in p.name]
+
+
+def test_inference_benchmark_reports_both_engines(best, tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "rows.json"
+    assert module.main([str(best), "--onnx", str(tmp_path / "m.onnx"), "--repeats", "3", "--batch", "16",
+                        "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["engine"] for r in result["rows"]] == ["pytorch", "onnxruntime"] and result["max_diff"] < 1e-4
+    assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
+    assert "| onnxruntime |" in capsys.readouterr().out
