@@ -41,7 +41,7 @@ def test_train_then_resume_then_refuse_finished(tmp_path, capsys, write_npz):
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model-kwargs", '{"depth": 3}'], "unknown argument depth"),
     (["--optimizer", "rmsprop"], "unknown optimizer"),
-    (["--val-split", "100000"], "n_val must be between 0 and 59, got 100000"),  # 60 images in d.npz
+    (["--val-split", "100000"], "the validation split (--val-split) must be between 0 and 59, got 100000"),  # 60 images
 ])
 def test_train_bad_arguments_one_line(tmp_path, capsys, write_npz, args, message):
     data = write_npz(tmp_path / "d.npz")

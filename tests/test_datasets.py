@@ -641,7 +641,7 @@ def test_split_validation_remainder_and_limits(synthetic) -> None:
     assert sorted(few.tolist()) == [0] * 3 + [1] * 7  # fewer than one per class: still as even as possible
     assert ds.split_validation(data, 0) is data
     for bad in (-1, 500, 501, 2.5, True):
-        with pytest.raises(DataError, match="n_val"):
+        with pytest.raises(DataError, match="validation split"):
             ds.split_validation(data, bad)  # type: ignore[arg-type]
     with pytest.raises(DataError, match="already has a validation split"):
         ds.split_validation(ds.split_validation(data, 10), 10)
@@ -670,7 +670,7 @@ def test_subsample(synthetic) -> None:
     assert small.test is data.test
     np.testing.assert_array_equal(ids(ds.subsample(data, 30, seed=0).train), ids(small.train))
     assert ds.subsample(data, 0) is data and ds.subsample(data, 500) is data
-    with pytest.raises(DataError, match="n_train"):
+    with pytest.raises(DataError, match="training subset"):
         ds.subsample(data, 501)
 
 

@@ -213,3 +213,10 @@ def test_checkpoint_without_class_names(real_run, tmp_path, cli, assert_one_line
     assert_one_line_error(code, err, "lacks classes")
     code, _, err = cli("predict", tmp_path, "--index", "1")
     assert_one_line_error(code, err, "is a directory")
+
+
+def test_index_may_be_given_more_than_once():
+    from cifar_resnet.cli import get_args_parser
+
+    args = get_args_parser().parse_args(["predict", "best.pt", "--index", "1", "--index", "2", "3"])
+    assert args.index == [1, 2, 3]

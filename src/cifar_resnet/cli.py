@@ -241,7 +241,7 @@ def _add_inspection_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_checkpoint_arguments(p)
     p.add_argument("images", nargs="*", help="image files to predict")
-    p.add_argument("--index", type=int, nargs="+", default=None, metavar="I",
+    p.add_argument("--index", type=int, nargs="+", action="extend", default=None, metavar="I",
                    help="predict images I... of the dataset split (with --data / --split)")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="predict N images of the dataset split drawn at random (seeded by --seed)")

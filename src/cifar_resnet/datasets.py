@@ -728,7 +728,7 @@ def split_validation(data: CifarData, n_val: int, seed: int = 0) -> CifarData:
     The split depends only on the training labels, ``n_val`` and ``seed``; image order is preserved in
     both parts. ``n_val == 0`` returns ``data`` unchanged.
     """
-    n_val = _check_count(n_val, "n_val", len(data.train) - 1, data.source)
+    n_val = _check_count(n_val, "the validation split (--val-split)", len(data.train) - 1, data.source)
     if n_val == 0:
         return data
     if data.val is not None:
@@ -745,7 +745,7 @@ def subsample(data: CifarData, n_train: int, seed: int = 0) -> CifarData:
     ``n_train == 0`` or ``n_train == len(data.train)`` returns ``data`` unchanged; test and validation
     splits are kept as they are.
     """
-    n_train = _check_count(n_train, "n_train", len(data.train), data.source)
+    n_train = _check_count(n_train, "the training subset (--train-subset)", len(data.train), data.source)
     if n_train in (0, len(data.train)):
         return data
     keep = _stratified_indices(data.train.labels, data.num_classes, n_train, np.random.default_rng(seed))
