@@ -173,3 +173,19 @@ def test_ddp_benchmark_runs_one_and_two_processes(tmp_path, capsys):
     assert [r["processes"] for r in rows] == [1, 2] and [r["threads_per_process"] for r in rows][1] >= 1
     assert all(math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0 for r in rows)
     assert "| 2 | " in capsys.readouterr().out
+
+
+def test_serve_load_benchmark_runs_one_and_two_clients(tmp_path, capsys):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    load = _load("serve_load")
+    model = load.make_checkpoint(tmp_path / "run", "fast", {"widths": [8, 16, 16], "stem_width": 8})
+    out = tmp_path / "load.json"
+    assert load.main(["--model", str(model), "--clients", "1,2", "--duration", "0.5", "--warmup", "0.2",
+                      "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["clients"] for r in rows] == [1, 2] and all(r["failed"] == 0 for r in rows)
+    for r in rows:
+        assert r["requests"] > 0 and r["batches"] > 0 and r["mean_batch_size"] >= 1
+        assert all(_positive(r[k]) for k in ("requests_per_s", "p50_ms", "p99_ms", "server_rss_mb"))
+        assert r["p50_ms"] <= r["p99_ms"]
+    assert "| 2 | " in capsys.readouterr().out

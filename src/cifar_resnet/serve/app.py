@@ -1,0 +1,416 @@
+"""The HTTP service: a FastAPI app around one loaded model, and :func:`serve`, which runs it on uvicorn.
+
+Routes: ``GET /`` the web page (static files of this package, no CDN), ``POST /predict`` (multipart images
+in the field ``files`` or ``file``, ``top_k`` in the query or the form), ``GET /health``, ``GET /classes``,
+``GET /examples`` (the example images of the page), and FastAPI's ``/docs`` and ``/openapi.json``.
+
+The model is loaded once, when the app is made. Nothing slow runs on the event loop: images are decoded
+in worker threads, and forward passes run in the batching queue's own thread
+(:class:`~cifar_resnet.serve.batching.BatchQueue`), which puts the images of concurrent requests in one
+batch.
+
+Bad input is refused with a JSON ``{"detail": ...}`` and the server goes on serving:
+
+* a body over ``max_upload_mb``: 413, from the Content-Length header before any of the body is read, or,
+  without one (chunked), as soon as the bytes received pass the limit (:class:`BodyLimit`);
+* more than ``max_files`` images: 413, as soon as the part past the limit begins;
+* not multipart/form-data, a part declared as a non-image type, or a file PIL cannot identify as one of
+  :data:`IMAGE_FORMATS`: 415; a truncated or corrupt image, a malformed form, no image, a bad top_k: 400;
+* more than ``MAX_PIXELS`` pixels: 413, from the image header, before decoding (decompression bombs).
+
+Uploads never touch the disk: the request body is read as a stream and parsed here with python-multipart's
+low-level parser into ``bytearray``s in memory (Starlette's ``request.form()`` would spool each file over
+1 MB to a temporary file), and images are decoded from ``io.BytesIO``. Memory is bounded by the body limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from ..images import SIZE, ImageFileError, prepare_image
+from ..inference import load_predictor
+from .batching import BatchQueue
+
+__all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "STATIC_DIR", "BodyLimit", "create_app", "decode_image", "serve"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+EXAMPLES_DIR = STATIC_DIR / "examples"
+
+# The formats PIL may open: what browsers and cameras produce. Not every format PIL knows: each decoder is
+# attack surface, and a server has no use for EPS (Ghostscript), FITS or PSD.
+# (JPEG's opener also reads the MPO files of some cameras; AVIF only where this Pillow was built with it.)
+Image.init()
+IMAGE_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM") if f in Image.OPEN)
+# Most pixels an upload may have: a 48-megapixel phone photo passes; a decompression bomb (a small file of
+# huge dimensions) is refused from its header, before PIL allocates anything for its pixels.
+MAX_PIXELS = 50_000_000
+FILE_FIELDS = ("files", "file")
+DEFAULT_TOP_K = 5
+MAX_FIELD_BYTES = 1024  # a form field that is not a file (top_k)
+
+# The page's Content-Security-Policy: its own files only (the images it shows are data: or blob: URLs).
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+class ImageRejected(Exception):
+    """An upload refused, with the HTTP status to answer."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# ------------------------------------------------------------------------------------------------
+# the request body: size limit and multipart parsing in memory
+# ------------------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``max_bytes``, before the body is read when the
+    Content-Length header says so, else as soon as the bytes received pass the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
+            if declared > self.max_bytes:
+                return await self._too_large(declared)(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # raised inside the route while it reads the body; FastAPI turns it into the response
+                    raise HTTPException(413, self._detail(received, "at least "))
+            return message
+
+        return await self.app(scope, counting_receive, send)
+
+    def _detail(self, size: int, qualifier: str = "") -> str:
+        return (f"request body too large: {qualifier}{size / 1e6:.1f} MB, the limit is "
+                f"{self.max_bytes / 1e6:.1f} MB (--max-upload-mb)")
+
+    def _too_large(self, size: int) -> JSONResponse:
+        # the body is left unread: uvicorn closes the connection after this response
+        return JSONResponse({"detail": self._detail(size)}, 413, headers={"Connection": "close"})
+
+
+class _Part:
+    __slots__ = ("content_type", "data", "filename", "headers", "name")
+
+    def __init__(self):
+        self.headers: dict[bytes, bytes] = {}
+        self.name = self.filename = self.content_type = None
+        self.data = bytearray()
+
+
+async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes, str | None]], dict[str, str]]:
+    """The image files (``(filename, bytes, declared type)``, fields ``files``/``file``) and the other fields
+    of a multipart/form-data request, read from the body stream into memory (never to disk)."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        shown = ctype.decode("latin-1") or "none"
+        raise HTTPException(415, f"send the images as multipart/form-data in the field 'files' "
+                                 f"(Content-Type was {shown})")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "multipart/form-data without a boundary")
+
+    files: list[_Part] = []
+    fields: dict[str, str] = {}
+    state = {"part": None, "field": b"", "value": b"", "error": None, "ended": False}
+
+    def fail(status: int, detail: str) -> None:
+        if state["error"] is None:
+            state["error"] = (status, detail)
+
+    def on_part_begin():
+        state["part"] = _Part()
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["part"].headers[state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished():
+        part = state["part"]
+        _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        filename = disposition.get(b"filename")
+        part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        declared = part.headers.get(b"content-type")
+        part.content_type = None if declared is None else parse_options_header(declared)[0].decode("latin-1")
+        if part.filename is not None and part.name not in FILE_FIELDS:
+            fail(400, f"a file in the field {part.name!r}: send images in the field 'files' (or 'file')")
+        elif part.name in FILE_FIELDS:
+            files.append(part)
+            if len(files) > max_files:
+                fail(413, f"too many images in one request: the limit is {max_files} (--max-files)")
+
+    def on_part_data(data, start, end):
+        part = state["part"]
+        part.data += data[start:end]
+        if part.name not in FILE_FIELDS and len(part.data) > MAX_FIELD_BYTES:
+            fail(400, f"form field {part.name!r} is too long")
+
+    def on_part_end():
+        part = state["part"]
+        if part.name not in FILE_FIELDS and part.name:
+            fields[part.name] = part.data.decode("utf-8", "replace")
+
+    def on_end():
+        state["ended"] = True
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end})
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if state["error"] is not None:
+                raise HTTPException(*state["error"])
+        parser.finalize()
+    except MultipartParseError as e:
+        raise HTTPException(400, f"malformed multipart/form-data body ({e})") from None
+    if state["error"] is not None:
+        raise HTTPException(*state["error"])
+    if not state["ended"]:  # python-multipart's finalize() accepts a body cut short
+        raise HTTPException(400, "malformed multipart/form-data body: it ends before its closing boundary")
+    uploads = [(p.filename or f"image{i}", bytes(p.data), p.content_type) for i, p in enumerate(files, 1)]
+    return uploads, fields
+
+
+# ------------------------------------------------------------------------------------------------
+# images
+# ------------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple]:
+    """Bytes of an image file -> ``((32, 32, 3) uint8, (width, height))``, from memory; :class:`ImageRejected`
+    with the HTTP status and a one-line reason when it cannot be used."""
+    if not data:
+        raise ImageRejected(400, f"{filename}: the file is empty")
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageRejected(413, f"{filename}: {width}x{height} pixels is too many "
+                                         f"(the limit is {max_pixels / 1e6:.0f} megapixels)")
+            img.draft(None, (4 * SIZE, 4 * SIZE))  # a large JPEG is decoded at a reduced scale
+            img.load()  # a truncated or corrupt file fails here
+            return prepare_image(img, "crop"), (width, height)
+    except UnidentifiedImageError:
+        raise ImageRejected(415, f"{filename}: not an image of a supported format "
+                                 f"({', '.join(IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError:
+        raise ImageRejected(413, f"{filename}: refused, too many pixels (a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError, ImageFileError) as e:  # truncated data, bad headers or chunks
+        detail = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ImageRejected(400, f"{filename}: unreadable or truncated image ({detail})") from None
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """A (32, 32, 3) uint8 image as a ``data:image/png;base64,...`` URL."""
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _decode_all(uploads, max_pixels: int) -> list[tuple[np.ndarray, tuple, str]]:
+    out = []
+    for filename, data, declared in uploads:
+        if declared and not declared.startswith("image/") and declared != "application/octet-stream":
+            raise ImageRejected(415, f"{filename}: {declared} is not an image type")
+        image, size = decode_image(data, filename, max_pixels)
+        out.append((image, size, png_data_url(image)))
+    return out
+
+
+def _top_k(value) -> int:
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise HTTPException(400, f"top_k must be a whole number >= 1, got {value!r}") from None
+    if k < 1:
+        raise HTTPException(400, f"top_k must be >= 1, got {k}")
+    return k
+
+
+def _examples() -> list[dict]:
+    """The example images of the page: static/examples/<true class>-<index in cifar100-train.npz>.png."""
+    return [{"url": f"/static/examples/{p.name}", "label": p.stem.rsplit("-", 1)[0], "filename": p.name}
+            for p in sorted(EXAMPLES_DIR.glob("*.png"))]
+
+
+# ------------------------------------------------------------------------------------------------
+# the app
+# ------------------------------------------------------------------------------------------------
+
+_PREDICT_OPENAPI = {
+    "parameters": [{"name": "top_k", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
+                    "description": "how many classes to return per image (also accepted as a form field)"}],
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"],
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "one or more image files (the field 'file' works too)"},
+                       "top_k": {"type": "integer", "minimum": 1}}}}}},
+    "responses": {"400": {"description": "a truncated image, a malformed form, no image, a bad top_k"},
+                  "413": {"description": "body, number of files or image dimensions over the limits"},
+                  "415": {"description": "not multipart/form-data, or a file that is not an image"}},
+}
+
+
+def create_app(model, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_upload_mb: float = 8.0,
+               max_files: int = 32, device: str = "auto", max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The FastAPI app serving ``model``: a checkpoint or exported model path (loaded here, once, with
+    ``load_predictor``), or an already loaded predictor (``.classes``, ``.superclasses``, ``.info``,
+    ``.probabilities(images)``). The limits are described in the module docstring."""
+    if not max_upload_mb > 0:
+        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    if int(max_files) < 1:
+        raise ValueError(f"max_files must be >= 1, got {max_files}")
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return np.asarray(predictor.probabilities(images), dtype=np.float32)
+
+    queue = BatchQueue(run, max_batch=max_batch, max_wait_ms=max_wait_ms, track_incoming=True)  # checks them
+    predictor = load_predictor(model, device) if isinstance(model, (str, os.PathLike)) else model
+    classes = list(predictor.classes)
+    superclasses = list(predictor.superclasses)
+    info = dict(predictor.info)
+    max_files, max_bytes = int(max_files), int(max_upload_mb * 1e6)
+    decode_slots = asyncio.Semaphore(os.cpu_count() or 2)  # bounds the memory of images being decoded at once
+    started = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await queue.close()
+
+    app = FastAPI(title="cifar-resnet", version="0.1.0", lifespan=lifespan,
+                  description=f"Image classification with {info.get('model')} ({len(classes)} classes).")
+    app.state.predictor, app.state.queue, app.state.info = predictor, queue, info
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/health", summary="The model served, and how requests have been batched")
+    async def health():
+        return {"status": "ok", "model": info.get("model"), "classes": len(classes),
+                "checksum": info.get("checksum"), "temperature": info.get("temperature"),
+                "format": info.get("format"), "epoch": info.get("epoch"), "max_batch": queue.max_batch,
+                "max_wait_ms": queue.max_wait * 1000.0, "max_upload_mb": max_bytes / 1e6, "max_files": max_files,
+                "uptime_s": time.monotonic() - started, **queue.stats.as_dict()}
+
+    @app.get("/classes", summary="The class names, in the model's order, and the superclass of each")
+    async def get_classes():
+        return {"classes": classes, "superclasses": superclasses}
+
+    @app.get("/examples", summary="The example images of the web page (real CIFAR-100 images)")
+    async def examples():
+        return _examples()
+
+    @app.post("/predict", summary="Classify one or several images", openapi_extra=_PREDICT_OPENAPI)
+    async def predict(request: Request):
+        with queue.incoming():  # a batch being formed waits for this request (at most max_wait_ms)
+            uploads, fields = await read_form(request, max_files)
+            k = _top_k(fields.get("top_k", request.query_params.get("top_k", DEFAULT_TOP_K)))
+            if not uploads:
+                raise HTTPException(400, "no image: send one or more files in the multipart field 'files'")
+            async with decode_slots:
+                try:
+                    decoded = await asyncio.to_thread(_decode_all, uploads, max_pixels)
+                except ImageRejected as e:
+                    raise HTTPException(e.status, e.detail) from None
+            images = np.stack([image for image, _, _ in decoded])
+        try:
+            probs = await queue.submit(images)  # no await since the block: counted exactly once
+        except Exception as e:  # noqa: BLE001 - one failed forward pass answers 500; the server goes on
+            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {e}"}, 500)
+        k = min(k, len(classes))
+        results = []
+        for (filename, _, _), (_, size, url), row in zip(uploads, decoded, probs):
+            order = np.argsort(-row, kind="stable")[:k]
+            top = [{"class": classes[i], "prob": float(row[i]), "superclass": superclasses[i]} for i in order]
+            results.append({"filename": filename, "top": top, "superclass": top[0]["superclass"],
+                            "size": list(size), "input_png": url})
+        return {"model": info.get("model"), "temperature": info.get("temperature"), "results": results}
+
+    return app
+
+
+# ------------------------------------------------------------------------------------------------
+# running it
+# ------------------------------------------------------------------------------------------------
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(model, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
+          max_upload_mb: float = 8.0, max_files: int = 32, device: str = "auto") -> None:
+    """Load ``model`` and serve it until Ctrl-C (or SIGTERM), printing one line with the URL. ``port`` 0
+    picks a free port (the line says which)."""
+    app = create_app(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
+                     max_files=max_files, device=device)
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5))
+    info = app.state.info
+    print(f"serving {info.get('model')} ({len(app.state.predictor.classes)} classes) at http://{shown}:{bound_port}/"
+          f"  (API docs at /docs; Ctrl-C to stop)", flush=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the signal
+        pass
+    finally:
+        sock.close()
