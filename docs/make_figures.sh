@@ -18,3 +18,5 @@ cifar-resnet predict "$run/best.pt" --data "$data" --split val --index 100 --sho
 cifar-resnet predict "$run/best.pt" --data "$data" --split val --sample 24 --top-k 1 --show "$fig/predict_grid.png" --no-progress > /dev/null
 cifar-resnet lr-find --preset fast-cpu --data "$data" --val-split 5000 --device cpu --start-lr 1e-3 --end-lr 100 \
     --steps 100 --out "$fig/lr_find.png" --no-progress
+# the web page with a prediction (the browser test, with Debian's chromium; it uses the test suite's model)
+CIFAR_RESNET_UPDATE_FIGURES=1 python -m pytest -q tests/test_browser.py -k example_click

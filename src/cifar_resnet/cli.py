@@ -214,7 +214,7 @@ def _add_inspection_parsers(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
                         "per_superclass, split, split_description, tta, tta_translate, model, epoch, "
-                        "checkpoint, data)")
+                        "checkpoint, data, temperature)")
     p.add_argument("--no-per-class", dest="per_class", action="store_false",
                    help="leave the per-class table out of the text output")
     p.set_defaults(func=cmd_evaluate)
