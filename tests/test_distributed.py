@@ -186,20 +186,25 @@ def test_a_checkpoint_resumes_under_another_number_of_processes(small_npz, two_p
 
 def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(small_npz, tmp_path):
     """20 starts of a run that saves every step, each killed with SIGKILL at a random moment once it has
-    written a checkpoint (so that every kill lands in training, between or inside checkpoint writes,
-    however slow the start-up); the 21st start finishes, bit-identical to an uninterrupted run."""
+    written a few checkpoints (so that every kill lands in training, between or inside checkpoint writes,
+    however slow the start-up or fast the steps); the 21st start finishes, bit-identical to an
+    uninterrupted run."""
     args = _args(small_npz, tmp_path / "run", epochs=12, save_every_steps=1) + ["--resume", "auto"]
     last = tmp_path / "run" / "last.pt"
     rng = random.Random(0)
     kills = 0
     while kills < 20:
-        before = last.stat().st_mtime_ns if last.exists() else None
         proc = subprocess.Popen(_cmd(args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # wait for this start to write 1 to 4 checkpoints (a few steps, however fast or slow the machine),
+        # then kill it at a random moment of the next step or write
+        writes, seen = rng.randint(1, 4), last.stat().st_mtime_ns if last.exists() else None
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and (
-                not last.exists() or last.stat().st_mtime_ns == before):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        while writes and proc.poll() is None and time.monotonic() < deadline:
+            now = last.stat().st_mtime_ns if last.exists() else None
+            if now != seen:
+                writes, seen = writes - 1, now
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.03))
         if proc.poll() is not None:
             break  # finished (or failed) before this kill
         proc.kill()
