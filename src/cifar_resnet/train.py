@@ -171,7 +171,8 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
     if data is None:  # rank 0 first: a dataset that must be downloaded is downloaded once
         data = prepare_data(config) if dist.is_main else None
         dist.barrier()
-        data = data or prepare_data(config)
+        if data is None:
+            data = prepare_data(config)
     eval_name, eval_split = data.eval_split()
     if state is not None and list(state["classes"]) != list(data.classes):
         raise CheckpointError(f"{resume} was trained on other classes than {data.source} has")
