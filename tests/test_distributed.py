@@ -294,10 +294,21 @@ def _free_port() -> int:
 
 
 def test_two_nodes_on_one_machine_train_like_one_two_process_run(small_npz, two_processes, tmp_path):
+    port = _free_port()
     rdzv = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test-two-nodes")
-    nodes = [subprocess.Popen(_cmd(_args(small_npz, tmp_path), torchrun=rdzv), env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test-two-nodes")
+    # both "machines" have the endpoint's address, so say which one hosts the rendezvous store (as the
+    # first node of a cluster does by its address), and start the other once the store is up
+    nodes = [subprocess.Popen(_cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=1")),
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    nodes.append(subprocess.Popen(_cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=0")),
+                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
     assert sum(out.count("Epoch 2,") for out, _ in results) == 1  # rank 0 alone prints
