@@ -13,6 +13,7 @@ weights and 0.45 on the running statistics (``test_without_sync_bn_the_processes
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ def _args(npz: Path, out: Path, **overrides) -> list[str]:
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):
-            args += [flag, __import__("json").dumps(value)]
+            args += [flag, json.dumps(value)]
         else:
             args += [flag, str(value)]
     return args

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 from PIL import Image
 
 from cifar_resnet import export as export_module
+from cifar_resnet import load_data
 from cifar_resnet.calibration import calibrate, fit_temperature
 from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.evaluate import evaluate_checkpoint
@@ -54,7 +58,7 @@ def test_calibrate_stores_the_temperature_and_everything_uses_it(best, cli, open
     pixels = open_png(best.parent / "reliability.png")
     assert pixels.shape[0] > 300
     # a prediction's probability is the calibrated one
-    images = resolve_split(ckpt, __import__("cifar_resnet").load_data(ckpt["config"]["data"]), "val")[1].images[:8]
+    images = resolve_split(ckpt, load_data(ckpt["config"]["data"]), "val")[1].images[:8]
     raw = Predictor.from_checkpoint({**ckpt, "temperature": 1.0}, "cpu").probabilities(images)
     scaled = Predictor.from_checkpoint(ckpt, "cpu").probabilities(images)
     logits = raw.log()
@@ -117,10 +121,6 @@ def test_an_export_that_does_not_match_is_refused_and_leaves_nothing(best, tmp_p
 
 
 def test_inference_benchmark_reports_both_engines(best, tmp_path, capsys):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
     spec = importlib.util.spec_from_file_location("bench_inference", path)
     module = importlib.util.module_from_spec(spec)

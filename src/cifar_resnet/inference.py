@@ -14,6 +14,7 @@ augmentation is what the run evaluated with (:func:`tta_settings`).
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,13 +236,14 @@ def _top_json(top: list[tuple[str, float]]) -> list[dict]:
     return [{"class": name, "prob": prob} for name, prob in top]
 
 
-class _Predictions:
+class _Predictions(abc.ABC):
     """What every predictor offers on top of ``probabilities``: top-k names, and image files in one call."""
 
     classes: list[str]
 
+    @abc.abstractmethod
     def probabilities(self, images: np.ndarray, **options) -> torch.Tensor:
-        raise NotImplementedError
+        """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 RGB images."""
 
     def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(class name, probability)`` of each row, most probable first."""
