@@ -238,7 +238,7 @@ def build_model(ckpt: dict, *, expect_model: str | None = None, expect_classes: 
 # seconds: the epoch's wall time (training and evaluation); train_seconds: training time so far, without
 # evaluation, which is the clock of time-to-accuracy
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
-              "train_seconds", "images_per_s")
+              "train_seconds", "images_per_s", "train_size", "eval_tta")
 
 
 class RunDir:

@@ -22,8 +22,8 @@ from .loader import CifarLoader
 from .models import create_model
 from .runtime import autocast_for
 
-__all__ = ["collect_logits", "epoch_line", "init_model", "train_one_epoch", "train_step", "training_loader",
-           "tta_logits"]
+__all__ = ["collect_logits", "epoch_line", "init_model", "resize_batch", "train_one_epoch", "train_step",
+           "training_loader", "tta_logits"]
 
 
 def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
@@ -56,10 +56,12 @@ def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *,
                device: torch.device, label_smoothing: float = 0.0, grad_clip: float = 0.0,
-               grad_clip_mode: str = "value", amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+               grad_clip_mode: str = "value", amp: bool = True,
+               cpu_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimisation step on a batch; returns the loss and the logits (detached, on the device, no
-    host synchronisation) and the learning rate the step used. The scheduler steps after it."""
-    with autocast_for(device, amp):
+    host synchronisation) and the learning rate the step used. The scheduler steps after it. ``amp``:
+    bf16 autocast on CUDA; ``cpu_amp``: on the CPU."""
+    with autocast_for(device, amp, cpu_amp):
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -77,7 +79,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, sc
 
 def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: torch.device,
                     label_smoothing: float = 0.0, grad_clip: float = 0.0, grad_clip_mode: str = "value",
-                    amp: bool = True) -> dict:
+                    amp: bool = True, cpu_amp: bool = False) -> dict:
     """:func:`train_step` over every batch of ``batches`` (``(images, labels)`` already on ``device``);
     returns the mean training loss and accuracy and the learning rate each step used. ``lr-find`` and
     the notebook's ``fit`` use it; ``fit`` loops over :func:`train_step` itself (it checkpoints, checks
@@ -90,7 +92,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: 
     for x, y in batches:
         loss, out, lr = train_step(model, x, y, optimizer, scheduler, device=device,
                                    label_smoothing=label_smoothing, grad_clip=grad_clip,
-                                   grad_clip_mode=grad_clip_mode, amp=amp)
+                                   grad_clip_mode=grad_clip_mode, amp=amp, cpu_amp=cpu_amp)
         lrs.append(lr)
         # accumulate on the device: no host synchronisation inside the step
         loss_sum += loss * len(y)
@@ -100,6 +102,16 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: 
         raise ValueError("the training loader yielded no batch")
     return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
             "lrs": lrs, "images": seen}
+
+
+def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The batch downscaled to ``size`` x ``size`` (bilinear, antialiased: the whole image at a lower
+    resolution, not a crop), for progressive resizing; ``x`` itself when ``size`` is None or its size."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) else out
 
 
 def epoch_line(epoch: int, lr: float, train_loss: float, val_loss: float, val_acc: float) -> str:
@@ -134,11 +146,12 @@ def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_tran
 
 @torch.no_grad()
 def collect_logits(model: nn.Module, loader, *, tta: bool = False, tta_translate: int = 0, amp: bool = True,
-                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   cpu_amp: bool = False, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and int64 labels (N,) on the CPU, in loader order.
 
     ``tta`` and ``tta_translate``: test-time augmentation, see :func:`tta_logits` (flip TTA as in airbench
-    and the CIFAR speedruns; translate as airbench's level 2). ``progress``: a bar updated per image.
+    and the CIFAR speedruns; translate as airbench's level 2). ``amp``/``cpu_amp``: bf16 autocast on CUDA/on
+    the CPU. ``progress``: a bar updated per image.
     """
     was_training = model.training
     model.eval()
@@ -146,7 +159,7 @@ def collect_logits(model: nn.Module, loader, *, tta: bool = False, tta_translate
     outs, labels = [], []
     try:
         for x, y in loader:
-            with autocast_for(device, amp):
+            with autocast_for(device, amp, cpu_amp):
                 logits = tta_logits(model, x, tta=tta, tta_translate=tta_translate)
             outs.append(logits.float())
             labels.append(y)

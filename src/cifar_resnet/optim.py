@@ -65,13 +65,15 @@ def muon_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
 
 
 class MuonSGD(torch.optim.Optimizer):
-    """Group 0: Nesterov SGD with weight decay; group 1: Muon (lr: the step's size relative to the weights).
+    """Group 0: Nesterov SGD with weight decay; group 1: Muon (lr: the step's size relative to the weights);
+    with ``bn_bias_lr`` != 1, group 2: the batch-norm biases, by Nesterov SGD at ``lr * bn_bias_lr`` and
+    weight decay ``weight_decay / bn_bias_lr`` (the same decay per step; airbench trains them 64x faster).
 
     ``MuonSGD(model, lr=..., momentum=..., weight_decay=..., muon_lr=..., muon_momentum=...)``.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-                 muon_lr: float, muon_momentum: float, ns_steps: int = 5) -> None:
+                 muon_lr: float, muon_momentum: float, ns_steps: int = 5, bn_bias_lr: float = 1.0) -> None:
         if lr <= 0 or muon_lr <= 0:
             raise ValueError(f"learning rates must be > 0, got lr={lr}, muon_lr={muon_lr}")
         if not (0 <= momentum < 1 and 0 <= muon_momentum < 1):
@@ -80,9 +82,20 @@ class MuonSGD(torch.optim.Optimizer):
         if not muon:
             raise ValueError("this model has no hidden filter banks for Muon (it needs at least three "
                              "parameters with two or more dimensions)")
+        if bn_bias_lr <= 0:
+            raise ValueError(f"bn_bias_lr must be > 0, got {bn_bias_lr}")
+        bn_biases = []
+        if bn_bias_lr != 1.0:
+            ids = {id(m.bias) for m in model.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+            bn_biases = [p for p in other if id(p) in ids]
+            other = [p for p in other if id(p) not in ids]
         # the SGD group first: training logs group 0's learning rate, which is then the --lr one
         groups = [{"params": other, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False},
                   {"params": muon, "lr": muon_lr, "momentum": muon_momentum, "weight_decay": 0.0, "muon": True}]
+        if bn_biases:
+            groups.append({"params": bn_biases, "lr": lr * bn_bias_lr, "momentum": momentum,
+                           "weight_decay": weight_decay / bn_bias_lr, "muon": False})
         super().__init__(groups, {"ns_steps": ns_steps})
 
     @torch.no_grad()
@@ -125,7 +138,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device)
     """The optimizer of ``config.optimizer`` over ``model``'s parameters, at ``config.lr``."""
     if config.optimizer == "muon":
         return MuonSGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                       muon_lr=config.muon_lr, muon_momentum=config.muon_momentum)
+                       muon_lr=config.muon_lr, muon_momentum=config.muon_momentum, bn_bias_lr=config.bn_bias_lr)
     # fused kernels on CUDA (one launch for all parameters); foreach elsewhere
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     params = model.parameters()

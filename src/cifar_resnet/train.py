@@ -27,11 +27,11 @@ from .checkpoint import CheckpointError, RunDir, build_model, load_checkpoint, m
 from .config import TrainConfig, prepare_data
 from .datasets import CifarData, channel_stats
 from .distributed import Dist, convert_sync_batchnorm, setup, teardown
-from .engine import collect_logits, epoch_line, init_model, train_step, training_loader
+from .engine import collect_logits, epoch_line, init_model, resize_batch, train_step, training_loader
 from .loader import CifarLoader
 from .metrics import basic_metrics
 from .optim import build_optimizer, build_scheduler
-from .runtime import StopSignals, get_rng_state, progress_bar, resolve_device, set_rng_state
+from .runtime import StopSignals, get_rng_state, progress_bar, resolve_device, set_rng_state, use_cpu_amp
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
@@ -100,6 +100,12 @@ def _first_bad_step(losses: list[torch.Tensor], first_step: int) -> int | None:
         return None
     bad = (~torch.isfinite(torch.stack(losses))).nonzero()
     return first_step + int(bad[0]) if len(bad) else None
+
+
+def _tta_name(tta: bool, translate: int) -> str:
+    """How an epoch was evaluated: none, flip, translate1, flip+translate1, ..."""
+    parts = (["flip"] if tta else []) + ([f"translate{translate}"] if translate else [])
+    return "+".join(parts) or "none"
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -217,7 +223,11 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
         last_good = (run.last, f"epoch {start_epoch + 1}, step {start_step}" if start_step else f"epoch {start_epoch}")
     n_params = sum(p.numel() for p in model.parameters())
     procs = f" x {dist.world_size} processes" if dist.enabled else ""
-    say(f"{config.model} ({n_params:,} parameters) on {dev}{procs}; {len(data.train)} training images, "
+    cpu_amp = dev.type == "cpu" and use_cpu_amp(config.cpu_amp)
+    bf16 = cpu_amp or (config.amp and dev.type == "cuda")
+    sizes = config.train_sizes
+    say(f"{config.model} ({n_params:,} parameters) on {dev}{' (bf16)' if bf16 else ''}{procs}; "
+        f"{len(data.train)} training images, "
         f"{len(eval_split)} {eval_name} images, {config.epochs} epochs of {steps} steps")
 
     def checkpoint(epoch: int, records: list[dict], partial: dict | None) -> dict:
@@ -253,9 +263,11 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
             with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", progress, unit="batch") as bar:
                 bar.update(first)
                 for step, (x, y) in enumerate(train_loader, start=first):
+                    x = resize_batch(x, sizes[epoch])  # progressive resizing (None: full size)
                     loss, out, lr = train_step(train_model, x, y, optimizer, scheduler, device=dev,
                                                label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
-                                               grad_clip_mode=config.grad_clip_mode, amp=config.amp)
+                                               grad_clip_mode=config.grad_clip_mode, amp=config.amp,
+                                               cpu_amp=cpu_amp)
                     lrs.append(lr)
                     loss_sum += loss * len(y)
                     correct += (out.argmax(1) == y).sum()
@@ -299,8 +311,11 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
             dist.sum(loss_sum)
             dist.sum(correct)
             dist.broadcast_buffers(model)  # every rank evaluates rank 0's model
-            logits, labels = collect_logits(model, eval_loader, tta=config.tta, tta_translate=config.tta_translate,
-                                            amp=config.amp)
+            # full TTA every epoch, or (--no-tta-every-epoch) one plain pass until the last epoch
+            full = config.tta_every_epoch or epoch + 1 == config.epochs
+            tta, tta_translate = (config.tta, config.tta_translate) if full else (False, 0)
+            logits, labels = collect_logits(model, eval_loader, tta=tta, tta_translate=tta_translate,
+                                            amp=config.amp, cpu_amp=cpu_amp)
             logits, labels = dist.gather_rows(logits.to(dev)).cpu(), dist.gather_rows(labels.to(dev)).cpu()
             m = basic_metrics(logits, labels)
             record = {
@@ -308,7 +323,8 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
                 "train_top1": correct.item() / seen, "val_loss": m["loss"], "val_top1": m["top1"],
                 "val_top5": m["top5"], "eval_split": eval_name,
                 "seconds": seconds_before + time.perf_counter() - t0, "train_seconds": train_seconds_total,
-                "images_per_s": seen / train_seconds,
+                "images_per_s": seen / train_seconds, "eval_tta": _tta_name(tta, tta_translate),
+                "train_size": sizes[epoch] or data.train.images.shape[1],
                 "lrs": lrs,
             }
             records.append(record)

@@ -45,7 +45,7 @@ from .registry import register_model
 __all__ = ["ConvGroup", "FastNet", "fast", "fast_small"]
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
 def _activation(name: str) -> nn.Module:

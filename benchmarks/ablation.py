@@ -1,0 +1,153 @@
+"""The main job's ablation: each recipe change as a full training run, on the same seed and split.
+
+    python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz bf16 wide   # run two variants
+    python benchmarks/ablation.py --data ... shipped --seeds 0 1 2                     # the preset, 3 seeds
+    python benchmarks/ablation.py --table                                              # markdown table
+
+Every variant is ``cifar-resnet train`` with *every* configuration field given as a flag (the recipe
+before the change, ``BASE``, plus the variant's changes), so a variant means the same run whatever the
+presets say today; ``shipped`` is ``--preset fast-cpu`` as it stands. Variants run one after another,
+never side by side (two runs on two cores would time each other). For each run the log, ``config.json``
+and ``metrics.csv`` land in ``docs/runs/ablation-NAME-seedS.*`` with a summary ``.json``: final validation
+top-1 (the last epoch's, with the run's full test-time augmentation), training seconds (the sum of the
+epochs' training loops, evaluation excluded), wall seconds (the whole command, start-up and data loading
+included) and the CPU it ran on. ``--table`` reads those summaries back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The fast-cpu recipe before issue 11 (fast_small, fp32, full TTA after every epoch), written out whole.
+BASE = {
+    "model": "fast_small", "model_kwargs": {}, "whiten": True, "optimizer": "muon", "lr": 2.0, "momentum": 0.9,
+    "muon_lr": 0.1, "muon_momentum": 0.6, "weight_decay": 5e-4, "schedule": "linear", "warmup": 0.2,
+    "grad_clip": 0.0, "label_smoothing": 0.2, "crop_pad": 2, "flip": "alternating", "tta": True,
+    "tta_translate": 1, "epochs": 17, "batch_size": 512, "bn_bias_lr": 1.0, "progressive": "",
+    "tta_every_epoch": True, "cpu_amp": "off",
+}
+
+# name -> (what changes, relative to BASE). Cumulative where the name says "+".
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "bf16": {"cpu_amp": "on"},
+    "bf16+plain-eval": {"cpu_amp": "on", "tta_every_epoch": False},
+    "bf16+plain-eval+bn-bias-64": {"cpu_amp": "on", "tta_every_epoch": False, "bn_bias_lr": 64.0},
+    "bf16+plain-eval+progressive": {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"},
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def flags(config: dict) -> list[str]:
+    out = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            out += [flag, json.dumps(value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str) -> dict:
+    if name == "shipped":
+        args = ["--preset", "fast-cpu", "--seed", str(seed)]
+        changes: dict = {"preset": "fast-cpu"}
+    else:
+        changes = VARIANTS[name]
+        args = ["--preset", "fast-cpu", *flags({**BASE, **changes, "seed": seed})]
+    stem = f"ablation-{name}-seed{seed}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [python, "-m", "cifar_resnet", "train", *args, "--data", data, "--val-split", "5000", "--out", str(out),
+               "--no-progress"]
+        print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} (seed {seed}) failed with exit code {proc.returncode}:\n{log[-2000:]}")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        (runs_dir / f"{stem}.log").write_text(log)
+        shutil.copy(out / "config.json", runs_dir / f"{stem}-config.json")
+        shutil.copy(out / "metrics.csv", runs_dir / f"{stem}-metrics.csv")
+        history = json.loads((out / "history.json").read_text())
+    last = history[-1]
+    summary = {"name": name, "seed": seed, "changes": changes, "val_top1": last["val_top1"],
+               "best_val_top1": max(r["val_top1"] for r in history), "epochs": len(history),
+               "train_seconds": last["train_seconds"], "wall_seconds": wall, "cpu": cpu_name(),
+               "cores": os.cpu_count(), "command": "cifar-resnet train " + shlex.join(cmd[4:])}
+    (runs_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "
+          f"{wall:.0f} s wall", file=sys.stderr, flush=True)
+    return summary
+
+
+def table(runs_dir: Path) -> str:
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(runs_dir.glob("ablation-*-seed*.json")):
+        s = json.loads(path.read_text())
+        rows.setdefault(s["name"], []).append(s)
+    order = [*VARIANTS, "shipped"]
+    lines = ["| variant | change | seeds | val top-1 | training s | wall s | CPU |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order)):
+        runs = sorted(rows[name], key=lambda s: s["seed"])
+        acc = [s["val_top1"] * 100 for s in runs]
+        top1 = f"{acc[0]:.2f}" if len(acc) == 1 else \
+            f"{statistics.mean(acc):.2f} (" + ", ".join(f"{a:.2f}" for a in acc) + ")"
+        train = statistics.mean(s["train_seconds"] for s in runs)
+        wall = statistics.mean(s["wall_seconds"] for s in runs)
+        change = ", ".join(f"{k}={v}" for k, v in runs[0]["changes"].items()) or "the recipe before issue 11"
+        lines.append(f"| {name} | {change} | {', '.join(str(s['seed']) for s in runs)} | {top1} | {train:.0f} | "
+                     f"{wall:.0f} | {runs[0]['cpu']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variants", nargs="*", help=f"variants to run: {', '.join(VARIANTS)}, shipped")
+    p.add_argument("--data", default="cifar100", help="training data (default: cifar100 from the download cache)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "docs" / "runs", help="where logs go (docs/runs)")
+    p.add_argument("--table", action="store_true", help="print the table of the runs in --runs-dir")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS and v != "shipped"]
+    if unknown:
+        p.error(f"unknown variants: {', '.join(unknown)}")
+    for name in args.variants:
+        for seed in args.seeds:
+            run_variant(name, seed, args.data, args.runs_dir, sys.executable)
+    if args.table or not args.variants:
+        print(table(args.runs_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The speed recipe's knobs: bf16 on the CPU, progressive resizing, the batch-norm biases' learning rate, cheap
+evaluation during training. Each is a TrainConfig field, and a run that uses them resumes exactly."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_resnet import TrainConfig, fit, load_checkpoint
+from cifar_resnet.engine import resize_batch
+from cifar_resnet.models import create_model
+from cifar_resnet.optim import MuonSGD
+from cifar_resnet.runtime import autocast_for, use_cpu_amp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
+        "eval_batch_size": 40, "device": "cpu", "val_split": 0}
+
+
+def test_progressive_sizes_scale_with_the_epochs():
+    c = TrainConfig(progressive="16:0.25,24:0.25", epochs=16)
+    assert c.train_sizes == [16] * 4 + [24] * 4 + [None] * 8
+    assert TrainConfig(progressive="20:0.5", epochs=3).train_sizes == [20, 20, None]
+    assert TrainConfig(epochs=2).train_sizes == [None, None]
+
+
+@pytest.mark.parametrize("text, match", [("16", "SIZE:FRACTION"), ("16:x", "SIZE:FRACTION"),
+                                         ("4:0.2", "8-64"), ("16:1.5", "8-64"), ("16:0.5,24:0.5", "full size")])
+def test_progressive_rejects_bad_schedules(text, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(progressive=text, epochs=10)
+
+
+def test_other_recipe_fields_are_checked():
+    with pytest.raises(ValueError, match="cpu amp"):
+        TrainConfig(cpu_amp="yes")
+    with pytest.raises(ValueError, match="muon only"):
+        TrainConfig(optimizer="adam", bn_bias_lr=64.0)
+    with pytest.raises(ValueError, match="> 0"):
+        TrainConfig(optimizer="muon", bn_bias_lr=0.0)
+
+
+def test_resize_batch_downscales_whole_images():
+    x = torch.zeros(2, 3, 32, 32)
+    x[..., :, 16:] = 1.0  # right half white
+    y = resize_batch(x.contiguous(memory_format=torch.channels_last), 16)
+    assert y.shape == (2, 3, 16, 16) and y.is_contiguous(memory_format=torch.channels_last)
+    # the whole image at half resolution (not a crop): still half black, half white
+    assert torch.allclose(y[..., :, :7], torch.zeros(())) and torch.allclose(y[..., :, 9:], torch.ones(()))
+    assert resize_batch(x, None) is x and resize_batch(x, 32) is x
+
+
+def test_cpu_amp_modes_and_autocast():
+    assert use_cpu_amp("on") and not use_cpu_amp("off")
+    assert isinstance(use_cpu_amp("auto"), bool)
+    with pytest.raises(ValueError, match="cpu amp"):
+        use_cpu_amp("always")
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    cpu = torch.device("cpu")
+    with autocast_for(cpu, True, cpu=True):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast_for(cpu, True, cpu=False):  # amp alone is CUDA's
+        assert conv(x).dtype == torch.float32
+
+
+def test_bn_biases_get_their_own_learning_rate_and_decay():
+    model = create_model("fast", num_classes=10, widths=[8, 16, 16], stem_width=8)
+    opt = MuonSGD(model, lr=0.5, momentum=0.9, weight_decay=1e-3, muon_lr=0.1, muon_momentum=0.6, bn_bias_lr=64.0)
+    assert len(opt.param_groups) == 3
+    bn = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    g = opt.param_groups[2]
+    assert {id(p) for p in g["params"]} == bn and len(bn) == 6
+    assert g["lr"] == pytest.approx(32.0) and g["weight_decay"] == pytest.approx(1e-3 / 64)
+    assert not bn & {id(p) for p in opt.param_groups[0]["params"]}
+    # a bias's first step is Nesterov's (1 + momentum) * gradient at 64x the base lr (the bias starts at 0,
+    # so no decay yet)
+    bias = next(m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    bias.grad = torch.ones_like(bias)
+    opt.step()
+    assert torch.allclose(bias.detach(), torch.full_like(bias, -32.0 * 1.9))
+    assert len(MuonSGD(model, lr=0.5, momentum=0.9, weight_decay=0.0, muon_lr=0.1, muon_momentum=0.6)
+               .param_groups) == 2
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
+    data = synthetic()
+    config = TrainConfig(**TINY, epochs=4, optimizer="muon", lr=0.05, bn_bias_lr=16.0, progressive="16:0.25,24:0.25",
+                         cpu_amp="on", tta=True, tta_translate=1, tta_every_epoch=False)
+    full = fit(config, data, tmp_path / "full", log=None, progress=False)
+    assert [r["train_size"] for r in full.records] == [16, 24, 32, 32]
+    assert [r["eval_tta"] for r in full.records] == ["none", "none", "none", "flip+translate1"]
+
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, data, tmp_path / "cut", log=None, progress=False, on_epoch_end=interrupt)
+    resumed = fit(config, data, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_loss"] for r in resumed.records] == [r["val_loss"] for r in full.records]
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith("train_size,eval_tta") and rows[-1].endswith(",32,flip+translate1")
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["progressive"] == "16:0.25,24:0.25"
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 4
+
+
+def test_every_epoch_tta_is_the_default(synthetic):
+    hist = fit(TrainConfig(**TINY, epochs=2, tta=True), synthetic(), None, log=None, progress=False)
+    assert [r["eval_tta"] for r in hist.records] == ["flip", "flip"]
