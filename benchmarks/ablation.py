@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict] = {
     "bf16+plain-eval": {"cpu_amp": "on", "tta_every_epoch": False},
     "bf16+plain-eval+bn-bias-64": {"cpu_amp": "on", "tta_every_epoch": False, "bn_bias_lr": 64.0},
     "bf16+plain-eval+progressive": {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"},
+    "bf16+plain-eval+progressive+fast-net": {"cpu_amp": "on", "tta_every_epoch": False,
+                                             "progressive": "16:0.25,24:0.25", "model": "fast"},
 }
 
 

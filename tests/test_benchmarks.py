@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet.config import TrainConfig
+from cifar_resnet.cli import _config_overrides, get_args_parser
+from cifar_resnet.config import PRESETS, TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -189,3 +190,31 @@ def test_serve_load_benchmark_runs_one_and_two_clients(tmp_path, capsys):
         assert all(_positive(r[k]) for k in ("requests_per_s", "p50_ms", "p99_ms", "server_rss_mb"))
         assert r["p50_ms"] <= r["p99_ms"]
     assert "| 2 | " in capsys.readouterr().out
+
+
+def test_ablation_flags_rebuild_the_variant_whatever_the_preset(tmp_path, capsys):
+    """Every variant passes every field it sets as a flag, so the CLI's config is BASE + the change."""
+    ablation = _load("ablation")
+    for name, changes in ablation.VARIANTS.items():
+        args = get_args_parser().parse_args(["train", "--preset", "fast-cpu",
+                                             *ablation.flags({**ablation.BASE, **changes, "seed": 3})])
+        config = dataclasses.replace(PRESETS["fast-cpu"], **_config_overrides(args))
+        for key, value in {**ablation.BASE, **changes, "seed": 3}.items():
+            assert getattr(config, key) == value, (name, key)
+    # the table reads the summaries back: one row per variant, seeds averaged
+    for seed, top1 in ((0, 0.70), (1, 0.72)):
+        (tmp_path / f"ablation-bf16-seed{seed}.json").write_text(json.dumps(
+            {"name": "bf16", "seed": seed, "changes": {"cpu_amp": "on"}, "val_top1": top1, "train_seconds": 100.0,
+             "wall_seconds": 120.0, "cpu": "Test CPU"}))
+    text = ablation.table(tmp_path)
+    assert "| bf16 | cpu_amp=on | 0, 1 | 71.00 (70.00, 72.00) | 100 | 120 | Test CPU |" in text
+
+
+def test_profile_step_prints_times_and_the_per_op_table(capsys):
+    rc = _load("profile_step").main(["--model", "fast", "--model-kwargs", '{"widths": [8, 16, 16]}',
+                                     "--batch-size", "8", "--size", "16", "--repeats", "1", "--warmup", "0",
+                                     "--rows", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| fp32, channels_last |" in out and "| bf16, contiguous |" in out
+    assert out.count("Per-op self CPU time") == 2 and "Self CPU" in out

@@ -226,7 +226,9 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
     cpu_amp = dev.type == "cpu" and use_cpu_amp(config.cpu_amp)
     bf16 = cpu_amp or (config.amp and dev.type == "cuda")
     sizes = config.train_sizes
-    say(f"{config.model} ({n_params:,} parameters) on {dev}{' (bf16)' if bf16 else ''}{procs}; "
+    precision = " (bf16)" if bf16 else " (fp32: no AMX on this CPU)" if dev.type == "cpu" and \
+        config.cpu_amp == "auto" else ""
+    say(f"{config.model} ({n_params:,} parameters) on {dev}{precision}{procs}; "
         f"{len(data.train)} training images, "
         f"{len(eval_split)} {eval_name} images, {config.epochs} epochs of {steps} steps")
 
