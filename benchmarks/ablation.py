@@ -41,16 +41,22 @@ BASE = {
 }
 
 # name -> (what changes, relative to BASE). Cumulative where the name says "+".
+FAST_NET = {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25", "model": "fast"}
 VARIANTS: dict[str, dict] = {
     "base": {},
     "bf16": {"cpu_amp": "on"},
     "bf16+plain-eval": {"cpu_amp": "on", "tta_every_epoch": False},
     "bf16+plain-eval+bn-bias-64": {"cpu_amp": "on", "tta_every_epoch": False, "bn_bias_lr": 64.0},
     "bf16+plain-eval+progressive": {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"},
-    "bf16+plain-eval+progressive+fast-net": {"cpu_amp": "on", "tta_every_epoch": False,
-                                             "progressive": "16:0.25,24:0.25", "model": "fast"},
+    "bf16+plain-eval+progressive+fast-net": FAST_NET,
+    # changes tried on top of that (the shipped recipe, but for cpu_amp auto)
+    "fast-net+drop-easy": {**FAST_NET, "drop_easy": 0.3, "drop_easy_from": 0.5},
+    "fast-net+silu": {**FAST_NET, "model_kwargs": {"act": "silu"}},
+    "fast-net+label-smoothing-0.1": {**FAST_NET, "label_smoothing": 0.1},
+    "fast-net+bn-bias-8": {**FAST_NET, "bn_bias_lr": 8.0},
+    "fast-net+14-epochs": {**FAST_NET, "epochs": 14},
+    "fast-net+20-epochs": {**FAST_NET, "epochs": 20},
 }
-
 
 def cpu_name() -> str:
     try:

@@ -111,7 +111,7 @@ def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
         assert torch.equal(a[k], b[k]), k
     assert [r["val_loss"] for r in resumed.records] == [r["val_loss"] for r in full.records]
     rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
-    assert rows[0].endswith("train_size,eval_tta") and rows[-1].endswith(",32,flip+translate1")
+    assert rows[0].endswith("train_images,train_size,eval_tta") and rows[-1].endswith(",32,flip+translate1")
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["progressive"] == "16:0.25,24:0.25"
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 4
 
@@ -119,3 +119,63 @@ def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
 def test_every_epoch_tta_is_the_default(synthetic):
     hist = fit(TrainConfig(**TINY, epochs=2, tta=True), synthetic(), None, log=None, progress=False)
     assert [r["eval_tta"] for r in hist.records] == ["flip", "flip"]
+
+
+def test_drop_easy_trains_late_epochs_on_the_hardest_images_and_resumes_mid_epoch(tmp_path, synthetic,
+                                                                                    monkeypatch):
+    import cifar_resnet.train as train_module
+
+    data = synthetic()  # 120 training images, batches of 20
+    config = TrainConfig(**TINY, epochs=4, optimizer="muon", lr=0.05, drop_easy=0.5, drop_easy_from=0.5)
+    assert config.drop_start == 2
+    full = fit(config, data, tmp_path / "full", log=None, progress=False)
+    assert [len(r["lrs"]) for r in full.records] == [6, 6, 3, 3]
+    assert [r["train_images"] for r in full.records] == [120, 120, 60, 60]
+    # the one-cycle schedule spans the 18 steps the run has: its last step is at the final lr, max_lr / 25e4
+    assert full.records[-1]["lrs"][-1] == pytest.approx(0.05 / 25e4, rel=1e-6)
+    loss = load_checkpoint(tmp_path / "full" / "last.pt")["example_loss"]
+    assert loss.shape == (120,) and torch.isfinite(loss).all()
+
+    # stop in epoch 3, step 2, with last.pt written after every step; the resumed run is bit-identical
+    real_step, calls = train_module.train_step, []
+
+    def stop_at_step_15(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 15:
+            raise Stop
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", stop_at_step_15)
+    with pytest.raises(Stop):
+        fit(config, data, tmp_path / "cut", log=None, progress=False, save_every_steps=1)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["partial"]["step"] == 2 and len(ckpt["partial"]["keep"]) == 60
+    resumed = fit(config, data, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_loss"] for r in resumed.records] == [r["val_loss"] for r in full.records]
+
+
+def test_drop_easy_is_checked():
+    with pytest.raises(ValueError, match="drop easy"):
+        TrainConfig(drop_easy=1.0)
+    assert TrainConfig(epochs=10).drop_start == 10  # off: never
+
+
+def test_loader_subset_shuffles_only_the_kept_images(synthetic):
+    from cifar_resnet.loader import CifarLoader
+
+    loader = CifarLoader(synthetic().train, 10, mean=(0.5,) * 3, std=(0.25,) * 3, train=True)
+    keep = torch.arange(0, 120, 3)
+    loader.set_subset(keep)
+    assert len(loader) == 4
+    seen = []
+    for _ in loader:
+        seen += loader.batch_indices.tolist()
+    assert sorted(seen) == keep.tolist()
+    loader.set_subset(None)
+    assert len(loader) == 12
+    with pytest.raises(ValueError, match="below 120"):
+        loader.set_subset(torch.tensor([5, 120]))

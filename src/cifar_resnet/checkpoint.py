@@ -48,7 +48,7 @@ __all__ = [
 FORMAT = "cifar-resnet/1"
 REQUIRED = ("format", "model_name", "model_kwargs", "classes", "mean", "std", "model")
 # what last.pt adds to the weights: enough to resume exactly ("partial": the epoch's progress when it was
-# written inside an epoch, else None)
+# written inside an epoch, else None); a run with --drop-easy adds "example_loss", each image's last loss
 TRAINING_STATE = ("optimizer", "scheduler", "rng", "partial")
 
 
@@ -238,7 +238,7 @@ def build_model(ckpt: dict, *, expect_model: str | None = None, expect_classes: 
 # seconds: the epoch's wall time (training and evaluation); train_seconds: training time so far, without
 # evaluation, which is the clock of time-to-accuracy
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
-              "train_seconds", "images_per_s", "train_size", "eval_tta")
+              "train_seconds", "images_per_s", "train_images", "train_size", "eval_tta")
 
 
 class RunDir:

@@ -66,6 +66,10 @@ class TrainConfig:
     progressive: str = _field("", "progressive resizing: SIZE:FRACTION,... trains the first epochs on whole "
                                   "images downscaled to SIZE px, e.g. '16:0.25,24:0.25': the first quarter of "
                                   "the epochs at 16 px, the next at 24, the rest at full size ('': off)")
+    drop_easy: float = _field(0.0, "train the late epochs on the examples the model still gets wrong: leave out "
+                                    "this fraction of the training images, those of lowest loss in their last "
+                                    "training step (0: off; one process only)")
+    drop_easy_from: float = _field(0.5, "--drop-easy: the fraction of the epochs after which it starts")
     # augmentation
     crop_pad: int = _field(4, "random crop from the image padded by this many pixels (reflect); 0 disables")
     flip: str = _field("random", "horizontal flips: none | random | alternating")
@@ -110,6 +114,8 @@ class TrainConfig:
             (self.grad_clip_mode in CLIP_MODES, f"unknown clip mode {self.grad_clip_mode!r}; use value or norm"),
             (self.cpu_amp in CPU_AMP_MODES, f"unknown cpu amp mode {self.cpu_amp!r}; use off, on or auto"),
             (self.bn_bias_lr > 0, f"bn bias lr multiplier must be > 0, got {self.bn_bias_lr}"),
+            (0 <= self.drop_easy < 1 and 0 <= self.drop_easy_from < 1,
+             f"drop easy and its start must be in [0, 1), got {self.drop_easy} and {self.drop_easy_from}"),
             (self.bn_bias_lr == 1 or self.optimizer == "muon", "--bn-bias-lr applies to --optimizer muon only"),
         ]
         for ok, msg in checks:
@@ -117,6 +123,11 @@ class TrainConfig:
                 raise ValueError(msg)
         _ = self.augment  # builds an Augment, which validates the flip mode and sizes
         _ = self.train_sizes
+
+    @property
+    def drop_start(self) -> int:
+        """The first epoch (from 0) trained without the easiest ``drop_easy`` of the images (``epochs``: never)."""
+        return round(self.epochs * self.drop_easy_from) if self.drop_easy else self.epochs
 
     @property
     def train_sizes(self) -> list[int | None]:

@@ -9,6 +9,8 @@ Randomness is a pure function of ``(seed, epoch)``: the loader seeds its own gen
 epoch, so a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run would have seen; and
 ``set_epoch(e, step=k)`` starts at step ``k`` of epoch ``e`` with the same batches (the augmentation of the
 skipped steps is drawn, and dropped, to keep the generator where an uninterrupted epoch has it).
+``set_subset(indices)`` restricts the epochs that follow to some of the images (training on the examples
+the model still gets wrong); ``batch_indices`` says which images the last batch held.
 
 Several processes share one global batch (``rank``, ``world_size``): every process draws the same global
 batch from the same permutation with the same augmentation and keeps its own contiguous slice of
@@ -61,6 +63,8 @@ class CifarLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.dtype = dtype
         self.epoch = 0
+        self.subset: torch.Tensor | None = None
+        self.batch_indices: torch.Tensor | None = None
         images = np.ascontiguousarray(split.images)
         # pin the host copy before the one transfer so it can overlap; on CPU this is the tensor itself
         host = torch.from_numpy(images)
@@ -83,8 +87,20 @@ class CifarLoader:
         self._flip_base = torch.rand(len(self.labels), generator=self._gen, device=self.device) < 0.5
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.labels) if self.subset is None else len(self.subset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_subset(self, indices: torch.Tensor | None) -> None:
+        """Train on these images only (indices into the split), shuffled among themselves, from the next
+        iteration on; None: all of them. Each image keeps its own alternating-flip phase."""
+        if indices is not None:
+            if not self.train:
+                raise ValueError("a subset is for training loaders")
+            indices = torch.as_tensor(indices, dtype=torch.int64).to(self.device)
+            if indices.ndim != 1 or (len(indices) and not 0 <= int(indices.min()) <= int(indices.max())
+                                     < len(self.labels)):
+                raise ValueError(f"subset indices must be a 1-d tensor of indices below {len(self.labels)}")
+        self.subset = indices
 
     @property
     def num_images(self) -> int:
@@ -104,11 +120,13 @@ class CifarLoader:
         return x.to(self.dtype).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
+        n = len(self.labels) if self.subset is None else len(self.subset)
         gen = self._gen
         if self.train:
             gen.manual_seed(_epoch_seed(self.seed, self.epoch))
             order = torch.randperm(n, generator=gen, device=self.device)
+            if self.subset is not None:
+                order = self.subset[order]
         else:
             order = None
         aug = self.aug
@@ -125,6 +143,7 @@ class CifarLoader:
             y = self.labels[idx]
             if self.train:
                 x = self._augment(x, idx, aug, gen)
+                self.batch_indices = idx[mine]  # which images this batch holds (for per-example losses)
             yield self.normalise(x[mine]), y[mine]
         self.start_step = 0
         if self.train:

@@ -150,9 +150,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device)
                            nesterov=config.optimizer == "nesterov", **fast)
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-batch schedule over ``epochs * steps_per_epoch`` steps."""
-    total = config.epochs * steps_per_epoch
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int | None = None):
+    """A per-batch schedule over ``total_steps`` steps (default ``epochs * steps_per_epoch``; a run whose
+    epochs differ in length passes their sum)."""
+    total = config.epochs * steps_per_epoch if total_steps is None else total_steps
     if config.schedule == "onecycle":
         # each group peaks at its own learning rate (MuonSGD has two); its momentum is left alone
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],

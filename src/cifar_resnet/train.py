@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, RunDir, build_model, load_checkpoint, make_checkpoint
@@ -186,14 +187,25 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
     # normalisation statistics come from the training images (the checkpoint's when resuming)
     mean, std = (tuple(state["mean"]), tuple(state["std"])) if state else channel_stats(data.train.images)
     train_loader = training_loader(config, data.train, mean, std, dev, rank=dist.rank, world_size=dist.world_size)
-    steps = len(train_loader)
+    steps = full_steps = len(train_loader)
+    # --drop-easy: from epoch config.drop_start on, only the keep_n images of highest loss are trained on
+    n_train = train_loader.num_images
+    keep_n = n_train - int(config.drop_easy * n_train)
+    if config.drop_easy:
+        if dist.enabled:
+            raise ValueError("--drop-easy is for one process; it does not run under torchrun")
+        if keep_n // config.batch_size == 0:
+            raise ValueError(f"--drop-easy {config.drop_easy} keeps {keep_n} images, fewer than one batch")
+    epoch_steps = [full_steps if e < config.drop_start else keep_n // config.batch_size for e in range(config.epochs)]
     eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
     eval_loader = CifarLoader(eval_shard, config.eval_batch_size, mean=mean, std=std, device=dev)
     model = init_model(config, data, mean, std, dev, data_init=state is None)
     if config.sync_bn and dist.enabled:
         convert_sync_batchnorm(model)
     optimizer = build_optimizer(config, model, dev)
-    scheduler = build_scheduler(config, optimizer, steps)
+    scheduler = build_scheduler(config, optimizer, steps, total_steps=sum(epoch_steps))
+    # each training image's loss at its last training step (inf: not seen yet), for --drop-easy
+    example_loss = torch.full((n_train,), float("inf"), device=dev) if config.drop_easy else None
     records: list[dict] = []
     start_epoch, start_step, partial = 0, 0, None
     if state is not None:
@@ -204,6 +216,8 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
         records = list(state["history"])
         start_epoch = state["epoch"]
         partial = state.get("partial")
+        if example_loss is not None and state.get("example_loss") is not None:
+            example_loss = state["example_loss"].to(dev)
         start_step = partial["step"] if partial else 0
         say(f"resuming {resume} at epoch {start_epoch + 1} of {config.epochs}"
             + (f", step {start_step + 1} of {steps}" if start_step else ""))
@@ -237,7 +251,9 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
                                mean=mean, std=std, config=config.to_dict(), eval_split=eval_name, epoch=epoch,
                                history=records, training_state={"optimizer": optimizer.state_dict(),
                                                                 "scheduler": scheduler.state_dict(),
-                                                                "rng": get_rng_state(), "partial": partial})
+                                                                "rng": get_rng_state(), "partial": partial,
+                                                                "example_loss": None if example_loss is None
+                                                                else example_loss.cpu()})
 
     def diverged(epoch: int, step: int, lr: float, what: str) -> TrainingDiverged:
         good = f"the last good checkpoint is {last_good[0]} ({last_good[1]})" if last_good else \
@@ -251,6 +267,12 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
             resumed = partial if epoch == start_epoch else None
             first = resumed["step"] if resumed else 0
             t0 = time.perf_counter()
+            kept = None
+            if epoch >= config.drop_start:  # the images of highest loss; a resumed epoch keeps its own
+                kept = resumed["keep"].to(dev) if resumed else \
+                    torch.topk(example_loss, keep_n).indices.sort().values
+            train_loader.set_subset(kept)
+            steps = len(train_loader)
             train_loader.set_epoch(epoch, first)
             train_model.train()
             # accumulated on the device (no host synchronisation per step); a resumed epoch's sums so far
@@ -270,6 +292,8 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
                                                label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
                                                grad_clip_mode=config.grad_clip_mode, amp=config.amp,
                                                cpu_amp=cpu_amp)
+                    if example_loss is not None:
+                        example_loss[train_loader.batch_indices] = F.cross_entropy(out.float(), y, reduction="none")
                     lrs.append(lr)
                     loss_sum += loss * len(y)
                     correct += (out.argmax(1) == y).sum()
@@ -296,7 +320,8 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
                             raise diverged(epoch, step, lr, "the weights are not finite")
                         sums = dist.sum(torch.stack([loss_sum.double(), correct.double()]))
                         mid = {"step": done, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": seen,
-                               "lrs": lrs, "seconds": seconds_before + time.perf_counter() - t0}
+                               "lrs": lrs, "seconds": seconds_before + time.perf_counter() - t0,
+                               "keep": None if kept is None else kept.cpu()}
                         if run is not None and dist.is_main:
                             run.write_checkpoint(checkpoint(epoch, records, mid))
                             last_good = (run.last, f"epoch {epoch + 1}, step {done}")
@@ -326,7 +351,7 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
                 "val_top5": m["top5"], "eval_split": eval_name,
                 "seconds": seconds_before + time.perf_counter() - t0, "train_seconds": train_seconds_total,
                 "images_per_s": seen / train_seconds, "eval_tta": _tta_name(tta, tta_translate),
-                "train_size": sizes[epoch] or data.train.images.shape[1],
+                "train_size": sizes[epoch] or data.train.images.shape[1], "train_images": seen,
                 "lrs": lrs,
             }
             records.append(record)
