@@ -11,7 +11,7 @@ never side by side (two runs on two cores would time each other). For each run t
 and ``metrics.csv`` land in ``docs/runs/ablation-NAME-seedS.*`` with a summary ``.json``: final validation
 top-1 (the last epoch's, with the run's full test-time augmentation), training seconds (the sum of the
 epochs' training loops, evaluation excluded), wall seconds (the whole command, start-up and data loading
-included) and the CPU it ran on. ``--table`` reads those summaries back.
+included), the command's peak resident memory (Linux) and the CPU it ran on. ``--table`` reads those summaries back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -41,19 +42,18 @@ BASE = {
 }
 
 # name -> (what changes, relative to BASE). Cumulative where the name says "+".
-FAST_NET = {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25", "model": "fast"}
+SMALL = {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"}
+FAST_NET = {**SMALL, "model": "fast"}  # the shipped recipe (which has cpu_amp auto: on where there is AMX)
 VARIANTS: dict[str, dict] = {
     "base": {},
     "bf16": {"cpu_amp": "on"},
     "bf16+plain-eval": {"cpu_amp": "on", "tta_every_epoch": False},
     "bf16+plain-eval+bn-bias-64": {"cpu_amp": "on", "tta_every_epoch": False, "bn_bias_lr": 64.0},
-    "bf16+plain-eval+progressive": {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"},
+    "bf16+plain-eval+progressive": SMALL,
+    "bf16+plain-eval+progressive+silu": {**SMALL, "model_kwargs": {"act": "silu"}},
+    "bf16+plain-eval+progressive+label-smoothing-0.1": {**SMALL, "label_smoothing": 0.1},
     "bf16+plain-eval+progressive+fast-net": FAST_NET,
-    # changes tried on top of that (the shipped recipe, but for cpu_amp auto)
     "fast-net+drop-easy": {**FAST_NET, "drop_easy": 0.3, "drop_easy_from": 0.5},
-    "fast-net+silu": {**FAST_NET, "model_kwargs": {"act": "silu"}},
-    "fast-net+label-smoothing-0.1": {**FAST_NET, "label_smoothing": 0.1},
-    "fast-net+bn-bias-8": {**FAST_NET, "bn_bias_lr": 8.0},
     "fast-net+14-epochs": {**FAST_NET, "epochs": 14},
     "fast-net+20-epochs": {**FAST_NET, "epochs": 20},
 }
@@ -81,7 +81,7 @@ def flags(config: dict) -> list[str]:
     return out
 
 
-def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str) -> dict:
+def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, val_split: int = 5000) -> dict:
     if name == "shipped":
         args = ["--preset", "fast-cpu", "--seed", str(seed)]
         changes: dict = {"preset": "fast-cpu"}
@@ -91,15 +91,20 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str) ->
     stem = f"ablation-{name}-seed{seed}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [python, "-m", "cifar_resnet", "train", *args, "--data", data, "--val-split", "5000", "--out", str(out),
-               "--no-progress"]
+        cmd = [python, "-m", "cifar_resnet", "train", *args, "--data", data, "--val-split", str(val_split),
+               "--out", str(out), "--no-progress"]
         print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        log_path = Path(tmp) / "log"
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            # wait4: this child's own resource usage (its peak resident set), not all children's
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        log = proc.stdout + proc.stderr
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} (seed {seed}) failed with exit code {proc.returncode}:\n{log[-2000:]}")
+        returncode = os.waitstatus_to_exitcode(status)
+        log = log_path.read_text()
+        if returncode != 0:
+            raise SystemExit(f"{name} (seed {seed}) failed with exit code {returncode}:\n{log[-2000:]}")
         runs_dir.mkdir(parents=True, exist_ok=True)
         (runs_dir / f"{stem}.log").write_text(log)
         shutil.copy(out / "config.json", runs_dir / f"{stem}-config.json")
@@ -108,7 +113,8 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str) ->
     last = history[-1]
     summary = {"name": name, "seed": seed, "changes": changes, "val_top1": last["val_top1"],
                "best_val_top1": max(r["val_top1"] for r in history), "epochs": len(history),
-               "train_seconds": last["train_seconds"], "wall_seconds": wall, "cpu": cpu_name(),
+               "train_seconds": last["train_seconds"], "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+               "cpu": cpu_name(),
                "cores": os.cpu_count(), "command": "cifar-resnet train " + shlex.join(cmd[4:])}
     (runs_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "
@@ -119,11 +125,13 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str) ->
 def table(runs_dir: Path) -> str:
     rows: dict[str, list[dict]] = {}
     for path in sorted(runs_dir.glob("ablation-*-seed*.json")):
+        if not re.fullmatch(r"ablation-.+-seed\d+\.json", path.name):  # a run's config.json, not a summary
+            continue
         s = json.loads(path.read_text())
         rows.setdefault(s["name"], []).append(s)
     order = [*VARIANTS, "shipped"]
-    lines = ["| variant | change | seeds | val top-1 | training s | wall s | CPU |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| variant | change | seeds | val top-1 % | training s | wall s | peak MB | CPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order)):
         runs = sorted(rows[name], key=lambda s: s["seed"])
         acc = [s["val_top1"] * 100 for s in runs]
@@ -132,8 +140,10 @@ def table(runs_dir: Path) -> str:
         train = statistics.mean(s["train_seconds"] for s in runs)
         wall = statistics.mean(s["wall_seconds"] for s in runs)
         change = ", ".join(f"{k}={v}" for k, v in runs[0]["changes"].items()) or "the recipe before issue 11"
+        rss = [s["peak_rss_mb"] for s in runs if "peak_rss_mb" in s]
+        peak = f"{max(rss):,.0f}" if rss else ""
         lines.append(f"| {name} | {change} | {', '.join(str(s['seed']) for s in runs)} | {top1} | {train:.0f} | "
-                     f"{wall:.0f} | {runs[0]['cpu']} |")
+                     f"{wall:.0f} | {peak} | {runs[0]['cpu']} |")
     return "\n".join(lines)
 
 

@@ -207,7 +207,7 @@ def test_ablation_flags_rebuild_the_variant_whatever_the_preset(tmp_path, capsys
             {"name": "bf16", "seed": seed, "changes": {"cpu_amp": "on"}, "val_top1": top1, "train_seconds": 100.0,
              "wall_seconds": 120.0, "cpu": "Test CPU"}))
     text = ablation.table(tmp_path)
-    assert "| bf16 | cpu_amp=on | 0, 1 | 71.00 (70.00, 72.00) | 100 | 120 | Test CPU |" in text
+    assert "| bf16 | cpu_amp=on | 0, 1 | 71.00 (70.00, 72.00) | 100 | 120 |  | Test CPU |" in text
 
 
 def test_profile_step_prints_times_and_the_per_op_table(capsys):
@@ -218,3 +218,24 @@ def test_profile_step_prints_times_and_the_per_op_table(capsys):
     assert rc == 0
     assert "| fp32, channels_last |" in out and "| bf16, contiguous |" in out
     assert out.count("Per-op self CPU time") == 2 and "Self CPU" in out
+
+
+def test_ablation_runs_a_variant_and_keeps_its_logs(tmp_path, write_npz, monkeypatch):
+    ablation = _load("ablation")
+    tiny = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "epochs": 1,
+            "batch_size": 20, "device": "cpu"}
+    monkeypatch.setattr(ablation, "BASE", {**ablation.BASE, **tiny})
+    monkeypatch.setitem(ablation.VARIANTS, "tiny-bf16", {"cpu_amp": "on"})
+    npz = write_npz(tmp_path / "d.npz", n=100)
+    summary = ablation.run_variant("tiny-bf16", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
+    assert summary["epochs"] == 1 and 0 <= summary["val_top1"] <= 1 and summary["changes"] == {"cpu_amp": "on"}
+    assert _positive(summary["train_seconds"]) and summary["wall_seconds"] > summary["train_seconds"]
+    assert summary["peak_rss_mb"] > 50  # python + torch alone
+    for suffix in (".log", "-config.json", "-metrics.csv", ".json"):
+        assert (tmp_path / "runs" / f"ablation-tiny-bf16-seed0{suffix}").is_file()
+    assert "(bf16)" in (tmp_path / "runs" / "ablation-tiny-bf16-seed0.log").read_text()
+    assert json.loads((tmp_path / "runs" / "ablation-tiny-bf16-seed0-config.json").read_text())["cpu_amp"] == "on"
+    assert "| tiny-bf16 | cpu_amp=on | 0 |" in ablation.table(tmp_path / "runs")
+    monkeypatch.setitem(ablation.VARIANTS, "tiny-bad", {"epochs": 0})
+    with pytest.raises(SystemExit, match="failed with exit code 2"):
+        ablation.run_variant("tiny-bad", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
