@@ -559,10 +559,12 @@ def bench_time_to_accuracy(config: TrainConfig, data: CifarData, warmup_images: 
     step_images = (len(data.train) // config.batch_size) * config.batch_size  # drop_last
     per_epoch, elapsed = [], 0.0
     for r in recs:
-        train_s = step_images / r["images_per_s"]  # training time of the epoch, evaluation excluded
+        # training time of the epoch, evaluation excluded (--drop-easy epochs train on fewer images)
+        train_s = r.get("train_images", step_images) / r["images_per_s"]
         elapsed += train_s
         per_epoch.append({"epoch": r["epoch"], "train_seconds": train_s, "cumulative_train_seconds": elapsed,
-                          "val_top1": r["val_top1"], "val_top5": r["val_top5"]})
+                          "val_top1": r["val_top1"], "val_top5": r["val_top5"],
+                          "eval_tta": r.get("eval_tta", "")})
     return {
         "model": config.model, "epochs": config.epochs, "batch": config.batch_size, "device": config.device,
         "compiled": config.compile,

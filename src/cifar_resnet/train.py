@@ -220,7 +220,7 @@ def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | Non
             example_loss = state["example_loss"].to(dev)
         start_step = partial["step"] if partial else 0
         say(f"resuming {resume} at epoch {start_epoch + 1} of {config.epochs}"
-            + (f", step {start_step + 1} of {steps}" if start_step else ""))
+            + (f", step {start_step + 1} of {epoch_steps[start_epoch]}" if start_step else ""))
     best_top1 = max((r["val_top1"] for r in records), default=-1.0)
     train_seconds_total = records[-1].get("train_seconds", 0.0) if records else 0.0
     train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
