@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -31,6 +30,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import cifar_resnet  # noqa: F401
+except ImportError:  # a checkout without an install
+    sys.path.insert(0, str(ROOT / "src"))
+
+from cifar_resnet.runtime import cpu_model
 
 # The fast-cpu recipe before issue 11 (fast_small, fp32, full TTA after every epoch), written out whole.
 BASE = {
@@ -57,16 +63,6 @@ VARIANTS: dict[str, dict] = {
     "fast-net+14-epochs": {**FAST_NET, "epochs": 14},
     "fast-net+20-epochs": {**FAST_NET, "epochs": 20},
 }
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def flags(config: dict) -> list[str]:
     out = []
@@ -114,7 +110,7 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
     summary = {"name": name, "seed": seed, "changes": changes, "val_top1": last["val_top1"],
                "best_val_top1": max(r["val_top1"] for r in history), "epochs": len(history),
                "train_seconds": last["train_seconds"], "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-               "cpu": cpu_name(),
+               "cpu": cpu_model(),
                "cores": os.cpu_count(), "command": "cifar-resnet train " + shlex.join(cmd[4:])}
     (runs_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "

@@ -53,7 +53,7 @@ from cifar_resnet.engine import train_one_epoch
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
-from cifar_resnet.runtime import autocast_for
+from cifar_resnet.runtime import autocast_for, cpu_model
 from cifar_resnet.train import fit
 
 CHILD_MARK = "BENCH_CHILD_RESULT "
@@ -587,16 +587,6 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n, dtype=np.int64) % 100
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -613,7 +603,7 @@ def git_commit() -> str | None:
 
 def machine_info(device: torch.device) -> dict:
     info = {
-        "cpu": cpu_name(), "cpu_cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": device.type,
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -11,7 +11,7 @@ from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.engine import resize_batch
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import MuonSGD
-from cifar_resnet.runtime import autocast_for, use_cpu_amp
+from cifar_resnet.runtime import autocast_for, cpu_has_amx, cpu_model, use_cpu_amp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +54,8 @@ def test_resize_batch_downscales_whole_images():
 
 def test_cpu_amp_modes_and_autocast():
     assert use_cpu_amp("on") and not use_cpu_amp("off")
-    assert isinstance(use_cpu_amp("auto"), bool)
+    assert use_cpu_amp("auto") == cpu_has_amx()
+    assert isinstance(cpu_model(), str) and cpu_model()
     with pytest.raises(ValueError, match="cpu amp"):
         use_cpu_amp("always")
     conv = nn.Conv2d(3, 4, 3)

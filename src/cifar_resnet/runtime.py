@@ -7,6 +7,7 @@ Nothing here holds a global: callers pass the device and flags in and get object
 from __future__ import annotations
 
 import contextlib
+import platform
 import signal
 import sys
 import threading
@@ -14,8 +15,8 @@ import threading
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["CPU_AMP_MODES", "StopSignals", "autocast_for", "cpu_has_amx", "get_rng_state", "progress_bar",
-           "resolve_device", "set_rng_state", "use_cpu_amp"]
+__all__ = ["CPU_AMP_MODES", "StopSignals", "autocast_for", "cpu_has_amx", "cpu_model", "get_rng_state",
+           "progress_bar", "resolve_device", "set_rng_state", "use_cpu_amp"]
 
 CPU_AMP_MODES = ("off", "on", "auto")
 
@@ -58,17 +59,27 @@ def autocast_for(device: torch.device, enabled: bool, cpu: bool = False) -> cont
     return contextlib.nullcontext()
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Xeon Sapphire Rapids and later), read from Linux's
-    /proc/cpuinfo; False where it cannot be read."""
+def _cpuinfo_field(prefix: str) -> str | None:
+    """The first value of a ``/proc/cpuinfo`` line starting with ``prefix`` (Linux); None elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip() if ":" in line else ""
     except OSError:
         pass
-    return False
+    return None
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Intel Xeon Sapphire Rapids and later), read from Linux's
+    /proc/cpuinfo; False where it cannot be read."""
+    return "amx_bf16" in (_cpuinfo_field("flags") or "").split()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere), for benchmark tables."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def use_cpu_amp(mode: str) -> bool:
