@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -58,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=12, help="rows of the per-op table")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) variants")
     args = p.parse_args(argv)
-    import json
     base = PRESETS[args.preset]
     model_name = args.model or base.model
     kwargs = json.loads(args.model_kwargs) or dict(base.model_kwargs)
