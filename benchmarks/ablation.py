@@ -36,6 +36,7 @@ try:
 except ImportError:  # a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
+from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.runtime import cpu_model
 
 # The fast-cpu recipe before issue 11 (fast_small, fp32, full TTA after every epoch), written out whole.
@@ -44,17 +45,17 @@ BASE = {
     "muon_lr": 0.1, "muon_momentum": 0.6, "weight_decay": 5e-4, "schedule": "linear", "warmup": 0.2,
     "grad_clip": 0.0, "label_smoothing": 0.2, "crop_pad": 2, "flip": "alternating", "tta": True,
     "tta_translate": 1, "epochs": 17, "batch_size": 512, "bn_bias_lr": 1.0, "progressive": "",
-    "tta_every_epoch": True, "cpu_amp": "off",
+    "tta_every_epoch": True, "precision": "fp32",
 }
 
 # name -> (what changes, relative to BASE). Cumulative where the name says "+".
-SMALL = {"cpu_amp": "on", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"}
-FAST_NET = {**SMALL, "model": "fast"}  # the shipped recipe (which has cpu_amp auto: on where there is AMX)
+SMALL = {"precision": "bf16", "tta_every_epoch": False, "progressive": "16:0.25,24:0.25"}
+FAST_NET = {**SMALL, "model": "fast"}  # the shipped recipe (which has precision auto: bf16 where there is AMX)
 VARIANTS: dict[str, dict] = {
     "base": {},
-    "bf16": {"cpu_amp": "on"},
-    "bf16+plain-eval": {"cpu_amp": "on", "tta_every_epoch": False},
-    "bf16+plain-eval+bn-bias-64": {"cpu_amp": "on", "tta_every_epoch": False, "bn_bias_lr": 64.0},
+    "bf16": {"precision": "bf16"},
+    "bf16+plain-eval": {"precision": "bf16", "tta_every_epoch": False},
+    "bf16+plain-eval+bn-bias-64": {"precision": "bf16", "tta_every_epoch": False, "bn_bias_lr": 64.0},
     "bf16+plain-eval+progressive": SMALL,
     "bf16+plain-eval+progressive+silu": {**SMALL, "model_kwargs": {"act": "silu"}},
     "bf16+plain-eval+progressive+label-smoothing-0.1": {**SMALL, "label_smoothing": 0.1},
@@ -103,9 +104,9 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
             raise SystemExit(f"{name} (seed {seed}) failed with exit code {returncode}:\n{log[-2000:]}")
         runs_dir.mkdir(parents=True, exist_ok=True)
         (runs_dir / f"{stem}.log").write_text(log)
-        shutil.copy(out / "config.json", runs_dir / f"{stem}-config.json")
-        shutil.copy(out / "metrics.csv", runs_dir / f"{stem}-metrics.csv")
-        history = json.loads((out / "history.json").read_text())
+        shutil.copy(RunDir(out).config_json, runs_dir / f"{stem}-config.json")
+        shutil.copy(RunDir(out).metrics_csv, runs_dir / f"{stem}-metrics.csv")
+        history = json.loads(RunDir(out).history_json.read_text())
     last = history[-1]
     summary = {"name": name, "seed": seed, "changes": changes, "val_top1": last["val_top1"],
                "best_val_top1": max(r["val_top1"] for r in history), "epochs": len(history),

@@ -48,8 +48,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import PRESETS, TrainConfig
-from cifar_resnet.datasets import CifarData, Split, channel_stats, load_data, split_validation, subsample
-from cifar_resnet.engine import train_one_epoch
+from cifar_resnet.data import CifarData, Split, channel_stats, load_data, split_validation, subsample
+from cifar_resnet.engine import StepOptions, train_one_epoch
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
@@ -216,6 +216,24 @@ def bench_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int)
             "gflops": 2 * n**3 / t["median_s"] / 1e9, **t}
 
 
+def measure_matmul(device: torch.device, sizes: Sizes) -> dict:
+    """The ``matmul`` rows (float32; on CUDA also bf16) and ``matmul_reference``: the row of the precision
+    the models compute in, which their achieved FLOP/s is compared with."""
+    say(f"matmul on {device}")
+    rows = [bench_matmul(device, torch.float32, sizes.matmul_n, sizes.matmul_repeats)]
+    if device.type == "cuda":
+        rows.append(bench_matmul(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
+    return {"matmul": rows, "matmul_reference": rows[-1]}
+
+
+def render_matmul(matmul: list[dict], dev: str) -> list[str]:
+    return [f"## Matrix multiply on {dev} (the yardstick)", "",
+            md_table(["dtype", "n", "GFLOP/s", "timed runs"],
+                     [[m["dtype"], str(m["n"]), fmt(m["gflops"]), f"{m['repeats']} (+{m['warmup']} warm-up)"]
+                      for m in matmul]),
+            ""]
+
+
 # ------------------------------------------------------------------------------------------------------
 # Benchmark 1: data loader — ours against a per-image pipeline like the notebook's
 # ------------------------------------------------------------------------------------------------------
@@ -291,45 +309,59 @@ def cpu_cores() -> int:
 
 def bench_loader(images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes,
                  workers: list[int]) -> dict:
-    """Images/s of one training epoch over ``sizes.loader_images`` images, for each pipeline.
-
-    Ours: :class:`CifarLoader` (images already on ``device``; the one upload is not timed). Baselines: the
-    per-image pipeline in a ``DataLoader`` (shuffle, ``drop_last``, persistent workers so worker start-up
-    is paid in the warm-up epoch only, which favours the baseline; on CUDA ``pin_memory`` and a
-    non-blocking copy of each batch to the device, as the notebook's ``DeviceDataLoader`` does).
-    """
+    """Images/s of one training epoch over ``sizes.loader_images`` images, for each pipeline (ours first,
+    then the baselines), and each of ours' speed-up over each baseline."""
     n = min(sizes.loader_images, len(labels))
     split = Split(images[:n], labels[:n])
     mean, std = channel_stats(split.images)
-    batch = sizes.batch
-    sync = synchronizer(device)
-    rows = []
+    rows = time_our_loaders(split, mean, std, device, sizes) + time_baseline_loaders(split, mean, std, device,
+                                                                                     sizes, workers)
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    for r in rows:
+        if r["kind"] == "ours":
+            r["speedup"] = {b["name"]: r["images_per_s"] / b["images_per_s"] for b in baselines}
+    return {"device": device.type, "batch": sizes.batch, "images": n, "rows": rows}
 
-    def add(name: str, kind: str, num_images: int, times: list[float], **extra) -> None:
-        t = timing(times, sizes.loader_warmup)
-        rows.append({"name": name, "kind": kind, "images": num_images, "batch": batch,
-                     "images_per_s": num_images / t["median_s"],
-                     "ms_per_batch": 1000 * t["median_s"] * batch / num_images, **extra, **t})
 
+def loader_row(name: str, kind: str, num_images: int, sizes: Sizes, times: list[float], **extra) -> dict:
+    t = timing(times, sizes.loader_warmup)
+    return {"name": name, "kind": kind, "images": num_images, "batch": sizes.batch,
+            "images_per_s": num_images / t["median_s"],
+            "ms_per_batch": 1000 * t["median_s"] * sizes.batch / num_images, **extra, **t}
+
+
+def time_our_loaders(split: Split, mean, std, device: torch.device, sizes: Sizes) -> list[dict]:
+    """:class:`CifarLoader` (images already on ``device``; the one upload is not timed), with the
+    notebook's augmentation and with airbench96's (alternating flip, cutout)."""
     ours = {"ours: crop 4 reflect + random flip": Augment(),
             f"ours: crop 4 reflect + alternating flip + cutout {CUTOUT}": Augment(flip="alternating",
                                                                                    cutout=CUTOUT)}
+    rows = []
     for name, aug in ours.items():
-        loader = CifarLoader(split, batch, mean=mean, std=std, device=device, train=True, aug=aug, seed=0)
+        loader = CifarLoader(split, sizes.batch, mean=mean, std=std, device=device, train=True, aug=aug, seed=0)
 
         def epoch(loader=loader):
             for _x, _y in loader:
                 pass
 
-        times = timed_runs(epoch, sizes.loader_warmup, sizes.loader_repeats, sync)
-        add(name, "ours", len(loader) * batch, times, device=device.type)
+        times = timed_runs(epoch, sizes.loader_warmup, sizes.loader_repeats, synchronizer(device))
+        rows.append(loader_row(name, "ours", len(loader) * sizes.batch, sizes, times, device=device.type))
+    return rows
 
+
+def time_baseline_loaders(split: Split, mean, std, device: torch.device, sizes: Sizes,
+                          workers: list[int]) -> list[dict]:
+    """The per-image pipeline in a ``DataLoader`` for each number of ``workers`` (and torchvision's own
+    transforms where installed): shuffle, ``drop_last``, persistent workers so worker start-up is paid in
+    the warm-up epoch only, which favours the baseline; on CUDA ``pin_memory`` and a non-blocking copy of
+    each batch to the device, as the notebook's ``DeviceDataLoader`` does."""
     datasets = [("per-image PIL", PerImageDataset, w) for w in workers]
     if _have_torchvision():
         datasets.append(("torchvision transforms", TorchvisionDataset, max(workers)))
+    rows = []
     for label, cls, w in datasets:
         ds = cls(split.images, split.labels, mean, std)
-        dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=w, drop_last=True,
+        dl = torch.utils.data.DataLoader(ds, batch_size=sizes.batch, shuffle=True, num_workers=w, drop_last=True,
                                          pin_memory=device.type == "cuda", persistent_workers=w > 0)
 
         def epoch(dl=dl):
@@ -337,16 +369,30 @@ def bench_loader(images: np.ndarray, labels: np.ndarray, device: torch.device, s
                 x.to(device, non_blocking=True)
                 y.to(device, non_blocking=True)
 
-        times = timed_runs(epoch, sizes.loader_warmup, sizes.loader_repeats, sync)
-        add(f"{label} + DataLoader, workers={w}", "baseline", len(dl) * batch, times, workers=w)
+        times = timed_runs(epoch, sizes.loader_warmup, sizes.loader_repeats, synchronizer(device))
+        rows.append(loader_row(f"{label} + DataLoader, workers={w}", "baseline", len(dl) * sizes.batch, sizes,
+                               times, workers=w))
         del epoch, dl  # the last references: the persistent workers stop before the next measurement
         gc.collect()
+    return rows
 
-    baselines = [r for r in rows if r["kind"] == "baseline"]
-    for r in rows:
-        if r["kind"] == "ours":
-            r["speedup"] = {b["name"]: r["images_per_s"] / b["images_per_s"] for b in baselines}
-    return {"device": device.type, "batch": batch, "images": n, "rows": rows}
+
+def render_loader(ld: dict | None, dev: str) -> list[str]:
+    if not ld:
+        return []
+    r0 = ld["rows"][0]
+    base_names = [r["name"] for r in ld["rows"] if r["kind"] == "baseline"]
+    short = {n: n.split("workers=")[-1] for n in base_names}
+    headers = ["pipeline", "images/s", "ms/batch"] + [
+        f"x vs {'torchvision' if 'torchvision' in n else 'per-image'} w={short[n]}" for n in base_names]
+    rows = []
+    for r in ld["rows"]:
+        sp = r.get("speedup", {})
+        rows.append([r["name"], fmt(r["images_per_s"]), fmt(r["ms_per_batch"])]
+                    + [fmt(sp[n]) + "x" if n in sp else "" for n in base_names])
+    return [(f"## Data loader on {dev}: images/s over one training epoch of {ld['images']:,} images, "
+             f"batch {ld['batch']}, median of {r0['repeats']} epochs after {r0['warmup']} warm-up"), "",
+            md_table(headers, rows), ""]
 
 
 def loader_vs_step(loader: dict, train_rows: list[dict], device: torch.device) -> dict:
@@ -365,9 +411,27 @@ def loader_vs_step(loader: dict, train_rows: list[dict], device: torch.device) -
     return out
 
 
+
+def render_loader_vs_step(lvs: dict | None) -> list[str]:
+    if not lvs:
+        return []
+    if "skipped" in lvs:
+        return [f"Loader vs training step: skipped ({lvs['skipped']}).", ""]
+    return [(f"### Loader cost per batch vs one training step of `{lvs['model']}` "
+             f"({fmt(lvs['step_ms'])} ms at batch {lvs['batch']}, same device)"), "",
+            md_table(["pipeline", "ms/batch", "% of a training step"],
+                     [[r["name"], fmt(r["ms_per_batch"]), fmt(100 * r["fraction_of_step"])] for r in lvs["rows"]]),
+            ""]
+
+
 # ------------------------------------------------------------------------------------------------------
 # Benchmarks 2 and 3: training step and inference of one model (run in a fresh process per model)
 # ------------------------------------------------------------------------------------------------------
+
+
+def _precision(device: torch.device, amp: bool) -> str:
+    """The per-model rows' precision: bf16 autocast on CUDA when ``amp``, fp32 otherwise."""
+    return "bf16" if amp and device.type == "cuda" else "fp32"
 
 
 def count_flops(model: torch.nn.Module, device: torch.device, amp: bool, n: int = 2) -> dict:
@@ -379,10 +443,10 @@ def count_flops(model: torch.nn.Module, device: torch.device, amp: bool, n: int 
     y = torch.randint(0, 100, (n,), device=device)
     was_training = model.training
     model.train()
-    with FlopCounterMode(display=False) as fwd, torch.no_grad(), autocast_for(device, amp):
+    with FlopCounterMode(display=False) as fwd, torch.no_grad(), autocast_for(device, _precision(device, amp)):
         model(x)
     with FlopCounterMode(display=False) as step:
-        with autocast_for(device, amp):
+        with autocast_for(device, _precision(device, amp)):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
     model.zero_grad(set_to_none=True)
@@ -412,7 +476,7 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
         memory_format=torch.channels_last)
 
     def forward(inp):
-        with torch.no_grad(), autocast_for(device, amp):
+        with torch.no_grad(), autocast_for(device, _precision(device, amp)):
             return run(inp)
 
     mem = PeakMemory(device)
@@ -429,7 +493,11 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
 
 def bench_training(model: torch.nn.Module, run: Callable, device: torch.device, sizes: Sizes, amp: bool,
                    num_classes: int) -> dict:
-    """Median time of a training step (forward, loss, backward, optimizer step) on one fixed batch."""
+    """Median time of a training step (forward, loss, backward, optimizer step) on one fixed batch.
+
+    The step is written out here, with one optimizer (SGD) for every model, rather than taken from a preset:
+    it is not ``engine.train_step`` (no clipping, no label smoothing, no scheduler); ``bench_preset_step``
+    times that."""
     sync = synchronizer(device)
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(sizes.batch, 3, 32, 32, device=device, generator=g).contiguous(
@@ -440,7 +508,7 @@ def bench_training(model: torch.nn.Module, run: Callable, device: torch.device, 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, **fast)
 
     def step():
-        with autocast_for(device, amp):
+        with autocast_for(device, _precision(device, amp)):
             loss = F.cross_entropy(run(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -506,6 +574,66 @@ def child_main(spec_json: str) -> int:
     return 0
 
 
+
+def measure_models(device: torch.device, sizes: Sizes, *, compile_model: bool) -> list[dict]:
+    """``bench_model`` of each of ``sizes.models``, each in a fresh process (bf16 autocast on CUDA)."""
+    rows = []
+    for name in sizes.models:
+        say(f"model {name} on {device} (fresh process)")
+        rows.append(run_model_in_child(name, device, sizes, amp=device.type == "cuda", compile_model=compile_model))
+    return rows
+
+
+def render_training(train: list[dict], mm: dict, dev: str) -> list[str]:
+    if not train:
+        return []
+    first = next((r for r in train if "error" not in r), {})
+    t0 = first.get("train", {})
+    out = [f"## Training step on {dev}: {first.get('precision', '')}, channels_last"
+           + (", torch.compile" if first.get("compiled") else "")
+           + f", batch {first.get('batch', '?')}, SGD (Nesterov momentum); median of "
+           f"{t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up", "",
+           (f"% of matmul: achieved GFLOP/s over the {mm['dtype']} matmul rate above "
+            f"({fmt(mm['gflops'])} GFLOP/s). Peak memory: {mem_label(first)}."), ""]
+    rows = [training_row(r, mm) for r in train]
+    return out + [md_table(["model", "params", "GFLOP/img fwd", "GFLOP/img step", "ms/step", "images/s",
+                            "GFLOP/s", "% of matmul", "peak MB", "+MB in steps"], rows), ""]
+
+
+def training_row(r: dict, mm: dict) -> list[str]:
+    if "error" in r:
+        return [f"`{r['model']}`", f"failed: {r['error']}"] + [""] * 8
+    f = r["flops_per_image"]
+    return [f"`{r['model']}`", f"{r['params'] / 1e6:.2f} M", fmt(f["forward"] / 1e9), fmt(f["train_step"] / 1e9),
+            fmt(1000 * r["train"]["median_s"]), fmt(r["train_images_per_s"]), fmt(r["train_gflops"]),
+            fmt(100 * r["train_gflops"] / mm["gflops"]), fmt(r["train_memory"]["peak_mb"]),
+            fmt(r["train_memory"]["delta_mb"])]
+
+
+def mem_label(r: dict) -> str:
+    m = r.get("train_memory", {}).get("method", "")
+    if m.startswith("torch.cuda"):
+        return ("torch.cuda.max_memory_allocated during the timed steps (peak MB) and its rise over the "
+                "model + optimizer + batch allocated before them (+MB)")
+    return (f"the process's peak resident set during the steps ({m}; each model in a fresh process, so "
+            "it includes the ~Python+torch baseline), and its rise over the resident set before them (+MB)")
+
+
+def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
+    ok = [r for r in train if "error" not in r]
+    if not ok:
+        return []
+    lat, inf = ok[0]["latency"], ok[0]["inference"]
+    out = [(f"## Inference on {dev}: eval mode, no_grad, {ok[0]['precision']}, channels_last; latency = median of "
+            f"{lat['repeats']} batch-1 passes after {lat['warmup']} warm-up; throughput = "
+            f"median of {inf['repeats']} batches of {inf['batch']} after {inf['warmup']} warm-up"), ""]
+    rows = [[f"`{r['model']}`", fmt(r["latency"]["median_ms"]), fmt(r["inference"]["images_per_s"]),
+             fmt(r["inference"]["gflops"]), fmt(100 * r["inference"]["gflops"] / mm["gflops"]),
+             fmt(r["inference_memory"]["peak_mb"])] for r in ok]
+    return out + [md_table(["model", "latency ms (batch 1)", f"images/s (batch {inf['batch']})", "GFLOP/s",
+                            "% of matmul", "peak MB"], rows), ""]
+
+
 # ------------------------------------------------------------------------------------------------------
 # Benchmark 4 (GPU): the seed preset's training step, and the time-to-accuracy of a preset
 # ------------------------------------------------------------------------------------------------------
@@ -513,9 +641,16 @@ def child_main(spec_json: str) -> int:
 
 def bench_preset_step(config: TrainConfig, split: Split, device: torch.device, n_images: int, repeats: int,
                       num_classes: int = 100) -> dict:
-    """Images/s of the real training loop (``train_one_epoch``: our loader, the preset's optimizer,
-    schedule, clipping, autocast) over epochs of ``n_images``; projects the notebook's run
-    (``config.epochs`` epochs of 50,000 images, training steps only, no evaluation)."""
+    """Images/s of the preset's training steps over epochs of ``n_images``, and the notebook's run projected
+    from it (``config.epochs`` epochs of 50,000 images, training steps only, no evaluation).
+
+    Timed: ``cifar_resnet.engine.train_one_epoch`` over our loader, that is ``engine.train_step`` (the step
+    function ``fit`` calls: forward and loss under autocast, backward, clipping, the preset's optimizer and
+    scheduler step) on every batch, plus the per-step lr list and the on-device loss/accuracy sums, which
+    ``fit`` keeps too. Not timed, as this is not ``fit``: what ``fit`` does around each ``train_step``:
+    progress bookkeeping, the divergence check every ``check_every`` steps (a read-back of the recent
+    losses), agreement across ranks on stopping and saving, and where the config asks for them progressive
+    resizing and drop-easy's per-example losses."""
     sync = synchronizer(device)
     sub = Split(split.images[:n_images], split.labels[:n_images])
     mean, std = channel_stats(sub.images)
@@ -531,18 +666,46 @@ def bench_preset_step(config: TrainConfig, split: Split, device: torch.device, n
     sched = build_scheduler(config, opt, len(loader))
     run = torch.compile(model) if config.compile else model
 
+    options = StepOptions.from_config(config, device)  # the step fit runs, in the config's precision
+
     def epoch():
-        train_one_epoch(run, loader, opt, sched, device=device, label_smoothing=config.label_smoothing,
-                        grad_clip=config.grad_clip, grad_clip_mode=config.grad_clip_mode, amp=config.amp)
+        train_one_epoch(run, loader, opt, sched, options)
 
     t = timing(timed_runs(epoch, 1, repeats, sync), 1)
     images = len(loader) * config.batch_size
     ips = images / t["median_s"]
     return {"model": config.model, "batch": config.batch_size, "optimizer": config.optimizer,
-            "amp": config.amp and device.type == "cuda", "compiled": config.compile, "device": device.type,
+            "amp": options.precision != "fp32", "compiled": config.compile, "device": device.type,
             "images_per_epoch_timed": images, "images_per_s": ips, **t,
             "projected_epochs": config.epochs, "projected_epoch_images": NOTEBOOK_EPOCH_IMAGES,
             "projected_minutes": config.epochs * NOTEBOOK_EPOCH_IMAGES / ips / 60}
+
+
+def run_seed_preset(images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes) -> dict:
+    """``bench_preset_step`` of the ``seed`` preset (the notebook's recipe); an error is reported, not raised."""
+    say("seed preset training step")
+    try:
+        return bench_preset_step(dataclasses.replace(PRESETS["seed"], device=device.type), Split(images, labels),
+                                 device, sizes.preset_images, sizes.preset_repeats)
+    except Exception as e:  # noqa: BLE001 - report it in the table, keep the other figures
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def render_seed_preset(ps: dict | None, dev: str) -> list[str]:
+    if not ps:
+        return []
+    out = [f"## The notebook's recipe (`seed` preset) on {dev}", ""]
+    if "skipped" in ps or "error" in ps:
+        return out + [f"Skipped: {ps.get('skipped') or ps.get('error')}", ""]
+    return out + [(f"Training steps (`engine.train_step` on each batch of our loader, through "
+                   f"`engine.train_one_epoch`: {ps['optimizer']}, one-cycle, clipping"
+                   f"{', bf16 autocast' if ps['amp'] else ''}; without `fit`'s per-step bookkeeping), "
+                   f"`{ps['model']}`, batch {ps['batch']}: "
+                   f"**{fmt(ps['images_per_s'])} images/s** (median of {ps['repeats']} epochs of "
+                   f"{ps['images_per_epoch_timed']:,} images after 1 warm-up). The notebook's "
+                   f"{ps['projected_epochs']} epochs of {ps['projected_epoch_images']:,} images would take "
+                   f"**{fmt(ps['projected_minutes'])} minutes** of training steps (evaluation not included)."),
+                  ""]
 
 
 def bench_time_to_accuracy(config: TrainConfig, data: CifarData, warmup_images: int = 5000) -> dict:
@@ -574,6 +737,52 @@ def bench_time_to_accuracy(config: TrainConfig, data: CifarData, warmup_images: 
         "train_seconds": elapsed, "seconds_with_eval": sum(r["seconds"] for r in recs),
         "fit_seconds": hist.seconds, "per_epoch": per_epoch,
     }
+
+
+
+def run_time_to_accuracy(args, data: CifarData | None, device: torch.device) -> dict:
+    """``bench_time_to_accuracy`` of ``--tta-preset`` on ``data`` with its validation split held out (one
+    epoch with ``--quick``); a skip or an error is reported, not raised."""
+    name = args.tta_preset
+    if args.no_tta:
+        return {"preset": name, "skipped": "--no-tta"}
+    if name not in PRESETS:
+        return {"preset": name, "skipped": f"preset {name!r} is not in cifar_resnet.config.PRESETS "
+                                           f"(have: {', '.join(sorted(PRESETS))})"}
+    if data is None:
+        return {"preset": name, "skipped": "needs real images: pass --data PATH"}
+    config = dataclasses.replace(PRESETS[name], data=str(args.data), device=device.type)
+    if args.quick:
+        config = dataclasses.replace(config, epochs=1)
+    say(f"time to accuracy: preset {name}, {config.epochs} epochs")
+    try:
+        prepared = split_validation(data, config.val_split, seed=config.seed) if data.val is None else data
+        if config.train_subset:
+            prepared = subsample(prepared, config.train_subset, seed=config.seed)
+        return {"preset": name, **bench_time_to_accuracy(config, prepared)}
+    except Exception as e:  # noqa: BLE001 - report it in the table, keep the other figures
+        return {"preset": name, "error": f"{type(e).__name__}: {e}"}
+
+
+def render_time_to_accuracy(tta: dict | None, dev: str) -> list[str]:
+    if not tta:
+        return []
+    out = [f"## Time to accuracy on {dev}", ""]
+    if "skipped" in tta or "error" in tta:
+        return out + [f"Skipped: {tta.get('skipped') or tta.get('error')}", ""]
+    out += [(f"Preset `{tta['preset']}` (`{tta['model']}`, {tta['epochs']} epochs, batch {tta['batch']}), "
+             f"trained on {tta['train_images']:,} images, validated on {tta['val_images']:,} held out of "
+             f"the training split: **{100 * tta['val_top1_final']:.2f}% validation top-1** "
+             f"(top-5 {100 * tta['val_top5_final']:.2f}%) after **{fmt(tta['train_seconds'])} s of "
+             f"training** ({fmt(tta['seconds_with_eval'])} s with per-epoch evaluation, "
+             f"{fmt(tta['fit_seconds'])} s for the whole fit call; a 1-epoch warm-up run before it is "
+             f"not counted)."), ""]
+    ep = [e["train_seconds"] for e in tta["per_epoch"]]
+    if len(ep) > 1:
+        out += [f"Epoch 1 trained in {fmt(ep[0])} s, later epochs in {fmt(statistics.median(ep[1:]))} s "
+                "(median)" + ("; with torch.compile the timed run compiles again, from warm caches, in "
+                              "epoch 1." if tta.get("compiled") else "."), ""]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -614,6 +823,28 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+
+def benchmark_images(args, sizes: Sizes) -> tuple[CifarData | None, np.ndarray, np.ndarray, str]:
+    """The dataset of ``--data`` (None without it), the training images and labels the benchmarks run on
+    (random ones without ``--data``), and a description of them for the header."""
+    if not args.data:
+        images, labels = synthetic_images(max(sizes.loader_images, sizes.preset_images))
+        return None, images, labels, "random uint8 images"
+    data = load_data(args.data)
+    return data, data.train.images, data.train.labels, f"{args.data} (train split, {len(data.train.labels):,} images)"
+
+
+def run_meta(args, argv: list[str] | None, device: torch.device, sizes: Sizes, data_desc: str) -> dict:
+    """The header of the results: machine, versions, date, commit, data, sizes, command."""
+    return {**machine_info(device),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "quick": args.quick, "compile": args.compile, "commit": git_commit(), "data": data_desc,
+            "sizes": dataclasses.asdict(sizes),
+            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "flop_convention": "FlopCounterMode: conv + matmul, multiply-add = 2 FLOPs, "
+                               "training step = forward + backward"}
+
+
 # ------------------------------------------------------------------------------------------------------
 # Markdown
 # ------------------------------------------------------------------------------------------------------
@@ -634,136 +865,36 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+
 def render(res: dict) -> str:
-    meta = res["meta"]
+    """The markdown report of ``res`` (what ``main`` measured): a header, then one table or paragraph per
+    section, each from its own renderer; a section missing from ``res`` is left out."""
+    meta, mm = res["meta"], res["matmul_reference"]
     dev = meta["gpu"] if meta["device"] == "cuda" else f"CPU {meta['cpu']} ({meta['cpu_cores']} cores)"
-    out = [f"# cifar_resnet benchmarks on {dev}", "",
-           f"torch {meta['torch']}, {meta['torch_threads']} CPU threads, python {meta['python']}, "
-           f"commit {meta.get('commit') or '?'}, {meta['date']}, data: {meta['data']}"
-           + (", --quick (tiny sizes: not for comparison)" if meta["quick"] else "")
-           + (f", load average at start {', '.join(f'{v:.2f}' for v in meta['loadavg_start'])}"
-              if meta.get("loadavg_start") else ""),
-           "",
-           ("Every time is the median of the timed runs stated in each table, after untimed warm-up runs; "
-           "ratios are from this same run. FLOPs: torch.utils.flop_counter.FlopCounterMode "
-           "(convolutions and matrix products; a multiply-add counts as 2 FLOPs; a training step = forward "
-           "+ backward as the counter counts it)."), ""]
-
-    out += [f"## Matrix multiply on {dev} (the yardstick)", ""]
-    out.append(md_table(["dtype", "n", "GFLOP/s", "timed runs"],
-                        [[m["dtype"], str(m["n"]), fmt(m["gflops"]), f"{m['repeats']} (+{m['warmup']} warm-up)"]
-                         for m in res["matmul"]]))
-    out.append("")
-
-    ld = res.get("loader")
-    if ld:
-        r0 = ld["rows"][0]
-        out += [(f"## Data loader on {dev}: images/s over one training epoch of {ld['images']:,} images, "
-                f"batch {ld['batch']}, median of {r0['repeats']} epochs after {r0['warmup']} warm-up"), ""]
-        base_names = [r["name"] for r in ld["rows"] if r["kind"] == "baseline"]
-        short = {n: n.split("workers=")[-1] for n in base_names}
-        headers = ["pipeline", "images/s", "ms/batch"] + [
-            f"x vs {'torchvision' if 'torchvision' in n else 'per-image'} w={short[n]}" for n in base_names]
-        rows = []
-        for r in ld["rows"]:
-            sp = r.get("speedup", {})
-            rows.append([r["name"], fmt(r["images_per_s"]), fmt(r["ms_per_batch"])]
-                        + [fmt(sp[n]) + "x" if n in sp else "" for n in base_names])
-        out += [md_table(headers, rows), ""]
-
-    lvs = res.get("loader_vs_step")
-    if lvs:
-        if "skipped" in lvs:
-            out += [f"Loader vs training step: skipped ({lvs['skipped']}).", ""]
-        else:
-            out += [(f"### Loader cost per batch vs one training step of `{lvs['model']}` "
-                    f"({fmt(lvs['step_ms'])} ms at batch {lvs['batch']}, same device)"), ""]
-            out += [md_table(["pipeline", "ms/batch", "% of a training step"],
-                             [[r["name"], fmt(r["ms_per_batch"]), fmt(100 * r["fraction_of_step"])]
-                              for r in lvs["rows"]]), ""]
-
-    train = res.get("train") or []
-    ok = [r for r in train if "error" not in r]
-    mm = res["matmul_reference"]
-    if train:
-        first = ok[0] if ok else {}
-        t0 = first.get("train", {})
-        prec = first.get("precision", "")
-        out += [f"## Training step on {dev}: {prec}, channels_last"
-                + (", torch.compile" if first.get("compiled") else "")
-                + f", batch {first.get('batch', '?')}, SGD (Nesterov momentum); median of "
-                f"{t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up", "",
-                (f"% of matmul: achieved GFLOP/s over the {mm['dtype']} matmul rate above "
-                f"({fmt(mm['gflops'])} GFLOP/s). Peak memory: {mem_label(first)}."), ""]
-        rows = []
-        for r in train:
-            if "error" in r:
-                rows.append([f"`{r['model']}`", f"failed: {r['error']}"] + [""] * 8)
-                continue
-            f = r["flops_per_image"]
-            rows.append([f"`{r['model']}`", f"{r['params'] / 1e6:.2f} M", fmt(f["forward"] / 1e9),
-                         fmt(f["train_step"] / 1e9), fmt(1000 * r["train"]["median_s"]),
-                         fmt(r["train_images_per_s"]), fmt(r["train_gflops"]),
-                         fmt(100 * r["train_gflops"] / mm["gflops"]), fmt(r["train_memory"]["peak_mb"]),
-                         fmt(r["train_memory"]["delta_mb"])])
-        out += [md_table(["model", "params", "GFLOP/img fwd", "GFLOP/img step", "ms/step", "images/s",
-                          "GFLOP/s", "% of matmul", "peak MB", "+MB in steps"], rows), ""]
-
-    if ok:
-        r = ok[0]
-        out += [(f"## Inference on {dev}: eval mode, no_grad, {r['precision']}, channels_last; latency = median of "
-                f"{r['latency']['repeats']} batch-1 passes after {r['latency']['warmup']} warm-up; throughput = "
-                f"median of {r['inference']['repeats']} batches of {r['inference']['batch']} after "
-                f"{r['inference']['warmup']} warm-up"), ""]
-        rows = [[f"`{r['model']}`", fmt(r["latency"]["median_ms"]), fmt(r["inference"]["images_per_s"]),
-                 fmt(r["inference"]["gflops"]), fmt(100 * r["inference"]["gflops"] / mm["gflops"]),
-                 fmt(r["inference_memory"]["peak_mb"])] for r in ok]
-        out += [md_table(["model", "latency ms (batch 1)", f"images/s (batch {ok[0]['inference']['batch']})",
-                          "GFLOP/s", "% of matmul", "peak MB"], rows), ""]
-
-    ps = res.get("seed_preset")
-    if ps:
-        out += [f"## The notebook's recipe (`seed` preset) on {dev}", ""]
-        if "skipped" in ps or "error" in ps:
-            out += [f"Skipped: {ps.get('skipped') or ps.get('error')}", ""]
-        else:
-            out += [(f"Real training loop (`train_one_epoch`: our loader, {ps['optimizer']}, one-cycle, clipping"
-                    f"{', bf16 autocast' if ps['amp'] else ''}), `{ps['model']}`, batch {ps['batch']}: "
-                    f"**{fmt(ps['images_per_s'])} images/s** (median of {ps['repeats']} epochs of "
-                    f"{ps['images_per_epoch_timed']:,} images after 1 warm-up). The notebook's "
-                    f"{ps['projected_epochs']} epochs of {ps['projected_epoch_images']:,} images would take "
-                    f"**{fmt(ps['projected_minutes'])} minutes** of training steps (evaluation not included)."),
-                    ""]
-
-    tta = res.get("time_to_accuracy")
-    if tta:
-        out += [f"## Time to accuracy on {dev}", ""]
-        if "skipped" in tta or "error" in tta:
-            out += [f"Skipped: {tta.get('skipped') or tta.get('error')}", ""]
-        else:
-            out += [(f"Preset `{tta['preset']}` (`{tta['model']}`, {tta['epochs']} epochs, batch {tta['batch']}), "
-                    f"trained on {tta['train_images']:,} images, validated on {tta['val_images']:,} held out of "
-                    f"the training split: **{100 * tta['val_top1_final']:.2f}% validation top-1** "
-                    f"(top-5 {100 * tta['val_top5_final']:.2f}%) after **{fmt(tta['train_seconds'])} s of "
-                    f"training** ({fmt(tta['seconds_with_eval'])} s with per-epoch evaluation, "
-                    f"{fmt(tta['fit_seconds'])} s for the whole fit call; a 1-epoch warm-up run before it is "
-                    f"not counted)."), ""]
-            ep = [e["train_seconds"] for e in tta["per_epoch"]]
-            if len(ep) > 1:
-                out += [f"Epoch 1 trained in {fmt(ep[0])} s, later epochs in {fmt(statistics.median(ep[1:]))} s "
-                        "(median)" + ("; with torch.compile the timed run compiles again, from warm caches, in "
-                                      "epoch 1." if tta.get("compiled") else "."), ""]
-    out.append(f"Total benchmark wall time: {fmt(res['wall_seconds'])} s.")
+    out = [*render_header(meta, dev),
+           *render_matmul(res["matmul"], dev),
+           *render_loader(res.get("loader"), dev),
+           *render_loader_vs_step(res.get("loader_vs_step")),
+           *render_training(res.get("train") or [], mm, dev),
+           *render_inference(res.get("train") or [], mm, dev),
+           *render_seed_preset(res.get("seed_preset"), dev),
+           *render_time_to_accuracy(res.get("time_to_accuracy"), dev),
+           f"Total benchmark wall time: {fmt(res['wall_seconds'])} s."]
     return "\n".join(out) + "\n"
 
 
-def mem_label(r: dict) -> str:
-    m = r.get("train_memory", {}).get("method", "")
-    if m.startswith("torch.cuda"):
-        return ("torch.cuda.max_memory_allocated during the timed steps (peak MB) and its rise over the "
-                "model + optimizer + batch allocated before them (+MB)")
-    return (f"the process's peak resident set during the steps ({m}; each model in a fresh process, so "
-            "it includes the ~Python+torch baseline), and its rise over the resident set before them (+MB)")
+def render_header(meta: dict, dev: str) -> list[str]:
+    return [f"# cifar_resnet benchmarks on {dev}", "",
+            f"torch {meta['torch']}, {meta['torch_threads']} CPU threads, python {meta['python']}, "
+            f"commit {meta.get('commit') or '?'}, {meta['date']}, data: {meta['data']}"
+            + (", --quick (tiny sizes: not for comparison)" if meta["quick"] else "")
+            + (f", load average at start {', '.join(f'{v:.2f}' for v in meta['loadavg_start'])}"
+               if meta.get("loadavg_start") else ""),
+            "",
+            ("Every time is the median of the timed runs stated in each table, after untimed warm-up runs; "
+             "ratios are from this same run. FLOPs: torch.utils.flop_counter.FlopCounterMode "
+             "(convolutions and matrix products; a multiply-add counts as 2 FLOPs; a training step = forward "
+             "+ backward as the counter counts it)."), ""]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -799,6 +930,7 @@ def say(message: str) -> None:
     print(f"[bench {time.perf_counter() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.threads:
@@ -813,53 +945,31 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES[(device.type, args.quick)]
     if args.models:
         sizes = dataclasses.replace(sizes, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
-    amp = device.type == "cuda"
-
-    data = None
-    if args.data:
-        data = load_data(args.data)
-        images, labels = data.train.images, data.train.labels
-        data_desc = f"{args.data} (train split, {len(labels):,} images)"
-    else:
-        images, labels = synthetic_images(max(sizes.loader_images, sizes.preset_images))
-        data_desc = "random uint8 images"
-    res: dict = {"meta": {**machine_info(device), "date": datetime.datetime.now(datetime.timezone.utc)
-                          .isoformat(timespec="seconds"), "quick": args.quick, "compile": args.compile,
-                          "commit": git_commit(), "data": data_desc, "sizes": dataclasses.asdict(sizes),
-                          "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                          "flop_convention": "FlopCounterMode: conv + matmul, multiply-add = 2 FLOPs, "
-                                             "training step = forward + backward"}}
-
-    say(f"matmul on {device}")
-    res["matmul"] = [bench_matmul(device, torch.float32, sizes.matmul_n, sizes.matmul_repeats)]
-    if device.type == "cuda":
-        res["matmul"].append(bench_matmul(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
-    # achieved FLOP/s is compared with the matmul rate of the precision the models compute in
-    res["matmul_reference"] = res["matmul"][-1]
-
-    say(f"loader on {device}")
-    workers = sorted({cpu_cores(), 0}, reverse=True)
-    res["loader"] = bench_loader(images, labels, device, sizes, workers)
-
-    res["train"] = []
-    for name in sizes.models:
-        say(f"model {name} on {device} (fresh process)")
-        res["train"].append(run_model_in_child(name, device, sizes, amp=amp, compile_model=args.compile))
-    res["loader_vs_step"] = loader_vs_step(res["loader"], res["train"], device)
-
-    if device.type == "cuda":
-        say("seed preset training step")
-        try:
-            res["seed_preset"] = bench_preset_step(dataclasses.replace(PRESETS["seed"], device=device.type),
-                                                   Split(images, labels), device, sizes.preset_images,
-                                                   sizes.preset_repeats)
-        except Exception as e:  # noqa: BLE001 - report it in the table, keep the other figures
-            res["seed_preset"] = {"error": f"{type(e).__name__}: {e}"}
-        res["time_to_accuracy"] = run_time_to_accuracy(args, data, device)
-
+    data, images, labels, data_desc = benchmark_images(args, sizes)
+    res: dict = {"meta": run_meta(args, argv, device, sizes, data_desc)}
+    res.update(run_benchmarks(args, data, images, labels, device, sizes))
     res["wall_seconds"] = time.perf_counter() - t_start
     res["meta"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    text = render(res)
+    write_results(render(res), res, args)
+    return 1 if any("error" in r for r in res["train"]) else 0
+
+
+def run_benchmarks(args, data: CifarData | None, images: np.ndarray, labels: np.ndarray, device: torch.device,
+                   sizes: Sizes) -> dict:
+    """Every section in turn (the GPU-only ones on CUDA); returns the results' keys but ``meta``."""
+    res = measure_matmul(device, sizes)
+    say(f"loader on {device}")
+    res["loader"] = bench_loader(images, labels, device, sizes, sorted({cpu_cores(), 0}, reverse=True))
+    res["train"] = measure_models(device, sizes, compile_model=args.compile)
+    res["loader_vs_step"] = loader_vs_step(res["loader"], res["train"], device)
+    if device.type == "cuda":
+        res["seed_preset"] = run_seed_preset(images, labels, device, sizes)
+        res["time_to_accuracy"] = run_time_to_accuracy(args, data, device)
+    return res
+
+
+def write_results(text: str, res: dict, args) -> None:
+    """The table on stdout and in ``--markdown``; every figure in ``--json``."""
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
@@ -868,30 +978,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1) + "\n")
         say(f"wrote {args.json}")
-    failed = [r["model"] for r in res["train"] if "error" in r]
-    return 1 if failed else 0
-
-
-def run_time_to_accuracy(args, data: CifarData | None, device: torch.device) -> dict:
-    name = args.tta_preset
-    if args.no_tta:
-        return {"preset": name, "skipped": "--no-tta"}
-    if name not in PRESETS:
-        return {"preset": name, "skipped": f"preset {name!r} is not in cifar_resnet.train.PRESETS "
-                                           f"(have: {', '.join(sorted(PRESETS))})"}
-    if data is None:
-        return {"preset": name, "skipped": "needs real images: pass --data PATH"}
-    config = dataclasses.replace(PRESETS[name], data=str(args.data), device=device.type)
-    if args.quick:
-        config = dataclasses.replace(config, epochs=1)
-    say(f"time to accuracy: preset {name}, {config.epochs} epochs")
-    try:
-        prepared = split_validation(data, config.val_split, seed=config.seed) if data.val is None else data
-        if config.train_subset:
-            prepared = subsample(prepared, config.train_subset, seed=config.seed)
-        return {"preset": name, **bench_time_to_accuracy(config, prepared)}
-    except Exception as e:  # noqa: BLE001 - report it in the table, keep the other figures
-        return {"preset": name, "error": f"{type(e).__name__}: {e}"}
 
 
 if __name__ == "__main__":

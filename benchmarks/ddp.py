@@ -25,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import cifar_resnet  # noqa: F401
+except ImportError:  # a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cifar_resnet.checkpoint import RunDir
+
 
 def _synthetic_npz(path: Path, n: int, classes: int = 100) -> Path:
     rng = np.random.default_rng(0)
@@ -47,7 +54,7 @@ def run_one(procs: int, threads: int, args, data: str, out: Path) -> dict:
                           check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{procs} process(es) failed:\n{proc.stderr[-2000:]}")
-    with open(out / "metrics.csv", newline="") as f:
+    with open(RunDir(out).metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[0]["images_per_s"])]
     return {"processes": procs, "threads_per_process": threads, "images_per_s": statistics.median(rates),

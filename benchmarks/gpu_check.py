@@ -40,7 +40,7 @@ except ImportError:  # run from a checkout without installing
 from cifar_resnet import load_checkpoint
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.datasets import CifarData, Split
+from cifar_resnet.data import CifarData, Split
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.runtime import autocast_for
@@ -62,7 +62,7 @@ def check_models_learn(device: torch.device, models=MODELS, steps: int = 10, bat
         losses = []
         logits_dtype = None
         for _ in range(steps):
-            with autocast_for(device, True):
+            with autocast_for(device, "bf16" if device.type == "cuda" else "fp32"):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
             logits_dtype = logits.dtype
@@ -158,7 +158,7 @@ def check_fit(device: torch.device) -> dict:
                          schedule="linear", device=device.type, val_split=0)
     with tempfile.TemporaryDirectory() as tmp:
         hist = fit(config, data, tmp, log=None, progress=False)
-        keys = list(load_checkpoint(Path(tmp) / "last.pt")["model"])
+        keys = list(load_checkpoint(Path(tmp) / "last.pt").state_dict)
     top1 = hist.records[-1]["val_top1"]
     ok = len(hist.records) == 3 and math.isfinite(hist.records[-1]["val_loss"]) and top1 > 0.2 \
         and not any(k.startswith("_orig_mod") for k in keys)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cifar_resnet.export import export_model
-from cifar_resnet.inference import load_predictor
+from cifar_resnet.inference import Predictor, load_predictor
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -50,7 +50,9 @@ def main(argv=None) -> int:
     onnx_path = Path(args.onnx or Path(args.checkpoint).with_suffix(".onnx"))
     if not onnx_path.exists():
         export_model(args.checkpoint, onnx_path, log=print)
-    engines = {"pytorch": load_predictor(args.checkpoint, "cpu"), "onnxruntime": load_predictor(onnx_path)}
+    # PyTorch in fp32, as the exported graph computes (whatever precision the run was trained in)
+    engines = {"pytorch": Predictor.from_checkpoint(args.checkpoint, "cpu", precision="fp32"),
+               "onnxruntime": load_predictor(onnx_path)}
     if args.threads:
         import onnxruntime  # the benchmark's own optional dependency
 
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
     for name, engine in engines.items():
         with torch.inference_mode():
             latency = _median_seconds(lambda e=engine: e.probabilities(one), args.repeats)
-            per_batch = _median_seconds(lambda e=engine: e.probabilities(batch, batch_size=args.batch),
+            per_batch = _median_seconds(lambda e=engine: e.probabilities(batch, e.eval_options(
+                                            tta=False, tta_translate=0, batch_size=args.batch, precision="fp32")),
                                         max(3, args.repeats // 6))
         rows.append({"engine": name, "latency_ms": 1e3 * latency, "images_per_s": args.batch / per_batch})
     model = engines["pytorch"].info["model"]

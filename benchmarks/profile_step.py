@@ -30,7 +30,7 @@ except ImportError:  # a checkout without an install
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import PRESETS
-from cifar_resnet.engine import train_step
+from cifar_resnet.engine import StepOptions, train_step
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
 from cifar_resnet.runtime import cpu_has_amx
@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.warmup + args.repeats
     setups = {name: build(config, model_name, kwargs, cl, comp, steps + 10) for name, (cl, _, comp) in variants.items()}
     inputs = {True: x.contiguous(memory_format=torch.channels_last), False: x.contiguous()}
-    dev = torch.device("cpu")
-    kw = {"device": dev, "label_smoothing": config.label_smoothing, "grad_clip": config.grad_clip,
-          "grad_clip_mode": config.grad_clip_mode}
+    options = {bf16: StepOptions(label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
+                                 grad_clip_mode=config.grad_clip_mode, precision="bf16" if bf16 else "fp32")
+               for bf16 in (False, True)}
 
     def step(name):
         cl, bf16, _ = variants[name]
         model, opt, sched = setups[name]
-        train_step(model, inputs[cl], y, opt, sched, amp=False, cpu_amp=bf16, **kw)
+        train_step(model, inputs[cl], y, opt, sched, options[bf16])
 
     times = {name: [] for name in variants}
     for r in range(steps):

@@ -43,7 +43,7 @@ except ImportError:  # run from a checkout without installing: use the src/ besi
     sys.path.insert(0, str(SRC))
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.datasets import CIFAR100_CLASSES, CifarData, Split
+from cifar_resnet.data import CIFAR100_CLASSES, CifarData, Split
 from cifar_resnet.train import fit
 
 EXAMPLES = SRC / "cifar_resnet" / "serve" / "static" / "examples"
@@ -199,7 +199,8 @@ def measure(server: Server, image: tuple[str, bytes, str], clients: int, duratio
 
 
 def format_table(meta: dict, rows: list[dict]) -> str:
-    lines = [f"### Serving load: {meta['model']} on {meta['machine']}", "",
+    precision = f" ({meta['precision']})" if meta.get("precision") else ""
+    lines = [f"### Serving load: {meta['model']}{precision} on {meta['machine']}", "",
              (f"{meta['duration_s']:g} s per row after {meta['warmup_s']:g} s warm-up; one {meta['image']} per "
               f"request; server --max-batch {meta['max_batch']} --max-wait-ms {meta['max_wait_ms']:g}; "
               f"clients on the same machine (asyncio streams); load average at start {meta['loadavg']}"), "",
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(measure(server, image, n, args.duration, args.warmup))
         finally:
             server.stop()
-    meta = {"model": health["model"], "checkpoint": str(args.model or f"untrained {args.arch}"),
+    meta = {"model": health["model"], "precision": health.get("precision"),
+            "checkpoint": str(args.model or f"untrained {args.arch}"),
             "machine": _machine(), "duration_s": args.duration, "warmup_s": args.warmup,
             "image": f"{image_path.name} ({len(image[1]):,} bytes)", "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "loadavg": loadavg, "python": platform.python_version(),

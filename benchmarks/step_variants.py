@@ -3,8 +3,12 @@
     python benchmarks/step_variants.py                    # fast_small, batch 512, 2-core CPU: about a minute
     python benchmarks/step_variants.py --model fast --batch-size 256 --repeats 15 --json out.json
 
-Each variant is the real training step (``train.train_one_epoch`` on one batch: forward, label-smoothed
-loss, backward, optimizer step, scheduler step) built by ``build_optimizer`` from a ``TrainConfig``.
+Each variant's step is ``cifar_resnet.engine.train_one_epoch`` over a list of one batch, that is one
+``cifar_resnet.engine.train_step`` (the step function ``fit`` calls: forward, label-smoothed loss,
+backward, optimizer step, scheduler step) plus the loss/accuracy read-back at the end of the "epoch", with
+the optimizer and scheduler built by ``build_optimizer``/``build_scheduler`` from the ``fast-cpu`` preset's
+``TrainConfig``. Unlike that preset's runs it is fp32 (no CPU bf16 autocast) on full-size 32x32 images
+(no progressive resizing), on one fixed random batch, and without what ``fit`` adds around each step.
 The variants run interleaved, round after round, so that a slow spell of a shared machine falls on all of
 them alike; the table gives each one's median step time and its ratio to the first variant.
 """
@@ -27,7 +31,7 @@ except ImportError:  # a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cifar_resnet.config import PRESETS
-from cifar_resnet.engine import train_one_epoch
+from cifar_resnet.engine import StepOptions, train_one_epoch
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
 
@@ -59,8 +63,7 @@ def run(model_name: str, batch_size: int, repeats: int, warmup: int, threads: in
     for r in range(warmup + repeats):
         for name, (model, opt, sched, config) in setups.items():
             t = time.perf_counter()
-            train_one_epoch(model, [(x, y)], opt, sched, device=device, label_smoothing=config.label_smoothing,
-                            grad_clip=0.0, amp=False)
+            train_one_epoch(model, [(x, y)], opt, sched, StepOptions(label_smoothing=config.label_smoothing))
             if r >= warmup:
                 times[name].append(time.perf_counter() - t)
     first = statistics.median(next(iter(times.values())))

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from cifar_resnet.cli import main
-from cifar_resnet.datasets import CIFAR10_CLASSES, CIFAR100_CLASSES, CifarData, Split, load_npz
+from cifar_resnet.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CifarData, Split, load_npz
 
 REAL_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100-train.npz"
 

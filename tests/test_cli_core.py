@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from cifar_resnet.cli import get_args_parser, main
+from cifar_resnet import cli as cli_module
+from cifar_resnet.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,26 +104,41 @@ def test_console_entry_point_runs_without_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("cifar-resnet: error: no such file"), r.stderr
 
 
-def test_every_train_flag_is_documented_in_readme():
-    """The README's CLI reference stays true to --help: every option of every subcommand appears in it."""
-    from pathlib import Path
+@pytest.mark.parametrize("flags, precision, warnings", [
+    (["--cpu-amp", "on"], "bf16", ["warning: --cpu-amp is deprecated; use --precision bf16"]),
+    (["--cpu-amp", "off"], "fp32", ["warning: --cpu-amp is deprecated; use --precision fp32"]),
+    (["--cpu-amp", "auto"], "auto", ["warning: --cpu-amp is deprecated; use --precision auto"]),
+    (["--no-amp"], "fp32", ["warning: --no-amp is deprecated; use --precision fp32"]),
+    (["--amp"], "auto", ["warning: --amp is deprecated; use --precision auto"]),  # bf16 on CUDA, as before
+    (["--no-amp", "--cpu-amp", "on"], "bf16", ["warning: --no-amp is deprecated; use --precision bf16",
+                                               "warning: --cpu-amp is deprecated; use --precision bf16"]),
+    (["--cpu-amp", "on", "--precision", "fp32"], "fp32",
+     ["warning: --cpu-amp is deprecated and ignored beside --precision"]),
+    (["--precision", "fp16"], "fp16", []),
+])
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_deprecated_amp_flags_map_to_precision_and_warn(monkeypatch, capsys, command, flags, precision, warnings):
+    configs = []
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    parser = get_args_parser()
-    missing, seen = [], set()
-    for action in parser._subparsers._group_actions:
-        for name, sub in action.choices.items():
-            stack = [(name, sub)]
-            while stack:
-                label, p = stack.pop()
-                for a in p._actions:
-                    if a.option_strings and "--help" not in a.option_strings:
-                        for flag in a.option_strings:
-                            seen.add(f"{label} {flag}")
-                            if flag.startswith("--") and not flag.startswith("--no-") and flag not in readme:
-                                missing.append(f"{label} {flag}")
-                    if isinstance(a, type(action)):
-                        stack.extend((f"{label} {n}", s) for n, s in a.choices.items())
-    # the walk reached every command, nested ones included
-    assert {"train --epochs", "data info --data", "evaluate --split", "lr-find --end-lr"} <= seen
-    assert not missing, f"flags missing from README.md: {missing}"
+    def fake_fit(config, **kwargs):
+        configs.append(config)
+        return SimpleNamespace(out_dir=None)
+
+    def fake_lr_find(config, **kwargs):
+        configs.append(config)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(cli_module, "fit", fake_fit)
+    monkeypatch.setattr(cli_module, "lr_find_config", fake_lr_find)
+    main([command, "--preset", "seed", "--device", "cpu", *flags])
+    assert [c.precision for c in configs] == [precision]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == warnings
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_deprecated_amp_flags_are_hidden_from_help(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--precision" in out and "--cpu-amp" not in out and "--amp" not in out and "--no-amp" not in out

@@ -1,4 +1,4 @@
-"""Tests for cifar_resnet.datasets: official archives/folders, npz, download, splits, statistics.
+"""Tests for cifar_resnet.data: official archives/folders, npz, download, splits, statistics.
 
 Small archives are built here in the official format (python 2 style pickles, protocol 2, dicts with
 bytes keys, the official member names); the real CIFAR-100 training file is used when it is present.
@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from cifar_resnet import datasets as ds
+from cifar_resnet import data as ds
 from cifar_resnet.cli import get_args_parser, main
-from cifar_resnet.datasets import (
+from cifar_resnet.data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_COARSE_CLASSES,

@@ -84,7 +84,7 @@ def _interrupt_mid_epoch(args: list[str], out: Path, nproc: int = 1) -> subproce
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).state_dict
 
 
 def _max_diff(a: dict, b: dict, stats: bool = False) -> float:
@@ -139,8 +139,8 @@ def two_processes(small_npz, tmp_path_factory) -> Path:
 
 def test_two_processes_with_sync_bn_compute_what_one_computes(one_process, two_processes):
     _assert_close_weights(one_process / "last.pt", two_processes / "last.pt")
-    _assert_same_history(load_checkpoint(one_process / "last.pt")["history"],
-                         load_checkpoint(two_processes / "last.pt")["history"])
+    _assert_same_history(load_checkpoint(one_process / "last.pt").history,
+                         load_checkpoint(two_processes / "last.pt").history)
 
 
 def test_without_sync_bn_the_processes_differ_measurably(small_npz, one_process, tmp_path):
@@ -161,14 +161,14 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(small_npz, one_process, 
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     message = stopped.stderr.strip().splitlines()[-1]
     partial = load_checkpoint(tmp_path / "last.pt", resumable=True)
-    step = partial["partial"]["step"]
-    assert partial["epoch"] == 0 and 2 <= step < 20  # written inside epoch 1, at the step it stopped after
+    step = partial.partial["step"]
+    assert partial.epoch == 0 and 2 <= step < 20  # written inside epoch 1, at the step it stopped after
     assert message == (f"cifar-resnet: stopped by SIGTERM after epoch 1, step {step} of 20; {tmp_path / 'last.pt'} "
                        f"resumes it; resume with: cifar-resnet train --resume {tmp_path / 'last.pt'}")
     _run(["train", "--resume", str(tmp_path / "last.pt"), "--no-progress"])
     a, b = load_checkpoint(one_process / "last.pt"), load_checkpoint(tmp_path / "last.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    _assert_same_history(a["history"], b["history"], exact=True)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    _assert_same_history(a.history, b.history, exact=True)
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
@@ -177,12 +177,12 @@ def test_a_checkpoint_resumes_under_another_number_of_processes(small_npz, two_p
     # torchrun itself reports a signal as its own failure (status 1); the workers stop as one process does
     assert stopped.returncode == (128 + signal.SIGTERM if first == 1 else 1), stopped.stderr
     assert "cifar-resnet: stopped by SIGTERM after epoch 1, step" in stopped.stderr
-    assert load_checkpoint(tmp_path / "last.pt")["partial"]["step"] < 20
+    assert load_checkpoint(tmp_path / "last.pt").partial["step"] < 20
     resumed = _run(["train", "--resume", str(tmp_path / "last.pt"), "--no-progress"], nproc=then)
     assert "resuming" in resumed.stdout and resumed.stdout.count("Epoch 2,") == 1
     _assert_close_weights(two_processes / "last.pt", tmp_path / "last.pt")
-    _assert_same_history(load_checkpoint(two_processes / "last.pt")["history"],
-                         load_checkpoint(tmp_path / "last.pt")["history"])
+    _assert_same_history(load_checkpoint(two_processes / "last.pt").history,
+                         load_checkpoint(tmp_path / "last.pt").history)
 
 
 def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(small_npz, tmp_path):
@@ -217,12 +217,12 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(s
     reference = fit(TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 12}), out_dir=tmp_path / "ref", log=None,
                     progress=False)
     final = load_checkpoint(last)
-    assert final["epoch"] == 12
-    assert all(torch.equal(reference.model.state_dict()[k], final["model"][k]) for k in final["model"])
+    assert final.epoch == 12
+    assert all(torch.equal(reference.model.state_dict()[k], final.state_dict[k]) for k in final.state_dict)
 
 
 def test_a_flipped_byte_is_refused(one_process, tmp_path):
-    ckpt = torch.load(one_process / "last.pt", weights_only=True)
+    ckpt = load_checkpoint(one_process / "last.pt").to_dict()
     assert ckpt["checksum"] == payload_checksum(ckpt)
     name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
     weight = ckpt["model"][name]
@@ -257,7 +257,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(smal
                               f"last good checkpoint is {tmp_path / 'last.pt'} (epoch 1, step 6); lower --lr or "
                               "--grad-clip")
     assert len(calls) == 8  # stopped at the first save point after it (step 8), before writing it
-    assert load_checkpoint(tmp_path / "last.pt", resumable=True)["partial"]["step"] == 6
+    assert load_checkpoint(tmp_path / "last.pt", resumable=True).partial["step"] == 6
 
 
 def test_diverging_weights_are_never_saved(small_npz, tmp_path, capsys):
@@ -267,7 +267,7 @@ def test_diverging_weights_are_never_saved(small_npz, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("cifar-resnet: error: training diverged: the ")
     for path in tmp_path.glob("*.pt"):
-        weights = load_checkpoint(path)["model"]
+        weights = load_checkpoint(path).state_dict
         assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), path
 
 
@@ -276,15 +276,17 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_finishes(small_npz, two_p
     proc = subprocess.Popen(_cmd(args, torchrun=("--standalone", "--nproc-per-node", "2", "--max-restarts", "1")),
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "last.pt").exists() and time.monotonic() < deadline:
+    while not (tmp_path / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    if proc.poll() is not None:  # torchrun ended before the kill: say why, rather than "no worker"
+        pytest.fail(f"torchrun exited with {proc.returncode} before a checkpoint:\n{proc.communicate()[1][-3000:]}")
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False).stdout.split()
     assert workers, "no worker process found"
     os.kill(int(workers[-1]), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "resuming" in out
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 2
     _assert_close_weights(two_processes / "last.pt", tmp_path / "last.pt")
 
 
@@ -319,7 +321,7 @@ def test_two_nodes_on_one_machine_train_like_one_two_process_run(small_npz, two_
 def test_resume_auto_starts_continues_or_refuses(small_npz, tmp_path, capsys):
     args = _args(small_npz, tmp_path, epochs=1) + ["--resume", "auto"]
     assert main(args) == 0  # nothing there: a fresh run
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 1
     assert main(args) == 0  # finished: nothing to do
     assert "the run has finished" in capsys.readouterr().out
     code = main(_args(small_npz, tmp_path, epochs=1, lr=0.1) + ["--resume", "auto"])
@@ -332,17 +334,42 @@ def test_save_every_duration_writes_inside_the_epoch(small_npz, tmp_path, monkey
 
     written = []
     original = RunDir.write_checkpoint
-    monkeypatch.setattr(RunDir, "write_checkpoint", lambda self, ckpt: (written.append(ckpt["partial"]["step"]),
+    monkeypatch.setattr(RunDir, "write_checkpoint", lambda self, ckpt: (written.append(ckpt.partial["step"]),
                                                                         original(self, ckpt)))
     fit(TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 1}), out_dir=tmp_path, save_every=1e-9, log=None,
         progress=False)
     assert written == list(range(1, 20))  # after every step but the last (the epoch's own checkpoint)
 
 
-def test_a_second_ctrl_c_exits_at_once():
+@pytest.fixture
+def sigint():
+    """``sigint(handler)`` sets SIGINT's handler for one test; the inherited one comes back after it. A test
+    that relies on SIGINT's disposition sets it: a shell script starts a background job (``pytest ... &``)
+    with SIGINT ignored, and the test process inherits that."""
+    before = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_second_ctrl_c_exits_at_once(sigint):
+    sigint(signal.default_int_handler)  # Python's own, in a process started in the foreground
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.received == signal.SIGTERM and stop.name == "SIGTERM"  # noted; training goes on
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # the user insists
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_ignored_sigint_stays_ignored(sigint):
+    """``nohup cifar-resnet train ... &`` in a script: the shell ignores SIGINT for the job, so that a Ctrl-C
+    at the terminal stops the script and not the run; SIGTERM still stops the run with a checkpoint."""
+    sigint(signal.SIG_IGN)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received is None
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is sigterm

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet import TrainConfig, channel_stats, fit, load_checkpoint, subsample
-from cifar_resnet.datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
+from cifar_resnet import TrainConfig, channel_stats, evaluate_checkpoint, fit, load_checkpoint, subsample
+from cifar_resnet.checkpoint import Checkpoint
+from cifar_resnet.data import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
 from cifar_resnet.engine import tta_logits
-from cifar_resnet.inference import resolve_split, tta_settings
+from cifar_resnet.inference import eval_options, resolve_split
 from cifar_resnet.metrics import REPORT_KEYS, compute_report, expected_calibration_error, fine_to_coarse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,10 +54,29 @@ def test_report_counts_a_prediction_in_the_right_superclass():
     json.dumps(r)  # JSON-ready as it is
 
 
+def _options(config: dict | None, **overrides):
+    return eval_options(Checkpoint({"config": config} if config is not None else {}), "cpu", **overrides)
+
+
 def test_tta_defaults_to_what_the_run_evaluated_with():
-    assert tta_settings({"config": {"tta": True}}, None)[0] is True
-    assert tta_settings({"config": {"tta": True}}, False)[0] is False
-    assert tta_settings({}, None)[0] is False and tta_settings({}, True)[0] is True
+    assert _options({"tta": True}).tta is True
+    assert _options({"tta": True}, tta=False).tta is False
+    assert _options(None).tta is False and _options(None, tta=True).tta is True
+
+
+def test_precision_and_batch_size_default_to_the_runs(monkeypatch):
+    assert _options({"precision": "bf16"}).precision == "bf16"
+    assert _options({"precision": "bf16"}, precision="fp32").precision == "fp32"
+    assert _options({"cpu_amp": "on", "amp": True}).precision == "bf16"  # a run from before --precision
+    assert _options({"cpu_amp": "off"}).precision == "fp32"
+    assert _options(None).precision == "fp32"  # no config: the fp32 of the oldest checkpoints
+    for amx in (True, False):  # auto is resolved for the device it evaluates on
+        monkeypatch.setattr("cifar_resnet.runtime.cpu_has_amx", lambda amx=amx: amx)
+        assert _options({"precision": "auto"}).precision == ("bf16" if amx else "fp32")
+    assert _options({"eval_batch_size": 123}).batch_size == 123 and _options(None).batch_size == 500
+    assert _options({"eval_batch_size": 123}, batch_size=7).batch_size == 7
+    with pytest.raises(ValueError, match="unknown precision"):
+        _options(None, precision="fp8")
 
 
 def test_superclass_mapping_from_the_data_for_other_class_names():
@@ -77,7 +97,7 @@ def test_superclass_mapping_from_the_data_for_other_class_names():
 
 def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, cli):
     ckpt = load_checkpoint(real_run / "best.pt")
-    record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt["epoch"])
+    record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt.epoch)
     code, out, err = cli("evaluate", real_run / "best.pt", "--data", real_npz, "--split", "val", "--json",
                          "--device", "cpu", "--no-progress")
     assert code == 0, err
@@ -115,7 +135,7 @@ def test_train_split_is_the_images_the_run_trained_on(real_run, real_data):
     name, split, description = resolve_split(ckpt, real_data, "train")
     assert name == "train" and len(split) == 10000 and "the run's training images" in description
     mean, std = channel_stats(split.images)
-    assert list(mean) == ckpt["mean"] and list(std) == ckpt["std"]
+    assert tuple(mean) == ckpt.mean and tuple(std) == ckpt.std
 
 
 def test_another_source_cannot_stand_for_the_runs_validation_split(real_run, real_data, tmp_path, cli,
@@ -178,8 +198,41 @@ def test_translate_tta_is_airbench_level_2():
 
 
 def test_translate_defaults_to_what_the_run_evaluated_with():
-    assert tta_settings({"config": {"tta_translate": 1}}, None, None)[1] == 1
-    assert tta_settings({"config": {"tta_translate": 1}}, None, 0)[1] == 0
-    assert tta_settings({"config": {"tta": True}}, None, None) == (True, 0)  # runs from before the option
-    with pytest.raises(ValueError, match="tta-translate"):
-        tta_settings({}, None, -1)
+    assert _options({"tta_translate": 1}).tta_translate == 1
+    assert _options({"tta_translate": 1}, tta_translate=0).tta_translate == 0
+    options = _options({"tta": True})  # a run from before the option
+    assert (options.tta, options.tta_translate) == (True, 0)
+    with pytest.raises(ValueError, match="tta translate must be >= 0"):
+        _options(None, tta_translate=-1)
+
+
+def test_evaluate_reproduces_a_bf16_run_exactly(tmp_path, synthetic, cli):
+    """A run trained and evaluated in bf16: evaluating its checkpoints later, by default, gives the numbers
+    training recorded (the same images, batches and precision), and says bf16; --precision fp32 differs."""
+    data = synthetic(n_train=300, n_val=0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=data.train.images, y_train=data.train.labels)
+    config = TrainConfig(data=str(npz), val_split=100, model="fast", model_kwargs={"widths": [8, 16, 16],
+                         "stem_width": 8}, epochs=2, batch_size=50, eval_batch_size=40, optimizer="sgd", lr=0.05,
+                         grad_clip=0.0, device="cpu", precision="bf16")
+    hist = fit(config, None, tmp_path / "run", log=None, progress=False)
+    last = hist.records[-1]
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(tmp_path / "run" / name)
+        record = next(r for r in hist.records if r["epoch"] == ckpt.epoch)  # best.pt: the best epoch's
+        code, out, err = cli("evaluate", tmp_path / "run" / name, "--json", "--device", "cpu")
+        assert code == 0, err
+        r = json.loads(out)
+        assert r["precision"] == "bf16" and r["split"] == "val" and r["n"] == 100
+        assert round(r["top1"] * r["n"]) == round(record["val_top1"] * r["n"])  # the same images right
+        assert r["top1"] == pytest.approx(record["val_top1"], abs=1e-6)
+        assert r["loss"] == pytest.approx(record["val_loss"], abs=1e-6)
+    assert ckpt.epoch == last["epoch"]  # the loop ended on last.pt
+    code, out, err = cli("evaluate", tmp_path / "run" / "last.pt", "--json", "--device", "cpu", "--precision", "fp32")
+    assert code == 0, err
+    fp32 = json.loads(out)
+    assert fp32["precision"] == "fp32" and fp32["n"] == 100
+    assert fp32["loss"] != pytest.approx(last["val_loss"], abs=1e-6)  # so the default above was not fp32
+    # the library says the same
+    report = evaluate_checkpoint(tmp_path / "run" / "last.pt", device="cpu", progress=False)
+    assert report["precision"] == "bf16" and report["loss"] == pytest.approx(last["val_loss"], abs=1e-6)

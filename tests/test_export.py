@@ -49,7 +49,8 @@ def test_calibrate_stores_the_temperature_and_everything_uses_it(best, cli, open
     assert report["temperature"] != 1.0 and report["nll_after"] < report["nll_before"]
     assert report["ece_after"] < report["ece_before"]
     ckpt = load_checkpoint(best)  # the checksum was renewed: it loads
-    assert ckpt["temperature"] == pytest.approx(report["temperature"]) and ckpt["calibration"]["n"] == 2000
+    assert ckpt.temperature == pytest.approx(report["temperature"]) and ckpt.calibration["n"] == 2000
+    assert ckpt.calibration["precision"] == report["precision"] == before["precision"]
     after = evaluate_checkpoint(best, split="val", progress=False)
     assert after["temperature"] == pytest.approx(report["temperature"])
     assert after["top1"] == before["top1"] and after["top5"] == before["top5"]  # no prediction changes
@@ -58,8 +59,8 @@ def test_calibrate_stores_the_temperature_and_everything_uses_it(best, cli, open
     pixels = open_png(best.parent / "reliability.png")
     assert pixels.shape[0] > 300
     # a prediction's probability is the calibrated one
-    images = resolve_split(ckpt, load_data(ckpt["config"]["data"]), "val")[1].images[:8]
-    raw = Predictor.from_checkpoint({**ckpt, "temperature": 1.0}, "cpu").probabilities(images)
+    images = resolve_split(ckpt, load_data(ckpt.data_source), "val")[1].images[:8]
+    raw = Predictor.from_checkpoint(ckpt.replace(temperature=1.0), "cpu").probabilities(images)
     scaled = Predictor.from_checkpoint(ckpt, "cpu").probabilities(images)
     logits = raw.log()
     expected = (logits / report["temperature"]).softmax(1)
@@ -83,21 +84,22 @@ def test_export_matches_pytorch_on_real_images(best, tmp_path, fmt, input_kind):
     if fmt == "onnx":
         meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert meta["producer"] == "cifar-resnet"
-        assert json.loads(meta["classes"]) == ckpt["classes"]
-        assert json.loads(meta["temperature"]) == pytest.approx(ckpt["temperature"])
+        assert json.loads(meta["classes"]) == ckpt.classes and json.loads(meta["precision"]) == "fp32"
+        assert json.loads(meta["temperature"]) == pytest.approx(ckpt.temperature)
         assert json.loads(meta["input"]) == ("uint8_nhwc" if input_kind == "uint8" else "float01_nchw")
         assert len(json.loads(meta["checkpoint_sha256"])) == 64
     else:
         extra = {"cifar_resnet.json": ""}
         program = torch.export.load(str(out), extra_files=extra)
-        assert json.loads(extra["cifar_resnet.json"])["classes"] == ckpt["classes"]
+        assert json.loads(extra["cifar_resnet.json"])["classes"] == ckpt.classes
         assert program.module()(torch.zeros(3, 32, 32, 3, dtype=torch.uint8)).shape == (3, 100)
 
 
 def test_onnx_predictor_and_predict_on_an_onnx_file(best, tmp_path, real_data, cli):
     out = tmp_path / "demo.onnx"
     export_model(best, out, log=None)
-    onnx_model, torch_model = load_predictor(out), load_predictor(best, "cpu")
+    # the exported graph computes in fp32: compared with PyTorch in fp32, whatever the run trained in
+    onnx_model, torch_model = load_predictor(out), Predictor.from_checkpoint(best, "cpu", precision="fp32")
     assert isinstance(onnx_model, OnnxPredictor) and onnx_model.classes == torch_model.classes
     images = real_data.train.images[:300]  # any real images: a batch larger than one onnxruntime call
     np.testing.assert_allclose(onnx_model.probabilities(images).numpy(), torch_model.probabilities(images).numpy(),
@@ -106,7 +108,8 @@ def test_onnx_predictor_and_predict_on_an_onnx_file(best, tmp_path, real_data, c
     photo = tmp_path / "photo.png"
     Image.fromarray(real_data.train.images[7]).resize((96, 96), Image.Resampling.NEAREST).save(photo)
     code, out_onnx, _ = cli("predict", out, photo, "--json", "--no-tta", "--tta-translate", "0")
-    code2, out_pt, _ = cli("predict", best, photo, "--json", "--no-tta", "--tta-translate", "0", "--device", "cpu")
+    code2, out_pt, _ = cli("predict", best, photo, "--json", "--no-tta", "--tta-translate", "0", "--device", "cpu",
+                           "--precision", "fp32")
     a, b = json.loads(out_onnx)[0]["top"], json.loads(out_pt)[0]["top"]
     assert code == code2 == 0 and [t["class"] for t in a] == [t["class"] for t in b]
     assert all(abs(x["prob"] - y["prob"]) < 1e-4 for x, y in zip(a, b))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet.datasets import (
+from cifar_resnet.data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_COARSE_CLASSES,
@@ -58,6 +58,7 @@ def test_interpret_command_on_the_real_run(real_run, tmp_path, cli, open_png):
     open_png(out_dir / "top_losses.png", (1240, 570))
 
     report = json.loads((out_dir / "report.json").read_text())
+    assert report["precision"] in ("fp32", "bf16") and report["precision"] in out  # the run's, resolved for the CPU
     rows = list(csv.reader((out_dir / "confusion_matrix.csv").open()))
     classes = rows[0][1:]
     cm = np.array([[int(v) for v in r[1:]] for r in rows[1:]])

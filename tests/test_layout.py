@@ -13,9 +13,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifar_resnet"
 
+# Inside the lowest layer the data package has an order of its own, lowest first: each of its modules may
+# import only modules of the package listed before it, and none of the layer's other modules.
+DATA_ORDER = [{"data.errors"}, {"data.unpickle", "data.download"}, {"data.sources"}, {"data.splits"}, {"data"}]
+
 # Each module may import only modules of a lower layer (the README's "How the code is laid out").
 LAYERS = [
-    {"datasets", "augment", "runtime", "images", "distributed", "models.registry", "serve.batching"},
+    {*set().union(*DATA_ORDER), "augment", "runtime", "images", "distributed", "models.registry", "serve.batching"},
     {"models.seed", "models.resnet", "models.fast", "loader", "config", "metrics"},
     {"models", "optim"},
     {"checkpoint", "engine"},
@@ -61,14 +65,24 @@ def test_every_module_has_a_layer():
     assert set(_modules()) == layered, "add new modules to LAYERS (and to the README's layout paragraph)"
 
 
-def test_imports_run_downward_only():
+def _upward_imports(imports: dict[str, set[str]]) -> list[str]:
+    """The imports (module -> modules of the package it imports) that do not run downward."""
     layer_of = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    data_rank = {m: i for i, group in enumerate(DATA_ORDER) for m in group}
     wrong = []
-    for name, path in _modules().items():
-        for dep in sorted(_internal_imports(name, path)):
+    for name, deps in imports.items():
+        for dep in sorted(deps):
             assert dep in layer_of, f"{name} imports {dep}, which is not a module of the package"
-            if layer_of[dep] >= layer_of[name]:
-                wrong.append(f"{name} (layer {layer_of[name]}) imports {dep} (layer {layer_of[dep]})")
+            if layer_of[dep] < layer_of[name]:
+                continue
+            if layer_of[dep] == layer_of[name] and data_rank.get(dep, len(DATA_ORDER)) < data_rank.get(name, -1):
+                continue  # within the data package, from one of its earlier modules
+            wrong.append(f"{name} (layer {layer_of[name]}) imports {dep} (layer {layer_of[dep]})")
+    return wrong
+
+
+def test_imports_run_downward_only():
+    wrong = _upward_imports({name: _internal_imports(name, path) for name, path in _modules().items()})
     assert not wrong, "imports that do not run downward:\n" + "\n".join(wrong)
 
 
@@ -77,6 +91,22 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "loader.py"
     bad.write_text("from .train import fit\nfrom . import runtime\n")
     assert _internal_imports("loader", bad) == {"train", "runtime"}
+    assert _upward_imports({"loader": {"train", "runtime"}}) == ["loader (layer 1) imports train (layer 4)"]
+
+
+def test_the_checker_sees_an_import_against_the_data_order(tmp_path):
+    """Inside the data package imports run one way too, and the lowest layer's other modules stay apart."""
+    sources = tmp_path / "data" / "sources.py"
+    sources.parent.mkdir()
+    sources.write_text("from .errors import DataError\nfrom .splits import subsample\n")
+    assert _internal_imports("data.sources", sources) == {"data.errors", "data.splits"}
+    allowed = {"data.sources": {"data.errors", "data.unpickle", "data.download"}, "data": {"data.splits"},
+               "loader": {"data"}, "data.splits": {"data.sources"}}
+    assert _upward_imports(allowed) == []
+    for name, dep in [("data.sources", "data.splits"), ("data.unpickle", "data.download"),
+                      ("data.errors", "data"), ("data.splits", "augment"), ("augment", "data"),
+                      ("augment", "data.errors"), ("data.sources", "loader"), ("data.splits", "data.splits")]:
+        assert _upward_imports({name: {dep}}), f"{name} importing {dep} should be refused"
 
 
 def test_no_imports_inside_functions():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from cifar_resnet import augment
 from cifar_resnet.augment import Augment
-from cifar_resnet.datasets import Split
+from cifar_resnet.data import Split
 from cifar_resnet.loader import CifarLoader
 
 pytestmark = pytest.mark.usefixtures("one_thread")

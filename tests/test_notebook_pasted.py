@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_resnet import notebook, plots
-from cifar_resnet.datasets import CIFAR100_CLASSES
+from cifar_resnet.data import CIFAR100_CLASSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

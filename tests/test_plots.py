@@ -1,5 +1,6 @@
 """`cifar-resnet plot` and the figures of plots.py, checked by opening the PNG files they write."""
 
+import dataclasses
 import json
 import os
 import warnings
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from cifar_resnet import plots
+from cifar_resnet.checkpoint import CSV_FIELDS, EpochRecord
 from cifar_resnet.notebook import plot_loss as notebook_plot_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,6 +90,17 @@ def test_notebook_history_and_plot_loss(tmp_path, open_png, count_colour):
     open_png(tmp_path / "lr.png", (640, 420))
     with pytest.raises(ValueError, match="empty"):
         plots.plot_loss([])
+
+
+def test_histories_are_read_by_the_epoch_records_field_names():
+    run_record = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.2, "val_top1": 0.4,
+                  "val_top5": 0.8, "seconds": 3.0, "lrs": [0.2, 0.1]}  # an older run: no train_size, eval_tta...
+    notebook_record = {"val_loss": 4.0, "val_acc": 0.3, "train_loss": 4.1, "lrs": [0.01, 0.002]}
+    a, b = plots.normalise_history([run_record, notebook_record])
+    assert tuple(a) == tuple(b) == plots.RECORD_FIELDS == tuple(f.name for f in dataclasses.fields(EpochRecord))
+    assert set(CSV_FIELDS) <= set(a)
+    assert (a["epoch"], a["val_top1"], a["eval_split"], a["train_size"]) == (2, 0.4, "val", None)
+    assert (b["epoch"], b["val_top1"], b["lr"], b["val_top5"]) == (1, 0.3, 0.002, None)  # val_acc is val_top1
 
 
 def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path, open_png):

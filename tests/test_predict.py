@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_resnet import load_checkpoint
+from cifar_resnet import TrainConfig, evaluate_checkpoint, fit, load_checkpoint
 from cifar_resnet.images import ImageFileError, load_image, load_images, prepare_image
-from cifar_resnet.inference import Predictor, resolve_split
+from cifar_resnet.inference import Predictor, load_predictor, resolve_split
 from cifar_resnet.plots import RIGHT, WRONG
+from cifar_resnet.predict import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,7 +112,7 @@ def test_a_file_and_the_same_dataset_image_get_the_same_probabilities(real_run, 
     assert code == 0, err
     (from_data,) = json.loads(out)
     assert len(from_files) == 2 and len(from_data["top"]) == 5
-    assert from_data["true"] == load_checkpoint(real_run / "best.pt")["classes"][val_split.labels[7]]
+    assert from_data["true"] == load_checkpoint(real_run / "best.pt").classes[val_split.labels[7]]
     for r in from_files:
         assert [t["class"] for t in r["top"]] == [t["class"] for t in from_data["top"]]
         assert [t["prob"] for t in r["top"]] == pytest.approx([t["prob"] for t in from_data["top"]], abs=1e-6)
@@ -204,7 +205,7 @@ def test_bad_requests(real_run, cli, assert_one_line_error, args, message):
 
 def test_checkpoint_without_class_names(real_run, tmp_path, cli, assert_one_line_error):
     # edited by hand, so without a checksum (which the edit would no longer match; such files load unchecked)
-    ckpt = {k: v for k, v in load_checkpoint(real_run / "best.pt").items() if k != "checksum"}
+    ckpt = {k: v for k, v in load_checkpoint(real_run / "best.pt").to_dict().items() if k != "checksum"}
     torch.save({**ckpt, "classes": []}, tmp_path / "nameless.pt")
     code, _, err = cli("predict", tmp_path / "nameless.pt", "--index", "1")
     assert_one_line_error(code, err, "has no class names")
@@ -213,6 +214,30 @@ def test_checkpoint_without_class_names(real_run, tmp_path, cli, assert_one_line
     assert_one_line_error(code, err, "lacks classes")
     code, _, err = cli("predict", tmp_path, "--index", "1")
     assert_one_line_error(code, err, "is a directory")
+
+
+def test_predictions_are_made_in_the_precision_the_run_trained_in(tmp_path, synthetic, cli):
+    data = synthetic(n_train=200, n_val=0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=data.train.images, y_train=data.train.labels)
+    config = TrainConfig(data=str(npz), val_split=100, model="fast", model_kwargs={"widths": [8, 16, 16],
+                         "stem_width": 8}, epochs=1, batch_size=50, eval_batch_size=50, optimizer="sgd", lr=0.05,
+                         grad_clip=0.0, device="cpu", precision="bf16")
+    fit(config, None, tmp_path / "run", log=None, progress=False)
+    best = tmp_path / "run" / "best.pt"
+    predictor = load_predictor(best, "cpu")  # what `serve` loads
+    assert predictor.options.precision == predictor.info["precision"] == "bf16"
+    assert not predictor.options.tta and predictor.options.tta_translate == 0  # one pass per image
+    assert Predictor.from_checkpoint(best, "cpu", precision="fp32").info["precision"] == "fp32"
+    # predict's right answers are evaluate's: the same split, normalisation and precision
+    result = predict(predictor, index=range(100), split="val", k=1)
+    assert {r["precision"] for r in result.results} == {"bf16"} and result.options.precision == "bf16"
+    report = evaluate_checkpoint(best, device="cpu", progress=False)
+    assert report["precision"] == "bf16" and sum(r["correct"] for r in result.results) == round(report["top1"] * 100)
+    for flags, precision in (([], "bf16"), (["--precision", "fp32"], "fp32")):
+        code, out, err = cli("predict", best, "--index", "3", "--json", *flags)
+        assert code == 0, err
+        assert json.loads(out)[0]["precision"] == precision
 
 
 def test_index_may_be_given_more_than_once():

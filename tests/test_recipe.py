@@ -11,7 +11,7 @@ from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.engine import resize_batch
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import MuonSGD
-from cifar_resnet.runtime import autocast_for, cpu_has_amx, cpu_model, use_cpu_amp
+from cifar_resnet.runtime import autocast_for, cpu_has_amx, cpu_model, legacy_precision, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,8 +34,8 @@ def test_progressive_rejects_bad_schedules(text, match):
 
 
 def test_other_recipe_fields_are_checked():
-    with pytest.raises(ValueError, match="cpu amp"):
-        TrainConfig(cpu_amp="yes")
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig(precision="yes")
     with pytest.raises(ValueError, match="muon only"):
         TrainConfig(optimizer="adam", bn_bias_lr=64.0)
     with pytest.raises(ValueError, match="> 0"):
@@ -52,19 +52,95 @@ def test_resize_batch_downscales_whole_images():
     assert resize_batch(x, None) is x and resize_batch(x, 32) is x
 
 
-def test_cpu_amp_modes_and_autocast():
-    assert use_cpu_amp("on") and not use_cpu_amp("off")
-    assert use_cpu_amp("auto") == cpu_has_amx()
-    assert isinstance(cpu_model(), str) and cpu_model()
-    with pytest.raises(ValueError, match="cpu amp"):
-        use_cpu_amp("always")
-    conv = nn.Conv2d(3, 4, 3)
-    x = torch.randn(1, 3, 8, 8)
-    cpu = torch.device("cpu")
-    with autocast_for(cpu, True, cpu=True):
-        assert conv(x).dtype == torch.bfloat16
-    with autocast_for(cpu, True, cpu=False):  # amp alone is CUDA's
-        assert conv(x).dtype == torch.float32
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(monkeypatch, amx):
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_amx", lambda: amx)
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    assert resolve_precision("auto", cuda) == "bf16" and resolve_precision("auto", mps) == "fp32"
+    for precision in ("fp32", "bf16", "fp16"):  # an explicit precision is kept, AMX or not
+        assert resolve_precision(precision, cpu) == precision == resolve_precision(precision, cuda)
+    assert resolve_precision("fp32", mps) == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        resolve_precision("half", cpu)
+    with pytest.raises(ValueError, match="use fp32 or auto"):
+        resolve_precision("bf16", mps)
+    # what auto means here is what autocast does
+    conv, x = nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast_for(cpu, resolve_precision("auto", cpu)):
+        assert conv(x).dtype == (torch.bfloat16 if amx else torch.float32)
+
+
+# /proc/cpuinfo as Linux writes it (abridged): one block per logical CPU, "key<tabs>: value"; "model" (a
+# number) comes before "model name", "vmx flags" after "flags"
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8
+vmx flags\t: vnmi preemption_timer
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme
+"""
+EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model\t\t: 17
+model name\t: AMD EPYC 9654 96-Core Processor
+flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics bf16
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize("text, model, amx", [
+    (XEON, "Intel(R) Xeon(R) Platinum 8480+", True),
+    (EPYC, "AMD EPYC 9654 96-Core Processor", False),  # bf16 in AVX-512 but no AMX tiles: auto stays fp32
+    (ARM, None, False),  # no "model name" line (many ARM kernels): the platform's name
+    (None, None, False),  # no /proc/cpuinfo (macOS, Windows)
+])
+def test_cpu_model_and_amx_are_read_from_proc_cpuinfo(monkeypatch, tmp_path, text, model, amx):
+    path = tmp_path / "cpuinfo"
+    if text is not None:
+        path.write_text(text)
+    real_open = open
+
+    def fake_open(file, *args, **kwargs):  # the module's open: /proc/cpuinfo is this text (or absent)
+        return real_open(path if file == "/proc/cpuinfo" else file, *args, **kwargs)
+
+    monkeypatch.setattr("cifar_resnet.runtime.open", fake_open, raising=False)
+    monkeypatch.setattr("platform.processor", lambda: "")
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert cpu_model() == (model or "aarch64")
+    assert cpu_has_amx() is amx
+
+
+def test_autocast_for_each_precision():
+    conv, x, cpu = nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), torch.device("cpu")
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with autocast_for(cpu, precision):
+            assert conv(x).dtype == dtype, precision
+        assert conv(x).dtype == torch.float32  # and nothing after the block
+
+
+@pytest.mark.parametrize("amp, cpu_amp, precision", [
+    (True, "off", "fp32"), (False, "off", "fp32"),  # the CPU ran in fp32 (amp alone was CUDA's)
+    (True, "on", "bf16"), (False, "on", "bf16"),
+    (True, "auto", "auto"), (False, "auto", "auto"),  # auto: bf16 where the CPU has AMX, as cpu_amp auto did
+])
+def test_legacy_precision_of_the_old_amp_flags(amp, cpu_amp, precision):
+    assert legacy_precision(amp, cpu_amp) == precision
+    assert TrainConfig.from_dict({"amp": amp, "cpu_amp": cpu_amp}).precision == precision
+
+
+def test_legacy_precision_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="cpu amp mode 'always'"):
+        legacy_precision(True, "always")
 
 
 def test_bn_biases_get_their_own_learning_rate_and_decay():
@@ -95,7 +171,7 @@ class Stop(Exception):
 def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
     data = synthetic()
     config = TrainConfig(**TINY, epochs=4, optimizer="muon", lr=0.05, bn_bias_lr=16.0, progressive="16:0.25,24:0.25",
-                         cpu_amp="on", tta=True, tta_translate=1, tta_every_epoch=False)
+                         precision="bf16", tta=True, tta_translate=1, tta_every_epoch=False)
     full = fit(config, data, tmp_path / "full", log=None, progress=False)
     assert [r["train_size"] for r in full.records] == [16, 24, 32, 32]
     assert [r["eval_tta"] for r in full.records] == ["none", "none", "none", "flip+translate1"]
@@ -114,7 +190,7 @@ def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
     rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     assert rows[0].endswith("train_images,train_size,eval_tta") and rows[-1].endswith(",32,flip+translate1")
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["progressive"] == "16:0.25,24:0.25"
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 4
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 4
 
 
 def test_every_epoch_tta_is_the_default(synthetic):
@@ -134,7 +210,7 @@ def test_drop_easy_trains_late_epochs_on_the_hardest_images_and_resumes_mid_epoc
     assert [r["train_images"] for r in full.records] == [120, 120, 60, 60]
     # the one-cycle schedule spans the 18 steps the run has: its last step is at the final lr, max_lr / 25e4
     assert full.records[-1]["lrs"][-1] == pytest.approx(0.05 / 25e4, rel=1e-6)
-    loss = load_checkpoint(tmp_path / "full" / "last.pt")["example_loss"]
+    loss = load_checkpoint(tmp_path / "full" / "last.pt").example_loss
     assert loss.shape == (120,) and torch.isfinite(loss).all()
 
     # stop in epoch 3, step 2, with last.pt written after every step; the resumed run is bit-identical
@@ -151,7 +227,7 @@ def test_drop_easy_trains_late_epochs_on_the_hardest_images_and_resumes_mid_epoc
         fit(config, data, tmp_path / "cut", log=None, progress=False, save_every_steps=1)
     monkeypatch.setattr(train_module, "train_step", real_step)
     ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert ckpt["epoch"] == 2 and ckpt["partial"]["step"] == 2 and len(ckpt["partial"]["keep"]) == 60
+    assert ckpt.epoch == 2 and ckpt.partial["step"] == 2 and len(ckpt.partial["keep"]) == 60
     resumed = fit(config, data, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:

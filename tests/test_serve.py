@@ -19,10 +19,10 @@ import starlette.formparsers
 from PIL import Image
 
 from cifar_resnet import TrainConfig, fit
-from cifar_resnet.datasets import CIFAR100_CLASSES
+from cifar_resnet.data import CIFAR100_CLASSES
 from cifar_resnet.images import prepare_image
 from cifar_resnet.inference import load_predictor
-from cifar_resnet.serve import BatchQueue, create_app
+from cifar_resnet.serve import BatchQueue, ServeLimits, create_app
 from cifar_resnet.serve.app import EXAMPLES_DIR, STATIC_DIR
 
 with warnings.catch_warnings():  # this Starlette would rather have httpx2 for its test client
@@ -63,7 +63,7 @@ def predictor(checkpoint):
 
 @pytest.fixture(scope="module")
 def client(checkpoint):
-    app = create_app(checkpoint, device="cpu", max_upload_mb=1, max_files=4)
+    app = create_app(checkpoint, ServeLimits(max_upload_mb=1, max_files=4), device="cpu")
     with TestClient(app) as c:
         yield c
 
@@ -87,6 +87,8 @@ def test_health_and_classes(client, predictor):
     assert health["status"] == "ok" and health["model"] == predictor.info["model"] == "fast"
     assert health["classes"] == 100 and health["checksum"] == predictor.info["checksum"]
     assert health["temperature"] == predictor.info["temperature"]
+    # a checkpoint is served in the precision its run trained in (this one's: auto, resolved for the CPU)
+    assert health["precision"] == predictor.info["precision"] == predictor.options.precision
     assert {"batches", "images", "mean_batch_size"} <= set(health)
     classes = client.get("/classes").json()
     assert classes["classes"] == list(CIFAR100_CLASSES)
@@ -227,7 +229,7 @@ def _asgi_call(app, headers, chunks):
 
 
 def test_body_over_the_limit_is_refused_before_it_is_read(checkpoint, predictor):
-    app = create_app(predictor, max_upload_mb=1)
+    app = create_app(predictor, ServeLimits(max_upload_mb=1))
     head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
     chunks = [head] + [b"x" * 65536] * 100  # 6.5 MB
     # Content-Length says so: 413 without reading a byte
@@ -249,7 +251,7 @@ def test_uploads_never_touch_the_disk(predictor, monkeypatch):
     monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", refuse)
     big = png_bytes(random_pixels(1000, 1000))
     assert len(big) > 2_500_000
-    with TestClient(create_app(predictor, max_upload_mb=8)) as c:
+    with TestClient(create_app(predictor, ServeLimits(max_upload_mb=8))) as c:
         r = post(c, ("big.png", big, "image/png"))
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["size"] == [1000, 1000]
@@ -258,7 +260,7 @@ def test_uploads_never_touch_the_disk(predictor, monkeypatch):
 def test_limits_are_checked_when_the_app_is_made(predictor):
     for kwargs in ({"max_batch": 0}, {"max_wait_ms": -1}, {"max_upload_mb": 0}, {"max_files": 0}):
         with pytest.raises(ValueError):
-            create_app(predictor, **kwargs)
+            create_app(predictor, ServeLimits(**kwargs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ def test_announced_requests_are_waited_for_and_a_lone_one_is_not():
 
 
 def test_concurrent_http_requests_share_a_forward_pass(predictor):
-    app = create_app(predictor, max_wait_ms=300)
+    app = create_app(predictor, ServeLimits(max_wait_ms=300))
     images = [random_pixels() for _ in range(6)]
 
     async def main():
@@ -359,7 +361,7 @@ def test_concurrent_http_requests_share_a_forward_pass(predictor):
 
 
 def test_the_event_loop_answers_while_a_forward_pass_runs():
-    app = create_app(SlowPredictor(delay=1.0), max_wait_ms=0)
+    app = create_app(SlowPredictor(delay=1.0), ServeLimits(max_wait_ms=0))
 
     async def main():
         transport = httpx.ASGITransport(app=app)

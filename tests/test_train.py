@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cifar_resnet import TrainConfig, fit, load_checkpoint
-from cifar_resnet.checkpoint import CheckpointError, build_model
+from cifar_resnet.checkpoint import CheckpointError
 from cifar_resnet.config import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,14 +37,14 @@ def test_run_directory_contents(tmp_path, synthetic):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"lr", "train_loss", "val_loss", "val_top1", "val_top5", "seconds"} <= set(rows[0])
     ckpt = load_checkpoint(tmp_path / "best.pt")
-    assert ckpt["classes"] == list(data.classes) and len(ckpt["mean"]) == 3
-    model = build_model(ckpt)
-    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    assert ckpt.classes == list(data.classes) and len(ckpt.mean) == 3
+    model = ckpt.build_model()
+    assert not any(k.startswith("_orig_mod") for k in ckpt.state_dict)
     state = model.state_dict()  # the rebuilt model holds the checkpoint's weights
-    assert state.keys() == ckpt["model"].keys()
-    assert all(torch.equal(state[k], ckpt["model"][k]) for k in state)
+    assert state.keys() == ckpt.state_dict.keys()
+    assert all(torch.equal(state[k], ckpt.state_dict[k]) for k in state)
     trained = hist.model.state_dict()  # and last.pt holds the weights training ended with
-    last = load_checkpoint(tmp_path / "last.pt")["model"]
+    last = load_checkpoint(tmp_path / "last.pt").state_dict
     assert last.keys() == trained.keys() and all(torch.equal(last[k], trained[k].cpu()) for k in last)
 
 
@@ -71,7 +71,7 @@ def test_resume_is_exact(tmp_path, synthetic, optimizer, lr):
 
     with pytest.raises(Stop):
         fit(config, data, tmp_path / "cut", log=None, progress=False, on_epoch_end=interrupt)
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 2
     resumed = fit(config, data, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
     a = full.model.state_dict()
     b = resumed.model.state_dict()
@@ -100,9 +100,9 @@ def test_checkpoint_from_another_model_or_class_count(tmp_path, synthetic):
     fit(tiny_config(epochs=1), data, tmp_path, log=None, progress=False)
     ckpt = load_checkpoint(tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="holds a fast model, not seed_resnet"):
-        build_model(ckpt, expect_model="seed_resnet")
+        ckpt.build_model(expect_model="seed_resnet")
     with pytest.raises(CheckpointError, match="10 classes, but the data has 100"):
-        build_model(ckpt, expect_classes=100)
+        ckpt.build_model(expect_classes=100)
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):

@@ -9,9 +9,9 @@ The notebook's own API (``fit(epochs, train_dl, ...)``, ``evaluate``, ``plot_los
 """
 
 from .augment import Augment
-from .checkpoint import CheckpointError, RunDir, build_model, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import PRESETS, TrainConfig, get_preset, prepare_data
-from .datasets import (
+from .data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_COARSE_CLASSES,
@@ -24,9 +24,9 @@ from .datasets import (
     split_validation,
     subsample,
 )
-from .engine import collect_logits
+from .engine import EvalOptions, StepOptions, collect_logits
 from .evaluate import evaluate_checkpoint
-from .inference import Predictor, run_checkpoint
+from .inference import Predictor, eval_options, run_checkpoint
 from .interpret import Interpretation
 from .loader import CifarLoader
 from .lr_find import lr_find, lr_find_config
@@ -40,10 +40,11 @@ from .train import History, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR100_COARSE_CLASSES", "PRESETS", "Augment", "CheckpointError",
-    "CifarData", "CifarLoader", "DataError", "History", "Interpretation", "Predictor", "RunDir", "Split",
-    "TrainConfig", "basic_metrics", "build_model", "channel_stats", "collect_logits", "compute_report",
-    "create_model", "download", "evaluate_checkpoint", "fit", "get_preset", "list_models", "load_checkpoint",
-    "load_data", "lr_find", "lr_find_config", "plot_run", "predict", "prepare_data", "register_model",
-    "resolve_device", "run_checkpoint", "split_validation", "subsample",
+    "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR100_COARSE_CLASSES", "PRESETS", "Augment", "Checkpoint",
+    "CheckpointError", "CifarData", "CifarLoader", "DataError", "EpochRecord", "EvalOptions", "History",
+    "Interpretation", "Predictor", "RunDir", "Split", "StepOptions", "TrainConfig", "basic_metrics",
+    "channel_stats", "collect_logits", "compute_report", "create_model", "download", "eval_options",
+    "evaluate_checkpoint", "fit", "get_preset", "list_models", "load_checkpoint", "load_data", "lr_find",
+    "lr_find_config", "plot_run", "predict", "prepare_data", "register_model", "resolve_device",
+    "run_checkpoint", "split_validation", "subsample",
 ]

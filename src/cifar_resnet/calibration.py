@@ -4,9 +4,10 @@ makes the probabilities a model prints match how often it is right, without chan
 (dividing all logits by the same T keeps their order).
 
 ``calibrate(checkpoint)`` fits T on the run's own validation split (the split ``cifar-resnet evaluate
---split val`` rebuilds), stores it in the checkpoint (atomically, everything else kept, checksum renewed)
-and reports ECE and NLL before and after; from then on ``evaluate``, ``predict``, ``interpret``, ``serve``
-and exported models divide the logits by it.
+--split val`` rebuilds), in the precision the run evaluated in unless told otherwise, stores it in the
+checkpoint (:meth:`Checkpoint.replace <cifar_resnet.checkpoint.Checkpoint.replace>`: everything else kept,
+the checksum renewed; written atomically) and reports ECE and NLL before and after; from then on
+``evaluate``, ``predict``, ``interpret``, ``serve`` and exported models divide the logits by it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_save, load_checkpoint, payload_checksum
+from .checkpoint import Checkpoint, load_checkpoint
+from .engine import EvalOptions
 from .inference import run_checkpoint
 from .metrics import expected_calibration_error
 
@@ -65,6 +67,7 @@ class CalibrationReport:
     nll_after: float
     tta: bool
     tta_translate: int
+    precision: str          # what the logits were computed in: fp32, bf16 or fp16
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -76,26 +79,28 @@ def _ece_nll(logits: torch.Tensor, labels: torch.Tensor, t: float) -> tuple[floa
             float(F.cross_entropy(scaled.double(), labels)))
 
 
-def calibrate(checkpoint: str | Path, data=None, split: str = "val", *, tta: bool | None = None,
-              tta_translate: int | None = None, batch_size: int = 500, device: str = "auto",
-              progress: bool | None = None, write: bool = True) -> tuple[CalibrationReport, torch.Tensor, torch.Tensor]:
-    """Fit the temperature of ``checkpoint`` on ``split`` (default the run's validation images) and store it
-    in the checkpoint (unless ``write`` is false). Returns the report and the raw logits and labels (for a
+def calibrate(checkpoint: str | Path | Checkpoint, data=None, split: str = "val", *,
+              options: EvalOptions | None = None, device: str | torch.device = "auto", progress: bool | None = None,
+              write: bool = True) -> tuple[CalibrationReport, torch.Tensor, torch.Tensor]:
+    """Fit the temperature of ``checkpoint`` (a path, or a :class:`Checkpoint` loaded from one) on ``split``
+    (default the run's validation images) and store it in the checkpoint file (unless ``write`` is false).
+    ``options``: test-time augmentation, batch size and precision (default: as the run evaluated, see
+    :func:`~cifar_resnet.inference.eval_options`). Returns the report and the raw logits and labels (for a
     reliability diagram)."""
-    path = Path(checkpoint)
-    ckpt = load_checkpoint(path)
-    run = run_checkpoint(ckpt, data, split, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                         device=device, progress=progress, desc="calibrate", temperature=1.0)
-    t = fit_temperature(run.logits, run.labels)
-    ece_before, nll_before = _ece_nll(run.logits, run.labels, 1.0)
-    ece_after, nll_after = _ece_nll(run.logits, run.labels, t)
-    previous = float(ckpt.get("temperature") or 1.0)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    path = Path(ckpt.source)
+    if write and not path.is_file():
+        raise ValueError(f"{ckpt.source} is not a checkpoint file to store the temperature in")
+    run = run_checkpoint(ckpt, data, split, options, device=device, progress=progress)
+    t = fit_temperature(run.raw_logits, run.labels)
+    ece_before, nll_before = _ece_nll(run.raw_logits, run.labels, 1.0)
+    ece_after, nll_after = _ece_nll(run.raw_logits, run.labels, t)
+    opts = run.options
     if write:
-        body = {k: v for k, v in ckpt.items() if k != "checksum"}
-        body["temperature"] = t
-        body["calibration"] = {"split": run.split_name, "n": len(run.labels), "tta": run.tta,
-                               "tta_translate": run.tta_translate}
-        atomic_save({**body, "checksum": payload_checksum(body)}, path)
-    report = CalibrationReport(str(path), run.split_name, run.description, len(run.labels), t, previous,
-                               ece_before, ece_after, nll_before, nll_after, run.tta, run.tta_translate)
-    return report, run.logits, run.labels
+        calibration = {"split": run.split_name, "n": len(run.labels), "tta": opts.tta,
+                       "tta_translate": opts.tta_translate, "precision": opts.precision}
+        ckpt.replace(temperature=t, calibration=calibration).save(path)
+    report = CalibrationReport(str(path), run.split_name, run.description, len(run.labels), t, ckpt.temperature,
+                               ece_before, ece_after, nll_before, nll_after, opts.tta, opts.tta_translate,
+                               opts.precision)
+    return report, run.raw_logits, run.labels

@@ -4,12 +4,16 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 ``torch.load(..., weights_only=True)``: nothing in it is unpickled as code. It holds everything needed to
 rebuild and use the model (model name and arguments, class names, normalisation statistics, the config)
 and, for ``last.pt``, everything needed to resume training exactly (optimizer, scheduler, epoch, RNG
-state). :func:`make_checkpoint` is the only place that lays the dict out and :func:`load_checkpoint` the
-only place that reads one.
+state). :class:`Checkpoint` is the only code that knows the dict's keys: :meth:`Checkpoint.of_model` lays
+one out, :func:`load_checkpoint` reads one, the accessors answer what the readers need (model, classes,
+normalisation, temperature, test-time augmentation, precision, the run's config) and
+:meth:`Checkpoint.replace` writes an updated copy with a renewed checksum.
 
 A run directory (:class:`RunDir`) holds ``config.json``, ``history.json`` (the per-epoch records),
 ``metrics.csv`` (the same as a table), ``last.pt`` (each epoch, enough to resume), ``best.pt`` (best
-validation top-1) and, when asked for, ``tensorboard/`` and ``plots/``. Every file is written by
+validation top-1) and, when asked for, ``tensorboard/``, ``plots/``, ``interpret/`` and
+``reliability.png``; each epoch's line of ``history.json`` and ``metrics.csv`` is one
+:class:`EpochRecord`. Every file is written by
 :func:`atomic_write` (a temporary file in the same folder, then a rename), so a reader (``cifar-resnet
 plot`` of a run in progress, a crash, a full disk) never sees half a file.
 """
@@ -17,30 +21,34 @@ plot`` of a run in progress, a crash, a full disk) never sees half a file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
 
+from .config import TrainConfig, upgrade_config
 from .models import create_model
 
 __all__ = [
+    "CSV_FIELDS",
     "FORMAT",
+    "Checkpoint",
     "CheckpointError",
+    "EpochRecord",
     "RunDir",
     "atomic_save",
     "atomic_write",
     "atomic_write_text",
-    "build_model",
     "load_checkpoint",
-    "make_checkpoint",
     "payload_checksum",
     "unwrap",
 ]
@@ -48,8 +56,10 @@ __all__ = [
 FORMAT = "cifar-resnet/1"
 REQUIRED = ("format", "model_name", "model_kwargs", "classes", "mean", "std", "model")
 # what last.pt adds to the weights: enough to resume exactly ("partial": the epoch's progress when it was
-# written inside an epoch, else None); a run with --drop-easy adds "example_loss", each image's last loss
+# written inside an epoch, else None); a run with --drop-easy adds "example_loss", each image's last loss,
+# and an fp16 run "scaler", the loss scaler's state
 TRAINING_STATE = ("optimizer", "scheduler", "rng", "partial")
+OPTIONAL_STATE = ("example_loss", "scaler")
 
 
 class CheckpointError(ValueError):
@@ -152,39 +162,156 @@ def payload_checksum(ckpt: dict) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def make_checkpoint(model: nn.Module, *, classes, coarse_classes, dataset: str, mean, std, config: dict,
-                    eval_split: str, epoch: int, history: list[dict], training_state: dict | None = None) -> dict:
-    """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments).
+class Checkpoint:
+    """A checkpoint: the dict that is saved, behind named accessors. Build one with :meth:`of_model`, read
+    one with :func:`load_checkpoint`, change one with :meth:`replace` (which renews the checksum)."""
 
-    ``training_state``: ``{"optimizer", "scheduler", "rng", "partial"}`` for a checkpoint that resumes
-    (``last.pt``; ``partial``: how far into the epoch after ``epoch`` it was written, or None);
-    without it the checkpoint is the weights and their description (``best.pt``)."""
-    model = unwrap(model)
-    ckpt = {
-        "format": FORMAT,
-        "model_name": model.model_name,
-        "model_kwargs": model.model_kwargs,
-        "classes": list(classes),
-        "coarse_classes": list(coarse_classes) if coarse_classes else None,
-        "dataset": dataset,
-        "mean": list(mean),
-        "std": list(std),
-        "config": config,
-        "eval_split": eval_split,
-        "model": model.state_dict(),
-        "epoch": epoch,
-        "history": history,
-    }
-    if training_state is not None:
-        missing = [k for k in TRAINING_STATE if k not in training_state]
-        assert not missing, f"training state lacks {missing}"
-        ckpt.update(training_state)
-    ckpt["checksum"] = payload_checksum(ckpt)
-    return ckpt
+    def __init__(self, data: dict, source: str = "checkpoint"):
+        self._data = data
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.source!r}: {self.model_name}, epoch {self.epoch})"
+
+    @classmethod
+    def of_model(cls, model: nn.Module, *, classes, coarse_classes, dataset: str, mean, std, config: dict,
+                 eval_split: str, epoch: int, history: list[dict], training_state: dict | None = None) -> Checkpoint:
+        """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments).
+
+        ``training_state``: ``{"optimizer", "scheduler", "rng", "partial"}`` (and optionally ``scaler``,
+        ``example_loss``) for a checkpoint that resumes (``last.pt``; ``partial``: how far into the epoch
+        after ``epoch`` it was written, or None); without it the checkpoint is the weights and their
+        description (``best.pt``)."""
+        model = unwrap(model)
+        data = {
+            "format": FORMAT,
+            "model_name": model.model_name,
+            "model_kwargs": model.model_kwargs,
+            "classes": list(classes),
+            "coarse_classes": list(coarse_classes) if coarse_classes else None,
+            "dataset": dataset,
+            "mean": list(mean),
+            "std": list(std),
+            "config": config,
+            "eval_split": eval_split,
+            "model": model.state_dict(),
+            "epoch": epoch,
+            "history": history,
+        }
+        if training_state is not None:
+            missing = [k for k in TRAINING_STATE if k not in training_state]
+            if missing:
+                raise ValueError(f"the training state lacks {', '.join(missing)}")
+            data.update(training_state)
+        data["checksum"] = payload_checksum(data)
+        return cls(data)
+
+    # -- what the model is ------------------------------------------------------------------------
+    model_name = property(lambda self: self._data["model_name"])
+    model_kwargs = property(lambda self: dict(self._data["model_kwargs"]))
+    state_dict = property(lambda self: self._data["model"])
+    classes = property(lambda self: list(self._data["classes"]))
+    coarse_classes = property(lambda self: list(self._data.get("coarse_classes") or []) or None)
+    num_classes = property(lambda self: len(self._data["classes"]))
+    dataset = property(lambda self: self._data.get("dataset"))
+    mean = property(lambda self: tuple(self._data["mean"]))
+    std = property(lambda self: tuple(self._data["std"]))
+    checksum = property(lambda self: self._data.get("checksum"))
+    is_best = property(lambda self: bool(self._data.get("best")))
+
+    # -- the run that made it ---------------------------------------------------------------------
+    eval_split = property(lambda self: self._data.get("eval_split"))
+    epoch = property(lambda self: int(self._data.get("epoch", 0)))
+    history = property(lambda self: list(self._data.get("history") or []))
+
+    @property
+    def config_dict(self) -> dict:
+        """The run's configuration as saved (mapped to today's fields), ``{}`` when none was saved."""
+        return upgrade_config(self._data.get("config") or {})
+
+    @property
+    def config(self) -> TrainConfig | None:
+        """The run's :class:`TrainConfig`, or None when the checkpoint holds none."""
+        return TrainConfig.from_dict(self._data["config"]) if self._data.get("config") else None
+
+    @property
+    def data_source(self) -> str | None:
+        """The ``--data`` the run was trained on."""
+        return self.config_dict.get("data") or None
+
+    @property
+    def precision(self) -> str:
+        """The precision the run trained and evaluated in (``auto``, ``fp32``, ``bf16``, ``fp16``; to be
+        resolved for a device); fp32 for a checkpoint without a config."""
+        return self.config_dict.get("precision", "fp32")
+
+    @property
+    def tta(self) -> tuple[bool, int]:
+        """``(flip, translate)``: the test-time augmentation the run evaluated with (0 translate for runs
+        from before it existed)."""
+        config = self.config_dict
+        return bool(config.get("tta", False)), int(config.get("tta_translate", 0))
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0: not calibrated)."""
+        return float(self._data.get("temperature") or 1.0)
+
+    calibration = property(lambda self: self._data.get("calibration"))
+
+    # -- what a resumed run continues from ---------------------------------------------------------
+    optimizer_state = property(lambda self: self._data["optimizer"])
+    scheduler_state = property(lambda self: self._data["scheduler"])
+    rng_state = property(lambda self: self._data["rng"])
+    scaler_state = property(lambda self: self._data.get("scaler"))
+    partial = property(lambda self: self._data.get("partial"))
+    example_loss = property(lambda self: self._data.get("example_loss"))
+
+    @property
+    def resumable(self) -> bool:
+        return all(k in self._data for k in ("optimizer", "scheduler", "rng", "epoch"))
+
+    # -- using and writing it ----------------------------------------------------------------------
+    def build_model(self, *, expect_model: str | None = None, expect_classes: int | None = None) -> nn.Module:
+        """Rebuild the model the checkpoint describes and load its weights (strictly)."""
+        name, source = self.model_name, self.source
+        if expect_model is not None and expect_model != name:
+            raise CheckpointError(f"{source} holds a {name} model, not {expect_model}")
+        if expect_classes is not None and expect_classes != self.num_classes:
+            raise CheckpointError(f"{source} was trained for {self.num_classes} classes, but the data has "
+                                  f"{expect_classes}")
+        model = create_model(name, **self.model_kwargs)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{source}: weights do not fit {name}: {str(e).splitlines()[0]}") from None
+        return model
+
+    def replace(self, **changes: Any) -> Checkpoint:
+        """A copy with ``changes`` (e.g. ``temperature=1.4, calibration={...}``) and a renewed checksum."""
+        data = {k: v for k, v in self._data.items() if k != "checksum"}
+        data.update(changes)
+        data["checksum"] = payload_checksum(data)
+        return Checkpoint(data, self.source)
+
+    def weights_only(self) -> Checkpoint:
+        """The checkpoint without its training state (what ``best.pt`` holds), marked as the best."""
+        data = {k: v for k, v in self._data.items() if k not in (*TRAINING_STATE, *OPTIONAL_STATE, "checksum")}
+        data["best"] = True
+        data["checksum"] = payload_checksum(data)
+        return Checkpoint(data, self.source)
+
+    def save(self, path: str | Path) -> Path:
+        """Write it to ``path`` atomically."""
+        return atomic_save(self._data, path)
+
+    def to_dict(self) -> dict:
+        """The dict that is saved (not a copy: do not change it, use :meth:`replace`)."""
+        return self._data
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    resumable: bool = False) -> dict:
+                    resumable: bool = False) -> Checkpoint:
     """Load and validate a checkpoint written by this package (never unpickles arbitrary objects).
 
     ``resumable``: also require the training state that ``last.pt`` carries (a ``best.pt`` is refused)."""
@@ -194,51 +321,68 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not path.exists():
         raise CheckpointError(f"no such checkpoint: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifar-resnet checkpoint (expected format {FORMAT!r})")
-    missing = [k for k in REQUIRED if k not in ckpt]
+    missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
     # checkpoints from before the checksum existed have none and load as they are
-    if "checksum" in ckpt and payload_checksum(ckpt) != ckpt["checksum"]:
+    if "checksum" in data and payload_checksum(data) != data["checksum"]:
         raise CheckpointError(f"{path} is corrupt: its content does not match its checksum")
+    ckpt = Checkpoint(data, str(path))
     if resumable:
-        if any(k not in ckpt for k in ("optimizer", "scheduler", "rng", "epoch")):
+        if not ckpt.resumable:
             raise CheckpointError(f"{path} holds weights only (a best.pt?); resume from last.pt")
-        if not ckpt.get("config"):
+        if not data.get("config"):
             raise CheckpointError(f"{path} holds no training configuration")
     return ckpt
-
-
-def build_model(ckpt: dict, *, expect_model: str | None = None, expect_classes: int | None = None,
-                source: str = "checkpoint") -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
-    name, kwargs = ckpt["model_name"], dict(ckpt["model_kwargs"])
-    if expect_model is not None and expect_model != name:
-        raise CheckpointError(f"{source} holds a {name} model, not {expect_model}")
-    n = len(ckpt["classes"])
-    if expect_classes is not None and expect_classes != n:
-        raise CheckpointError(f"{source} was trained for {n} classes, but the data has {expect_classes}")
-    model = create_model(name, **kwargs)
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: weights do not fit {name}: {str(e).splitlines()[0]}") from None
-    return model
 
 
 # --------------------------------------------------------------------------------------------------
 # The run directory
 # --------------------------------------------------------------------------------------------------
 
-# seconds: the epoch's wall time (training and evaluation); train_seconds: training time so far, without
-# evaluation, which is the clock of time-to-accuracy
-CSV_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
-              "train_seconds", "images_per_s", "train_images", "train_size", "eval_tta")
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of a run: a line of ``history.json`` and of ``metrics.csv``, an item of a checkpoint's
+    history. Records are kept as plain dicts (:meth:`to_dict`) in files and checkpoints; this class is
+    their one definition."""
+
+    epoch: int
+    lr: float  # the last step's learning rate
+    train_loss: float
+    train_top1: float
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    seconds: float  # the epoch's wall time, training and evaluation
+    train_seconds: float  # training time so far, without evaluation: the clock of time-to-accuracy
+    images_per_s: float
+    train_images: int
+    train_size: int  # the side of the training images (progressive resizing)
+    eval_tta: str  # how the epoch was evaluated: none, flip, translate1, flip+translate1
+    eval_split: str = "val"
+    lrs: list[float] = dataclasses.field(default_factory=list, repr=False)  # every step's, in last.pt only
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EpochRecord:
+        """A record of ``history.json`` or a checkpoint's history; fields that older runs did not write
+        (``train_images``, ``train_size``, ``eval_tta``) are 0 or ``""``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        defaults = {"train_images": 0, "train_size": 0, "eval_tta": "", "images_per_s": 0.0, "seconds": 0.0,
+                    "train_seconds": 0.0}
+        return cls(**{**defaults, **{k: v for k, v in d.items() if k in names}})
+
+
+# the columns of metrics.csv: every field but the per-step learning rates and the split's name
+CSV_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord) if f.name not in ("lrs", "eval_split"))
 
 
 class RunDir:
@@ -250,6 +394,16 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    @staticmethod
+    def default(preset: str, model: str, root: str | Path = "runs") -> RunDir:
+        """Where ``cifar-resnet train`` writes a run when no ``--out`` is given: ``runs/<preset>-<model>``."""
+        return RunDir(Path(root) / f"{preset}-{model}")
+
+    @staticmethod
+    def of_checkpoint(checkpoint: str | Path) -> RunDir:
+        """The run directory a checkpoint file lies in."""
+        return RunDir(Path(checkpoint).resolve().parent)
+
     config_json = property(lambda self: self.path / "config.json")
     history_json = property(lambda self: self.path / "history.json")
     metrics_csv = property(lambda self: self.path / "metrics.csv")
@@ -257,6 +411,8 @@ class RunDir:
     best = property(lambda self: self.path / "best.pt")
     tensorboard = property(lambda self: self.path / "tensorboard")
     plots = property(lambda self: self.path / "plots")
+    interpret = property(lambda self: self.path / "interpret")
+    reliability_png = property(lambda self: self.path / "reliability.png")
 
     def create(self) -> RunDir:
         if self.path.exists() and not self.path.is_dir():
@@ -267,19 +423,17 @@ class RunDir:
     def write_config(self, config: dict) -> None:
         atomic_write_text(self.config_json, json.dumps(config, indent=1) + "\n")
 
-    def write_checkpoint(self, ckpt: dict) -> None:
+    def write_checkpoint(self, ckpt: Checkpoint) -> None:
         """``last.pt`` alone (a checkpoint written inside an epoch)."""
-        atomic_save(ckpt, self.last)
+        ckpt.save(self.last)
 
-    def write_epoch(self, ckpt: dict, *, best: bool) -> None:
+    def write_epoch(self, ckpt: Checkpoint, *, best: bool) -> None:
         """After an epoch: ``best.pt`` when ``best`` (the checkpoint without its training state),
-        ``last.pt`` (all of it), then ``history.json`` and ``metrics.csv`` from ``ckpt["history"]``."""
+        ``last.pt`` (all of it), then ``history.json`` and ``metrics.csv`` from its history."""
         if best:
-            weights = {k: v for k, v in ckpt.items() if k not in (*TRAINING_STATE, "checksum")}
-            weights["best"] = True
-            atomic_save({**weights, "checksum": payload_checksum(weights)}, self.best)
-        atomic_save(ckpt, self.last)
-        self.write_history(ckpt["history"])
+            ckpt.weights_only().save(self.best)
+        ckpt.save(self.last)
+        self.write_history(ckpt.history)
 
     def write_history(self, records: list[dict]) -> None:
         # the per-step learning rates stay in last.pt: history.json is one line of numbers per epoch
@@ -319,7 +473,7 @@ class RunDir:
                 config = {}
         if self.last.is_file():
             try:
-                lrs = {r["epoch"]: r.get("lrs") for r in load_checkpoint(self.last).get("history", [])}
+                lrs = {r["epoch"]: r.get("lrs") for r in load_checkpoint(self.last).history}
             except CheckpointError:  # being replaced, or foreign: the per-epoch lr is still plotted
                 lrs = {}
             if all(lrs.get(r["epoch"]) for r in records):

@@ -1,4 +1,11 @@
-"""The ``cifar-resnet`` command: argparse subcommands over the package's public functions, no logic of its own.
+"""The ``cifar-resnet`` command: argparse subcommands over the package's public functions.
+
+Each command parses its flags, loads what the call needs (a checkpoint and the evaluation options that its
+run and the flags give, :func:`~cifar_resnet.inference.eval_options`), calls one library function and
+prints what it returns; the figures and files are the library's. What is decided here is only how flags
+become arguments: one ``--field-name`` per :class:`~cifar_resnet.config.TrainConfig` field, and the
+deprecated ``--amp``/``--cpu-amp`` of ``train`` and ``lr-find`` mapped to ``--precision``
+(:func:`~cifar_resnet.runtime.legacy_precision`) with a warning.
 
 User mistakes (``ValueError`` and file errors) print as one line on stderr with exit status 2; set
 ``CIFAR_RESNET_TRACEBACK=1`` (or pass ``--traceback``) to see the full traceback instead.
@@ -15,16 +22,20 @@ import textwrap
 import typing
 
 from .calibration import calibrate
+from .checkpoint import Checkpoint, RunDir, load_checkpoint
 from .config import PRESETS, TrainConfig, get_preset
-from .datasets import DEFAULT_ROOT, describe, download, load_data
+from .data import DEFAULT_ROOT, describe, download, load_data
+from .engine import EvalOptions
 from .evaluate import evaluate_checkpoint, format_report
 from .export import export_model
 from .images import RESIZE_MODES
+from .inference import eval_options, load_predictor
 from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
 from .lr_find import LR_FIND_FIELDS, lr_find_config
 from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
+from .runtime import PRECISIONS, legacy_precision
 from .train import TrainingInterrupted, fit
 
 PROG = "cifar-resnet"
@@ -72,6 +83,36 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...]
             group.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(), help=help_text)
 
 
+def _add_legacy_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--amp/--no-amp`` and ``--cpu-amp off|on|auto``, the flags of the release before ``--precision``:
+    still accepted for one release, hidden from --help (see :func:`_legacy_precision`)."""
+    parser.add_argument("--amp", dest="legacy_amp", action=argparse.BooleanOptionalAction, default=None,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-amp", dest="legacy_cpu_amp", choices=["off", "on", "auto"], default=None,
+                        help=argparse.SUPPRESS)
+
+
+def _legacy_precision(args, overrides: dict, warn) -> None:
+    """Map the deprecated ``--amp``/``--no-amp``/``--cpu-amp`` given on the command line to ``precision`` in
+    ``overrides`` (unless ``--precision`` was given too) and ``warn`` one line for each.
+
+    ``--cpu-amp`` alone or with ``--[no-]amp`` is :func:`~cifar_resnet.runtime.legacy_precision` (exact on
+    the CPU); ``--no-amp`` alone is fp32; ``--amp`` alone (bf16 on CUDA, the old default) is ``auto``."""
+    amp, cpu_amp = args.legacy_amp, args.legacy_cpu_amp
+    given = [flag for flag, value in (("--amp" if amp else "--no-amp", amp), ("--cpu-amp", cpu_amp))
+             if value is not None]
+    if not given:
+        return
+    if "precision" in overrides:
+        for flag in given:
+            warn(f"warning: {flag} is deprecated and ignored beside --precision")
+        return
+    precision = "auto" if amp and cpu_amp is None else legacy_precision(amp is not False, cpu_amp or "off")
+    overrides["precision"] = precision
+    for flag in given:
+        warn(f"warning: {flag} is deprecated; use --precision {precision}")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Train, evaluate and inspect ResNet classifiers on CIFAR-100 and CIFAR-10.")
@@ -96,6 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
     _add_config_arguments(p)
+    _add_legacy_precision_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the registered models")
@@ -196,8 +238,13 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True)
     p.add_argument("--tta-translate", type=int, default=None, metavar="PX",
                    help="translate test-time augmentation: also the image shifted PX pixels up-left and "
                         "down-right, with half the weight; 0 turns it off (default: as the run evaluated)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: the run's evaluation batch size)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="autocast of the forward passes: auto (bf16 on CUDA and on CPUs with AMX, else fp32), fp32, "
+                        "bf16 or fp16 (default: the checkpoint's, the precision its run trained and evaluated in, "
+                        "so that the run's own split gives the numbers training recorded)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
 
@@ -213,7 +260,7 @@ def _add_inspection_parsers(sub) -> None:
     _add_checkpoint_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
-                        "per_superclass, split, split_description, tta, tta_translate, model, epoch, "
+                        "per_superclass, split, split_description, tta, tta_translate, precision, model, epoch, "
                         "checkpoint, data, temperature)")
     p.add_argument("--no-per-class", dest="per_class", action="store_false",
                    help="leave the per-class table out of the text output")
@@ -300,12 +347,21 @@ def _add_inspection_parsers(sub) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     _add_config_arguments(p, only=LR_FIND_FIELDS)
+    _add_legacy_precision_arguments(p)
     p.set_defaults(func=cmd_lr_find)
 
 
+def _evaluation(args) -> tuple[Checkpoint, EvalOptions]:
+    """The checkpoint of ``args`` and how to evaluate it: the run's own options, overridden by the flags given."""
+    ckpt = load_checkpoint(args.checkpoint)
+    options = eval_options(ckpt, args.device, tta=args.tta, tta_translate=args.tta_translate,
+                           batch_size=args.batch_size, precision=args.precision)
+    return ckpt, options
+
+
 def cmd_evaluate(args) -> int:
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
-                                 tta_translate=args.tta_translate, batch_size=args.batch_size, device=args.device,
+    ckpt, options = _evaluation(args)
+    report = evaluate_checkpoint(ckpt, args.data, args.split, options=options, device=args.device,
                                  progress=args.progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
     return 0
@@ -318,9 +374,11 @@ def cmd_plot(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    prediction = predict(args.checkpoint, args.images, data=args.data, split=args.split, index=args.index,
-                         sample=args.sample, seed=args.seed, k=args.top_k, resize=args.resize, tta=args.tta,
-                         tta_translate=args.tta_translate, batch_size=args.batch_size, device=args.device,
+    predictor = load_predictor(args.checkpoint, args.device)
+    options = predictor.eval_options(tta=args.tta, tta_translate=args.tta_translate, batch_size=args.batch_size,
+                                     precision=args.precision)
+    prediction = predict(predictor, args.images, data=args.data, split=args.split, index=args.index,
+                         sample=args.sample, seed=args.seed, k=args.top_k, resize=args.resize, options=options,
                          progress=args.progress)
     for message in prediction.errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -335,10 +393,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_interpret(args) -> int:
-    out = check_out_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "interpret"))
-    interp = Interpretation.from_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta,
-                                            tta_translate=args.tta_translate, batch_size=args.batch_size,
-                                            device=args.device, progress=args.progress)
+    out = check_out_dir(args.out or RunDir.of_checkpoint(args.checkpoint).interpret)
+    ckpt, options = _evaluation(args)
+    interp = Interpretation.from_checkpoint(ckpt, args.data, args.split, options=options, device=args.device,
+                                            progress=args.progress)
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:
         print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())
@@ -348,20 +406,21 @@ def cmd_interpret(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    report, logits, labels = calibrate(args.checkpoint, args.data, args.split, tta=args.tta,
-                                       tta_translate=args.tta_translate, batch_size=args.batch_size,
-                                       device=args.device, progress=args.progress, write=not args.dry_run)
-    plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "reliability.png")
+    ckpt, options = _evaluation(args)
+    report, logits, labels = calibrate(ckpt, args.data, args.split, options=options, device=args.device,
+                                       progress=args.progress, write=not args.dry_run)
+    plot = str(args.plot or RunDir.of_checkpoint(args.checkpoint).reliability_png)
     save_figure(plot_reliability({"before (T = 1)": (logits.softmax(1).numpy(), labels.numpy(), report.ece_before),
                                   f"after (T = {report.temperature:.3f})": ((logits / report.temperature).softmax(1)
                                                                             .numpy(), labels.numpy(),
                                                                             report.ece_after)},
-                                 title=f"Reliability on {report.n:,} {report.split} images"), plot)
+                                 title=f"Reliability on {report.n:,} {report.split} images ({report.precision})"),
+                plot)
     if args.json:
         print(json.dumps({**report.to_dict(), "plot": plot, "written": not args.dry_run}, indent=1))
         return 0
     print(f"temperature {report.temperature:.4f} (was {report.previous_temperature:g}), fitted on {report.n:,} "
-          f"images: {report.split_description}")
+          f"images: {report.split_description} ({report.precision})")
     print(f"ECE  {report.ece_before:.4f} -> {report.ece_after:.4f}  (expected calibration error, 15 bins)")
     print(f"NLL  {report.nll_before:.4f} -> {report.nll_after:.4f}  (mean negative log-likelihood)")
     print(("left unchanged (--dry-run): " if args.dry_run else "stored in ") + args.checkpoint + f"; plot: {plot}")
@@ -378,12 +437,13 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
     try:  # an optional dependency: imported only when asked for
-        from .serve import serve
+        from .serve import ServeLimits, serve
     except ImportError as e:
         raise ValueError(f"serve needs the serve extra ({e.name} is missing): pip install 'cifar-resnet[serve]'") \
             from None
-    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          max_upload_mb=args.max_upload_mb, max_files=args.max_files, device=args.device)
+    limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+                         max_files=args.max_files)
+    serve(args.model, limits, host=args.host, port=args.port, device=args.device)
     return 0
 
 
@@ -393,8 +453,15 @@ def _config_overrides(args, only: tuple[str, ...] | None = None) -> dict:
             if (only is None or f.name in only) and getattr(args, f.name) is not None}
 
 
+def _warn(message: str) -> None:
+    if _rank() == 0:
+        print(message, file=sys.stderr)
+
+
 def cmd_lr_find(args) -> int:
-    config = dataclasses.replace(get_preset(args.preset), **_config_overrides(args, LR_FIND_FIELDS))
+    overrides = _config_overrides(args, LR_FIND_FIELDS)
+    _legacy_precision(args, overrides, _warn)
+    config = dataclasses.replace(get_preset(args.preset), **overrides)
     result = lr_find_config(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
                             beta=args.beta, diverge=args.diverge, progress=args.progress,
                             log=None if args.json else print)
@@ -412,6 +479,7 @@ def cmd_lr_find(args) -> int:
 
 def cmd_train(args) -> int:
     overrides = _config_overrides(args)
+    _legacy_precision(args, overrides, _warn)
     options = {"save_every": args.save_every, "save_every_steps": args.save_every_steps, "progress": args.progress,
                "tensorboard": args.tensorboard, "log": print if _rank() == 0 else None}
     try:
@@ -423,7 +491,7 @@ def cmd_train(args) -> int:
             history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"), **options)
         else:
             config = dataclasses.replace(get_preset(args.preset), **overrides)
-            out = args.out or os.path.join("runs", f"{args.preset}-{config.model}")
+            out = args.out or RunDir.default(args.preset, config.model).path
             history = fit(config, out_dir=out, resume=args.resume, **options)
     except TrainingInterrupted as stop:
         if _rank() == 0:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import Augment
-from .datasets import CifarData, load_data, split_validation, subsample
-from .runtime import CPU_AMP_MODES
+from .data import CifarData, load_data, split_validation, subsample
+from .runtime import PRECISIONS, legacy_precision
 
 __all__ = ["CLIP_MODES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig", "get_preset", "prepare_data"]
 
@@ -86,9 +86,9 @@ class TrainConfig:
     # machinery
     seed: int = _field(0, "random seed (initialisation, split, shuffling, augmentation)")
     device: str = _field("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
-    amp: bool = _field(True, "bf16 autocast on CUDA")
-    cpu_amp: str = _field("off", "bf16 autocast on the CPU: off | on | auto (on where the CPU has AMX, e.g. "
-                                 "Xeon Sapphire Rapids and later: 2-3x faster steps there, slower without)")
+    precision: str = _field("auto", "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
+                                    "bf16 on CUDA and on CPUs with AMX (Xeon Sapphire Rapids and later: 2-3x "
+                                    "faster steps there, slower without), fp32 elsewhere; fp16 scales the loss")
     channels_last: bool = _field(True, "channels_last memory format")
     compile: bool = _field(False, "torch.compile the model for training")
     sync_bn: bool = _field(False, "under torchrun: batch-norm statistics of the whole global batch "
@@ -112,7 +112,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; use {', '.join(SCHEDULES)}"),
             (self.grad_clip_mode in CLIP_MODES, f"unknown clip mode {self.grad_clip_mode!r}; use value or norm"),
-            (self.cpu_amp in CPU_AMP_MODES, f"unknown cpu amp mode {self.cpu_amp!r}; use off, on or auto"),
+            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}"),
             (self.bn_bias_lr > 0, f"bn bias lr multiplier must be > 0, got {self.bn_bias_lr}"),
             (0 <= self.drop_easy < 1 and 0 <= self.drop_easy_from < 1,
              f"drop easy and its start must be in [0, 1), got {self.drop_easy} and {self.drop_easy_from}"),
@@ -161,6 +161,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config of ``d`` (``config.json``, a checkpoint's config); one written before ``precision``
+        existed has ``amp`` and ``cpu_amp`` instead, mapped by :func:`~cifar_resnet.runtime.legacy_precision`."""
+        d = upgrade_config(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -171,6 +174,19 @@ class TrainConfig:
     def help(name: str) -> str:
         """The help text of field ``name``."""
         return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}[name]
+
+
+LEGACY_FIELDS = ("amp", "cpu_amp")
+
+
+def upgrade_config(d: dict) -> dict:
+    """``d`` with the fields of older releases mapped to today's (``amp`` + ``cpu_amp`` -> ``precision``)."""
+    if not any(k in d for k in LEGACY_FIELDS):
+        return d
+    d = dict(d)
+    amp, cpu_amp = d.pop("amp", True), d.pop("cpu_amp", "off")
+    d.setdefault("precision", legacy_precision(bool(amp), cpu_amp))
+    return d
 
 
 # Named presets. "seed" is the notebook's recipe (Adam, OneCycleLR per batch, max_lr 1e-3, gradient
@@ -188,11 +204,11 @@ PRESETS: dict[str, TrainConfig] = {
     # CIFAR-100 speedruns' trick), a plain evaluation after each epoch and the full TTA after the last.
     # "fast-cpu" is the recipe on a 2-core CPU: the same net in bf16 where the CPU has AMX (see the README's
     # Performance section for what it reaches and docs/runs/ablation.md for how it got there); "fast" is the
-    # same on a GPU (bf16 by --amp), 16 epochs.
+    # same on a GPU (bf16 there too), 16 epochs.
     "fast": TrainConfig(model="fast", whiten=True, optimizer="muon", lr=2.0, momentum=0.9, muon_lr=0.1,
                         muon_momentum=0.6, weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0,
                         label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, tta_translate=1,
-                        tta_every_epoch=False, progressive="16:0.25,24:0.25", cpu_amp="auto", epochs=16,
+                        tta_every_epoch=False, progressive="16:0.25,24:0.25", precision="auto", epochs=16,
                         batch_size=512),
 }
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17)

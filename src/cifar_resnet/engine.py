@@ -1,29 +1,94 @@
 """What training and inference share: the model a run starts from, the training step, and the pass of a
-model over a loader.
+model over a loader, each with its options as one small frozen object.
 
 * :func:`init_model` and :func:`training_loader` set a run up from its config (``fit`` and ``lr-find``
   start from exactly the same model and batches);
-* :func:`train_one_epoch` is the one training step of the package, looped over a loader (``fit``,
-  ``lr-find`` and the notebook's ``fit`` all call it);
-* :func:`collect_logits` runs a model over a loader once, with test-time augmentation
-  (:func:`tta_logits`), and returns logits and labels on the CPU, from which :mod:`cifar_resnet.metrics`
-  computes every number that is reported.
+* :func:`train_step` is the one training step of the package (:class:`StepOptions`: loss, clipping,
+  precision). ``fit`` calls it step by step (it checks, checkpoints and stops between steps);
+  :func:`train_one_epoch` loops it over a loader for ``lr-find`` and the notebook's ``fit``;
+* :func:`collect_logits` runs a model over a loader once (:class:`EvalOptions`: test-time augmentation,
+  batch size, precision; :func:`tta_logits`) and returns logits and labels on the CPU, from which
+  :mod:`cifar_resnet.metrics` computes every number that is reported.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .datasets import CifarData, Split
+from .config import CLIP_MODES, TrainConfig
+from .data import CifarData, Split
 from .loader import CifarLoader
 from .models import create_model
-from .runtime import autocast_for
+from .runtime import autocast_for, resolve_precision
 
-__all__ = ["collect_logits", "epoch_line", "init_model", "resize_batch", "train_one_epoch", "train_step",
-           "training_loader", "tta_logits"]
+__all__ = ["EvalOptions", "StepOptions", "collect_logits", "epoch_line", "grad_scaler", "init_model",
+           "resize_batch", "train_one_epoch", "train_step", "training_loader", "tta_logits"]
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step computes: the loss (label smoothing), gradient clipping and the precision it
+    autocasts to (resolved for the device: ``fp32``, ``bf16`` or ``fp16``)."""
+
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    grad_clip_mode: str = "value"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.grad_clip_mode not in CLIP_MODES:
+            raise ValueError(f"unknown clip mode {self.grad_clip_mode!r}; use value or norm")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"a step runs in fp32, bf16 or fp16, not {self.precision!r} (resolve it first)")
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, device: torch.device) -> StepOptions:
+        return cls(label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
+                   grad_clip_mode=config.grad_clip_mode, precision=resolve_precision(config.precision, device))
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a model is evaluated: flip and translate test-time augmentation (:func:`tta_logits`), the
+    batch size and the precision (resolved for the device)."""
+
+    tta: bool = False
+    tta_translate: int = 0
+    batch_size: int = 500
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.tta_translate < 0:
+            raise ValueError(f"tta translate must be >= 0, got {self.tta_translate}")
+        if self.batch_size < 1:
+            raise ValueError(f"eval batch size must be >= 1, got {self.batch_size}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"evaluation runs in fp32, bf16 or fp16, not {self.precision!r} (resolve it first)")
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, device: torch.device) -> EvalOptions:
+        return cls(tta=config.tta, tta_translate=config.tta_translate, batch_size=config.eval_batch_size,
+                   precision=resolve_precision(config.precision, device))
+
+    def plain(self) -> EvalOptions:
+        """The same without test-time augmentation (one pass per image)."""
+        return dataclasses.replace(self, tta=False, tta_translate=0)
+
+    @property
+    def tta_name(self) -> str:
+        """How it evaluates, for records: none, flip, translate1, flip+translate1, ..."""
+        parts = (["flip"] if self.tta else []) + ([f"translate{self.tta_translate}"] if self.tta_translate else [])
+        return "+".join(parts) or "none"
+
+
+def grad_scaler(options: StepOptions, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler an fp16 run needs (fp16 gradients underflow without it); None otherwise."""
+    return torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
 
 
 def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
@@ -54,45 +119,49 @@ def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.
     return loader
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *,
-               device: torch.device, label_smoothing: float = 0.0, grad_clip: float = 0.0,
-               grad_clip_mode: str = "value", amp: bool = True,
-               cpu_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, options: StepOptions,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimisation step on a batch; returns the loss and the logits (detached, on the device, no
-    host synchronisation) and the learning rate the step used. The scheduler steps after it. ``amp``:
-    bf16 autocast on CUDA; ``cpu_amp``: on the CPU."""
-    with autocast_for(device, amp, cpu_amp):
+    host synchronisation) and the learning rate the step used. The scheduler steps after it. ``scaler``:
+    the fp16 loss scaler (:func:`grad_scaler`)."""
+    with autocast_for(x.device, options.precision):
         out = model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(out, y, label_smoothing=options.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        if grad_clip_mode == "value":
-            nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if options.grad_clip:
+        if options.grad_clip_mode == "value":
+            nn.utils.clip_grad_value_(model.parameters(), options.grad_clip)
         else:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-    optimizer.step()
+            nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip, foreach=True)
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when a gradient is not finite; the scale then shrinks
+        scaler.update()
+    else:
+        optimizer.step()
     lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
     return loss.detach(), out.detach(), lr
 
 
-def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, device: torch.device,
-                    label_smoothing: float = 0.0, grad_clip: float = 0.0, grad_clip_mode: str = "value",
-                    amp: bool = True, cpu_amp: bool = False) -> dict:
-    """:func:`train_step` over every batch of ``batches`` (``(images, labels)`` already on ``device``);
+def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, options: StepOptions) -> dict:
+    """:func:`train_step` over every batch of ``batches`` (``(images, labels)`` on the model's device);
     returns the mean training loss and accuracy and the learning rate each step used. ``lr-find`` and
     the notebook's ``fit`` use it; ``fit`` loops over :func:`train_step` itself (it checkpoints, checks
     for divergence and stops on signals between steps)."""
     model.train()
+    device = next(model.parameters()).device
+    scaler = grad_scaler(options, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     lrs = []
     for x, y in batches:
-        loss, out, lr = train_step(model, x, y, optimizer, scheduler, device=device,
-                                   label_smoothing=label_smoothing, grad_clip=grad_clip,
-                                   grad_clip_mode=grad_clip_mode, amp=amp, cpu_amp=cpu_amp)
+        loss, out, lr = train_step(model, x, y, optimizer, scheduler, options, scaler)
         lrs.append(lr)
         # accumulate on the device: no host synchronisation inside the step
         loss_sum += loss * len(y)
@@ -145,13 +214,13 @@ def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_tran
 
 
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader, *, tta: bool = False, tta_translate: int = 0, amp: bool = True,
-                   cpu_amp: bool = False, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(model: nn.Module, loader, options: EvalOptions = EvalOptions(),
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and int64 labels (N,) on the CPU, in loader order.
 
-    ``tta`` and ``tta_translate``: test-time augmentation, see :func:`tta_logits` (flip TTA as in airbench
-    and the CIFAR speedruns; translate as airbench's level 2). ``amp``/``cpu_amp``: bf16 autocast on CUDA/on
-    the CPU. ``progress``: a bar updated per image.
+    ``options``: test-time augmentation (see :func:`tta_logits`: flip TTA as in airbench and the CIFAR
+    speedruns; translate as airbench's level 2) and the precision of the forward passes (the loader's
+    batch size is the loader's). ``progress``: a bar updated per image.
     """
     was_training = model.training
     model.eval()
@@ -159,8 +228,8 @@ def collect_logits(model: nn.Module, loader, *, tta: bool = False, tta_translate
     outs, labels = [], []
     try:
         for x, y in loader:
-            with autocast_for(device, amp, cpu_amp):
-                logits = tta_logits(model, x, tta=tta, tta_translate=tta_translate)
+            with autocast_for(device, options.precision):
+                logits = tta_logits(model, x, tta=options.tta, tta_translate=options.tta_translate)
             outs.append(logits.float())
             labels.append(y)
             if progress is not None:

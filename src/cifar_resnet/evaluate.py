@@ -4,29 +4,39 @@
 :mod:`cifar_resnet.inference` for how the model and the run's own split are found again) and returns
 :func:`~cifar_resnet.metrics.compute_report`'s dict: top-1/top-5, loss, superclass accuracy, expected
 calibration error and per-class/per-superclass accuracy. ``format_report`` makes it a table.
+
+By default a checkpoint is evaluated as its run evaluated it: the same test-time augmentation, batch size
+and precision (a bf16 run in bf16, where the device runs bf16), so that its own split gives the numbers
+training recorded; ``--precision`` and the TTA flags change that, and the report says what was used.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from .checkpoint import Checkpoint
+from .engine import EvalOptions
 from .inference import run_checkpoint
 from .metrics import compute_report
 
 __all__ = ["evaluate_checkpoint", "format_report"]
 
 
-def evaluate_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        tta_translate: int | None = None, batch_size: int = 500,
-                        device: str | torch.device = "auto", amp: bool = True, progress: bool | None = None) -> dict:
-    """Evaluate a checkpoint on a split (arguments as :func:`~cifar_resnet.inference.run_checkpoint`).
+def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: str | None = None, *,
+                        options: EvalOptions | None = None, device: str | torch.device = "auto",
+                        progress: bool | None = None) -> dict:
+    """Evaluate a checkpoint on a split (arguments as :func:`~cifar_resnet.inference.run_checkpoint`;
+    ``options`` default to how the run evaluated: its test-time augmentation, evaluation batch size and
+    precision, see :func:`~cifar_resnet.inference.eval_options`).
 
     Returns :func:`compute_report`'s dict plus the run's :attr:`CheckpointRun.meta`: ``split``,
-    ``split_description``, ``tta``, ``tta_translate``, ``model``, ``epoch``, ``checkpoint``, ``data``.
+    ``split_description``, ``tta``, ``tta_translate``, ``precision``, ``model``, ``epoch``, ``checkpoint``,
+    ``data``, ``temperature``.
     """
-    run = run_checkpoint(checkpoint, data, split, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                         device=device, amp=amp, progress=progress)
-    report = compute_report(run.logits, run.labels, run.ckpt["classes"], coarse_map=run.coarse_map,
+    run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
+    report = compute_report(run.logits, run.labels, run.ckpt.classes, coarse_map=run.coarse_map,
                             coarse_classes=run.coarse_classes)
     report.update(run.meta)
     return report
@@ -49,7 +59,8 @@ def format_report(report: dict, per_class: bool = True) -> str:
         f"checkpoint   {report.get('checkpoint', '?')} ({report.get('model', '?')}{epoch})",
         f"images       {report['n']:,} ({report.get('split_description', report.get('split', '?'))})"
         + (", flip TTA" if report.get("tta") else "")
-        + (f", {report['tta_translate']} px translate TTA" if report.get("tta_translate") else ""),
+        + (f", {report['tta_translate']} px translate TTA" if report.get("tta_translate") else "")
+        + (f", {report['precision']}" if report.get("precision") else ""),
         f"temperature  {report.get('temperature', 1.0):.4g}"
         + ("  (calibrated)" if report.get("temperature", 1.0) != 1.0 else "  (not calibrated)"),
         f"top-1        {pct(report['top1'])}",

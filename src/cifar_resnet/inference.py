@@ -3,8 +3,8 @@
 
 A checkpoint needs nothing else: :func:`model_from_checkpoint` rebuilds the model, images are
 normalised with the checkpoint's mean/std (never recomputed) through the same
-:class:`~cifar_resnet.loader.CifarLoader` path as training's batches, and by default test-time
-augmentation is what the run evaluated with (:func:`tta_settings`).
+:class:`~cifar_resnet.loader.CifarLoader` path as training's batches, and by default the evaluation is
+the run's own (:func:`eval_options`: its test-time augmentation, evaluation batch size and precision).
 
 * :func:`run_checkpoint`: a checkpoint over one split of a data source (the run's own validation or
   training images found again, see :func:`resolve_split`), giving a :class:`CheckpointRun`;
@@ -15,6 +15,7 @@ augmentation is what the run evaluated with (:func:`tta_settings`).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, build_model, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .config import TrainConfig, prepare_data
-from .datasets import CifarData, DataError, Split, channel_stats, load_data
-from .engine import collect_logits
+from .data import CifarData, DataError, Split, channel_stats, load_data
+from .engine import EvalOptions, collect_logits
 from .images import load_images
 from .loader import CifarLoader
 from .metrics import fine_to_coarse
-from .runtime import progress_bar, resolve_device
+from .runtime import progress_bar, resolve_device, resolve_precision
 
 __all__ = [
     "CheckpointRun",
@@ -39,47 +40,69 @@ __all__ = [
     "Predictor",
     "check_classes",
     "data_for_checkpoint",
+    "eval_options",
     "load_predictor",
     "model_from_checkpoint",
     "predict_tensor",
     "resolve_split",
     "run_checkpoint",
     "split_logits",
-    "temperature_of",
-    "tta_settings",
 ]
 
+DEFAULT_EVAL_BATCH = 500  # for a checkpoint whose config does not say
 
-def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "checkpoint") -> nn.Module:
+
+def _checkpoint(checkpoint: str | Path | Checkpoint) -> Checkpoint:
+    return checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, device: torch.device) -> nn.Module:
     """The checkpoint's model, weights loaded, in eval mode on ``device``."""
-    if not ckpt.get("classes") or not all(isinstance(c, str) and c for c in ckpt["classes"]):
-        raise CheckpointError(f"{source} has no class names")
-    model = build_model(ckpt, source=source).to(device)
+    if not ckpt.classes or not all(isinstance(c, str) and c for c in ckpt.classes):
+        raise CheckpointError(f"{ckpt.source} has no class names")
+    model = ckpt.build_model().to(device)
     model.to(memory_format=torch.channels_last)
     return model.eval()
 
 
-def data_for_checkpoint(ckpt: dict, data=None, source: str = "checkpoint") -> CifarData:
-    """``data`` loaded (a source for ``datasets.load_data``, or a ``CifarData`` as is); when ``None``,
-    the source the run was trained on, from the checkpoint's config."""
+def eval_options(ckpt: Checkpoint, device: str | torch.device, *, tta: bool | None = None,
+                 tta_translate: int | None = None, batch_size: int | None = None,
+                 precision: str | None = None) -> EvalOptions:
+    """How to evaluate ``ckpt`` on ``device``: each option as given, else as the run evaluated, so that by
+    default a checkpoint is measured the way its training history was: its config's ``tta`` and
+    ``tta_translate`` (0 for runs from before translate TTA existed), ``eval_batch_size`` and
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; resolved for ``device`` by
+    :func:`~cifar_resnet.runtime.resolve_precision`, so ``auto`` is bf16 on CUDA and on CPUs with AMX)."""
+    run_tta, run_translate = ckpt.tta
+    if batch_size is None:
+        batch_size = int(ckpt.config_dict.get("eval_batch_size", DEFAULT_EVAL_BATCH))
+    return EvalOptions(tta=run_tta if tta is None else bool(tta),
+                       tta_translate=run_translate if tta_translate is None else int(tta_translate),
+                       batch_size=batch_size,
+                       precision=resolve_precision(precision or ckpt.precision, resolve_device(device)))
+
+
+def data_for_checkpoint(ckpt: Checkpoint, data=None) -> CifarData:
+    """``data`` loaded (a source for ``data.load_data``, or a ``CifarData`` as is); when ``None``, the
+    source the run was trained on, from the checkpoint's config."""
     if isinstance(data, CifarData):
         return data
     if data is None:
-        data = (ckpt.get("config") or {}).get("data")
+        data = ckpt.data_source
         if not data:
-            raise ValueError(f"{source} does not name its training data; pass --data")
+            raise ValueError(f"{ckpt.source} does not name its training data; pass --data")
     return load_data(data)
 
 
-def check_classes(ckpt: dict, data: CifarData, source: str = "checkpoint") -> None:
+def check_classes(ckpt: Checkpoint, data: CifarData) -> None:
     """ValueError unless ``data`` has the checkpoint's classes, in the same order."""
-    if list(ckpt["classes"]) != list(data.classes):
-        n, m = len(ckpt["classes"]), data.num_classes
+    if ckpt.classes != list(data.classes):
+        n, m = ckpt.num_classes, data.num_classes
         detail = f"{n} classes vs {m}" if n != m else "the class names differ"
-        raise ValueError(f"{source} was trained on other classes than {data.source} has ({detail})")
+        raise ValueError(f"{ckpt.source} was trained on other classes than {data.source} has ({detail})")
 
 
-def _source_splits_like_run(ckpt: dict, data: CifarData) -> CifarData | None:
+def _source_splits_like_run(ckpt: Checkpoint, data: CifarData) -> CifarData | None:
     """``data`` with the run's validation split held out and its training subset taken, exactly as
     ``config.prepare_data`` did, or ``None`` when ``data`` is not the source the run was trained on.
 
@@ -88,28 +111,26 @@ def _source_splits_like_run(ckpt: dict, data: CifarData) -> CifarData | None:
     exactly (``channel_stats`` counts pixels in integer histograms, so the numbers are bit-for-bit).
     """
     try:
-        config = ckpt.get("config")
         # no saved config: nothing was held out or subsampled
-        config = TrainConfig.from_dict(config) if config else TrainConfig(val_split=0)
-        run = prepare_data(config, data)
+        run = prepare_data(ckpt.config or TrainConfig(val_split=0), data)
         mean, std = channel_stats(run.train.images)
     except DataError:
         return None
-    same = all(abs(a - b) <= 1e-9 for a, b in zip((*mean, *std), (*ckpt["mean"], *ckpt["std"])))
+    same = all(abs(a - b) <= 1e-9 for a, b in zip((*mean, *std), (*ckpt.mean, *ckpt.std)))
     return run if same else None
 
 
-def resolve_split(ckpt: dict, data: CifarData, split: str | None = None) -> tuple[str, Split, str]:
+def resolve_split(ckpt: Checkpoint, data: CifarData, split: str | None = None) -> tuple[str, Split, str]:
     """The images a checkpoint is evaluated on: ``(split_name, Split, description)``.
 
-    ``split`` is "train", "val" or "test" (default: the split the run evaluated on, ``ckpt["eval_split"]``).
+    ``split`` is "train", "val" or "test" (default: the split the run evaluated on, ``ckpt.eval_split``).
     "val" and "train" mean the run's own held-out validation images and the images it trained on: the
     run's ``val_split``, ``train_subset`` and ``seed`` (from the checkpoint's config) are applied to
     ``data`` again, and that ``data`` is the run's source is verified against the checkpoint's
     normalisation statistics. For another source, "val" is refused (it would be other images) and
     "train" is all of that source's training images. "test" is the source's official test split.
     """
-    split = split or ckpt.get("eval_split") or "test"
+    split = split or ckpt.eval_split or "test"
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; use train, val or test")
     if split == "test":
@@ -131,104 +152,85 @@ def resolve_split(ckpt: dict, data: CifarData, split: str | None = None) -> tupl
     return "train", data.train, f"{data.source}: all training images (not the run's: another source)"
 
 
-def tta_settings(ckpt: dict, tta: bool | None = None, tta_translate: int | None = None) -> tuple[bool, int]:
-    """``(tta, tta_translate)``: each as given, else what the run evaluated with (its config's ``tta``
-    and ``tta_translate``; 0 for runs from before translate TTA existed), so that by default a
-    checkpoint is measured the way its training history was."""
-    config = ckpt.get("config") or {}
-    flip = bool(config.get("tta", False)) if tta is None else bool(tta)
-    translate = int(config.get("tta_translate", 0)) if tta_translate is None else int(tta_translate)
-    if translate < 0:
-        raise ValueError(f"--tta-translate must be >= 0, got {translate}")
-    return flip, translate
-
-
-def temperature_of(ckpt: dict) -> float:
-    """The checkpoint's calibration temperature (``cifar-resnet calibrate``; 1.0 when never calibrated):
-    probabilities are ``softmax(logits / temperature)``."""
-    return float(ckpt.get("temperature") or 1.0)
-
-
-def split_logits(model: nn.Module, ckpt: dict, split: Split, *, device: torch.device, batch_size: int = 500,
-                 tta: bool = False, tta_translate: int = 0, amp: bool = True, progress: bool | None = None,
-                 desc: str = "evaluate", temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of ``model`` over a whole Split, normalised with the checkpoint's mean/std and
-    divided by the calibration ``temperature`` (default: the checkpoint's)."""
-    loader = CifarLoader(split, batch_size, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), device=device)
+def split_logits(model: nn.Module, ckpt: Checkpoint, split: Split, options: EvalOptions,
+                 progress: bool | None = None, desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw logits (not divided by the calibration temperature) and labels of ``model`` over a whole
+    Split, normalised with the checkpoint's mean/std, evaluated as ``options`` say, on the model's device."""
+    device = next(model.parameters()).device
+    loader = CifarLoader(split, options.batch_size, mean=ckpt.mean, std=ckpt.std, device=device)
     with progress_bar(len(split), desc, progress) as bar:
-        logits, labels = collect_logits(model, loader, tta=tta, tta_translate=tta_translate, amp=amp, progress=bar)
-    t = temperature_of(ckpt) if temperature is None else float(temperature)
-    return (logits / t if t != 1.0 else logits), labels
+        return collect_logits(model, loader, options, progress=bar)
 
 
 @dataclass
 class CheckpointRun:
-    """A checkpoint run over one split: what ``evaluate`` and ``interpret`` both start from."""
+    """A checkpoint run over one split: what ``evaluate``, ``interpret`` and ``calibrate`` start from."""
 
-    ckpt: dict
-    source: str             # the checkpoint's path (or "checkpoint" for a dict)
-    data: CifarData         # the data the split came from
-    split_name: str         # "train" | "val" | "test"
-    split: Split            # its images and labels
+    ckpt: Checkpoint
+    data: CifarData           # the data the split came from
+    split_name: str           # "train" | "val" | "test"
+    split: Split              # its images and labels
     description: str
-    tta: bool
-    tta_translate: int      # pixels of translate TTA (0: none)
-    logits: torch.Tensor    # (N, C) float32, CPU
-    labels: torch.Tensor    # (N,) int64, CPU
+    options: EvalOptions      # how it was evaluated: test-time augmentation, batch size, precision
+    raw_logits: torch.Tensor  # (N, C) float32, CPU, before the calibration temperature
+    labels: torch.Tensor      # (N,) int64, CPU
     coarse_map: np.ndarray | None
     coarse_classes: tuple[str, ...] | None
-    temperature: float = 1.0  # the logits are divided by it (the checkpoint's calibration, or as asked)
+
+    @property
+    def source(self) -> str:
+        return self.ckpt.source
+
+    @property
+    def temperature(self) -> float:
+        return self.ckpt.temperature
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The logits divided by the checkpoint's calibration temperature: ``softmax`` of them is the
+        calibrated probabilities."""
+        t = self.temperature
+        return self.raw_logits / t if t != 1.0 else self.raw_logits
 
     @property
     def meta(self) -> dict:
-        return {"checkpoint": self.source, "model": self.ckpt["model_name"], "epoch": self.ckpt.get("epoch"),
-                "split": self.split_name, "split_description": self.description, "tta": self.tta,
-                "tta_translate": self.tta_translate, "data": self.data.source, "temperature": self.temperature}
+        return {"checkpoint": self.source, "model": self.ckpt.model_name, "epoch": self.ckpt.epoch,
+                "split": self.split_name, "split_description": self.description, "tta": self.options.tta,
+                "tta_translate": self.options.tta_translate, "precision": self.options.precision,
+                "data": self.data.source, "temperature": self.temperature}
 
 
-def _load(checkpoint) -> tuple[dict, str]:
-    if isinstance(checkpoint, dict):
-        return checkpoint, "checkpoint"
-    return load_checkpoint(checkpoint), str(checkpoint)
+def run_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: str | None = None,
+                   options: EvalOptions | None = None, *, device: str | torch.device = "auto",
+                   progress: bool | None = None) -> CheckpointRun:
+    """Run a checkpoint (a path or a loaded :class:`Checkpoint`) over a split of ``data`` (a source for
+    ``data.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's config;
+    see :func:`resolve_split` for what the split names mean).
 
-
-def run_checkpoint(checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                   tta_translate: int | None = None, batch_size: int = 500, device: str | torch.device = "auto",
-                   amp: bool = True, progress: bool | None = None, desc: str = "evaluate",
-                   temperature: float | None = None) -> CheckpointRun:
-    """Load a checkpoint (a path or a loaded dict), find the split of ``data`` (a source for
-    ``datasets.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's
-    config; see :func:`resolve_split` for what the split names mean) and run the model over it.
-    ``tta``, ``tta_translate``: flip and translate test-time augmentation (default: as the run evaluated,
-    see :func:`tta_settings`). ``temperature``: divide the logits by it (default: the checkpoint's
-    calibration temperature, 1 when it has none)."""
-    ckpt, source = _load(checkpoint)
-    tta, tta_translate = tta_settings(ckpt, tta, tta_translate)
-    data = data_for_checkpoint(ckpt, data, source)
+    ``options``: test-time augmentation, batch size and precision, resolved for ``device`` (default: as
+    the run evaluated, see :func:`eval_options`)."""
+    ckpt = _checkpoint(checkpoint)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, dev, source)
-    check_classes(ckpt, data, source)
+    options = options or eval_options(ckpt, dev)
+    data = data_for_checkpoint(ckpt, data)
+    model = model_from_checkpoint(ckpt, dev)
+    check_classes(ckpt, data)
     name, images, description = resolve_split(ckpt, data, split)
-    temperature = temperature_of(ckpt) if temperature is None else float(temperature)
-    logits, labels = split_logits(model, ckpt, images, device=dev, batch_size=batch_size, tta=tta,
-                                  tta_translate=tta_translate, amp=amp, progress=progress, desc=f"{desc} {name}",
-                                  temperature=temperature)
-    coarse_map, coarse_names = fine_to_coarse(ckpt["classes"], ckpt.get("coarse_classes") or data.coarse_classes,
-                                              images)
-    return CheckpointRun(ckpt, source, data, name, images, description, tta, tta_translate, logits, labels,
-                         coarse_map, coarse_names, temperature)
+    logits, labels = split_logits(model, ckpt, images, options, progress, desc=f"evaluate {name}")
+    coarse_map, coarse_names = fine_to_coarse(ckpt.classes, ckpt.coarse_classes or data.coarse_classes, images)
+    return CheckpointRun(ckpt, data, name, images, description, options, logits, labels, coarse_map, coarse_names)
 
 
 @torch.no_grad()
 def predict_tensor(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, C) on the CPU for normalised images, (N, 3, H, W) or one (3, H, W)."""
+    """Softmax probabilities (N, C) on the CPU for normalised images, (N, 3, H, W) or one (3, H, W), in fp32."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
         raise ValueError(f"expected normalised images (N, 3, H, W) or one (3, H, W), got {tuple(images.shape)}")
     device = next(model.parameters()).device
     batch = [(images.to(device), torch.zeros(len(images), dtype=torch.long, device=device))]
-    logits, _ = collect_logits(model, batch, amp=False)
+    logits, _ = collect_logits(model, batch)
     return logits.softmax(dim=1)
 
 
@@ -242,7 +244,13 @@ class _Predictions(abc.ABC):
     classes: list[str]
 
     @abc.abstractmethod
-    def probabilities(self, images: np.ndarray, **options) -> torch.Tensor:
+    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
+                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+        """How this predictor evaluates: each option as given, else its model's default."""
+
+    @abc.abstractmethod
+    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
+                      progress: bool | None = False) -> torch.Tensor:
         """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 RGB images."""
 
     def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
@@ -254,14 +262,13 @@ class _Predictions(abc.ABC):
                 for vs, ix in zip(values.tolist(), indices.tolist())]
 
     def predict_files(self, paths: Sequence[str | Path], k: int = 5, *, resize: str = "crop",
-                      tta: bool = False, tta_translate: int = 0, batch_size: int = 500,
+                      options: EvalOptions | None = None,
                       progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
         """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
         cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
         stacked, _, errors = load_images(paths, resize)
         failed = dict(errors)
-        probs = self.probabilities(stacked, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                                   progress=progress)
+        probs = self.probabilities(stacked, options, progress)
         tops = iter(self.top_k(probs, k) if len(stacked) else [])
         results = [{"path": str(p), "error": failed[Path(p)]} if Path(p) in failed
                    else {"path": str(p), "top": _top_json(next(tops))} for p in paths]
@@ -270,63 +277,77 @@ class _Predictions(abc.ABC):
 
 @dataclass
 class Predictor(_Predictions):
-    """A checkpoint's model ready to predict: ``Predictor.from_checkpoint("runs/demo/best.pt")``."""
+    """A checkpoint's model ready to predict: ``Predictor.from_checkpoint("runs/demo/best.pt")``.
+
+    ``options``: how :meth:`probabilities` evaluates when not told otherwise: one pass per image (no
+    test-time augmentation) in the precision the run was trained in (see :func:`eval_options`)."""
 
     model: nn.Module
-    classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    ckpt: Checkpoint
     device: torch.device
-    ckpt: dict
-    source: str = "checkpoint"
+    options: EvalOptions
+    classes: list[str] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.classes = self.ckpt.classes
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, device: str | torch.device = "auto") -> Predictor:
-        ckpt, source = _load(checkpoint)
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, device: str | torch.device = "auto",
+                        precision: str | None = None) -> Predictor:
+        """Load ``checkpoint`` onto ``device``; ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``):
+        default the run's."""
+        ckpt = _checkpoint(checkpoint)
         dev = resolve_device(device)
-        model = model_from_checkpoint(ckpt, dev, source)
-        return cls(model, list(ckpt["classes"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), dev, ckpt, source)
+        model = model_from_checkpoint(ckpt, dev)
+        return cls(model, ckpt, dev, eval_options(ckpt, dev, precision=precision).plain())
 
-    def probabilities(self, images: np.ndarray, *, tta: bool = False, tta_translate: int = 0,
-                      batch_size: int = 500, progress: bool | None = False) -> torch.Tensor:
-        """Softmax probabilities (N, C), float32 on the CPU, for (N, 32, 32, 3) uint8 RGB images."""
+    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
+                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+        """Each option as given, else as the run evaluated (:func:`eval_options`), on this device."""
+        return eval_options(self.ckpt, self.device, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
+                            precision=precision)
+
+    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
+                      progress: bool | None = False) -> torch.Tensor:
+        """Calibrated softmax probabilities (N, C), float32 on the CPU, for (N, 32, 32, 3) uint8 RGB images,
+        evaluated as ``options`` say (default :attr:`options`)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
         if len(images) == 0:
             return torch.zeros(0, len(self.classes))
         split = Split(images, np.zeros(len(images), dtype=np.int64))
-        logits, _ = split_logits(self.model, self.ckpt, split, device=self.device, batch_size=batch_size,
-                                 tta=tta, tta_translate=tta_translate, progress=progress, desc="predict")
-        return logits.softmax(dim=1)
+        logits, _ = split_logits(self.model, self.ckpt, split, options or self.options, progress, desc="predict")
+        t = self.temperature
+        return (logits / t if t != 1.0 else logits).softmax(dim=1)
 
-    @property
-    def temperature(self) -> float:
-        return temperature_of(self.ckpt)
+    source = property(lambda self: self.ckpt.source)
+    mean = property(lambda self: self.ckpt.mean)
+    std = property(lambda self: self.ckpt.std)
+    temperature = property(lambda self: self.ckpt.temperature)
 
     @property
     def superclasses(self) -> list[str | None]:
         """The superclass name of each class (``None`` each where the checkpoint has no hierarchy)."""
-        mapping, names = fine_to_coarse(self.classes, self.ckpt.get("coarse_classes"))
+        mapping, names = fine_to_coarse(self.classes, self.ckpt.coarse_classes)
         return [None] * len(self.classes) if mapping is None else [names[int(i)] if i >= 0 else None for i in mapping]
 
     @property
     def info(self) -> dict:
-        """What a server reports about its model: name, classes, checksum, calibration temperature."""
-        return {"model": self.ckpt["model_name"], "num_classes": len(self.classes), "source": self.source,
-                "checksum": self.ckpt.get("checksum"), "temperature": self.temperature, "format": "checkpoint",
-                "epoch": self.ckpt.get("epoch")}
+        """What a server reports about its model: name, classes, checksum, calibration temperature, precision."""
+        return {"model": self.ckpt.model_name, "num_classes": len(self.classes), "source": self.source,
+                "checksum": self.ckpt.checksum, "temperature": self.temperature, "format": "checkpoint",
+                "epoch": self.ckpt.epoch, "precision": self.options.precision}
 
-    def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, tta: bool = False,
-                      tta_translate: int = 0, batch_size: int = 500, progress: bool | None = False) -> list[dict]:
+    def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, options: EvalOptions | None = None,
+                      progress: bool | None = False) -> list[dict]:
         """Results for images ``indices`` of a Split: ``{"index", "true", "top", "correct"}``."""
         idx = np.asarray(list(indices), dtype=np.int64)
         n = len(split)
         bad = [int(i) for i in idx if i < 0 or i >= n]
         if bad:
             raise ValueError(f"index {bad[0]} is out of range: the split has {n} images (0..{n - 1})")
-        probs = self.probabilities(split.images[idx], tta=tta, tta_translate=tta_translate,
-                                   batch_size=batch_size, progress=progress)
+        probs = self.probabilities(split.images[idx], options, progress)
         tops = self.top_k(probs, k)
         return [{"index": int(i), "true": self.classes[int(split.labels[i])], "top": _top_json(t),
                  "correct": t[0][0] == self.classes[int(split.labels[i])]} for i, t in zip(idx, tops)]
@@ -335,7 +356,7 @@ class Predictor(_Predictions):
 class OnnxPredictor(_Predictions):
     """A model exported by ``cifar-resnet export --format onnx``, run by onnxruntime: no PyTorch model,
     no checkpoint. Class names, superclasses, normalisation and temperature come from the file's metadata
-    (the model takes the uint8 images and returns calibrated probabilities)."""
+    (the model takes the uint8 images and returns calibrated probabilities, computed in fp32)."""
 
     def __init__(self, path: str | Path):
         try:  # an optional dependency: pip install 'cifar-resnet[onnx]'
@@ -372,25 +393,43 @@ class OnnxPredictor(_Predictions):
     def info(self) -> dict:
         return {"model": self.meta["model"], "num_classes": len(self.classes), "source": self.source,
                 "checksum": self.meta.get("checkpoint_checksum"), "temperature": self.temperature,
-                "format": "onnx", "epoch": self.meta.get("epoch")}
+                "format": "onnx", "epoch": self.meta.get("epoch"), "precision": "fp32"}
 
-    def probabilities(self, images: np.ndarray, *, batch_size: int = 256, tta: bool = False, tta_translate: int = 0,
+    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
+                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+        """One fp32 pass per image (the exported graph), ``batch_size`` images per call (default 256);
+        ValueError for test-time augmentation or another precision."""
+        options = EvalOptions(tta=bool(tta), tta_translate=tta_translate or 0, batch_size=batch_size or 256,
+                              precision="fp32" if precision in (None, "auto") else precision)
+        self._check(options)
+        return options
+
+    @staticmethod
+    def _check(options: EvalOptions) -> None:
+        if options.tta or options.tta_translate:
+            raise ValueError("an exported model has no test-time augmentation; use the checkpoint for --tta")
+        if options.precision != "fp32":
+            raise ValueError(f"an exported model computes in fp32; use the checkpoint for --precision "
+                             f"{options.precision}")
+
+    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
                       progress: bool | None = False) -> torch.Tensor:
         """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 images (no test-time augmentation)."""
-        if tta or tta_translate:
-            raise ValueError("an exported model has no test-time augmentation; use the checkpoint for --tta")
+        options = options or self.eval_options()
+        self._check(options)
         images = np.ascontiguousarray(np.asarray(images, dtype=np.uint8))
         if images.ndim == 3:
             images = images[None]
         if len(images) == 0:
             return torch.zeros(0, len(self.classes))
-        out = [self.session.run(None, {self.input: images[i:i + batch_size]})[0]
-               for i in range(0, len(images), batch_size)]
+        step = options.batch_size
+        out = [self.session.run(None, {self.input: images[i:i + step]})[0] for i in range(0, len(images), step)]
         return torch.from_numpy(np.concatenate(out)).float()
 
 
 def load_predictor(path: str | Path, device: str | torch.device = "auto") -> Predictor | OnnxPredictor:
-    """A predictor for a checkpoint (``.pt``) or an exported ONNX model (``.onnx``)."""
+    """A predictor for a checkpoint (``.pt``; in the precision its run was trained in) or an exported ONNX
+    model (``.onnx``)."""
     if str(path).lower().endswith(".onnx"):
         return OnnxPredictor(path)
     return Predictor.from_checkpoint(path, device)

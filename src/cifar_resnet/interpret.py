@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import plots
-from .checkpoint import atomic_write_text
+from .checkpoint import Checkpoint, atomic_write_text
+from .engine import EvalOptions
 from .inference import run_checkpoint
 from .metrics import compute_report
 
@@ -46,14 +47,15 @@ class Interpretation:
         self.losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, data=None, split: str | None = None, *, tta: bool | None = None,
-                        tta_translate: int | None = None, batch_size: int = 500,
-                        device: str | torch.device = "auto", progress: bool | None = None) -> Interpretation:
-        """Run a checkpoint (path or dict) over a split of ``data`` (a source or a ``CifarData``); the
-        split names mean what they mean for ``cifar-resnet evaluate`` (see ``inference.resolve_split``)."""
-        run = run_checkpoint(checkpoint, data, split, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                             device=device, progress=progress, desc="interpret")
-        return cls(list(run.ckpt["classes"]), run.split.images, run.labels, run.logits, run.coarse_map,
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, data=None, split: str | None = None, *,
+                        options: EvalOptions | None = None, device: str | torch.device = "auto",
+                        progress: bool | None = None) -> Interpretation:
+        """Run a checkpoint (path or :class:`Checkpoint`) over a split of ``data`` (a source or a
+        ``CifarData``); the split names mean what they mean for ``cifar-resnet evaluate`` (see
+        ``inference.resolve_split``), and ``options`` default to how the run evaluated (its test-time
+        augmentation and precision, see ``inference.eval_options``)."""
+        run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
+        return cls(run.ckpt.classes, run.split.images, run.labels, run.logits, run.coarse_map,
                    run.coarse_classes, run.description, run.meta)
 
     @property
@@ -176,7 +178,8 @@ def format_interpretation(result: dict, meta: dict) -> str:
     superclass accuracy, and the files written."""
     r = result["report"]
     head = (f"{meta.get('checkpoint', '')} ({meta.get('model', '')}) on {r['n']:,} images: "
-            f"{meta.get('split_description', meta.get('split', ''))}")
+            f"{meta.get('split_description', meta.get('split', ''))}"
+            + (f", {meta['precision']}" if meta.get("precision") else ""))
     lines = [head,
              f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%"
              + (f"  superclass {100 * r['coarse_top1']:.2f}%" if r.get("coarse_top1") is not None else "")

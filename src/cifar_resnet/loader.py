@@ -27,7 +27,7 @@ import torch
 
 from . import augment
 from .augment import NO_AUGMENT, Augment
-from .datasets import Split
+from .data import Split
 
 __all__ = ["CifarLoader"]
 
@@ -39,7 +39,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class CifarLoader:
-    """Iterate over ``(images, labels)`` batches of a :class:`~cifar_resnet.datasets.Split`.
+    """Iterate over ``(images, labels)`` batches of a :class:`~cifar_resnet.data.Split`.
 
     ``images`` come out as float NCHW tensors in channels_last memory (``dtype``, normalised with
     ``mean``/``std`` given in [0, 1] units), ``labels`` as int64, both on ``device``.

@@ -38,18 +38,18 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, prepare_data
-from .datasets import CifarData, channel_stats
-from .engine import init_model, train_one_epoch, training_loader
+from .data import CifarData, channel_stats
+from .engine import StepOptions, init_model, train_one_epoch, training_loader
 from .models import model_kwargs_names
 from .optim import build_optimizer
-from .runtime import progress_bar, resolve_device, use_cpu_amp
+from .runtime import progress_bar, resolve_device
 
 __all__ = ["LR_FIND_FIELDS", "LRFindResult", "lr_find", "lr_find_config"]
 
 # The TrainConfig fields that matter to the range test; the others schedule or evaluate a whole run.
 LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
                   "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
-                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "amp", "cpu_amp",
+                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "precision",
                   "channels_last")
 
 
@@ -94,13 +94,12 @@ def _forever(batches: Iterable, set_epoch) -> Iterator:
 
 def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *, start_lr: float = 1e-7,
             end_lr: float = 10.0, num_steps: int = 200, beta: float = 0.98, diverge: float = 4.0,
-            grad_clip: float = 0.0, grad_clip_mode: str = "value", label_smoothing: float = 0.0,
-            amp: bool = True, cpu_amp: bool = False, progress: bool | None = None) -> LRFindResult:
+            options: StepOptions = StepOptions(), progress: bool | None = None) -> LRFindResult:
     """Run the range test on ``model`` with ``optimizer`` over ``batches`` (re-iterated as needed; a
     :class:`~cifar_resnet.loader.CifarLoader` gets a new epoch each pass). The model's state and the
-    optimizer's are restored afterwards, so the model can be trained from where it was."""
+    optimizer's are restored afterwards, so the model can be trained from where it was. ``options``: the
+    training step's loss, clipping and precision, as ``fit`` would run it."""
     _check(start_lr, end_lr, num_steps, beta, diverge)
-    device = next(model.parameters()).device
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     was_training = model.training
@@ -125,9 +124,7 @@ def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimize
         with progress_bar(num_steps, "lr-find", progress, unit="step") as bar:
             for step in range(num_steps):
                 x, y = next(stream)
-                rec = train_one_epoch(model, [(x, y)], optimizer, scheduler, device=device,
-                                      label_smoothing=label_smoothing, grad_clip=grad_clip,
-                                      grad_clip_mode=grad_clip_mode, amp=amp, cpu_amp=cpu_amp)
+                rec = train_one_epoch(model, [(x, y)], optimizer, scheduler, options)
                 loss, lr = rec["train_loss"], rec["lrs"][0]
                 bar.update(1)
                 lrs.append(lr)
@@ -198,6 +195,4 @@ def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_
         log(f"lr-find: {config.model} on {len(data.train):,} {data.name} training images, {config.optimizer}, "
             f"batch {config.batch_size}, lr {start_lr:g} -> {end_lr:g} over up to {num_steps} steps")
     return lr_find(model, loader, optimizer, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, beta=beta,
-                   diverge=diverge, grad_clip=config.grad_clip, grad_clip_mode=config.grad_clip_mode,
-                   label_smoothing=config.label_smoothing, amp=config.amp,
-                   cpu_amp=use_cpu_amp(config.cpu_amp), progress=progress)
+                   diverge=diverge, options=StepOptions.from_config(config, device), progress=progress)

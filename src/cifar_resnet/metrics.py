@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
+from .data import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
 
 __all__ = [
     "REPORT_KEYS",
@@ -63,7 +63,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
 def fine_to_coarse(classes, coarse_classes=None, split: Split | None = None):
     """The superclass index of each fine class, and the superclass names, or ``(None, None)``.
 
-    The official CIFAR-100 classes use the official mapping (``datasets.CIFAR100_FINE_TO_COARSE``);
+    The official CIFAR-100 classes use the official mapping (``data.CIFAR100_FINE_TO_COARSE``);
     other class lists take it from the coarse labels of ``split`` when it has them (each fine class
     must then always carry the same coarse label; a class absent from the split maps to -1).
     """

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import CIFAR100_CLASSES
-from .engine import collect_logits, epoch_line, train_one_epoch
+from .data import CIFAR100_CLASSES
+from .engine import StepOptions, collect_logits, epoch_line, train_one_epoch
 from .inference import predict_tensor
 from .metrics import basic_metrics
 from .models import create_model
@@ -138,7 +138,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def evaluate(model: nn.Module, val_loader) -> dict:
     """``{'val_loss', 'val_acc'}`` over a loader, as the notebook's ``evaluate`` returns."""
     device = _device_of(model)
-    logits, labels = collect_logits(model, _on_device(val_loader, device), amp=False)
+    logits, labels = collect_logits(model, _on_device(val_loader, device))  # fp32, as the notebook
     m = basic_metrics(logits, labels)
     return {"val_loss": m["loss"], "val_acc": m["top1"]}
 
@@ -172,8 +172,8 @@ def fit(epochs, train_dl, test_dl, model, optimizer, max_lr, grad_clip=None, wei
         scheduler = scheduler(optimizer, max_lr, epochs=epochs, steps_per_epoch=len(train_dl))
     history = []
     for epoch in range(epochs):
-        rec = train_one_epoch(model, _on_device(train_dl, device), optimizer, scheduler, device=device,
-                              grad_clip=grad_clip or 0.0, grad_clip_mode="value", amp=False)
+        rec = train_one_epoch(model, _on_device(train_dl, device), optimizer, scheduler,
+                              StepOptions(grad_clip=grad_clip or 0.0, grad_clip_mode="value"))  # fp32
         result = evaluate(model, test_dl)
         result["train_loss"] = rec["train_loss"]
         result["lrs"] = rec["lrs"]

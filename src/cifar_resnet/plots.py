@@ -11,6 +11,7 @@ with :func:`to_uint8` and clamped to [0, 255]), so matplotlib never clips and ne
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .checkpoint import RunDir, atomic_write
+from .checkpoint import EpochRecord, RunDir, atomic_write
 
 __all__ = [
     "draw_accuracy",
@@ -79,30 +80,39 @@ def to_uint8(image, mean: Sequence[float] | None = None, std: Sequence[float] | 
 # --------------------------------------------------------------------------------------------------
 
 
+# the fields of a per-epoch record (:class:`~cifar_resnet.checkpoint.EpochRecord`), and the names the
+# notebook's ``fit`` history gives some of them
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord))
+NOTEBOOK_NAMES = {"val_acc": "val_top1"}
+
+
 def normalise_history(history: Sequence[dict]) -> list[dict]:
-    """Per-epoch records with ``epoch`` and the package's key names, from either a run's history
-    (``history.json``, ``fit(...).records``) or the notebook's ``fit`` history (``val_acc``; its first
-    entry may be the untrained ``evaluate`` with no ``train_loss``, plotted at epoch 0)."""
+    """Per-epoch records keyed by :class:`~cifar_resnet.checkpoint.EpochRecord`'s field names, every field
+    present (None where the history lacks it; ``lr`` from the last of ``lrs``, ``eval_split`` "val"), from
+    either a run's history (``history.json``, ``fit(...).records``, a checkpoint's) or the notebook's ``fit``
+    history (``val_acc``; its first entry may be the untrained ``evaluate`` with no ``train_loss``, plotted
+    at epoch 0)."""
     if not history:
         raise ValueError("the history is empty: no epoch has finished yet")
     out = []
     for i, r in enumerate(history):
-        rec = dict(r)
-        rec["epoch"] = r.get("epoch", i)
-        if "val_top1" not in rec and "val_acc" in rec:
-            rec["val_top1"] = rec["val_acc"]
-        if "lr" not in rec and rec.get("lrs"):
+        named = {**{NOTEBOOK_NAMES[k]: v for k, v in r.items() if k in NOTEBOOK_NAMES}, **r}
+        rec = {name: named.get(name) for name in RECORD_FIELDS}
+        rec["epoch"] = named.get("epoch", i)
+        rec["lrs"] = list(named.get("lrs") or [])
+        if rec["lr"] is None and rec["lrs"]:
             rec["lr"] = rec["lrs"][-1]
+        rec["eval_split"] = rec["eval_split"] or "val"
         out.append(rec)
     return out
 
 
 def _series(records: list[dict], key: str) -> tuple[list, list]:
-    pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+    pts = [(r["epoch"], r[key]) for r in records if r[key] is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _epoch_axis(ax, records: list[dict]) -> None:
+def _epoch_axis(ax) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
@@ -115,18 +125,18 @@ def draw_loss(ax, history: Sequence[dict], note: str | None = None) -> None:
     if x:
         ax.plot(x, y, "-x", color=TRAIN_COLOUR, label="training")
     x, y = _series(records, "val_loss")
-    split = records[-1].get("eval_split", "val")
+    split = records[-1]["eval_split"]
     ax.plot(x, y, "-x", color=VAL_COLOUR, label="validation" if split == "val" else split)
     ax.set_ylabel("loss (cross-entropy)")
     ax.set_title("Loss vs. No. of epochs" + (f"\n{note}" if note else ""))
-    _epoch_axis(ax, records)
+    _epoch_axis(ax)
     ax.legend()
 
 
 def draw_accuracy(ax, history: Sequence[dict], note: str | None = None) -> None:
     """Top-1 (training and validation) and validation top-5 accuracy in percent per epoch."""
     records = normalise_history(history)
-    split = "validation" if records[-1].get("eval_split", "val") == "val" else records[-1]["eval_split"]
+    split = "validation" if records[-1]["eval_split"] == "val" else records[-1]["eval_split"]
     for key, colour, style, label in (("train_top1", TRAIN_COLOUR, "-x", "training top-1"),
                                       ("val_top1", VAL_COLOUR, "-x", f"{split} top-1"),
                                       ("val_top5", TOP5_COLOUR, "--o", f"{split} top-5")):
@@ -136,17 +146,17 @@ def draw_accuracy(ax, history: Sequence[dict], note: str | None = None) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(bottom=0)
     ax.set_title("Accuracy vs. No. of epochs" + (f"\n{note}" if note else ""))
-    _epoch_axis(ax, records)
+    _epoch_axis(ax)
     ax.legend()
 
 
 def draw_lr(ax, history: Sequence[dict], note: str | None = None) -> None:
     """The learning rate: every step when the records carry ``lrs``, else the last one of each epoch."""
     records = normalise_history(history)
-    if all(r.get("lrs") for r in records if r["epoch"] > 0):
+    if all(r["lrs"] for r in records if r["epoch"] > 0):
         xs, ys = [], []
         for r in records:
-            lrs = r.get("lrs") or []
+            lrs = r["lrs"]
             n = len(lrs)
             xs += [r["epoch"] - 1 + (i + 1) / n for i in range(n)]  # step i of epoch e at e-1+(i+1)/n
             ys += list(lrs)
@@ -161,7 +171,7 @@ def draw_lr(ax, history: Sequence[dict], note: str | None = None) -> None:
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_title("Learning rate vs. No. of epochs" + (f"\n{note}" if note else ""))
-    _epoch_axis(ax, records)
+    _epoch_axis(ax)
 
 
 def _one_axes_figure(draw, history, path, note=None, size=(6.4, 4.2)) -> Figure:

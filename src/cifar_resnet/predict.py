@@ -18,15 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .inference import (
-    OnnxPredictor,
-    Predictor,
-    check_classes,
-    data_for_checkpoint,
-    load_predictor,
-    resolve_split,
-    tta_settings,
-)
+from .engine import EvalOptions
+from .inference import OnnxPredictor, Predictor, check_classes, data_for_checkpoint, load_predictor, resolve_split
 
 __all__ = ["Prediction", "format_results", "predict", "show_results"]
 
@@ -35,9 +28,11 @@ __all__ = ["Prediction", "format_results", "predict", "show_results"]
 class Prediction:
     """What :func:`predict` returns."""
 
-    results: list[dict]     # per image: {"path" | "index", "top": [{"class", "prob"}], ...} or {"path", "error"}
+    results: list[dict]     # per image: {"path" | "index", "top": [{"class", "prob"}], "precision", ...}
+                            # or {"path", "error"}
     images: np.ndarray      # (N, 32, 32, 3) uint8: the images that were predicted, in order
     predictor: Predictor | OnnxPredictor
+    options: EvalOptions    # how they were computed (test-time augmentation, precision)
 
     @property
     def errors(self) -> list[str]:
@@ -45,13 +40,18 @@ class Prediction:
         return [r["error"] for r in self.results if "error" in r]
 
 
-def predict(checkpoint, files: Sequence[str] = (), *, data=None, split: str | None = None,
-            index: Sequence[int] | None = None, sample: int | None = None, seed: int = 0, k: int = 5,
-            resize: str = "crop", tta: bool | None = None, tta_translate: int | None = None,
-            batch_size: int = 500, device: str = "auto", progress: bool | None = False) -> Prediction:
+def predict(model: str | Path | Predictor | OnnxPredictor, files: Sequence[str] = (), *, data=None,
+            split: str | None = None, index: Sequence[int] | None = None, sample: int | None = None, seed: int = 0,
+            k: int = 5, resize: str = "crop", options: EvalOptions | None = None, device: str = "auto",
+            progress: bool | None = False) -> Prediction:
     """Predict image ``files``, or dataset images (``index`` / ``sample`` of ``split`` of ``data``,
     default the run's data). An unreadable file gets an ``{"path", "error"}`` result while the readable
-    ones are still predicted. ``tta``/``tta_translate`` default to what the run evaluated with."""
+    ones are still predicted.
+
+    ``model``: a checkpoint or exported ``.onnx`` file (loaded on ``device``) or a loaded predictor.
+    ``options``: test-time augmentation, batch size and precision (default: a checkpoint's as its run
+    evaluated, see :func:`~cifar_resnet.inference.eval_options`; ``predictor.eval_options(...)`` makes
+    others)."""
     if k < 1:
         raise ValueError(f"--top-k must be >= 1, got {k}")
     from_data = index is not None or sample is not None
@@ -61,29 +61,33 @@ def predict(checkpoint, files: Sequence[str] = (), *, data=None, split: str | No
         raise ValueError("nothing to predict: give image files, or --index I / --sample N with --data")
     if index is not None and sample is not None:
         raise ValueError("--index and --sample exclude each other")
-    predictor = load_predictor(checkpoint, device)
-    if isinstance(predictor, OnnxPredictor):  # an exported model: image files, no test-time augmentation
-        if from_data:
-            raise ValueError("an exported model predicts image files; use its checkpoint for --index/--sample")
-        results, images = predictor.predict_files(files, k, resize=resize, tta=bool(tta),
-                                                  tta_translate=tta_translate or 0, batch_size=batch_size)
-        return Prediction(results, images, predictor)
-    tta, tta_translate = tta_settings(predictor.ckpt, tta, tta_translate)
-    options = {"tta": tta, "tta_translate": tta_translate, "batch_size": batch_size, "progress": progress}
+    predictor = model if isinstance(model, (Predictor, OnnxPredictor)) else load_predictor(model, device)
+    if isinstance(predictor, OnnxPredictor) and from_data:
+        raise ValueError("an exported model predicts image files; use its checkpoint for --index/--sample")
+    options = options or predictor.eval_options()
     if not from_data:
-        results, images = predictor.predict_files(files, k, resize=resize, **options)
-        return Prediction(results, images, predictor)
-    dataset = data_for_checkpoint(predictor.ckpt, data, predictor.source)
-    check_classes(predictor.ckpt, dataset, predictor.source)
-    name, images_split, _ = resolve_split(predictor.ckpt, dataset, split)
+        results, images = predictor.predict_files(files, k, resize=resize, options=options, progress=progress)
+        return Prediction(_with_precision(results, options), images, predictor, options)
+    ckpt = predictor.ckpt
+    dataset = data_for_checkpoint(ckpt, data)
+    check_classes(ckpt, dataset)
+    name, images_split, _ = resolve_split(ckpt, dataset, split)
     if sample is not None:
         if not 1 <= sample <= len(images_split):
             raise ValueError(f"--sample must be between 1 and {len(images_split)} (the {name} split's size)")
         index = np.random.default_rng(seed).choice(len(images_split), sample, replace=False).tolist()
-    results = predictor.predict_split(images_split, index, k, **options)
+    results = predictor.predict_split(images_split, index, k, options=options, progress=progress)
     for r in results:
         r["split"] = name
-    return Prediction(results, images_split.images[np.asarray(index, dtype=np.int64)], predictor)
+    return Prediction(_with_precision(results, options), images_split.images[np.asarray(index, dtype=np.int64)],
+                      predictor, options)
+
+
+def _with_precision(results: list[dict], options: EvalOptions) -> list[dict]:
+    for r in results:
+        if "error" not in r:
+            r["precision"] = options.precision
+    return results
 
 
 def format_results(results: list[dict]) -> str:

@@ -15,10 +15,12 @@ import threading
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["CPU_AMP_MODES", "StopSignals", "autocast_for", "cpu_has_amx", "cpu_model", "get_rng_state",
-           "progress_bar", "resolve_device", "set_rng_state", "use_cpu_amp"]
+__all__ = ["PRECISIONS", "StopSignals", "autocast_for", "cpu_has_amx", "cpu_model", "get_rng_state",
+           "legacy_precision", "progress_bar", "resolve_device", "resolve_precision", "set_rng_state"]
 
-CPU_AMP_MODES = ("off", "on", "auto")
+# auto: bf16 where the hardware multiplies it fast (CUDA; a CPU with AMX), fp32 elsewhere
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -48,15 +50,38 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def autocast_for(device: torch.device, enabled: bool, cpu: bool = False) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``, on the CPU when ``cpu``; full precision otherwise (and always
-    on MPS). On the CPU bf16 pays only where the cores multiply bf16 matrices in hardware (Intel AMX):
-    see :func:`use_cpu_amp`."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if cpu and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) means on ``device``: ``fp32``, ``bf16``
+    or ``fp16``. ``auto`` is bf16 on CUDA and on a CPU with AMX (:func:`cpu_has_amx`: a training step of
+    the fast nets takes 2-3x less time there; without AMX bf16 is slower than fp32 on the CPU), fp32
+    elsewhere (MPS included)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()) else "fp32"
+    if precision != "fp32" and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"precision {precision} runs on CUDA or the CPU, not on {device.type}; use fp32 or auto")
+    return precision
+
+
+def legacy_precision(amp: bool = True, cpu_amp: str = "off") -> str:
+    """The ``precision`` of a config written before it existed, from its ``amp`` (bf16 on CUDA) and
+    ``cpu_amp`` (``off``/``on``/``auto``: bf16 on the CPU): ``fp32``, ``bf16`` or ``auto`` as ``cpu_amp``
+    says. Exact on the CPU, where every such run was made; on CUDA exact for ``amp`` with ``cpu_amp``
+    ``on``/``auto`` and for neither, while ``amp`` alone (bf16 on CUDA, fp32 on the CPU) has no single
+    equivalent and maps to fp32, what it did on the CPU."""
+    if cpu_amp not in ("off", "on", "auto"):
+        raise ValueError(f"unknown cpu amp mode {cpu_amp!r}; use off, on or auto")
+    del amp  # see above: on the CPU, cpu_amp alone decided
+    return {"off": "fp32", "on": "bf16", "auto": "auto"}[cpu_amp]
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` (resolved: ``fp32``, ``bf16``, ``fp16``, see :func:`resolve_precision`)
+    on ``device``; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
 def _cpuinfo_field(prefix: str) -> str | None:
@@ -80,14 +105,6 @@ def cpu_has_amx() -> bool:
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere), for benchmark tables."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
-
-
-def use_cpu_amp(mode: str) -> bool:
-    """Whether a run on the CPU autocasts to bf16: ``on``, ``off``, or ``auto`` (when :func:`cpu_has_amx`:
-    there a training step of the fast nets takes 2-3x less time; without AMX bf16 is slower than fp32)."""
-    if mode not in CPU_AMP_MODES:
-        raise ValueError(f"unknown cpu amp mode {mode!r}; use {', '.join(CPU_AMP_MODES)}")
-    return mode == "on" or (mode == "auto" and cpu_has_amx())
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img") -> tqdm:
@@ -117,8 +134,11 @@ class StopSignals:
 
     The first signal only sets :attr:`received` (its number), so that the training loop finishes the
     step it is in, writes a resumable checkpoint and exits with ``128 + received``; a second SIGINT
-    raises ``KeyboardInterrupt`` at once (the user insists). Outside the main thread, where Python cannot
-    install handlers, this does nothing. The previous handlers come back on exit.
+    raises ``KeyboardInterrupt`` at once (the user insists). A signal ignored when the context opens stays
+    ignored, as Python itself leaves an ignored SIGINT: a shell script starts a background job
+    (``nohup cifar-resnet train ... &``) with SIGINT ignored, so that a Ctrl-C at the terminal stops the
+    script and not the job. Outside the main thread, where Python cannot install handlers, this does
+    nothing. The previous handlers come back on exit.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -135,7 +155,8 @@ class StopSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,19 +1,22 @@
 """Training: ``fit(config, data, out_dir)``, the one loop for every model, read top to bottom.
 
-``fit`` sets the run up (:mod:`cifar_resnet.engine`, :mod:`cifar_resnet.optim`; under ``torchrun`` the
-process group, DistributedDataParallel and optionally SyncBatchNorm, :mod:`cifar_resnet.distributed`),
-then for every step of every epoch runs :func:`~cifar_resnet.engine.train_step` and, between steps,
-checks the loss for divergence, writes a mid-epoch ``last.pt`` when asked to and stops cleanly on SIGTERM
-or Ctrl-C. After each epoch it evaluates (:func:`~cifar_resnet.engine.collect_logits`, sharded over the
+``fit`` sets the run up (:class:`_Run`: data, loaders, model, optimizer, schedule; under ``torchrun`` the
+process group, DistributedDataParallel and optionally SyncBatchNorm), then for every step of every epoch
+runs :func:`~cifar_resnet.engine.train_step` and, at each step boundary, agrees with the other ranks once
+(:class:`_StepChecks`) on whether to stop (SIGTERM, Ctrl-C), write a mid-epoch ``last.pt`` or give up
+because the loss diverged. After each epoch it evaluates (:func:`_evaluate_epoch`, sharded over the
 processes), prints the notebook's epoch line and keeps the run directory
 (:class:`~cifar_resnet.checkpoint.RunDir`) up to date: ``config.json``, ``history.json``,
 ``metrics.csv``, ``last.pt`` (enough to resume exactly) and ``best.pt`` (best validation top-1).
-``fit(..., resume=path)`` continues a run where it stopped, under any number of processes.
+``fit(..., resume=path)`` continues a run where it stopped, under any number of processes: an epoch's
+running statistics (:class:`_EpochStats`) and the ``--drop-easy`` subset (:class:`_HardExamples`) are
+saved inside the epoch and picked up again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,15 +27,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, RunDir, build_model, load_checkpoint, make_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig, prepare_data
-from .datasets import CifarData, channel_stats
+from .data import CifarData, channel_stats
 from .distributed import Dist, convert_sync_batchnorm, setup, teardown
-from .engine import collect_logits, epoch_line, init_model, resize_batch, train_step, training_loader
+from .engine import (
+    EvalOptions,
+    StepOptions,
+    collect_logits,
+    epoch_line,
+    grad_scaler,
+    init_model,
+    resize_batch,
+    train_step,
+    training_loader,
+)
 from .loader import CifarLoader
 from .metrics import basic_metrics
 from .optim import build_optimizer, build_scheduler
-from .runtime import StopSignals, get_rng_state, progress_bar, resolve_device, set_rng_state, use_cpu_amp
+from .runtime import StopSignals, get_rng_state, progress_bar, resolve_device, set_rng_state
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
@@ -65,53 +78,6 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(ValueError):
     """The loss (or the weights) became non-finite; nothing was written after it happened."""
-
-
-def _tensorboard_writer(run: RunDir | None):
-    if run is None:
-        raise ValueError("--tensorboard needs a run directory (--out)")
-    try:  # an optional dependency: imported only when asked for
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: "
-                         "pip install 'cifar-resnet[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(run.tensorboard))
-
-
-def _resume_state(resume: str | Path, config: TrainConfig | None, device: str | None) -> tuple[dict, TrainConfig]:
-    """The checkpoint to continue and the config it continues with: the saved one, where only the device
-    may change."""
-    state = load_checkpoint(resume, resumable=True)
-    saved = TrainConfig.from_dict(state["config"])
-    if config is None:
-        config = saved
-    if device is not None:
-        config = dataclasses.replace(config, device=device)
-    if dataclasses.replace(saved, device=config.device) != config:
-        changed = [f.name for f in dataclasses.fields(TrainConfig)
-                   if f.name != "device" and getattr(saved, f.name) != getattr(config, f.name)]
-        raise ValueError(f"{resume} was written with another configuration ({', '.join(changed)} differ); a "
-                         "resumed run continues as it was configured, only the device may change")
-    return state, config
-
-
-def _first_bad_step(losses: list[torch.Tensor], first_step: int) -> int | None:
-    """The index of the first non-finite loss among those of steps ``first_step, first_step + 1, ...``."""
-    if not losses:
-        return None
-    bad = (~torch.isfinite(torch.stack(losses))).nonzero()
-    return first_step + int(bad[0]) if len(bad) else None
-
-
-def _tta_name(tta: bool, translate: int) -> str:
-    """How an epoch was evaluated: none, flip, translate1, flip+translate1, ..."""
-    parts = (["flip"] if tta else []) + ([f"translate{translate}"] if translate else [])
-    return "+".join(parts) or "none"
-
-
-def _weights_finite(model: nn.Module) -> bool:
-    """Every parameter and floating buffer (BN running statistics included) is finite."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
 
 def fit(config: TrainConfig | None = None, data: CifarData | None = None, out_dir: str | Path | None = None, *,
@@ -153,228 +119,400 @@ def fit(config: TrainConfig | None = None, data: CifarData | None = None, out_di
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     say = log or (lambda s: None)
-    if state is not None and state["epoch"] >= config.epochs:
+    if state is not None and state.epoch >= config.epochs:
         if not auto:
-            raise ValueError(f"{resume} is from a finished run ({state['epoch']} of {config.epochs} epochs); "
+            raise ValueError(f"{resume} is from a finished run ({state.epoch} of {config.epochs} epochs); "
                              "nothing to resume")
         # a job restarted after it finished (a requeue): done already
-        say(f"{resume}: the run has finished ({state['epoch']} of {config.epochs} epochs); nothing to do")
-        model = build_model(state, source=str(resume))
-        return History(records=list(state["history"]), model=model, seconds=0.0, out_dir=Path(resume).parent)
+        say(f"{resume}: the run has finished ({state.epoch} of {config.epochs} epochs); nothing to do")
+        return History(records=state.history, model=state.build_model(), seconds=0.0, out_dir=Path(resume).parent)
 
     dist, device_name = setup(config.device)
     try:
-        return _fit(config, data, out_dir, state, resume, dist, resolve_device(device_name), t_start,
-                    save_every, save_every_steps, check_every, progress, say if dist.is_main else (lambda s: None),
-                    on_epoch_end, tensorboard)
+        run = _Run(config, data, out_dir, state, resume, dist, resolve_device(device_name), log=say,
+                   progress=progress, tensorboard=tensorboard)
+        return _train(run, t_start, _StepChecks(check_every, save_every, save_every_steps), on_epoch_end)
     finally:
         teardown(dist)
 
 
-def _fit(config: TrainConfig, data: CifarData | None, out_dir, state: dict | None, resume, dist: Dist,
-         dev: torch.device, t_start: float, save_every, save_every_steps, check_every: int, progress,
-         say: Callable[[str], None], on_epoch_end, tensorboard: bool) -> History:
-    progress = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-    if data is None:  # rank 0 first: a dataset that must be downloaded is downloaded once
-        data = prepare_data(config) if dist.is_main else None
-        dist.barrier()
-        if data is None:
-            data = prepare_data(config)
-    eval_name, eval_split = data.eval_split()
-    if state is not None and list(state["classes"]) != list(data.classes):
-        raise CheckpointError(f"{resume} was trained on other classes than {data.source} has")
+def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callable[[dict], None] | None) -> History:
+    """The loop: epoch -> step -> checks -> save."""
+    config, dist, say = run.config, run.dist, run.say
+    with StopSignals() as stop:
+        for epoch in range(run.start_epoch, config.epochs):
+            resumed = run.partial if epoch == run.start_epoch else None  # a mid-epoch last.pt's progress
+            stats = _EpochStats.start(resumed, run.dev, dist)
+            run.loader.set_subset(run.hard.subset(epoch, resumed))  # --drop-easy: the hardest images only
+            steps = len(run.loader)
+            run.loader.set_epoch(epoch, stats.first_step)
+            run.train_model.train()
+            with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", run.progress, unit="batch") as bar:
+                bar.update(stats.first_step)
+                for step, (x, y) in enumerate(run.loader, start=stats.first_step):
+                    x = resize_batch(x, config.train_sizes[epoch])  # progressive resizing (None: full size)
+                    loss, out, lr = train_step(run.train_model, x, y, run.optimizer, run.scheduler, run.step_options,
+                                               run.scaler)
+                    run.hard.record(run.loader.batch_indices, out, y)
+                    stats.add(loss, out, y, lr, dist.world_size)
+                    if run.progress:
+                        bar.update(1)
+                        if step % 20 == 0:  # the one read-back, at logging points only
+                            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
+                    done = step + 1
+                    stop_now, save_now = checks.after_step(run, stop, stats, epoch, done, steps)
+                    if (save_now or stop_now) and done < steps:
+                        checks.before_write(run, stats, epoch, step, lr)
+                        run.write_last(epoch, stats.partial(dist, done, run.hard.kept))
+                        checks.saved()
+                    if stop_now and done < steps:
+                        raise _interrupted(stop, run, epoch + 1, done, steps)
 
-    # normalisation statistics come from the training images (the checkpoint's when resuming)
-    mean, std = (tuple(state["mean"]), tuple(state["std"])) if state else channel_stats(data.train.images)
-    train_loader = training_loader(config, data.train, mean, std, dev, rank=dist.rank, world_size=dist.world_size)
-    steps = full_steps = len(train_loader)
-    # --drop-easy: from epoch config.drop_start on, only the keep_n images of highest loss are trained on
-    n_train = train_loader.num_images
-    keep_n = n_train - int(config.drop_easy * n_train)
-    if config.drop_easy:
+            record = _evaluate_epoch(run, epoch, stats, steps)
+            run.records.append(record)
+            say(epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"],
+                           record["val_top1"]))
+            run.write_epoch(epoch, record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            (stop_now,) = dist.agree(stop.received is not None)  # a signal during the evaluation
+            if stop_now and epoch + 1 < config.epochs:
+                raise _interrupted(stop, run, epoch + 1, steps, steps)
+    run.close()
+    seconds = time.perf_counter() - t_start
+    if run.records:
+        best = max(run.records, key=lambda r: r["val_top1"])
+        say(f"done in {seconds:.1f} s; best {run.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}")
+    return History(records=run.records, model=run.model, seconds=seconds,
+                   out_dir=run.run_dir.path if run.run_dir else None)
+
+
+def _interrupted(stop: StopSignals, run: _Run, epoch: int, step: int, steps: int) -> TrainingInterrupted:
+    # a rank that stops because another rank got the signal stops as if it had got SIGTERM
+    signum = stop.received if stop.received is not None else signal.SIGTERM
+    name = stop.name if stop.received is not None else "a signal on another rank"
+    return TrainingInterrupted(name, int(signum), epoch, step, steps,
+                               run.run_dir.last if run.run_dir is not None else None)
+
+
+def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> dict:
+    """The epoch's record: its training statistics summed over the ranks and rank 0's model evaluated on
+    the validation images (each rank its shard), plainly or with the full test-time augmentation."""
+    config, dist = run.config, run.dist
+    train_seconds = stats.seconds()
+    (weights_bad,) = dist.agree(not _weights_finite(run.model))
+    if weights_bad:
+        raise run.diverged(epoch, steps - 1, stats.lrs[-1], "the weights are not finite")
+    train_loss, train_top1 = stats.finish(dist)
+    run.train_seconds += train_seconds
+    dist.broadcast_buffers(run.model)  # every rank evaluates rank 0's model
+    # full TTA every epoch, or (--no-tta-every-epoch) one plain pass until the last epoch
+    full = config.tta_every_epoch or epoch + 1 == config.epochs
+    options = run.eval_options if full else run.eval_options.plain()
+    logits, labels = collect_logits(run.model, run.eval_loader, options)
+    logits, labels = dist.gather_rows(logits.to(run.dev)).cpu(), dist.gather_rows(labels.to(run.dev)).cpu()
+    m = basic_metrics(logits, labels)
+    return EpochRecord(
+        epoch=epoch + 1, lr=stats.lrs[-1], train_loss=train_loss, train_top1=train_top1, val_loss=m["loss"],
+        val_top1=m["top1"], val_top5=m["top5"], eval_split=run.eval_name, seconds=stats.seconds(),
+        train_seconds=run.train_seconds, images_per_s=stats.seen / train_seconds, eval_tta=options.tta_name,
+        train_size=config.train_sizes[epoch] or run.data.train.images.shape[1], train_images=stats.seen,
+        lrs=stats.lrs).to_dict()
+
+
+class _EpochStats:
+    """One epoch's running training statistics, accumulated on the device (no host synchronisation per
+    step). A resumed epoch starts from the partial-epoch state of its ``last.pt``; :meth:`partial` writes
+    that state. The sums a resumed epoch starts from are rank 0's share, so that the sum over the ranks
+    is the whole epoch's."""
+
+    def __init__(self, dev: torch.device, first_step: int, loss_sum: float, correct: int, seen: int,
+                 lrs: list[float], seconds_before: float):
+        self.first_step, self.seen, self.lrs, self.seconds_before = first_step, seen, lrs, seconds_before
+        self.loss_sum = torch.tensor(loss_sum, device=dev)
+        self.correct = torch.tensor(correct, device=dev)
+        self.losses: list[torch.Tensor] = []  # this rank's losses since the last divergence check
+        self.unchecked_from = first_step  # the step of losses[0]
+        self.t0 = time.perf_counter()
+
+    @classmethod
+    def start(cls, resumed: dict | None, dev: torch.device, dist: Dist) -> _EpochStats:
+        if resumed is None:
+            return cls(dev, 0, 0.0, 0, 0, [], 0.0)
+        keep = dist.is_main
+        return cls(dev, resumed["step"], resumed["loss_sum"] if keep else 0.0, resumed["correct"] if keep else 0,
+                   resumed["seen"], list(resumed["lrs"]), resumed["seconds"])
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, lr: float, world_size: int) -> None:
+        self.lrs.append(lr)
+        self.loss_sum += loss * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.seen += len(y) * world_size
+        self.losses.append(loss)
+
+    def first_bad_step(self) -> int | None:
+        """The first step since the last check whose loss is not finite (a host synchronisation); the
+        steps are then checked."""
+        bad = None
+        if self.losses:
+            nonfinite = (~torch.isfinite(torch.stack(self.losses))).nonzero()
+            bad = self.unchecked_from + int(nonfinite[0]) if len(nonfinite) else None
+        self.unchecked_from += len(self.losses)
+        self.losses = []
+        return bad
+
+    def seconds(self) -> float:
+        """Training seconds of the epoch so far (before a resume included)."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def partial(self, dist: Dist, step: int, keep: torch.Tensor | None) -> dict:
+        """The partial-epoch state of a mid-epoch ``last.pt``: sums over the ranks, ``keep``: the epoch's
+        --drop-easy subset."""
+        sums = dist.sum(torch.stack([self.loss_sum.double(), self.correct.double()]))
+        return {"step": step, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": self.seen,
+                "lrs": self.lrs, "seconds": self.seconds(), "keep": None if keep is None else keep.cpu()}
+
+    def finish(self, dist: Dist) -> tuple[float, float]:
+        """The epoch's mean training loss and top-1, over every rank."""
+        dist.sum(self.loss_sum)
+        dist.sum(self.correct)
+        return self.loss_sum.item() / self.seen, self.correct.item() / self.seen
+
+
+class _HardExamples:
+    """``--drop-easy``: each training image's loss at its last training step (inf: not seen yet), and from
+    epoch ``config.drop_start`` on, the ``keep`` images of highest loss that the epoch trains on. Off
+    (every method a no-op) when ``config.drop_easy`` is 0."""
+
+    def __init__(self, config: TrainConfig, n_train: int, dist: Dist, dev: torch.device, state: Checkpoint | None):
+        self.on, self.start_epoch = bool(config.drop_easy), config.drop_start
+        self.keep = n_train - int(config.drop_easy * n_train)
+        self.kept: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+        if not self.on:
+            return
         if dist.enabled:
             raise ValueError("--drop-easy is for one process; it does not run under torchrun")
-        if keep_n // config.batch_size == 0:
-            raise ValueError(f"--drop-easy {config.drop_easy} keeps {keep_n} images, fewer than one batch")
-    epoch_steps = [full_steps if e < config.drop_start else keep_n // config.batch_size for e in range(config.epochs)]
-    eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
-    eval_loader = CifarLoader(eval_shard, config.eval_batch_size, mean=mean, std=std, device=dev)
-    model = init_model(config, data, mean, std, dev, data_init=state is None)
-    if config.sync_bn and dist.enabled:
-        convert_sync_batchnorm(model)
-    optimizer = build_optimizer(config, model, dev)
-    scheduler = build_scheduler(config, optimizer, steps, total_steps=sum(epoch_steps))
-    # each training image's loss at its last training step (inf: not seen yet), for --drop-easy
-    example_loss = torch.full((n_train,), float("inf"), device=dev) if config.drop_easy else None
-    records: list[dict] = []
-    start_epoch, start_step, partial = 0, 0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        records = list(state["history"])
-        start_epoch = state["epoch"]
-        partial = state.get("partial")
-        if example_loss is not None and state.get("example_loss") is not None:
-            example_loss = state["example_loss"].to(dev)
-        start_step = partial["step"] if partial else 0
-        say(f"resuming {resume} at epoch {start_epoch + 1} of {config.epochs}"
-            + (f", step {start_step + 1} of {epoch_steps[start_epoch]}" if start_step else ""))
-    best_top1 = max((r["val_top1"] for r in records), default=-1.0)
-    train_seconds_total = records[-1].get("train_seconds", 0.0) if records else 0.0
-    train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if dist.enabled else model
-    train_model = torch.compile(train_model) if config.compile else train_model
+        if self.keep // config.batch_size == 0:
+            raise ValueError(f"--drop-easy {config.drop_easy} keeps {self.keep} images, fewer than one batch")
+        saved = state.example_loss if state is not None else None
+        self.loss = saved.to(dev) if saved is not None else torch.full((n_train,), float("inf"), device=dev)
 
-    run = RunDir(out_dir) if out_dir is not None else None
-    if run is not None and dist.is_main:
-        run.create().write_config(config.to_dict())
-    writer = _tensorboard_writer(run) if tensorboard and dist.is_main else None
-    # where the last checkpoint with finite weights was written, for the message of a diverged run
-    last_good = None
-    if state is not None and run is not None:
-        last_good = (run.last, f"epoch {start_epoch + 1}, step {start_step}" if start_step else f"epoch {start_epoch}")
-    n_params = sum(p.numel() for p in model.parameters())
-    procs = f" x {dist.world_size} processes" if dist.enabled else ""
-    cpu_amp = dev.type == "cpu" and use_cpu_amp(config.cpu_amp)
-    bf16 = cpu_amp or (config.amp and dev.type == "cuda")
-    sizes = config.train_sizes
-    precision = " (bf16)" if bf16 else " (fp32: no AMX on this CPU)" if dev.type == "cpu" and \
-        config.cpu_amp == "auto" else ""
-    say(f"{config.model} ({n_params:,} parameters) on {dev}{precision}{procs}; "
-        f"{len(data.train)} training images, "
-        f"{len(eval_split)} {eval_name} images, {config.epochs} epochs of {steps} steps")
+    def steps(self, config: TrainConfig, full_steps: int) -> list[int]:
+        """The number of steps of each epoch (the schedule runs over their sum)."""
+        return [full_steps if e < self.start_epoch else self.keep // config.batch_size for e in range(config.epochs)]
 
-    def checkpoint(epoch: int, records: list[dict], partial: dict | None) -> dict:
-        return make_checkpoint(model, classes=data.classes, coarse_classes=data.coarse_classes, dataset=data.name,
-                               mean=mean, std=std, config=config.to_dict(), eval_split=eval_name, epoch=epoch,
-                               history=records, training_state={"optimizer": optimizer.state_dict(),
-                                                                "scheduler": scheduler.state_dict(),
-                                                                "rng": get_rng_state(), "partial": partial,
-                                                                "example_loss": None if example_loss is None
-                                                                else example_loss.cpu()})
+    def subset(self, epoch: int, resumed: dict | None) -> torch.Tensor | None:
+        """The images epoch ``epoch`` trains on (None: all); a resumed epoch keeps its own."""
+        self.kept = None
+        if self.on and epoch >= self.start_epoch:
+            self.kept = resumed["keep"].to(self.loss.device) if resumed else \
+                torch.topk(self.loss, self.keep).indices.sort().values
+        return self.kept
 
-    def diverged(epoch: int, step: int, lr: float, what: str) -> TrainingDiverged:
-        good = f"the last good checkpoint is {last_good[0]} ({last_good[1]})" if last_good else \
+    def record(self, indices: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        if self.loss is not None:
+            self.loss[indices] = F.cross_entropy(out.float(), y, reduction="none")
+
+
+class _StepChecks:
+    """What happens at a step boundary. :meth:`after_step` agrees with the other ranks once: stop (a
+    signal), write a mid-epoch ``last.pt`` (``--save-every``/``--save-every-steps``) and diverged (a
+    non-finite loss, checked every ``check_every`` steps, at the epoch's end and whenever this rank
+    wants to stop or save: a check is a host synchronisation on a GPU). Before a mid-epoch write,
+    :meth:`before_write` makes sure no rank holds an unchecked loss or non-finite weights."""
+
+    def __init__(self, check_every: int, save_every: float | None, save_every_steps: int | None):
+        self.check_every, self.save_every, self.save_every_steps = check_every, save_every, save_every_steps
+        self.last_save = time.monotonic()
+
+    def after_step(self, run: _Run, stop: StopSignals, stats: _EpochStats, epoch: int, done: int,
+                   steps: int) -> tuple[bool, bool]:
+        want_stop = stop.received is not None
+        want_save = bool(self.save_every_steps and done % self.save_every_steps == 0) or bool(
+            self.save_every and time.monotonic() - self.last_save >= self.save_every)
+        check = done % self.check_every == 0 or done == steps or want_stop or want_save
+        window_start = stats.unchecked_from
+        bad = stats.first_bad_step() if check else None
+        stop_now, save_now, diverged = run.dist.agree(want_stop, want_save, bad is not None)
+        if diverged:
+            self._raise_diverged(run, stats, epoch, window_start if bad is None else bad)
+        return stop_now, save_now
+
+    def before_write(self, run: _Run, stats: _EpochStats, epoch: int, step: int, lr: float) -> None:
+        window_start = stats.unchecked_from
+        bad = stats.first_bad_step()  # another rank's reason to write: this rank's last losses are unchecked
+        loss_bad, weights_bad = run.dist.agree(bad is not None, not _weights_finite(run.model))
+        if loss_bad:
+            self._raise_diverged(run, stats, epoch, window_start if bad is None else bad)
+        if weights_bad:
+            raise run.diverged(epoch, step, lr, "the weights are not finite")
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
+
+    @staticmethod
+    def _raise_diverged(run: _Run, stats: _EpochStats, epoch: int, bad: int) -> None:
+        # bad: the first step with a non-finite loss (another rank's: the first step of this rank's window)
+        raise run.diverged(epoch, bad, stats.lrs[bad], "the loss is not finite")
+
+
+def _tensorboard_writer(run_dir: RunDir | None):
+    if run_dir is None:
+        raise ValueError("--tensorboard needs a run directory (--out)")
+    try:  # an optional dependency: imported only when asked for
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: "
+                         "pip install 'cifar-resnet[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir.tensorboard))
+
+
+def _resume_state(resume: str | Path, config: TrainConfig | None,
+                  device: str | None) -> tuple[Checkpoint, TrainConfig]:
+    """The checkpoint to continue and the config it continues with: the saved one, where only the device
+    may change."""
+    state = load_checkpoint(resume, resumable=True)
+    saved = state.config
+    if config is None:
+        config = saved
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    if dataclasses.replace(saved, device=config.device) != config:
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if f.name != "device" and getattr(saved, f.name) != getattr(config, f.name)]
+        raise ValueError(f"{resume} was written with another configuration ({', '.join(changed)} differ); a "
+                         "resumed run continues as it was configured, only the device may change")
+    return state, config
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Every parameter and floating buffer (BN running statistics included) is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+class _Run:
+    """Everything the loop works with, set up once: the data and its loaders, the model (and its DDP /
+    compiled wrapper for training), the optimizer, schedule and loss scaler, the step's and evaluation's
+    options, the --drop-easy state, the run directory and where a resumed run starts."""
+
+    def __init__(self, config: TrainConfig, data: CifarData | None, out_dir, state: Checkpoint | None, resume,
+                 dist: Dist, dev: torch.device, *, log: Callable[[str], None], progress: bool | None,
+                 tensorboard: bool):
+        self.config, self.dist, self.dev = config, dist, dev
+        self.say = log if dist.is_main else (lambda s: None)
+        self.progress = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+        if data is None:  # rank 0 first: a dataset that must be downloaded is downloaded once
+            data = prepare_data(config) if dist.is_main else None
+            dist.barrier()
+            if data is None:
+                data = prepare_data(config)
+        self.data = data
+        self.eval_name, eval_split = data.eval_split()
+        if state is not None and state.classes != list(data.classes):
+            raise CheckpointError(f"{resume} was trained on other classes than {data.source} has")
+
+        # normalisation statistics come from the training images (the checkpoint's when resuming)
+        self.mean, self.std = (state.mean, state.std) if state else channel_stats(data.train.images)
+        self.loader = training_loader(config, data.train, self.mean, self.std, dev, rank=dist.rank,
+                                      world_size=dist.world_size)
+        full_steps = len(self.loader)
+        self.hard = _HardExamples(config, self.loader.num_images, dist, dev, state)
+        eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
+        self.eval_loader = CifarLoader(eval_shard, config.eval_batch_size, mean=self.mean, std=self.std, device=dev)
+        self.model = init_model(config, data, self.mean, self.std, dev, data_init=state is None)
+        if config.sync_bn and dist.enabled:
+            convert_sync_batchnorm(self.model)
+        self.optimizer = build_optimizer(config, self.model, dev)
+        self.scheduler = build_scheduler(config, self.optimizer, full_steps,
+                                         total_steps=sum(self.hard.steps(config, full_steps)))
+        self.step_options = StepOptions.from_config(config, dev)
+        self.eval_options = EvalOptions.from_config(config, dev)
+        self.scaler = grad_scaler(self.step_options, dev)
+
+        self.records: list[dict] = []
+        self.start_epoch, self.partial = 0, None
+        if state is not None:
+            self._load(state, resume, full_steps)
+        self.best_top1 = max((r["val_top1"] for r in self.records), default=-1.0)
+        self.train_seconds = self.records[-1].get("train_seconds", 0.0) if self.records else 0.0
+        self.train_model = nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else self.model
+        self.train_model = torch.compile(self.train_model) if config.compile else self.train_model
+
+        self.run_dir = RunDir(out_dir) if out_dir is not None else None
+        if self.run_dir is not None and dist.is_main:
+            self.run_dir.create().write_config(config.to_dict())
+        self.writer = _tensorboard_writer(self.run_dir) if tensorboard and dist.is_main else None
+        # where the last checkpoint with finite weights was written, for the message of a diverged run
+        self.last_good = None
+        if state is not None and self.run_dir is not None:
+            step = self.partial["step"] if self.partial else 0
+            self.last_good = (self.run_dir.last,
+                              f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}")
+        self._announce(eval_split, full_steps)
+
+    def _load(self, state: Checkpoint, resume, full_steps: int) -> None:
+        self.model.load_state_dict(state.state_dict)
+        self.optimizer.load_state_dict(state.optimizer_state)
+        self.scheduler.load_state_dict(state.scheduler_state)
+        if self.scaler is not None and state.scaler_state is not None:
+            self.scaler.load_state_dict(state.scaler_state)
+        set_rng_state(state.rng_state)
+        self.records = state.history
+        self.start_epoch, self.partial = state.epoch, state.partial
+        step = self.partial["step"] if self.partial else 0
+        steps = self.hard.steps(self.config, full_steps)[self.start_epoch]
+        self.say(f"resuming {resume} at epoch {self.start_epoch + 1} of {self.config.epochs}"
+                 + (f", step {step + 1} of {steps}" if step else ""))
+
+    def _announce(self, eval_split, steps: int) -> None:
+        config, dev = self.config, self.dev
+        n_params = sum(p.numel() for p in self.model.parameters())
+        procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
+        precision = self.step_options.precision
+        note = f" ({precision})" if precision != "fp32" else \
+            " (fp32: no AMX on this CPU)" if dev.type == "cpu" and config.precision == "auto" else ""
+        self.say(f"{config.model} ({n_params:,} parameters) on {dev}{note}{procs}; "
+                 f"{len(self.data.train)} training images, "
+                 f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {steps} steps")
+
+    def checkpoint(self, epoch: int, partial: dict | None) -> Checkpoint:
+        """The run's checkpoint after ``epoch`` epochs (and ``partial``: the progress into the next)."""
+        data = self.data
+        return Checkpoint.of_model(
+            self.model, classes=data.classes, coarse_classes=data.coarse_classes, dataset=data.name, mean=self.mean,
+            std=self.std, config=self.config.to_dict(), eval_split=self.eval_name, epoch=epoch,
+            history=self.records, training_state={
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": get_rng_state(), "partial": partial,
+                **({"example_loss": self.hard.loss.cpu()} if self.hard.loss is not None else {}),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
+
+    def write_last(self, epoch: int, partial: dict) -> None:
+        """A mid-epoch ``last.pt`` (rank 0)."""
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.write_checkpoint(self.checkpoint(epoch, partial))
+            self.last_good = (self.run_dir.last, f"epoch {epoch + 1}, step {partial['step']}")
+
+    def write_epoch(self, epoch: int, record: dict) -> None:
+        """After an epoch: ``last.pt``, ``best.pt`` when it is the best so far, the history, tensorboard."""
+        top1 = record["val_top1"]
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.write_epoch(self.checkpoint(epoch + 1, None), best=top1 > self.best_top1)
+            self.last_good = (self.run_dir.last, f"epoch {epoch + 1}")
+        self.best_top1 = max(self.best_top1, top1)
+        if self.writer is not None:
+            for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s"):
+                self.writer.add_scalar(key, record[key], epoch + 1)
+            self.writer.flush()
+
+    def diverged(self, epoch: int, step: int, lr: float, what: str) -> TrainingDiverged:
+        good = f"the last good checkpoint is {self.last_good[0]} ({self.last_good[1]})" if self.last_good else \
             "no checkpoint was written"
         return TrainingDiverged(f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
                                 f"{good}; lower --lr or --grad-clip")
 
-    last_save = time.monotonic()
-    with StopSignals() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            resumed = partial if epoch == start_epoch else None
-            first = resumed["step"] if resumed else 0
-            t0 = time.perf_counter()
-            kept = None
-            if epoch >= config.drop_start:  # the images of highest loss; a resumed epoch keeps its own
-                kept = resumed["keep"].to(dev) if resumed else \
-                    torch.topk(example_loss, keep_n).indices.sort().values
-            train_loader.set_subset(kept)
-            steps = len(train_loader)
-            train_loader.set_epoch(epoch, first)
-            train_model.train()
-            # accumulated on the device (no host synchronisation per step); a resumed epoch's sums so far
-            # are rank 0's share, so that the sum over the ranks is the whole epoch's
-            keep = resumed is not None and dist.is_main
-            loss_sum = torch.tensor(resumed["loss_sum"] if keep else 0.0, device=dev)
-            correct = torch.tensor(resumed["correct"] if keep else 0, device=dev)
-            seen = resumed["seen"] if resumed else 0
-            lrs = list(resumed["lrs"]) if resumed else []
-            seconds_before = resumed["seconds"] if resumed else 0.0
-            window, window_start = [], first
-            with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", progress, unit="batch") as bar:
-                bar.update(first)
-                for step, (x, y) in enumerate(train_loader, start=first):
-                    x = resize_batch(x, sizes[epoch])  # progressive resizing (None: full size)
-                    loss, out, lr = train_step(train_model, x, y, optimizer, scheduler, device=dev,
-                                               label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
-                                               grad_clip_mode=config.grad_clip_mode, amp=config.amp,
-                                               cpu_amp=cpu_amp)
-                    if example_loss is not None:
-                        example_loss[train_loader.batch_indices] = F.cross_entropy(out.float(), y, reduction="none")
-                    lrs.append(lr)
-                    loss_sum += loss * len(y)
-                    correct += (out.argmax(1) == y).sum()
-                    seen += len(y) * dist.world_size
-                    window.append(loss)
-                    done = step + 1
-                    if progress:
-                        bar.update(1)
-                        if step % 20 == 0:  # the one read-back, at logging points only
-                            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-                    due = bool(save_every_steps and done % save_every_steps == 0) or bool(
-                        save_every and time.monotonic() - last_save >= save_every)
-                    stop_now, save_now = dist.agree(stop.received is not None, due)
-                    if done % check_every == 0 or save_now or stop_now or done == steps:
-                        bad = _first_bad_step(window, window_start)
-                        (bad_anywhere,) = dist.agree(bad is not None)
-                        if bad_anywhere:
-                            bad = window_start if bad is None else bad
-                            raise diverged(epoch, bad, lrs[bad - first], "the loss is not finite")
-                        window, window_start = [], done
-                    if (save_now or stop_now) and done < steps:
-                        (weights_bad,) = dist.agree(not _weights_finite(model))
-                        if weights_bad:
-                            raise diverged(epoch, step, lr, "the weights are not finite")
-                        sums = dist.sum(torch.stack([loss_sum.double(), correct.double()]))
-                        mid = {"step": done, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": seen,
-                               "lrs": lrs, "seconds": seconds_before + time.perf_counter() - t0,
-                               "keep": None if kept is None else kept.cpu()}
-                        if run is not None and dist.is_main:
-                            run.write_checkpoint(checkpoint(epoch, records, mid))
-                            last_good = (run.last, f"epoch {epoch + 1}, step {done}")
-                        last_save = time.monotonic()
-                    if stop_now and done < steps:
-                        raise TrainingInterrupted(stop.name or "a signal", stop.received or 15, epoch + 1, done,
-                                                  steps, run.last if run is not None else None)
-
-            train_seconds = seconds_before + time.perf_counter() - t0
-            train_seconds_total += train_seconds
-            (weights_bad,) = dist.agree(not _weights_finite(model))
-            if weights_bad:
-                raise diverged(epoch, steps - 1, lrs[-1], "the weights are not finite")
-            dist.sum(loss_sum)
-            dist.sum(correct)
-            dist.broadcast_buffers(model)  # every rank evaluates rank 0's model
-            # full TTA every epoch, or (--no-tta-every-epoch) one plain pass until the last epoch
-            full = config.tta_every_epoch or epoch + 1 == config.epochs
-            tta, tta_translate = (config.tta, config.tta_translate) if full else (False, 0)
-            logits, labels = collect_logits(model, eval_loader, tta=tta, tta_translate=tta_translate,
-                                            amp=config.amp, cpu_amp=cpu_amp)
-            logits, labels = dist.gather_rows(logits.to(dev)).cpu(), dist.gather_rows(labels.to(dev)).cpu()
-            m = basic_metrics(logits, labels)
-            record = {
-                "epoch": epoch + 1, "lr": lrs[-1], "train_loss": loss_sum.item() / seen,
-                "train_top1": correct.item() / seen, "val_loss": m["loss"], "val_top1": m["top1"],
-                "val_top5": m["top5"], "eval_split": eval_name,
-                "seconds": seconds_before + time.perf_counter() - t0, "train_seconds": train_seconds_total,
-                "images_per_s": seen / train_seconds, "eval_tta": _tta_name(tta, tta_translate),
-                "train_size": sizes[epoch] or data.train.images.shape[1], "train_images": seen,
-                "lrs": lrs,
-            }
-            records.append(record)
-            say(epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"],
-                           record["val_top1"]))
-            if run is not None and dist.is_main:
-                run.write_epoch(checkpoint(epoch + 1, records, None), best=m["top1"] > best_top1)
-                last_good = (run.last, f"epoch {epoch + 1}")
-            best_top1 = max(best_top1, m["top1"])
-            if writer is not None:
-                for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s"):
-                    writer.add_scalar(key, record[key], epoch + 1)
-                writer.flush()
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            (stop_now,) = dist.agree(stop.received is not None)
-            if stop_now and epoch + 1 < config.epochs:
-                raise TrainingInterrupted(stop.name or "a signal", stop.received or 15, epoch + 1, steps, steps,
-                                          run.last if run is not None else None)
-    if writer is not None:
-        writer.close()
-    seconds = time.perf_counter() - t_start
-    if records:
-        best = max(records, key=lambda r: r["val_top1"])
-        say(f"done in {seconds:.1f} s; best {eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}")
-    return History(records=records, model=model, seconds=seconds, out_dir=run.path if run else None)
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -7,7 +7,7 @@ uvicorn, python-multipart).
   images, real CIFAR-100 training images named after their class.
 """
 
-from .app import create_app, serve
+from .app import ServeLimits, create_app, serve
 from .batching import BatchQueue
 
-__all__ = ["BatchQueue", "create_app", "serve"]
+__all__ = ["BatchQueue", "ServeLimits", "create_app", "serve"]

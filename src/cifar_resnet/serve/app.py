@@ -9,7 +9,8 @@ in worker threads, and forward passes run in the batching queue's own thread
 (:class:`~cifar_resnet.serve.batching.BatchQueue`), which puts the images of concurrent requests in one
 batch.
 
-Bad input is refused with a JSON ``{"detail": ...}`` and the server goes on serving:
+Bad input is refused with a JSON ``{"detail": ...}`` and the server goes on serving (the limits are a
+:class:`ServeLimits`):
 
 * a body over ``max_upload_mb``: 413, from the Content-Length header before any of the body is read, or,
   without one (chunked), as soon as the bytes received pass the limit (:class:`BodyLimit`);
@@ -32,6 +33,7 @@ import io
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,8 @@ from ..images import SIZE, ImageFileError, prepare_image
 from ..inference import load_predictor
 from .batching import BatchQueue
 
-__all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "STATIC_DIR", "BodyLimit", "create_app", "decode_image", "serve"]
+__all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "STATIC_DIR", "BodyLimit", "ServeLimits", "create_app", "decode_image",
+           "serve"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXAMPLES_DIR = STATIC_DIR / "examples"
@@ -295,25 +298,43 @@ _PREDICT_OPENAPI = {
 }
 
 
-def create_app(model, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_upload_mb: float = 8.0,
-               max_files: int = 32, device: str = "auto", max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The FastAPI app serving ``model``: a checkpoint or exported model path (loaded here, once, with
-    ``load_predictor``), or an already loaded predictor (``.classes``, ``.superclasses``, ``.info``,
-    ``.probabilities(images)``). The limits are described in the module docstring."""
-    if not max_upload_mb > 0:
-        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
-    if int(max_files) < 1:
-        raise ValueError(f"max_files must be >= 1, got {max_files}")
+@dataclass(frozen=True)
+class ServeLimits:
+    """How a server batches and what it accepts (``cifar-resnet serve --max-batch ...``; the module
+    docstring says how each limit is enforced)."""
+
+    max_batch: int = 64          # most images in one forward pass
+    max_wait_ms: float = 5.0     # how long a request waits for others to share its batch
+    max_upload_mb: float = 8.0   # largest request body
+    max_files: int = 32          # most images in one request
+    max_pixels: int = MAX_PIXELS  # most pixels of one image, read from its header before decoding
+
+    def __post_init__(self) -> None:
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        if int(self.max_files) < 1:
+            raise ValueError(f"max_files must be >= 1, got {self.max_files}")
+        if int(self.max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "auto") -> FastAPI:
+    """The FastAPI app serving ``model`` within ``limits``: a checkpoint or exported model path (loaded
+    here, once, on ``device`` with ``load_predictor``: a checkpoint runs in the precision its run was
+    trained in), or an already loaded predictor (``.classes``, ``.superclasses``, ``.info``,
+    ``.probabilities(images)``)."""
 
     def run(images: np.ndarray) -> np.ndarray:
         return np.asarray(predictor.probabilities(images), dtype=np.float32)
 
-    queue = BatchQueue(run, max_batch=max_batch, max_wait_ms=max_wait_ms, track_incoming=True)  # checks them
+    queue = BatchQueue(run, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms, track_incoming=True)
     predictor = load_predictor(model, device) if isinstance(model, (str, os.PathLike)) else model
     classes = list(predictor.classes)
     superclasses = list(predictor.superclasses)
     info = dict(predictor.info)
-    max_files, max_bytes = int(max_files), int(max_upload_mb * 1e6)
+    max_files, max_bytes, max_pixels = int(limits.max_files), int(limits.max_upload_mb * 1e6), limits.max_pixels
     decode_slots = asyncio.Semaphore(os.cpu_count() or 2)  # bounds the memory of images being decoded at once
     started = time.monotonic()
 
@@ -336,7 +357,8 @@ def create_app(model, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_uplo
     async def health():
         return {"status": "ok", "model": info.get("model"), "classes": len(classes),
                 "checksum": info.get("checksum"), "temperature": info.get("temperature"),
-                "format": info.get("format"), "epoch": info.get("epoch"), "max_batch": queue.max_batch,
+                "format": info.get("format"), "epoch": info.get("epoch"), "precision": info.get("precision"),
+                "max_batch": queue.max_batch,
                 "max_wait_ms": queue.max_wait * 1000.0, "max_upload_mb": max_bytes / 1e6, "max_files": max_files,
                 "uptime_s": time.monotonic() - started, **queue.stats.as_dict()}
 
@@ -394,19 +416,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
-          max_upload_mb: float = 8.0, max_files: int = 32, device: str = "auto") -> None:
-    """Load ``model`` and serve it until Ctrl-C (or SIGTERM), printing one line with the URL. ``port`` 0
-    picks a free port (the line says which)."""
-    app = create_app(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
-                     max_files=max_files, device=device)
+def serve(model, limits: ServeLimits = ServeLimits(), *, host: str = "127.0.0.1", port: int = 8000,
+          device: str = "auto") -> None:
+    """Load ``model`` and serve it within ``limits`` until Ctrl-C (or SIGTERM), printing one line with the
+    URL. ``port`` 0 picks a free port (the line says which)."""
+    app = create_app(model, limits, device=device)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5))
     info = app.state.info
-    print(f"serving {info.get('model')} ({len(app.state.predictor.classes)} classes) at http://{shown}:{bound_port}/"
+    print(f"serving {info.get('model')} ({len(app.state.predictor.classes)} classes, {info.get('precision', 'fp32')}) "
+          f"at http://{shown}:{bound_port}/"
           f"  (API docs at /docs; Ctrl-C to stop)", flush=True)
     try:
         server.run(sockets=[sock])

@@ -3,58 +3,38 @@
 Sources are the official python archives (downloaded with an md5 check, or a local ``.tar.gz``), their
 extracted folders, or an ``.npz`` in the layout of ``keras.datasets.cifar100.load_data``. Every source
 ends up as uint8 NHWC RGB images with int64 labels, so nothing downstream cares where the data came
-from. The official files are pickles; they are read with a restricted unpickler that can only build
-numpy arrays, lists, bytes and numbers, so a tampered archive cannot run code.
+from. The official files are pickles; they are read with the restricted unpickler of
+:mod:`cifar_resnet.data.unpickle`, so a tampered archive cannot run code.
 """
 
 from __future__ import annotations
 
-import codecs
-import dataclasses
-import hashlib
-import os
-import pickle
 import posixpath
 import tarfile
-import tempfile
-import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-try:  # numpy >= 2 moved the pickle helper; files written by numpy 1.x / python 2 name the old module
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+from .download import DATASETS, DEFAULT_ROOT, download
+from .errors import DataError, _one_line
+from .unpickle import _unpickle
 
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR100_CLASSES",
     "CIFAR100_COARSE_CLASSES",
     "CIFAR100_FINE_TO_COARSE",
-    "DATASETS",
     "CifarData",
-    "DataError",
     "Split",
-    "channel_stats",
-    "describe",
-    "download",
     "load_archive",
     "load_data",
     "load_folder",
     "load_npz",
-    "split_validation",
-    "subsample",
 ]
-
-
-class DataError(ValueError):
-    """A problem with the user's data (missing, corrupt, malformed); the message is one line."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,21 +81,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 
-DATASETS: dict[str, dict[str, str]] = {
-    "cifar100": {
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "filename": "cifar-100-python.tar.gz",
-        "md5": "eb9058c3a382ffc7106e4002c42a8d85",
-        "folder": "cifar-100-python",
-    },
-    "cifar10": {
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "filename": "cifar-10-python.tar.gz",
-        "md5": "c58f30108f718f92721af3b95e74349a",
-        "folder": "cifar-10-batches-py",
-    },
-}
-
 _NUM_CLASSES = {"cifar100": 100, "cifar10": 10}
 _NUM_COARSE = 20
 _IMAGE_SHAPE = (32, 32, 3)
@@ -125,12 +90,6 @@ _CIFAR100_FILES = ("train", "test", "meta")
 _CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR10_FILES = (*_CIFAR10_TRAIN_FILES, "test_batch", "batches.meta")
 _LAYOUT_FILES = {"cifar100": _CIFAR100_FILES, "cifar10": _CIFAR10_FILES}
-DEFAULT_ROOT = Path("~/.cache/cifar-resnet")
-
-
-def _one_line(text: object) -> str:
-    """Error messages are printed by the CLI as one line; collapse whatever an exception said."""
-    return " ".join(str(text).split())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,66 +201,8 @@ def _check_range(labels: np.ndarray, num: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Safe unpickling of the official files
+# The official files, unpickled -> CifarData
 # --------------------------------------------------------------------------------------------------
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """Stand-in for ``_codecs.encode``: Python 3 writes bytes this way under pickle protocol 2."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin-1 text")
-    return text.encode("latin1")
-
-
-def _safe_dtype(*args: Any) -> np.dtype:
-    # Object arrays could hold arbitrary unpickled objects; CIFAR only ever stores plain numbers.
-    dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("object arrays are not allowed")
-    return dtype
-
-
-# Everything the official files (python 2 cPickle of numpy arrays) and their protocol-2 re-pickles by
-# Python 3 need; nothing else can be named by the pickle stream, so nothing else can be called.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _safe_dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``."""
-
-    def __init__(self, file: IO[bytes], where: str) -> None:
-        # encoding="bytes": the files are python 2 pickles whose str keys/names must stay bytes.
-        super().__init__(file, encoding="bytes")
-        self.where = where
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DataError(
-                f"{self.where}: refusing to unpickle {module}.{name} (not part of the official CIFAR files)"
-            ) from None
-
-
-def _unpickle(file: IO[bytes], where: str) -> dict[str, Any]:
-    """Read one official pickle (a dict) from ``file``; keys come back as str."""
-    try:
-        obj = _RestrictedUnpickler(file, where).load()
-    except DataError:
-        raise
-    except (EOFError, OSError, zlib.error) as e:  # a truncated/damaged gzip stream surfaces here too
-        raise DataError(f"{where}: truncated or corrupt ({_one_line(e) or type(e).__name__})") from e
-    except Exception as e:  # any failure to parse is the file's fault, reported as such
-        raise DataError(f"{where}: not a valid CIFAR pickle ({type(e).__name__}: {_one_line(e)})") from e
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
-    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
 def _get(batch: Mapping[str, Any], key: str, where: str) -> Any:
@@ -604,202 +505,3 @@ def load_data(
         f"{path}: unrecognised data source (expected .npz, .tar.gz, an extracted folder, or a name "
         f"among {', '.join(DATASETS)})"
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------------
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download(
-    dataset: str, root: str | Path, *, url: str | None = None, md5: str | None = None, progress: bool = True
-) -> Path:
-    """Download the official archive of ``dataset`` into ``root``, verify its md5, and return its path.
-
-    An archive already there with the right md5 is returned as is. The download goes to a temporary
-    file in ``root`` that only replaces the target once complete and verified, so an interrupted or
-    corrupt download never leaves a file that looks valid.
-    """
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r} (expected one of: {', '.join(DATASETS)})")
-    spec = DATASETS[dataset]
-    url = url or spec["url"]
-    expected = (md5 or spec["md5"]).lower()
-    root = Path(root).expanduser()
-    dest = root / spec["filename"]
-    if dest.is_file() and _md5(dest) == expected:
-        return dest
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{root}: cannot create folder ({_one_line(e)})") from e
-
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{spec['filename']}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        received, total = 0, None
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=spec["filename"],
-                    disable=not progress,
-                ) as bar:
-                    for chunk in iter(lambda: response.read(1 << 16), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-        except (OSError, ValueError) as e:  # URLError/HTTPError/timeouts are OSErrors; bad URLs ValueError
-            raise DataError(f"{url}: download failed ({type(e).__name__}: {_one_line(e)})") from e
-        if total is not None and received != total:
-            raise DataError(f"{url}: download incomplete ({received} of {total} bytes)")
-        actual = digest.hexdigest()
-        if actual != expected:
-            raise DataError(
-                f"{url}: md5 mismatch (expected {expected}, got {actual}); the download was discarded"
-            )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)  # no-op after a successful os.replace
-    return dest
-
-
-# --------------------------------------------------------------------------------------------------
-# Splitting and statistics
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_count(n: Any, what: str, limit: int, source: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise DataError(f"{source}: {what} must be an integer, got {n!r}")
-    if n < 0 or n > limit:
-        raise DataError(f"{source}: {what} must be between 0 and {limit}, got {n}")
-    return int(n)
-
-
-def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of ``n`` items drawn so that every class contributes as equally as possible.
-
-    Each class gets n // num_classes; the remainder goes one each to classes in a seeded random order
-    (so low labels are not always favoured). A class with too few items gives all it has and the
-    shortfall is spread over the others the same way.
-    """
-    counts = np.bincount(labels, minlength=num_classes)
-    quota = np.zeros(num_classes, dtype=np.int64)
-    order = rng.permutation(num_classes)
-    remaining = n
-    while remaining > 0:
-        open_classes = order[quota[order] < counts[order]]
-        share, extra = divmod(remaining, len(open_classes))
-        want = np.full(len(open_classes), share, dtype=np.int64)
-        want[:extra] += 1
-        give = np.minimum(want, counts[open_classes] - quota[open_classes])
-        quota[open_classes] += give
-        remaining -= int(give.sum())
-
-    by_class = np.argsort(labels, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    chosen = [
-        rng.permutation(by_class[starts[c] : starts[c + 1]])[: quota[c]]
-        for c in range(num_classes)
-        if quota[c]
-    ]
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def split_validation(data: CifarData, n_val: int, seed: int = 0) -> CifarData:
-    """Hold ``n_val`` training images out as a stratified validation split (seeded, deterministic).
-
-    The split depends only on the training labels, ``n_val`` and ``seed``; image order is preserved in
-    both parts. ``n_val == 0`` returns ``data`` unchanged.
-    """
-    n_val = _check_count(n_val, "the validation split (--val-split)", len(data.train) - 1, data.source)
-    if n_val == 0:
-        return data
-    if data.val is not None:
-        raise DataError(f"{data.source}: already has a validation split of {len(data.val)} images")
-    held = _stratified_indices(data.train.labels, data.num_classes, n_val, np.random.default_rng(seed))
-    keep = np.ones(len(data.train), dtype=bool)
-    keep[held] = False
-    return dataclasses.replace(data, train=data.train.subset(keep), val=data.train.subset(held))
-
-
-def subsample(data: CifarData, n_train: int, seed: int = 0) -> CifarData:
-    """Keep a stratified, seeded subset of ``n_train`` training images (for quick runs and tests).
-
-    ``n_train == 0`` or ``n_train == len(data.train)`` returns ``data`` unchanged; test and validation
-    splits are kept as they are.
-    """
-    n_train = _check_count(n_train, "the training subset (--train-subset)", len(data.train), data.source)
-    if n_train in (0, len(data.train)):
-        return data
-    keep = _stratified_indices(data.train.labels, data.num_classes, n_train, np.random.default_rng(seed))
-    return dataclasses.replace(data, train=data.train.subset(keep))
-
-
-def channel_stats(
-    images: np.ndarray, chunk: int = 512
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and (population) std of uint8 NHWC images, in [0, 1] units.
-
-    Pixels are counted into a 256-bin histogram per channel, a chunk of images at a time: the counts
-    are exact integers, memory stays at one chunk (never a float copy of the whole set), and mean and
-    variance then come from 256 values in float64 without rounding drift. (Histograms are also
-    faster here than float sums of squares over strided channels.)
-    """
-    if (
-        not isinstance(images, np.ndarray)
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[-1] != 3
-    ):
-        desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise DataError(f"channel_stats: expected uint8 images of shape (N, H, W, 3), got {desc}")
-    if images.size == 0:
-        raise DataError("channel_stats: no images")
-    hist = np.zeros(3 * 256, dtype=np.int64)
-    offsets = np.array([0, 256, 512], dtype=np.uint16)  # channel c counts into bins c*256 .. c*256+255
-    for start in range(0, images.shape[0], chunk):
-        pixels = images[start : start + chunk].reshape(-1, 3)
-        hist += np.bincount((pixels + offsets).ravel(), minlength=3 * 256)
-    counts = hist.reshape(3, 256).astype(np.float64)
-    values = np.arange(256, dtype=np.float64) / 255.0
-    n = counts.sum(axis=1)
-    mean = counts @ values / n
-    # Two passes over the 256 bins (not E[x^2] - E[x]^2), so there is no cancellation at all.
-    std = np.sqrt(np.einsum("cv,cv->c", counts, (values[None, :] - mean[:, None]) ** 2) / n)
-    return (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
-
-
-def describe(data: CifarData) -> dict[str, Any]:
-    """A JSON-friendly summary for ``cifar-resnet data info``."""
-    per_class = np.bincount(data.train.labels, minlength=data.num_classes)
-    mean, std = channel_stats(data.train.images)
-    return {
-        "name": data.name,
-        "source": data.source,
-        "num_classes": data.num_classes,
-        "num_coarse_classes": len(data.coarse_classes) if data.coarse_classes is not None else None,
-        "train": len(data.train),
-        "val": len(data.val) if data.val is not None else None,
-        "test": len(data.test) if data.test is not None else None,
-        "train_per_class_min": int(per_class.min()),
-        "train_per_class_max": int(per_class.max()),
-        "mean": mean,
-        "std": std,
-    }

@@ -1,0 +1,49 @@
+"""CIFAR-100 / CIFAR-10 data: sources -> :class:`CifarData`, split and summarised.
+
+- ``errors``: :class:`DataError`, the one exception for a problem with the user's data.
+- ``unpickle``: the restricted unpickler that reads the official (pickled) files without running code.
+- ``download``: the official archives (:data:`DATASETS`: URL, md5, folder), :func:`download` with a progress
+  bar and an md5 check, the cache :data:`DEFAULT_ROOT`.
+- ``sources``: :class:`Split`, :class:`CifarData`, the class names, and the loaders (``.npz``, official
+  archive, extracted folder; :func:`load_data` picks one from a path or a dataset name).
+- ``splits``: :func:`split_validation`, :func:`subsample`, :func:`channel_stats`, :func:`describe`.
+
+Each module imports only those listed above it.
+"""
+
+from .download import DATASETS, DEFAULT_ROOT, download
+from .errors import DataError
+from .sources import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_TO_COARSE,
+    CifarData,
+    Split,
+    load_archive,
+    load_data,
+    load_folder,
+    load_npz,
+)
+from .splits import channel_stats, describe, split_validation, subsample
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
+    "CIFAR100_COARSE_CLASSES",
+    "CIFAR100_FINE_TO_COARSE",
+    "DATASETS",
+    "DEFAULT_ROOT",
+    "CifarData",
+    "DataError",
+    "Split",
+    "channel_stats",
+    "describe",
+    "download",
+    "load_archive",
+    "load_data",
+    "load_folder",
+    "load_npz",
+    "split_validation",
+    "subsample",
+]
