@@ -1,0 +1,206 @@
+"""Writes docs/runs/README.md, the index of the run logs in docs/runs, from the files themselves.
+
+    python docs/make_runs_index.py            # rewrite docs/runs/README.md
+    python docs/make_runs_index.py --check    # exit 1, with one line, when the index is out of date
+
+A run is every file sharing a stem: ``NAME.log`` (the command's output), ``NAME-config.json``,
+``NAME-metrics.csv`` and, for ``benchmarks/ablation.py``'s runs, a summary ``NAME.json``. Accuracy and
+training seconds are read from the summary where there is one, else from the last row of the metrics,
+else from the log. Standard library only: no torch, no package import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "docs" / "runs"
+INDEX = RUNS / "README.md"
+SUFFIXES = {"-config.json": "config", "-metrics.csv": "metrics", ".json": "summary", ".log": "log"}
+LINK_ORDER = ("log", "config", "metrics", "summary")
+REFERENCE = "fast-cpu-run5"  # the previous preset as it shipped: what the older runs are compared with
+
+# (title, which stems (the alternatives in the order of the table), what the group is), in the order of the page
+GROUPS = [
+    ("Issue 11: the ablation and the shipped `fast-cpu` preset", ["ablation-.+"],
+     ("2 cores of an Intel Xeon with AMX, PyTorch 2.13.0 (CPU build), one run after another on the otherwise "
+     "idle machine. Each run is `python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz "
+     "VARIANT --seeds S`: the recipe before issue 11 (`BASE` in `benchmarks/ablation.py`: `fast_small`, fp32, "
+     "full TTA after every epoch, 17 epochs) plus the changes shown; `shipped` is `--preset fast-cpu`. The "
+     "story: [ablation.md](ablation.md); the table and what it means: "
+     "[docs/performance.md](../performance.md).")),
+    ("Before issue 11: `fast_small` in fp32 on an AMD EPYC", ["fast-cpu-run\\d+", "tune6-.+", "explore-.+"],
+     (f"2 cores of an AMD EPYC (AVX2, no AVX-512): the runs behind the previous `fast-cpu` preset, told in "
+     f"[fast-small-fp32.md](fast-small-fp32.md). *What* lists the configuration fields that differ from "
+     f"`{REFERENCE}`, that preset as it shipped (Muon 0.1 with momentum 0.6 for the hidden filters, Nesterov "
+     f"SGD 2.0 for the rest, flip and 1 px translate TTA, 17 epochs of batch 512); a field a config lacks "
+     f"did not exist yet (runs 1-4: Nesterov SGD for everything, flip TTA only).")),
+    ("The main job before and after the restructuring", ["refactor-parity-before", "refactor-parity-after"],
+     ("The main job of the time (`fast_small` in fp32, seed 0), run before and after the package was "
+     "restructured (commit ff4be2e): the 17 epoch lines are identical. Logs only, so the time shown is the "
+     "log's `done in` (training with its evaluations), not training seconds. The calibration and export "
+     "figures of [docs/serving.md](../serving.md) come from this run.")),
+]
+
+
+def _stem(name: str) -> tuple[str, str] | None:
+    for suffix, kind in SUFFIXES.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return None
+
+
+def runs(folder: Path = RUNS) -> dict[str, dict[str, Path]]:
+    """stem -> {kind: path} for every run file in the folder."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        parsed = _stem(path.name)
+        if parsed:
+            found.setdefault(parsed[0], {})[parsed[1]] = path
+    return found
+
+
+def _ablation_order() -> list[str]:
+    """The variants in the order benchmarks/ablation.py defines them (read, not imported: it imports torch)."""
+    path = ROOT / "benchmarks" / "ablation.py"
+    if not path.exists():
+        return []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "VARIANTS":
+            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)] + ["shipped"]
+    return []
+
+
+def _summary(files: dict[str, Path], reference: dict) -> dict:
+    """What the table shows of one run: what, model, precision, seed, epochs, top-1, training s."""
+    summary = json.loads(files["summary"].read_text()) if "summary" in files else {}
+    config = json.loads(files["config"].read_text()) if "config" in files else {}
+    log = files["log"].read_text().splitlines() if "log" in files else []
+    rows = list(csv.DictReader(files["metrics"].open())) if "metrics" in files else []
+    epochs = [re.match(r"Epoch (\d+), .*val_acc: ([0-9.]+)", line) for line in log]
+    epochs = [(int(m[1]), float(m[2])) for m in epochs if m]
+    first = log[0] if log else ""
+    model = config.get("model") or (first.split(" ", 1)[0] if first else "")
+    if config.get("model_kwargs"):
+        model += " " + json.dumps(config["model_kwargs"])
+
+    if summary:
+        what = f"`{summary['name']}`: " + (", ".join(f"{k}={v}" for k, v in summary["changes"].items())
+                                           or "the recipe before issue 11")
+    elif config and reference:
+        diff = [f"{k}={v}" for k, v in config.items() if k != "seed" and k in reference and reference[k] != v]
+        missing = [k for k in reference if k not in config]
+        what = ", ".join(diff + ([f"no {'/'.join(missing)}"] if missing else [])) or "the preset as it shipped"
+    else:
+        done = next((line for line in log if line.startswith("done in")), "")
+        what = f"log only: {done.split(';')[0]}" if done else "log only"
+
+    if summary:
+        top1, seconds = summary["val_top1"], summary["train_seconds"]
+    elif rows:
+        top1, seconds = float(rows[-1]["val_top1"]), float(rows[-1]["train_seconds"])
+    else:
+        top1, seconds = (epochs[-1][1] if epochs else None), None
+    n_epochs = len(rows) or len(epochs)
+    return {
+        "what": what,
+        "model": f"`{model}`" if model else "",
+        "precision": "bf16" if "(bf16)" in first else "fp32",
+        "seed": str(summary.get("seed", config.get("seed", ""))),
+        "epochs": str(n_epochs) if n_epochs else "",
+        "top1": f"{100 * top1:.2f}%" if top1 is not None else "",
+        "seconds": f"{seconds:,.0f}" if seconds is not None else "",
+    }
+
+
+def _wrap(text: str, width: int = 110) -> list[str]:
+    """Wrapped lines, never breaking inside a `code span`."""
+    protected = re.sub(r"`[^`]*`", lambda m: m[0].replace(" ", "\0"), text)
+    lines = textwrap.wrap(protected, width, break_long_words=False, break_on_hyphens=False)
+    return [line.replace("\0", " ") for line in lines]
+
+
+def _links(files: dict[str, Path]) -> str:
+    return ", ".join(f"[{kind}]({files[kind].name})" for kind in LINK_ORDER if kind in files)
+
+
+def render(folder: Path = RUNS) -> str:
+    found = runs(folder)
+    ref_path = found.get(REFERENCE, {}).get("config")
+    reference = json.loads(ref_path.read_text()) if ref_path else {}
+    order = _ablation_order()
+
+    def key(patterns: list[str], stem: str):
+        alternative = next(i for i, p in enumerate(patterns) if re.fullmatch(p, stem))
+        variant = re.sub(r"^ablation-|-seed\d+$", "", stem)
+        natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stem)]
+        return alternative, order.index(variant) if variant in order else len(order), natural
+
+    out = [
+        "# Run logs",
+        "",
+        "<!-- Generated by `python docs/make_runs_index.py` from the files of this folder; do not edit by hand. -->",
+        "",
+        "Every training run this project quotes, one line per run: the log (the command's output), the run's",
+        "`config.json` and `metrics.csv` (per epoch), and for the ablation a summary `.json`. *Val top-1* is the",
+        "last epoch's accuracy on the 5,000 images held out from the real CIFAR-100 training split (validation,",
+        "never test), with the run's full test-time augmentation; *training s* is the sum of the epochs'",
+        "training loops (`train_seconds`), evaluation excluded. Compare times within one group only: the CPU",
+        "changed between sessions.",
+        "",
+    ]
+    seen: set[str] = set()
+    for title, patterns, intro in GROUPS:
+        stems = sorted((s for s in found if any(re.fullmatch(p, s) for p in patterns)),
+                       key=lambda stem: key(patterns, stem))
+        if not stems:
+            continue
+        seen.update(stems)
+        out += [f"## {title}", "", *_wrap(intro), "",
+                "| run | what | model | precision | seed | epochs | val top-1 | training s | files |",
+                "| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |"]
+        for stem in stems:
+            s = _summary(found[stem], reference)
+            out.append(f"| {stem} | {s['what']} | {s['model']} | {s['precision']} | {s['seed']} | {s['epochs']} | "
+                       f"{s['top1']} | {s['seconds']} | {_links(found[stem])} |")
+        out.append("")
+    others = sorted(set(found) - seen)
+    if others:
+        out += ["## Other runs", "", "| run | files |", "| --- | --- |"]
+        out += [f"| {stem} | {_links(found[stem])} |" for stem in others] + [""]
+    notes = sorted(p for p in folder.glob("*.md") if p.name != "README.md")
+    if notes:
+        out += ["## Notes", ""]
+        for p in notes:
+            heading = next((line.lstrip("# ").strip() for line in p.read_text().splitlines() if line.startswith("#")),
+                           p.stem)
+            out.append(f"- [{p.name}]({p.name}): {heading}")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write docs/runs/README.md, the index of the run logs.")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the index differs")
+    args = ap.parse_args(argv)
+    text = render()
+    if args.check:
+        if not INDEX.exists() or INDEX.read_text() != text:
+            print("docs/runs/README.md is out of date with docs/runs: run python docs/make_runs_index.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    INDEX.write_text(text)
+    print(f"wrote {INDEX.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
