@@ -41,11 +41,29 @@ from cifar_resnet.runtime import cpu_model
 
 # The fast-cpu recipe before issue 11 (fast_small, fp32, full TTA after every epoch), written out whole.
 BASE = {
-    "model": "fast_small", "model_kwargs": {}, "whiten": True, "optimizer": "muon", "lr": 2.0, "momentum": 0.9,
-    "muon_lr": 0.1, "muon_momentum": 0.6, "weight_decay": 5e-4, "schedule": "linear", "warmup": 0.2,
-    "grad_clip": 0.0, "label_smoothing": 0.2, "crop_pad": 2, "flip": "alternating", "tta": True,
-    "tta_translate": 1, "epochs": 17, "batch_size": 512, "bn_bias_lr": 1.0, "progressive": "",
-    "tta_every_epoch": True, "precision": "fp32",
+    "model": "fast_small",
+    "model_kwargs": {},
+    "whiten": True,
+    "optimizer": "muon",
+    "lr": 2.0,
+    "momentum": 0.9,
+    "muon_lr": 0.1,
+    "muon_momentum": 0.6,
+    "weight_decay": 5e-4,
+    "schedule": "linear",
+    "warmup": 0.2,
+    "grad_clip": 0.0,
+    "label_smoothing": 0.2,
+    "crop_pad": 2,
+    "flip": "alternating",
+    "tta": True,
+    "tta_translate": 1,
+    "epochs": 17,
+    "batch_size": 512,
+    "bn_bias_lr": 1.0,
+    "progressive": "",
+    "tta_every_epoch": True,
+    "precision": "fp32",
 }
 
 # name -> (what changes, relative to BASE). Cumulative where the name says "+".
@@ -64,6 +82,7 @@ VARIANTS: dict[str, dict] = {
     "fast-net+14-epochs": {**FAST_NET, "epochs": 14},
     "fast-net+20-epochs": {**FAST_NET, "epochs": 20},
 }
+
 
 def flags(config: dict) -> list[str]:
     out = []
@@ -88,8 +107,20 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
     stem = f"ablation-{name}-seed{seed}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [python, "-m", "cifar_resnet", "train", *args, "--data", data, "--val-split", str(val_split),
-               "--out", str(out), "--no-progress"]
+        cmd = [
+            python,
+            "-m",
+            "cifar_resnet",
+            "train",
+            *args,
+            "--data",
+            data,
+            "--val-split",
+            str(val_split),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         log_path = Path(tmp) / "log"
         t0 = time.perf_counter()
@@ -108,14 +139,27 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
         shutil.copy(RunDir(out).metrics_csv, runs_dir / f"{stem}-metrics.csv")
         history = json.loads(RunDir(out).history_json.read_text())
     last = history[-1]
-    summary = {"name": name, "seed": seed, "changes": changes, "val_top1": last["val_top1"],
-               "best_val_top1": max(r["val_top1"] for r in history), "epochs": len(history),
-               "train_seconds": last["train_seconds"], "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-               "cpu": cpu_model(),
-               "cores": os.cpu_count(), "command": "cifar-resnet train " + shlex.join(cmd[4:])}
+    summary = {
+        "name": name,
+        "seed": seed,
+        "changes": changes,
+        "val_top1": last["val_top1"],
+        "best_val_top1": max(r["val_top1"] for r in history),
+        "epochs": len(history),
+        "train_seconds": last["train_seconds"],
+        "wall_seconds": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "command": "cifar-resnet train " + shlex.join(cmd[4:]),
+    }
     (runs_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "
-          f"{wall:.0f} s wall", file=sys.stderr, flush=True)
+    print(
+        f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "
+        f"{wall:.0f} s wall",
+        file=sys.stderr,
+        flush=True,
+    )
     return summary
 
 
@@ -127,26 +171,34 @@ def table(runs_dir: Path) -> str:
         s = json.loads(path.read_text())
         rows.setdefault(s["name"], []).append(s)
     order = [*VARIANTS, "shipped"]
-    lines = ["| variant | change | seeds | val top-1 % | training s | wall s | peak MB | CPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| variant | change | seeds | val top-1 % | training s | wall s | peak MB | CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order)):
         runs = sorted(rows[name], key=lambda s: s["seed"])
         acc = [s["val_top1"] * 100 for s in runs]
-        top1 = f"{acc[0]:.2f}" if len(acc) == 1 else \
-            f"{statistics.mean(acc):.2f} (" + ", ".join(f"{a:.2f}" for a in acc) + ")"
+        top1 = (
+            f"{acc[0]:.2f}"
+            if len(acc) == 1
+            else f"{statistics.mean(acc):.2f} (" + ", ".join(f"{a:.2f}" for a in acc) + ")"
+        )
         train = statistics.mean(s["train_seconds"] for s in runs)
         wall = statistics.mean(s["wall_seconds"] for s in runs)
         change = ", ".join(f"{k}={v}" for k, v in runs[0]["changes"].items()) or "the recipe before issue 11"
         rss = [s["peak_rss_mb"] for s in runs if "peak_rss_mb" in s]
         peak = f"{max(rss):,.0f}" if rss else ""
-        lines.append(f"| {name} | {change} | {', '.join(str(s['seed']) for s in runs)} | {top1} | {train:.0f} | "
-                     f"{wall:.0f} | {peak} | {runs[0]['cpu']} |")
+        lines.append(
+            f"| {name} | {change} | {', '.join(str(s['seed']) for s in runs)} | {top1} | {train:.0f} | "
+            f"{wall:.0f} | {peak} | {runs[0]['cpu']} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("variants", nargs="*", help=f"variants to run: {', '.join(VARIANTS)}, shipped")
     p.add_argument("--data", default="cifar100", help="training data (default: cifar100 from the download cache)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")

@@ -69,40 +69,93 @@ CUTOUT = 12  # cutout size of the second loader configuration (airbench96's)
 @dataclass(frozen=True)
 class Sizes:
     models: tuple[str, ...]
-    batch: int               # loader batch and training batch (the same, so their times compare)
-    loader_images: int       # images per timed loader epoch
-    loader_warmup: int       # untimed epochs first
-    loader_repeats: int      # timed epochs
-    train_warmup: int        # untimed training steps
-    train_repeats: int       # timed training steps
-    infer_batch: int         # batch of the throughput measurement
+    batch: int  # loader batch and training batch (the same, so their times compare)
+    loader_images: int  # images per timed loader epoch
+    loader_warmup: int  # untimed epochs first
+    loader_repeats: int  # timed epochs
+    train_warmup: int  # untimed training steps
+    train_repeats: int  # timed training steps
+    infer_batch: int  # batch of the throughput measurement
     infer_warmup: int
     infer_repeats: int
-    latency_warmup: int      # untimed batch-1 forward passes
-    latency_runs: int        # timed batch-1 forward passes
-    matmul_n: int            # square matrices of this side
+    latency_warmup: int  # untimed batch-1 forward passes
+    latency_runs: int  # timed batch-1 forward passes
+    matmul_n: int  # square matrices of this side
     matmul_repeats: int
-    preset_images: int = 0   # GPU: images per timed epoch of the seed preset's training step
+    preset_images: int = 0  # GPU: images per timed epoch of the seed preset's training step
     preset_repeats: int = 0
 
 
 CPU_MODELS = ("seed_resnet", "resnet18", "fast_small", "fast")
 SIZES = {
-    ("cpu", False): Sizes(models=CPU_MODELS, batch=128, loader_images=10_000, loader_warmup=1,
-                          loader_repeats=3, train_warmup=1, train_repeats=3, infer_batch=256,
-                          infer_warmup=1, infer_repeats=3, latency_warmup=5, latency_runs=50,
-                          matmul_n=2048, matmul_repeats=5),
-    ("cpu", True): Sizes(models=("fast_small", "seed_resnet"), batch=16, loader_images=512, loader_warmup=1,
-                         loader_repeats=2, train_warmup=1, train_repeats=2, infer_batch=16, infer_warmup=1,
-                         infer_repeats=2, latency_warmup=2, latency_runs=5, matmul_n=256, matmul_repeats=3),
-    ("cuda", False): Sizes(models=CPU_MODELS, batch=512, loader_images=20_000, loader_warmup=1,
-                           loader_repeats=3, train_warmup=5, train_repeats=20, infer_batch=1024,
-                           infer_warmup=3, infer_repeats=10, latency_warmup=10, latency_runs=50,
-                           matmul_n=8192, matmul_repeats=10, preset_images=10_000, preset_repeats=2),
-    ("cuda", True): Sizes(models=("fast", "seed_resnet"), batch=128, loader_images=2048, loader_warmup=1,
-                          loader_repeats=2, train_warmup=2, train_repeats=3, infer_batch=128, infer_warmup=1,
-                          infer_repeats=3, latency_warmup=2, latency_runs=5, matmul_n=2048, matmul_repeats=3,
-                          preset_images=1024, preset_repeats=1),
+    ("cpu", False): Sizes(
+        models=CPU_MODELS,
+        batch=128,
+        loader_images=10_000,
+        loader_warmup=1,
+        loader_repeats=3,
+        train_warmup=1,
+        train_repeats=3,
+        infer_batch=256,
+        infer_warmup=1,
+        infer_repeats=3,
+        latency_warmup=5,
+        latency_runs=50,
+        matmul_n=2048,
+        matmul_repeats=5,
+    ),
+    ("cpu", True): Sizes(
+        models=("fast_small", "seed_resnet"),
+        batch=16,
+        loader_images=512,
+        loader_warmup=1,
+        loader_repeats=2,
+        train_warmup=1,
+        train_repeats=2,
+        infer_batch=16,
+        infer_warmup=1,
+        infer_repeats=2,
+        latency_warmup=2,
+        latency_runs=5,
+        matmul_n=256,
+        matmul_repeats=3,
+    ),
+    ("cuda", False): Sizes(
+        models=CPU_MODELS,
+        batch=512,
+        loader_images=20_000,
+        loader_warmup=1,
+        loader_repeats=3,
+        train_warmup=5,
+        train_repeats=20,
+        infer_batch=1024,
+        infer_warmup=3,
+        infer_repeats=10,
+        latency_warmup=10,
+        latency_runs=50,
+        matmul_n=8192,
+        matmul_repeats=10,
+        preset_images=10_000,
+        preset_repeats=2,
+    ),
+    ("cuda", True): Sizes(
+        models=("fast", "seed_resnet"),
+        batch=128,
+        loader_images=2048,
+        loader_warmup=1,
+        loader_repeats=2,
+        train_warmup=2,
+        train_repeats=3,
+        infer_batch=128,
+        infer_warmup=1,
+        infer_repeats=3,
+        latency_warmup=2,
+        latency_runs=5,
+        matmul_n=2048,
+        matmul_repeats=3,
+        preset_images=1024,
+        preset_repeats=1,
+    ),
 }
 # the model whose training step the loader is compared with ("what fraction of a step is the loader")
 STEP_REFERENCE = {"cpu": "fast_small", "cuda": "fast"}
@@ -136,8 +189,14 @@ def timed_runs(fn: Callable[[], object], warmup: int, repeats: int, sync: Callab
 
 
 def timing(times: list[float], warmup: int) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "repeats": len(times), "warmup": warmup, "times_s": times}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": len(times),
+        "warmup": warmup,
+        "times_s": times,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -197,8 +256,7 @@ class PeakMemory:
             peak = r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
         else:
             peak = (_proc_status_kb("VmHWM") or 0) / 1024
-        return {"peak_mb": peak, "before_mb": self.base_mb, "delta_mb": peak - self.base_mb,
-                "method": self.method}
+        return {"peak_mb": peak, "before_mb": self.base_mb, "delta_mb": peak - self.base_mb, "method": self.method}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -212,8 +270,13 @@ def bench_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     t = timing(timed_runs(lambda: torch.mm(a, b), 2, repeats, synchronizer(device)), 2)
-    return {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "n": n,
-            "gflops": 2 * n**3 / t["median_s"] / 1e9, **t}
+    return {
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "n": n,
+        "gflops": 2 * n**3 / t["median_s"] / 1e9,
+        **t,
+    }
 
 
 def measure_matmul(device: torch.device, sizes: Sizes) -> dict:
@@ -227,11 +290,15 @@ def measure_matmul(device: torch.device, sizes: Sizes) -> dict:
 
 
 def render_matmul(matmul: list[dict], dev: str) -> list[str]:
-    return [f"## Matrix multiply on {dev} (the yardstick)", "",
-            md_table(["dtype", "n", "GFLOP/s", "timed runs"],
-                     [[m["dtype"], str(m["n"]), fmt(m["gflops"]), f"{m['repeats']} (+{m['warmup']} warm-up)"]
-                      for m in matmul]),
-            ""]
+    return [
+        f"## Matrix multiply on {dev} (the yardstick)",
+        "",
+        md_table(
+            ["dtype", "n", "GFLOP/s", "timed runs"],
+            [[m["dtype"], str(m["n"]), fmt(m["gflops"]), f"{m['repeats']} (+{m['warmup']} warm-up)"] for m in matmul],
+        ),
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -282,8 +349,14 @@ class TorchvisionDataset(torch.utils.data.Dataset):
 
         self.images = images
         self.labels = labels
-        self.tf = T.Compose([T.RandomCrop(32, padding=pad, padding_mode="reflect"), T.RandomHorizontalFlip(),
-                             T.ToTensor(), T.Normalize(mean, std)])
+        self.tf = T.Compose(
+            [
+                T.RandomCrop(32, padding=pad, padding_mode="reflect"),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -307,15 +380,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def bench_loader(images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes,
-                 workers: list[int]) -> dict:
+def bench_loader(
+    images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes, workers: list[int]
+) -> dict:
     """Images/s of one training epoch over ``sizes.loader_images`` images, for each pipeline (ours first,
     then the baselines), and each of ours' speed-up over each baseline."""
     n = min(sizes.loader_images, len(labels))
     split = Split(images[:n], labels[:n])
     mean, std = channel_stats(split.images)
-    rows = time_our_loaders(split, mean, std, device, sizes) + time_baseline_loaders(split, mean, std, device,
-                                                                                     sizes, workers)
+    rows = time_our_loaders(split, mean, std, device, sizes) + time_baseline_loaders(
+        split, mean, std, device, sizes, workers
+    )
     baselines = [r for r in rows if r["kind"] == "baseline"]
     for r in rows:
         if r["kind"] == "ours":
@@ -325,17 +400,25 @@ def bench_loader(images: np.ndarray, labels: np.ndarray, device: torch.device, s
 
 def loader_row(name: str, kind: str, num_images: int, sizes: Sizes, times: list[float], **extra) -> dict:
     t = timing(times, sizes.loader_warmup)
-    return {"name": name, "kind": kind, "images": num_images, "batch": sizes.batch,
-            "images_per_s": num_images / t["median_s"],
-            "ms_per_batch": 1000 * t["median_s"] * sizes.batch / num_images, **extra, **t}
+    return {
+        "name": name,
+        "kind": kind,
+        "images": num_images,
+        "batch": sizes.batch,
+        "images_per_s": num_images / t["median_s"],
+        "ms_per_batch": 1000 * t["median_s"] * sizes.batch / num_images,
+        **extra,
+        **t,
+    }
 
 
 def time_our_loaders(split: Split, mean, std, device: torch.device, sizes: Sizes) -> list[dict]:
     """:class:`CifarLoader` (images already on ``device``; the one upload is not timed), with the
     notebook's augmentation and with airbench96's (alternating flip, cutout)."""
-    ours = {"ours: crop 4 reflect + random flip": Augment(),
-            f"ours: crop 4 reflect + alternating flip + cutout {CUTOUT}": Augment(flip="alternating",
-                                                                                   cutout=CUTOUT)}
+    ours = {
+        "ours: crop 4 reflect + random flip": Augment(),
+        f"ours: crop 4 reflect + alternating flip + cutout {CUTOUT}": Augment(flip="alternating", cutout=CUTOUT),
+    }
     rows = []
     for name, aug in ours.items():
         loader = CifarLoader(split, sizes.batch, mean=mean, std=std, device=device, train=True, aug=aug, seed=0)
@@ -349,8 +432,9 @@ def time_our_loaders(split: Split, mean, std, device: torch.device, sizes: Sizes
     return rows
 
 
-def time_baseline_loaders(split: Split, mean, std, device: torch.device, sizes: Sizes,
-                          workers: list[int]) -> list[dict]:
+def time_baseline_loaders(
+    split: Split, mean, std, device: torch.device, sizes: Sizes, workers: list[int]
+) -> list[dict]:
     """The per-image pipeline in a ``DataLoader`` for each number of ``workers`` (and torchvision's own
     transforms where installed): shuffle, ``drop_last``, persistent workers so worker start-up is paid in
     the warm-up epoch only, which favours the baseline; on CUDA ``pin_memory`` and a non-blocking copy of
@@ -361,8 +445,15 @@ def time_baseline_loaders(split: Split, mean, std, device: torch.device, sizes: 
     rows = []
     for label, cls, w in datasets:
         ds = cls(split.images, split.labels, mean, std)
-        dl = torch.utils.data.DataLoader(ds, batch_size=sizes.batch, shuffle=True, num_workers=w, drop_last=True,
-                                         pin_memory=device.type == "cuda", persistent_workers=w > 0)
+        dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=sizes.batch,
+            shuffle=True,
+            num_workers=w,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            persistent_workers=w > 0,
+        )
 
         def epoch(dl=dl):
             for x, y in dl:
@@ -370,8 +461,9 @@ def time_baseline_loaders(split: Split, mean, std, device: torch.device, sizes: 
                 y.to(device, non_blocking=True)
 
         times = timed_runs(epoch, sizes.loader_warmup, sizes.loader_repeats, synchronizer(device))
-        rows.append(loader_row(f"{label} + DataLoader, workers={w}", "baseline", len(dl) * sizes.batch, sizes,
-                               times, workers=w))
+        rows.append(
+            loader_row(f"{label} + DataLoader, workers={w}", "baseline", len(dl) * sizes.batch, sizes, times, workers=w)
+        )
         del epoch, dl  # the last references: the persistent workers stop before the next measurement
         gc.collect()
     return rows
@@ -384,15 +476,24 @@ def render_loader(ld: dict | None, dev: str) -> list[str]:
     base_names = [r["name"] for r in ld["rows"] if r["kind"] == "baseline"]
     short = {n: n.split("workers=")[-1] for n in base_names}
     headers = ["pipeline", "images/s", "ms/batch"] + [
-        f"x vs {'torchvision' if 'torchvision' in n else 'per-image'} w={short[n]}" for n in base_names]
+        f"x vs {'torchvision' if 'torchvision' in n else 'per-image'} w={short[n]}" for n in base_names
+    ]
     rows = []
     for r in ld["rows"]:
         sp = r.get("speedup", {})
-        rows.append([r["name"], fmt(r["images_per_s"]), fmt(r["ms_per_batch"])]
-                    + [fmt(sp[n]) + "x" if n in sp else "" for n in base_names])
-    return [(f"## Data loader on {dev}: images/s over one training epoch of {ld['images']:,} images, "
-             f"batch {ld['batch']}, median of {r0['repeats']} epochs after {r0['warmup']} warm-up"), "",
-            md_table(headers, rows), ""]
+        rows.append(
+            [r["name"], fmt(r["images_per_s"]), fmt(r["ms_per_batch"])]
+            + [fmt(sp[n]) + "x" if n in sp else "" for n in base_names]
+        )
+    return [
+        (
+            f"## Data loader on {dev}: images/s over one training epoch of {ld['images']:,} images, "
+            f"batch {ld['batch']}, median of {r0['repeats']} epochs after {r0['warmup']} warm-up"
+        ),
+        "",
+        md_table(headers, rows),
+        "",
+    ]
 
 
 def loader_vs_step(loader: dict, train_rows: list[dict], device: torch.device) -> dict:
@@ -406,10 +507,10 @@ def loader_vs_step(loader: dict, train_rows: list[dict], device: torch.device) -
     step_ms = 1000 * step["train"]["median_s"]
     out["step_ms"] = step_ms
     for r in loader["rows"]:
-        out["rows"].append({"name": r["name"], "ms_per_batch": r["ms_per_batch"],
-                            "fraction_of_step": r["ms_per_batch"] / step_ms})
+        out["rows"].append(
+            {"name": r["name"], "ms_per_batch": r["ms_per_batch"], "fraction_of_step": r["ms_per_batch"] / step_ms}
+        )
     return out
-
 
 
 def render_loader_vs_step(lvs: dict | None) -> list[str]:
@@ -417,11 +518,18 @@ def render_loader_vs_step(lvs: dict | None) -> list[str]:
         return []
     if "skipped" in lvs:
         return [f"Loader vs training step: skipped ({lvs['skipped']}).", ""]
-    return [(f"### Loader cost per batch vs one training step of `{lvs['model']}` "
-             f"({fmt(lvs['step_ms'])} ms at batch {lvs['batch']}, same device)"), "",
-            md_table(["pipeline", "ms/batch", "% of a training step"],
-                     [[r["name"], fmt(r["ms_per_batch"]), fmt(100 * r["fraction_of_step"])] for r in lvs["rows"]]),
-            ""]
+    return [
+        (
+            f"### Loader cost per batch vs one training step of `{lvs['model']}` "
+            f"({fmt(lvs['step_ms'])} ms at batch {lvs['batch']}, same device)"
+        ),
+        "",
+        md_table(
+            ["pipeline", "ms/batch", "% of a training step"],
+            [[r["name"], fmt(r["ms_per_batch"]), fmt(100 * r["fraction_of_step"])] for r in lvs["rows"]],
+        ),
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -473,7 +581,8 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
     g = torch.Generator(device=device).manual_seed(1)
     x1 = torch.randn(1, 3, 32, 32, device=device, generator=g).contiguous(memory_format=torch.channels_last)
     xb = torch.randn(sizes.infer_batch, 3, 32, 32, device=device, generator=g).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
 
     def forward(inp):
         with torch.no_grad(), autocast_for(device, _precision(device, amp)):
@@ -481,18 +590,26 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
 
     mem = PeakMemory(device)
     mem.reset()
-    latency = timing(timed_runs(lambda: forward(x1), sizes.latency_warmup, sizes.latency_runs, sync),
-                     sizes.latency_warmup)
-    throughput = timing(timed_runs(lambda: forward(xb), sizes.infer_warmup, sizes.infer_repeats, sync),
-                        sizes.infer_warmup)
-    return {"latency": {**latency, "batch": 1, "median_ms": 1000 * latency["median_s"]},
-            "inference": {**throughput, "batch": sizes.infer_batch,
-                          "images_per_s": sizes.infer_batch / throughput["median_s"]},
-            "inference_memory": mem.read()}
+    latency = timing(
+        timed_runs(lambda: forward(x1), sizes.latency_warmup, sizes.latency_runs, sync), sizes.latency_warmup
+    )
+    throughput = timing(
+        timed_runs(lambda: forward(xb), sizes.infer_warmup, sizes.infer_repeats, sync), sizes.infer_warmup
+    )
+    return {
+        "latency": {**latency, "batch": 1, "median_ms": 1000 * latency["median_s"]},
+        "inference": {
+            **throughput,
+            "batch": sizes.infer_batch,
+            "images_per_s": sizes.infer_batch / throughput["median_s"],
+        },
+        "inference_memory": mem.read(),
+    }
 
 
-def bench_training(model: torch.nn.Module, run: Callable, device: torch.device, sizes: Sizes, amp: bool,
-                   num_classes: int) -> dict:
+def bench_training(
+    model: torch.nn.Module, run: Callable, device: torch.device, sizes: Sizes, amp: bool, num_classes: int
+) -> dict:
     """Median time of a training step (forward, loss, backward, optimizer step) on one fixed batch.
 
     The step is written out here, with one optimizer (SGD) for every model, rather than taken from a preset:
@@ -500,8 +617,7 @@ def bench_training(model: torch.nn.Module, run: Callable, device: torch.device, 
     times that."""
     sync = synchronizer(device)
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(sizes.batch, 3, 32, 32, device=device, generator=g).contiguous(
-        memory_format=torch.channels_last)
+    x = torch.randn(sizes.batch, 3, 32, 32, device=device, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (sizes.batch,), device=device, generator=g)
     # SGD with Nesterov momentum; the fused kernel on CUDA, foreach on CPU (as train.build_optimizer)
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -521,8 +637,9 @@ def bench_training(model: torch.nn.Module, run: Callable, device: torch.device, 
     return {"train": train, "train_images_per_s": sizes.batch / train["median_s"], "train_memory": mem.read()}
 
 
-def bench_model(name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool,
-                num_classes: int = 100) -> dict:
+def bench_model(
+    name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool, num_classes: int = 100
+) -> dict:
     """FLOPs, inference and training-step figures of model ``name`` (inference first, while the process
     holds nothing else); see benchmarks/README.md."""
     torch.manual_seed(0)
@@ -538,29 +655,47 @@ def bench_model(name: str, device: torch.device, sizes: Sizes, *, amp: bool, com
     release_freed_memory(device)
     train = bench_training(model, run, device, sizes, amp, num_classes)
     return {
-        "model": name, "params": params, "batch": sizes.batch, "device": device.type,
+        "model": name,
+        "params": params,
+        "batch": sizes.batch,
+        "device": device.type,
         "precision": "bf16 autocast" if (amp and device.type == "cuda") else "fp32",
-        "compiled": compile_model, "channels_last": True, "flops_per_image": flops,
-        **train, "train_gflops": flops["train_step"] * train["train_images_per_s"] / 1e9,
+        "compiled": compile_model,
+        "channels_last": True,
+        "flops_per_image": flops,
+        **train,
+        "train_gflops": flops["train_step"] * train["train_images_per_s"] / 1e9,
         **infer,
     }
 
 
-def run_model_in_child(name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool,
-                       timeout: float = 900) -> dict:
+def run_model_in_child(
+    name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool, timeout: float = 900
+) -> dict:
     """``bench_model`` in a fresh Python process (this script with --child), so that peak memory and
     allocator state belong to this model alone."""
-    spec = {"model": name, "device": str(device), "sizes": dataclasses.asdict(sizes), "amp": amp,
-            "compile": compile_model}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec),
-           "--threads", str(torch.get_num_threads())]
+    spec = {
+        "model": name,
+        "device": str(device),
+        "sizes": dataclasses.asdict(sizes),
+        "amp": amp,
+        "compile": compile_model,
+    }
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        json.dumps(spec),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"model": name, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_MARK):
-            return json.loads(line[len(CHILD_MARK):])
+            return json.loads(line[len(CHILD_MARK) :])
     tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
     return {"model": name, "error": f"exit code {proc.returncode}: {tail}"}
 
@@ -568,11 +703,11 @@ def run_model_in_child(name: str, device: torch.device, sizes: Sizes, *, amp: bo
 def child_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
-    result = bench_model(spec["model"], torch.device(spec["device"]), sizes, amp=spec["amp"],
-                         compile_model=spec["compile"])
+    result = bench_model(
+        spec["model"], torch.device(spec["device"]), sizes, amp=spec["amp"], compile_model=spec["compile"]
+    )
     print(CHILD_MARK + json.dumps(result), flush=True)
     return 0
-
 
 
 def measure_models(device: torch.device, sizes: Sizes, *, compile_model: bool) -> list[dict]:
@@ -589,34 +724,68 @@ def render_training(train: list[dict], mm: dict, dev: str) -> list[str]:
         return []
     first = next((r for r in train if "error" not in r), {})
     t0 = first.get("train", {})
-    out = [f"## Training step on {dev}: {first.get('precision', '')}, channels_last"
-           + (", torch.compile" if first.get("compiled") else "")
-           + f", batch {first.get('batch', '?')}, SGD (Nesterov momentum); median of "
-           f"{t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up", "",
-           (f"% of matmul: achieved GFLOP/s over the {mm['dtype']} matmul rate above "
-            f"({fmt(mm['gflops'])} GFLOP/s). Peak memory: {mem_label(first)}."), ""]
+    out = [
+        f"## Training step on {dev}: {first.get('precision', '')}, channels_last"
+        + (", torch.compile" if first.get("compiled") else "")
+        + f", batch {first.get('batch', '?')}, SGD (Nesterov momentum); median of "
+        f"{t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up",
+        "",
+        (
+            f"% of matmul: achieved GFLOP/s over the {mm['dtype']} matmul rate above "
+            f"({fmt(mm['gflops'])} GFLOP/s). Peak memory: {mem_label(first)}."
+        ),
+        "",
+    ]
     rows = [training_row(r, mm) for r in train]
-    return out + [md_table(["model", "params", "GFLOP/img fwd", "GFLOP/img step", "ms/step", "images/s",
-                            "GFLOP/s", "% of matmul", "peak MB", "+MB in steps"], rows), ""]
+    return out + [
+        md_table(
+            [
+                "model",
+                "params",
+                "GFLOP/img fwd",
+                "GFLOP/img step",
+                "ms/step",
+                "images/s",
+                "GFLOP/s",
+                "% of matmul",
+                "peak MB",
+                "+MB in steps",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def training_row(r: dict, mm: dict) -> list[str]:
     if "error" in r:
         return [f"`{r['model']}`", f"failed: {r['error']}"] + [""] * 8
     f = r["flops_per_image"]
-    return [f"`{r['model']}`", f"{r['params'] / 1e6:.2f} M", fmt(f["forward"] / 1e9), fmt(f["train_step"] / 1e9),
-            fmt(1000 * r["train"]["median_s"]), fmt(r["train_images_per_s"]), fmt(r["train_gflops"]),
-            fmt(100 * r["train_gflops"] / mm["gflops"]), fmt(r["train_memory"]["peak_mb"]),
-            fmt(r["train_memory"]["delta_mb"])]
+    return [
+        f"`{r['model']}`",
+        f"{r['params'] / 1e6:.2f} M",
+        fmt(f["forward"] / 1e9),
+        fmt(f["train_step"] / 1e9),
+        fmt(1000 * r["train"]["median_s"]),
+        fmt(r["train_images_per_s"]),
+        fmt(r["train_gflops"]),
+        fmt(100 * r["train_gflops"] / mm["gflops"]),
+        fmt(r["train_memory"]["peak_mb"]),
+        fmt(r["train_memory"]["delta_mb"]),
+    ]
 
 
 def mem_label(r: dict) -> str:
     m = r.get("train_memory", {}).get("method", "")
     if m.startswith("torch.cuda"):
-        return ("torch.cuda.max_memory_allocated during the timed steps (peak MB) and its rise over the "
-                "model + optimizer + batch allocated before them (+MB)")
-    return (f"the process's peak resident set during the steps ({m}; each model in a fresh process, so "
-            "it includes the ~Python+torch baseline), and its rise over the resident set before them (+MB)")
+        return (
+            "torch.cuda.max_memory_allocated during the timed steps (peak MB) and its rise over the "
+            "model + optimizer + batch allocated before them (+MB)"
+        )
+    return (
+        f"the process's peak resident set during the steps ({m}; each model in a fresh process, so "
+        "it includes the ~Python+torch baseline), and its rise over the resident set before them (+MB)"
+    )
 
 
 def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
@@ -624,14 +793,32 @@ def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
     if not ok:
         return []
     lat, inf = ok[0]["latency"], ok[0]["inference"]
-    out = [(f"## Inference on {dev}: eval mode, no_grad, {ok[0]['precision']}, channels_last; latency = median of "
+    out = [
+        (
+            f"## Inference on {dev}: eval mode, no_grad, {ok[0]['precision']}, channels_last; latency = median of "
             f"{lat['repeats']} batch-1 passes after {lat['warmup']} warm-up; throughput = "
-            f"median of {inf['repeats']} batches of {inf['batch']} after {inf['warmup']} warm-up"), ""]
-    rows = [[f"`{r['model']}`", fmt(r["latency"]["median_ms"]), fmt(r["inference"]["images_per_s"]),
-             fmt(r["inference"]["gflops"]), fmt(100 * r["inference"]["gflops"] / mm["gflops"]),
-             fmt(r["inference_memory"]["peak_mb"])] for r in ok]
-    return out + [md_table(["model", "latency ms (batch 1)", f"images/s (batch {inf['batch']})", "GFLOP/s",
-                            "% of matmul", "peak MB"], rows), ""]
+            f"median of {inf['repeats']} batches of {inf['batch']} after {inf['warmup']} warm-up"
+        ),
+        "",
+    ]
+    rows = [
+        [
+            f"`{r['model']}`",
+            fmt(r["latency"]["median_ms"]),
+            fmt(r["inference"]["images_per_s"]),
+            fmt(r["inference"]["gflops"]),
+            fmt(100 * r["inference"]["gflops"] / mm["gflops"]),
+            fmt(r["inference_memory"]["peak_mb"]),
+        ]
+        for r in ok
+    ]
+    return out + [
+        md_table(
+            ["model", "latency ms (batch 1)", f"images/s (batch {inf['batch']})", "GFLOP/s", "% of matmul", "peak MB"],
+            rows,
+        ),
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -639,8 +826,9 @@ def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------------
 
 
-def bench_preset_step(config: TrainConfig, split: Split, device: torch.device, n_images: int, repeats: int,
-                      num_classes: int = 100) -> dict:
+def bench_preset_step(
+    config: TrainConfig, split: Split, device: torch.device, n_images: int, repeats: int, num_classes: int = 100
+) -> dict:
     """Images/s of the preset's training steps over epochs of ``n_images``, and the notebook's run projected
     from it (``config.epochs`` epochs of 50,000 images, training steps only, no evaluation).
 
@@ -654,8 +842,9 @@ def bench_preset_step(config: TrainConfig, split: Split, device: torch.device, n
     sync = synchronizer(device)
     sub = Split(split.images[:n_images], split.labels[:n_images])
     mean, std = channel_stats(sub.images)
-    loader = CifarLoader(sub, config.batch_size, mean=mean, std=std, device=device, train=True,
-                         aug=config.augment, seed=config.seed)
+    loader = CifarLoader(
+        sub, config.batch_size, mean=mean, std=std, device=device, train=True, aug=config.augment, seed=config.seed
+    )
     if len(loader) == 0:
         raise ValueError(f"{n_images} images is fewer than one batch of {config.batch_size}")
     torch.manual_seed(config.seed)
@@ -674,19 +863,33 @@ def bench_preset_step(config: TrainConfig, split: Split, device: torch.device, n
     t = timing(timed_runs(epoch, 1, repeats, sync), 1)
     images = len(loader) * config.batch_size
     ips = images / t["median_s"]
-    return {"model": config.model, "batch": config.batch_size, "optimizer": config.optimizer,
-            "amp": options.precision != "fp32", "compiled": config.compile, "device": device.type,
-            "images_per_epoch_timed": images, "images_per_s": ips, **t,
-            "projected_epochs": config.epochs, "projected_epoch_images": NOTEBOOK_EPOCH_IMAGES,
-            "projected_minutes": config.epochs * NOTEBOOK_EPOCH_IMAGES / ips / 60}
+    return {
+        "model": config.model,
+        "batch": config.batch_size,
+        "optimizer": config.optimizer,
+        "amp": options.precision != "fp32",
+        "compiled": config.compile,
+        "device": device.type,
+        "images_per_epoch_timed": images,
+        "images_per_s": ips,
+        **t,
+        "projected_epochs": config.epochs,
+        "projected_epoch_images": NOTEBOOK_EPOCH_IMAGES,
+        "projected_minutes": config.epochs * NOTEBOOK_EPOCH_IMAGES / ips / 60,
+    }
 
 
 def run_seed_preset(images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes) -> dict:
     """``bench_preset_step`` of the ``seed`` preset (the notebook's recipe); an error is reported, not raised."""
     say("seed preset training step")
     try:
-        return bench_preset_step(dataclasses.replace(PRESETS["seed"], device=device.type), Split(images, labels),
-                                 device, sizes.preset_images, sizes.preset_repeats)
+        return bench_preset_step(
+            dataclasses.replace(PRESETS["seed"], device=device.type),
+            Split(images, labels),
+            device,
+            sizes.preset_images,
+            sizes.preset_repeats,
+        )
     except Exception as e:  # noqa: BLE001 - report it in the table, keep the other figures
         return {"error": f"{type(e).__name__}: {e}"}
 
@@ -697,15 +900,19 @@ def render_seed_preset(ps: dict | None, dev: str) -> list[str]:
     out = [f"## The notebook's recipe (`seed` preset) on {dev}", ""]
     if "skipped" in ps or "error" in ps:
         return out + [f"Skipped: {ps.get('skipped') or ps.get('error')}", ""]
-    return out + [(f"Training steps (`engine.train_step` on each batch of our loader, through "
-                   f"`engine.train_one_epoch`: {ps['optimizer']}, one-cycle, clipping"
-                   f"{', bf16 autocast' if ps['amp'] else ''}; without `fit`'s per-step bookkeeping), "
-                   f"`{ps['model']}`, batch {ps['batch']}: "
-                   f"**{fmt(ps['images_per_s'])} images/s** (median of {ps['repeats']} epochs of "
-                   f"{ps['images_per_epoch_timed']:,} images after 1 warm-up). The notebook's "
-                   f"{ps['projected_epochs']} epochs of {ps['projected_epoch_images']:,} images would take "
-                   f"**{fmt(ps['projected_minutes'])} minutes** of training steps (evaluation not included)."),
-                  ""]
+    return out + [
+        (
+            f"Training steps (`engine.train_step` on each batch of our loader, through "
+            f"`engine.train_one_epoch`: {ps['optimizer']}, one-cycle, clipping"
+            f"{', bf16 autocast' if ps['amp'] else ''}; without `fit`'s per-step bookkeeping), "
+            f"`{ps['model']}`, batch {ps['batch']}: "
+            f"**{fmt(ps['images_per_s'])} images/s** (median of {ps['repeats']} epochs of "
+            f"{ps['images_per_epoch_timed']:,} images after 1 warm-up). The notebook's "
+            f"{ps['projected_epochs']} epochs of {ps['projected_epoch_images']:,} images would take "
+            f"**{fmt(ps['projected_minutes'])} minutes** of training steps (evaluation not included)."
+        ),
+        "",
+    ]
 
 
 def bench_time_to_accuracy(config: TrainConfig, data: CifarData, warmup_images: int = 5000) -> dict:
@@ -725,19 +932,33 @@ def bench_time_to_accuracy(config: TrainConfig, data: CifarData, warmup_images: 
         # training time of the epoch, evaluation excluded (--drop-easy epochs train on fewer images)
         train_s = r.get("train_images", step_images) / r["images_per_s"]
         elapsed += train_s
-        per_epoch.append({"epoch": r["epoch"], "train_seconds": train_s, "cumulative_train_seconds": elapsed,
-                          "val_top1": r["val_top1"], "val_top5": r["val_top5"],
-                          "eval_tta": r.get("eval_tta", "")})
+        per_epoch.append(
+            {
+                "epoch": r["epoch"],
+                "train_seconds": train_s,
+                "cumulative_train_seconds": elapsed,
+                "val_top1": r["val_top1"],
+                "val_top5": r["val_top5"],
+                "eval_tta": r.get("eval_tta", ""),
+            }
+        )
     return {
-        "model": config.model, "epochs": config.epochs, "batch": config.batch_size, "device": config.device,
+        "model": config.model,
+        "epochs": config.epochs,
+        "batch": config.batch_size,
+        "device": config.device,
         "compiled": config.compile,
-        "train_images": len(data.train), "val_images": len(data.val), "split": "validation (held out of train)",
-        "val_top1_final": recs[-1]["val_top1"], "val_top5_final": recs[-1]["val_top5"],
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "split": "validation (held out of train)",
+        "val_top1_final": recs[-1]["val_top1"],
+        "val_top5_final": recs[-1]["val_top5"],
         "val_top1_best": max(r["val_top1"] for r in recs),
-        "train_seconds": elapsed, "seconds_with_eval": sum(r["seconds"] for r in recs),
-        "fit_seconds": hist.seconds, "per_epoch": per_epoch,
+        "train_seconds": elapsed,
+        "seconds_with_eval": sum(r["seconds"] for r in recs),
+        "fit_seconds": hist.seconds,
+        "per_epoch": per_epoch,
     }
-
 
 
 def run_time_to_accuracy(args, data: CifarData | None, device: torch.device) -> dict:
@@ -747,8 +968,10 @@ def run_time_to_accuracy(args, data: CifarData | None, device: torch.device) -> 
     if args.no_tta:
         return {"preset": name, "skipped": "--no-tta"}
     if name not in PRESETS:
-        return {"preset": name, "skipped": f"preset {name!r} is not in cifar_resnet.config.PRESETS "
-                                           f"(have: {', '.join(sorted(PRESETS))})"}
+        return {
+            "preset": name,
+            "skipped": f"preset {name!r} is not in cifar_resnet.config.PRESETS (have: {', '.join(sorted(PRESETS))})",
+        }
     if data is None:
         return {"preset": name, "skipped": "needs real images: pass --data PATH"}
     config = dataclasses.replace(PRESETS[name], data=str(args.data), device=device.type)
@@ -770,18 +993,30 @@ def render_time_to_accuracy(tta: dict | None, dev: str) -> list[str]:
     out = [f"## Time to accuracy on {dev}", ""]
     if "skipped" in tta or "error" in tta:
         return out + [f"Skipped: {tta.get('skipped') or tta.get('error')}", ""]
-    out += [(f"Preset `{tta['preset']}` (`{tta['model']}`, {tta['epochs']} epochs, batch {tta['batch']}), "
-             f"trained on {tta['train_images']:,} images, validated on {tta['val_images']:,} held out of "
-             f"the training split: **{100 * tta['val_top1_final']:.2f}% validation top-1** "
-             f"(top-5 {100 * tta['val_top5_final']:.2f}%) after **{fmt(tta['train_seconds'])} s of "
-             f"training** ({fmt(tta['seconds_with_eval'])} s with per-epoch evaluation, "
-             f"{fmt(tta['fit_seconds'])} s for the whole fit call; a 1-epoch warm-up run before it is "
-             f"not counted)."), ""]
+    out += [
+        (
+            f"Preset `{tta['preset']}` (`{tta['model']}`, {tta['epochs']} epochs, batch {tta['batch']}), "
+            f"trained on {tta['train_images']:,} images, validated on {tta['val_images']:,} held out of "
+            f"the training split: **{100 * tta['val_top1_final']:.2f}% validation top-1** "
+            f"(top-5 {100 * tta['val_top5_final']:.2f}%) after **{fmt(tta['train_seconds'])} s of "
+            f"training** ({fmt(tta['seconds_with_eval'])} s with per-epoch evaluation, "
+            f"{fmt(tta['fit_seconds'])} s for the whole fit call; a 1-epoch warm-up run before it is "
+            f"not counted)."
+        ),
+        "",
+    ]
     ep = [e["train_seconds"] for e in tta["per_epoch"]]
     if len(ep) > 1:
-        out += [f"Epoch 1 trained in {fmt(ep[0])} s, later epochs in {fmt(statistics.median(ep[1:]))} s "
-                "(median)" + ("; with torch.compile the timed run compiles again, from warm caches, in "
-                              "epoch 1." if tta.get("compiled") else "."), ""]
+        out += [
+            f"Epoch 1 trained in {fmt(ep[0])} s, later epochs in {fmt(statistics.median(ep[1:]))} s "
+            "(median)"
+            + (
+                "; with torch.compile the timed run compiles again, from warm caches, in epoch 1."
+                if tta.get("compiled")
+                else "."
+            ),
+            "",
+        ]
     return out
 
 
@@ -799,10 +1034,16 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
-                               text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode:
@@ -812,16 +1053,20 @@ def git_commit() -> str | None:
 
 def machine_info(device: torch.device) -> dict:
     info = {
-        "cpu": cpu_model(), "cpu_cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_cores": cpu_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "device": device.type,
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version()
+        )
     return info
-
 
 
 def benchmark_images(args, sizes: Sizes) -> tuple[CifarData | None, np.ndarray, np.ndarray, str]:
@@ -836,13 +1081,17 @@ def benchmark_images(args, sizes: Sizes) -> tuple[CifarData | None, np.ndarray, 
 
 def run_meta(args, argv: list[str] | None, device: torch.device, sizes: Sizes, data_desc: str) -> dict:
     """The header of the results: machine, versions, date, commit, data, sizes, command."""
-    return {**machine_info(device),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "quick": args.quick, "compile": args.compile, "commit": git_commit(), "data": data_desc,
-            "sizes": dataclasses.asdict(sizes),
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-            "flop_convention": "FlopCounterMode: conv + matmul, multiply-add = 2 FLOPs, "
-                               "training step = forward + backward"}
+    return {
+        **machine_info(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "compile": args.compile,
+        "commit": git_commit(),
+        "data": data_desc,
+        "sizes": dataclasses.asdict(sizes),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "flop_convention": "FlopCounterMode: conv + matmul, multiply-add = 2 FLOPs, training step = forward + backward",
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -854,7 +1103,7 @@ def fmt(x: float | None, digits: int = 3) -> str:
     """Three significant figures, thousands separated; '-' for missing."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
-    if abs(x) >= 10 ** digits:
+    if abs(x) >= 10**digits:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
@@ -865,36 +1114,46 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-
 def render(res: dict) -> str:
     """The markdown report of ``res`` (what ``main`` measured): a header, then one table or paragraph per
     section, each from its own renderer; a section missing from ``res`` is left out."""
     meta, mm = res["meta"], res["matmul_reference"]
     dev = meta["gpu"] if meta["device"] == "cuda" else f"CPU {meta['cpu']} ({meta['cpu_cores']} cores)"
-    out = [*render_header(meta, dev),
-           *render_matmul(res["matmul"], dev),
-           *render_loader(res.get("loader"), dev),
-           *render_loader_vs_step(res.get("loader_vs_step")),
-           *render_training(res.get("train") or [], mm, dev),
-           *render_inference(res.get("train") or [], mm, dev),
-           *render_seed_preset(res.get("seed_preset"), dev),
-           *render_time_to_accuracy(res.get("time_to_accuracy"), dev),
-           f"Total benchmark wall time: {fmt(res['wall_seconds'])} s."]
+    out = [
+        *render_header(meta, dev),
+        *render_matmul(res["matmul"], dev),
+        *render_loader(res.get("loader"), dev),
+        *render_loader_vs_step(res.get("loader_vs_step")),
+        *render_training(res.get("train") or [], mm, dev),
+        *render_inference(res.get("train") or [], mm, dev),
+        *render_seed_preset(res.get("seed_preset"), dev),
+        *render_time_to_accuracy(res.get("time_to_accuracy"), dev),
+        f"Total benchmark wall time: {fmt(res['wall_seconds'])} s.",
+    ]
     return "\n".join(out) + "\n"
 
 
 def render_header(meta: dict, dev: str) -> list[str]:
-    return [f"# cifar_resnet benchmarks on {dev}", "",
-            f"torch {meta['torch']}, {meta['torch_threads']} CPU threads, python {meta['python']}, "
-            f"commit {meta.get('commit') or '?'}, {meta['date']}, data: {meta['data']}"
-            + (", --quick (tiny sizes: not for comparison)" if meta["quick"] else "")
-            + (f", load average at start {', '.join(f'{v:.2f}' for v in meta['loadavg_start'])}"
-               if meta.get("loadavg_start") else ""),
-            "",
-            ("Every time is the median of the timed runs stated in each table, after untimed warm-up runs; "
-             "ratios are from this same run. FLOPs: torch.utils.flop_counter.FlopCounterMode "
-             "(convolutions and matrix products; a multiply-add counts as 2 FLOPs; a training step = forward "
-             "+ backward as the counter counts it)."), ""]
+    return [
+        f"# cifar_resnet benchmarks on {dev}",
+        "",
+        f"torch {meta['torch']}, {meta['torch_threads']} CPU threads, python {meta['python']}, "
+        f"commit {meta.get('commit') or '?'}, {meta['date']}, data: {meta['data']}"
+        + (", --quick (tiny sizes: not for comparison)" if meta["quick"] else "")
+        + (
+            f", load average at start {', '.join(f'{v:.2f}' for v in meta['loadavg_start'])}"
+            if meta.get("loadavg_start")
+            else ""
+        ),
+        "",
+        (
+            "Every time is the median of the timed runs stated in each table, after untimed warm-up runs; "
+            "ratios are from this same run. FLOPs: torch.utils.flop_counter.FlopCounterMode "
+            "(convolutions and matrix products; a multiply-add counts as 2 FLOPs; a training step = forward "
+            "+ backward as the counter counts it)."
+        ),
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -903,21 +1162,29 @@ def render_header(meta: dict, dev: str) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min on a CPU); numbers not for comparison")
     p.add_argument("--gpu", action="store_true", help="benchmark on CUDA (bf16 autocast, channels_last)")
     p.add_argument("--compile", action="store_true", help="with --gpu: torch.compile the models")
     p.add_argument("--json", type=Path, help="write the results here as JSON")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
-    p.add_argument("--data", help="CIFAR .npz/archive/folder; needed for time-to-accuracy "
-                                  "(default: random images, which are as fast to load and train on)")
+    p.add_argument(
+        "--data",
+        help="CIFAR .npz/archive/folder; needed for time-to-accuracy "
+        "(default: random images, which are as fast to load and train on)",
+    )
     p.add_argument("--models", help="comma-separated model names (default depends on --quick/--gpu)")
     p.add_argument("--tta-preset", default="fast", help="preset for the time-to-accuracy run (--gpu; default fast)")
     p.add_argument("--no-tta", action="store_true", help="with --gpu: skip the time-to-accuracy run")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
-                                               "machine busy with other work, fewer threads than cores avoid "
-                                               "threads waiting for each other")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's, one per core); on a "
+        "machine busy with other work, fewer threads than cores avoid "
+        "threads waiting for each other",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     return p
 
@@ -928,7 +1195,6 @@ _T0 = time.perf_counter()
 def say(message: str) -> None:
     """Progress on stderr, so that stdout holds only the table."""
     print(f"[bench {time.perf_counter() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -954,8 +1220,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any("error" in r for r in res["train"]) else 0
 
 
-def run_benchmarks(args, data: CifarData | None, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                   sizes: Sizes) -> dict:
+def run_benchmarks(
+    args, data: CifarData | None, images: np.ndarray, labels: np.ndarray, device: torch.device, sizes: Sizes
+) -> dict:
     """Every section in turn (the GPU-only ones on CUDA); returns the results' keys but ``meta``."""
     res = measure_matmul(device, sizes)
     say(f"loader on {device}")

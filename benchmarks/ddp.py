@@ -35,30 +35,60 @@ from cifar_resnet.checkpoint import RunDir
 
 def _synthetic_npz(path: Path, n: int, classes: int = 100) -> Path:
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-             y_train=np.arange(n) % classes)
+    np.savez(path, x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y_train=np.arange(n) % classes)
     return path
 
 
 def run_one(procs: int, threads: int, args, data: str, out: Path) -> dict:
-    train = ["train", "--data", data, "--train-subset", str(args.images), "--val-split", str(args.val),
-             "--model", args.model, "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-             "--optimizer", "sgd", "--lr", "0.05", "--grad-clip", "0", "--device", args.device, "--no-progress",
-             "--out", str(out)] + (["--sync-bn"] if args.sync_bn else [])
+    train = [
+        "train",
+        "--data",
+        data,
+        "--train-subset",
+        str(args.images),
+        "--val-split",
+        str(args.val),
+        "--model",
+        args.model,
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--grad-clip",
+        "0",
+        "--device",
+        args.device,
+        "--no-progress",
+        "--out",
+        str(out),
+    ] + (["--sync-bn"] if args.sync_bn else [])
     if args.model_kwargs:
         train += ["--model-kwargs", args.model_kwargs]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)] \
-        if procs > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
+        if procs > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([*launcher, "-m", "cifar_resnet", *train], env=env, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [*launcher, "-m", "cifar_resnet", *train], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{procs} process(es) failed:\n{proc.stderr[-2000:]}")
     with open(RunDir(out).metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[0]["images_per_s"])]
-    return {"processes": procs, "threads_per_process": threads, "images_per_s": statistics.median(rates),
-            "epochs_measured": len(rates), "val_top1": float(rows[-1]["val_top1"])}
+    return {
+        "processes": procs,
+        "threads_per_process": threads,
+        "images_per_s": statistics.median(rates),
+        "epochs_measured": len(rates),
+        "val_top1": float(rows[-1]["val_top1"]),
+    }
 
 
 def main(argv=None) -> int:
@@ -84,13 +114,17 @@ def main(argv=None) -> int:
             threads = args.threads or max(1, cores // procs)
             rows.append(run_one(procs, threads, args, data, Path(tmp) / f"run{procs}"))
     base = rows[0]["images_per_s"]
-    print(f"training throughput, {args.model}, global batch {args.batch_size}, {args.device}, {cores} cores"
-          f"{' (data: ' + args.data + ')' if args.data else ' (random images)'}")
+    print(
+        f"training throughput, {args.model}, global batch {args.batch_size}, {args.device}, {cores} cores"
+        f"{' (data: ' + args.data + ')' if args.data else ' (random images)'}"
+    )
     print("| processes | threads each | images/s (median of epochs 2+) | ratio |")
     print("| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['processes']} | {r['threads_per_process']} | {r['images_per_s']:.0f} | "
-              f"{r['images_per_s'] / base:.2f}x |")
+        print(
+            f"| {r['processes']} | {r['threads_per_process']} | {r['images_per_s']:.0f} | "
+            f"{r['images_per_s'] / base:.2f}x |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

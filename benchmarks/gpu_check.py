@@ -71,14 +71,24 @@ def check_models_learn(device: torch.device, models=MODELS, steps: int = 10, bat
             opt.step()
             losses.append(loss.item())
         expected = torch.bfloat16 if device.type == "cuda" else torch.float32
-        grads_fp32 = all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
-                         for p in model.parameters())
-        ok = all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] and logits_dtype == expected \
-            and grads_fp32
-        out[name] = {"ok": ok, "first_loss": losses[0], "last_loss": losses[-1], "logits_dtype": str(logits_dtype),
-                     "params_and_grads_fp32": grads_fp32}
-        print(f"{'PASS' if ok else 'FAIL'} {name} learns on {device}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
-              f"in {steps} steps, logits {logits_dtype}", flush=True)
+        grads_fp32 = all(
+            p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in model.parameters()
+        )
+        ok = (
+            all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] and logits_dtype == expected and grads_fp32
+        )
+        out[name] = {
+            "ok": ok,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "logits_dtype": str(logits_dtype),
+            "params_and_grads_fp32": grads_fp32,
+        }
+        print(
+            f"{'PASS' if ok else 'FAIL'} {name} learns on {device}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+            f"in {steps} steps, logits {logits_dtype}",
+            flush=True,
+        )
     return out
 
 
@@ -89,7 +99,7 @@ def _is_crop_or_flip(img: torch.Tensor, source: torch.Tensor, pad: int) -> bool:
     h, w = source.shape[1:]
     for dy in range(2 * pad + 1):
         for dx in range(2 * pad + 1):
-            crop = padded[:, dy:dy + h, dx:dx + w]
+            crop = padded[:, dy : dy + h, dx : dx + w]
             if torch.allclose(img, crop, atol=1e-5) or torch.allclose(img, crop.flip(-1), atol=1e-5):
                 return True
     return False
@@ -105,8 +115,9 @@ def check_loader(device: torch.device, n: int = 256, batch: int = 64) -> dict:
     # evaluation batches: deterministic, so the device must agree with the CPU
     ref = list(CifarLoader(split, batch, mean=mean, std=std, device="cpu"))
     dev = list(CifarLoader(split, batch, mean=mean, std=std, device=device))
-    same = len(ref) == len(dev) and all(torch.equal(yr, yd.cpu()) and torch.allclose(xr, xd.cpu(), atol=1e-5)
-                                        for (xr, yr), (xd, yd) in zip(ref, dev))
+    same = len(ref) == len(dev) and all(
+        torch.equal(yr, yd.cpu()) and torch.allclose(xr, xd.cpu(), atol=1e-5) for (xr, yr), (xd, yd) in zip(ref, dev)
+    )
     results["eval_batches_match_cpu"] = same
     reference = torch.cat([x for x, _ in ref])  # normalised source images, in order
 
@@ -116,15 +127,24 @@ def check_loader(device: torch.device, n: int = 256, batch: int = 64) -> dict:
     for _epoch in range(2):
         seen = []
         for x, y in loader:
-            layout_ok &= (x.shape == (batch, 3, 32, 32) and x.dtype == torch.float32 and x.device.type == device.type
-                          and y.dtype == torch.int64 and y.device.type == device.type
-                          and x.is_contiguous(memory_format=torch.channels_last))
+            layout_ok &= (
+                x.shape == (batch, 3, 32, 32)
+                and x.dtype == torch.float32
+                and x.device.type == device.type
+                and y.dtype == torch.int64
+                and y.device.type == device.type
+                and x.is_contiguous(memory_format=torch.channels_last)
+            )
             xc, yc = x.float().cpu(), y.cpu()
             crops_ok &= all(_is_crop_or_flip(xc[i], reference[yc[i]], 4) for i in range(0, len(yc), 4))
             seen.append(yc)
         perm_ok &= torch.equal(torch.cat(seen).sort().values, torch.arange(n))
-    results.update(train_layout=layout_ok, train_images_are_crops_or_flips=crops_ok, epoch_is_permutation=perm_ok,
-                   crop_test_rejects_another_image=not _is_crop_or_flip(reference[1], reference[0], 4))
+    results.update(
+        train_layout=layout_ok,
+        train_images_are_crops_or_flips=crops_ok,
+        epoch_is_permutation=perm_ok,
+        crop_test_rejects_another_image=not _is_crop_or_flip(reference[1], reference[0], 4),
+    )
 
     # same seed, same device: same batches
     def epoch_batches(aug):
@@ -133,8 +153,9 @@ def check_loader(device: torch.device, n: int = 256, batch: int = 64) -> dict:
 
     aug = Augment(flip="alternating", cutout=12)
     a, b = epoch_batches(aug), epoch_batches(aug)
-    results["same_seed_same_batches"] = all(torch.equal(xa, xb) and torch.equal(ya, yb)
-                                            for (xa, ya), (xb, yb) in zip(a, b))
+    results["same_seed_same_batches"] = all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b)
+    )
     ok = all(results.values())
     for k, v in results.items():
         print(f"{'PASS' if v else 'FAIL'} loader on {device}: {k}", flush=True)
@@ -151,19 +172,35 @@ def check_fit(device: torch.device) -> dict:
         imgs = rng.integers(0, 56, size=(k, 32, 32, 3)) + palette[labels][:, None, None, :]
         return Split(imgs.astype(np.uint8), labels)
 
-    data = CifarData("cifar10", make(400), None, make(100), tuple(f"c{i}" for i in range(classes)), None,
-                     "synthetic")
-    config = TrainConfig(model="fast", model_kwargs={"widths": [16, 32, 32]}, epochs=3, batch_size=50,
-                         eval_batch_size=100, optimizer="nesterov", lr=0.05, weight_decay=5e-4, grad_clip=0.0,
-                         schedule="linear", device=device.type, val_split=0)
+    data = CifarData("cifar10", make(400), None, make(100), tuple(f"c{i}" for i in range(classes)), None, "synthetic")
+    config = TrainConfig(
+        model="fast",
+        model_kwargs={"widths": [16, 32, 32]},
+        epochs=3,
+        batch_size=50,
+        eval_batch_size=100,
+        optimizer="nesterov",
+        lr=0.05,
+        weight_decay=5e-4,
+        grad_clip=0.0,
+        schedule="linear",
+        device=device.type,
+        val_split=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         hist = fit(config, data, tmp, log=None, progress=False)
         keys = list(load_checkpoint(Path(tmp) / "last.pt").state_dict)
     top1 = hist.records[-1]["val_top1"]
-    ok = len(hist.records) == 3 and math.isfinite(hist.records[-1]["val_loss"]) and top1 > 0.2 \
+    ok = (
+        len(hist.records) == 3
+        and math.isfinite(hist.records[-1]["val_loss"])
+        and top1 > 0.2
         and not any(k.startswith("_orig_mod") for k in keys)
-    print(f"{'PASS' if ok else 'FAIL'} fit on {device}: 3 epochs of a tiny fast net, val top-1 {top1:.2f} "
-          f"(chance 0.10)", flush=True)
+    )
+    print(
+        f"{'PASS' if ok else 'FAIL'} fit on {device}: 3 epochs of a tiny fast net, val top-1 {top1:.2f} (chance 0.10)",
+        flush=True,
+    )
     return {"ok": ok, "val_top1": top1}
 
 
@@ -178,10 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: CUDA is not available", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__}
-    checks = {"models_learn": lambda: check_models_learn(device, [m for m in args.models.split(",") if m]),
-              "loader": lambda: check_loader(device), "fit": lambda: check_fit(device)}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    checks = {
+        "models_learn": lambda: check_models_learn(device, [m for m in args.models.split(",") if m]),
+        "loader": lambda: check_loader(device),
+        "fit": lambda: check_fit(device),
+    }
     failed = []
     for name, fn in checks.items():
         try:
@@ -195,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     results["failed"] = failed
     results["seconds"] = time.perf_counter() - t0
-    print(f"{'ALL PASSED' if not failed else 'FAILED: ' + ', '.join(failed)} on {results['device']} "
-          f"in {results['seconds']:.1f} s", flush=True)
+    print(
+        f"{'ALL PASSED' if not failed else 'FAILED: ' + ', '.join(failed)} on {results['device']} "
+        f"in {results['seconds']:.1f} s",
+        flush=True,
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 1 if failed else 0

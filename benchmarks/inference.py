@@ -38,8 +38,9 @@ def _median_seconds(fn, repeats: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
-    p.add_argument("--onnx", default=None,
-                   help="the exported model (default: CHECKPOINT with .onnx, exported if absent)")
+    p.add_argument(
+        "--onnx", default=None, help="the exported model (default: CHECKPOINT with .onnx, exported if absent)"
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for both engines (default: torch's)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per figure (default 30)")
     p.add_argument("--batch", type=int, default=256)
@@ -51,15 +52,18 @@ def main(argv=None) -> int:
     if not onnx_path.exists():
         export_model(args.checkpoint, onnx_path, log=print)
     # PyTorch in fp32, as the exported graph computes (whatever precision the run was trained in)
-    engines = {"pytorch": Predictor.from_checkpoint(args.checkpoint, "cpu", precision="fp32"),
-               "onnxruntime": load_predictor(onnx_path)}
+    engines = {
+        "pytorch": Predictor.from_checkpoint(args.checkpoint, "cpu", precision="fp32"),
+        "onnxruntime": load_predictor(onnx_path),
+    }
     if args.threads:
         import onnxruntime  # the benchmark's own optional dependency
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads
-        engines["onnxruntime"].session = onnxruntime.InferenceSession(str(onnx_path), options,
-                                                                      providers=["CPUExecutionProvider"])
+        engines["onnxruntime"].session = onnxruntime.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     batch = rng.integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
@@ -68,18 +72,25 @@ def main(argv=None) -> int:
     for name, engine in engines.items():
         with torch.inference_mode():
             latency = _median_seconds(lambda e=engine: e.probabilities(one), args.repeats)
-            per_batch = _median_seconds(lambda e=engine: e.probabilities(batch, e.eval_options(
-                                            tta=False, tta_translate=0, batch_size=args.batch, precision="fp32")),
-                                        max(3, args.repeats // 6))
+            per_batch = _median_seconds(
+                lambda e=engine: e.probabilities(
+                    batch, e.eval_options(tta=False, tta_translate=0, batch_size=args.batch, precision="fp32")
+                ),
+                max(3, args.repeats // 6),
+            )
         rows.append({"engine": name, "latency_ms": 1e3 * latency, "images_per_s": args.batch / per_batch})
     model = engines["pytorch"].info["model"]
-    print(f"inference, {model}, {torch.get_num_threads()} threads, batch {args.batch}; largest probability "
-          f"difference between the engines {diff:.1e}")
+    print(
+        f"inference, {model}, {torch.get_num_threads()} threads, batch {args.batch}; largest probability "
+        f"difference between the engines {diff:.1e}"
+    )
     print(f"| engine | latency of 1 image (ms, median) | images/s at batch {args.batch} | vs PyTorch |")
     print("| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['engine']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | "
-              f"{r['images_per_s'] / rows[0]['images_per_s']:.2f}x |")
+        print(
+            f"| {r['engine']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | "
+            f"{r['images_per_s'] / rows[0]['images_per_s']:.2f}x |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "max_diff": diff}, indent=1) + "\n")
     return 0

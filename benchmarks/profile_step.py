@@ -47,8 +47,9 @@ def build(config, model_name: str, kwargs: dict, channels_last: bool, compiled: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="fast-cpu")
     p.add_argument("--model", default=None, help="model (default: the preset's)")
     p.add_argument("--model-kwargs", default="{}", help="model arguments as JSON (default: the preset's)")
@@ -79,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.warmup + args.repeats
     setups = {name: build(config, model_name, kwargs, cl, comp, steps + 10) for name, (cl, _, comp) in variants.items()}
     inputs = {True: x.contiguous(memory_format=torch.channels_last), False: x.contiguous()}
-    options = {bf16: StepOptions(label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
-                                 grad_clip_mode=config.grad_clip_mode, precision="bf16" if bf16 else "fp32")
-               for bf16 in (False, True)}
+    options = {
+        bf16: StepOptions(
+            label_smoothing=config.label_smoothing,
+            grad_clip=config.grad_clip,
+            grad_clip_mode=config.grad_clip_mode,
+            precision="bf16" if bf16 else "fp32",
+        )
+        for bf16 in (False, True)
+    }
 
     def step(name):
         cl, bf16, _ = variants[name]
@@ -97,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time.perf_counter() - t0)
         print(f"round {r + 1}/{steps}", file=sys.stderr, flush=True)
     first = statistics.median(times[next(iter(variants))])
-    print(f"## Training step of `{model_name}` {kwargs or ''}, batch {batch}, {args.size}x{args.size} px, "
-          f"{torch.get_num_threads()} threads, AMX: {'yes' if cpu_has_amx() else 'no'}; median of {args.repeats} "
-          f"after {args.warmup} warm-up\n")
+    print(
+        f"## Training step of `{model_name}` {kwargs or ''}, batch {batch}, {args.size}x{args.size} px, "
+        f"{torch.get_num_threads()} threads, AMX: {'yes' if cpu_has_amx() else 'no'}; median of {args.repeats} "
+        f"after {args.warmup} warm-up\n"
+    )
     print("| variant | step ms | images/s | ratio |\n| --- | --- | --- | --- |")
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -56,10 +56,19 @@ def make_checkpoint(out_dir: Path, model: str = "fast_small", model_kwargs: dict
     labels = np.arange(n) % 100
     split = Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), labels)
     val = Split(rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8), np.arange(100))
-    data = CifarData(name="cifar100", train=split, test=None, val=val, classes=CIFAR100_CLASSES, coarse_classes=None,
-                     source="random")
-    config = TrainConfig(model=model, model_kwargs=model_kwargs or {}, optimizer="sgd", lr=0.01, grad_clip=0.0,
-                         epochs=1, batch_size=100, device="cpu")
+    data = CifarData(
+        name="cifar100", train=split, test=None, val=val, classes=CIFAR100_CLASSES, coarse_classes=None, source="random"
+    )
+    config = TrainConfig(
+        model=model,
+        model_kwargs=model_kwargs or {},
+        optimizer="sgd",
+        lr=0.01,
+        grad_clip=0.0,
+        epochs=1,
+        batch_size=100,
+        device="cpu",
+    )
     fit(config, data, out_dir=out_dir, log=None, progress=False)
     return Path(out_dir) / "best.pt"
 
@@ -67,11 +76,23 @@ def make_checkpoint(out_dir: Path, model: str = "fast_small", model_kwargs: dict
 class Server:
     """``python -m cifar_resnet serve`` as a process on a free port of 127.0.0.1."""
 
-    def __init__(self, model: Path, *, max_batch: int, max_wait_ms: float, device: str = "cpu",
-                 timeout: float = 120.0):
+    def __init__(self, model: Path, *, max_batch: int, max_wait_ms: float, device: str = "cpu", timeout: float = 120.0):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "cifar_resnet", "serve", str(model), "--port", "0", "--device", device,
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cifar_resnet",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--device",
+            device,
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []
         found = threading.Event()
@@ -114,10 +135,18 @@ def _request_bytes(host: str, image: tuple[str, bytes, str]) -> bytes:
     """One ``POST /predict?top_k=5`` with the image as multipart/form-data, encoded once, sent many times."""
     name, data, mime = image
     boundary = "serve-load-boundary-7d3f"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            f"Content-Type: {mime}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /predict?top_k=5 HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n")
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: {mime}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict?top_k=5 HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -188,28 +217,43 @@ def measure(server: Server, image: tuple[str, bytes, str], clients: int, duratio
     batches = after["batches"] - before["batches"]
     images = after["images"] - before["images"]
     return {
-        "clients": clients, "requests": len(lat_ms), "failed": len(run["failures"]),
-        "failures_sample": run["failures"][:5], "elapsed_s": run["elapsed_s"],
+        "clients": clients,
+        "requests": len(lat_ms),
+        "failed": len(run["failures"]),
+        "failures_sample": run["failures"][:5],
+        "elapsed_s": run["elapsed_s"],
         "requests_per_s": len(lat_ms) / run["elapsed_s"],
         "p50_ms": float(np.percentile(lat_ms, 50)) if len(lat_ms) else float("nan"),
         "p99_ms": float(np.percentile(lat_ms, 99)) if len(lat_ms) else float("nan"),
-        "batches": batches, "images": images, "mean_batch_size": images / batches if batches else float("nan"),
-        "largest_batch_so_far": after["largest_batch"], "server_rss_mb": rss, "server_peak_rss_mb": peak,
+        "batches": batches,
+        "images": images,
+        "mean_batch_size": images / batches if batches else float("nan"),
+        "largest_batch_so_far": after["largest_batch"],
+        "server_rss_mb": rss,
+        "server_peak_rss_mb": peak,
     }
 
 
 def format_table(meta: dict, rows: list[dict]) -> str:
     precision = f" ({meta['precision']})" if meta.get("precision") else ""
-    lines = [f"### Serving load: {meta['model']}{precision} on {meta['machine']}", "",
-             (f"{meta['duration_s']:g} s per row after {meta['warmup_s']:g} s warm-up; one {meta['image']} per "
-              f"request; server --max-batch {meta['max_batch']} --max-wait-ms {meta['max_wait_ms']:g}; "
-              f"clients on the same machine (asyncio streams); load average at start {meta['loadavg']}"), "",
-             "| clients | requests | failed | req/s | p50 ms | p99 ms | mean batch | server RSS MB (peak) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Serving load: {meta['model']}{precision} on {meta['machine']}",
+        "",
+        (
+            f"{meta['duration_s']:g} s per row after {meta['warmup_s']:g} s warm-up; one {meta['image']} per "
+            f"request; server --max-batch {meta['max_batch']} --max-wait-ms {meta['max_wait_ms']:g}; "
+            f"clients on the same machine (asyncio streams); load average at start {meta['loadavg']}"
+        ),
+        "",
+        "| clients | requests | failed | req/s | p50 ms | p99 ms | mean batch | server RSS MB (peak) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['requests_per_s']:.1f} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch_size']:.2f} | "
-                     f"{r['server_rss_mb']:.0f} ({r['server_peak_rss_mb']:.0f}) |")
+        lines.append(
+            f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['requests_per_s']:.1f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch_size']:.2f} | "
+            f"{r['server_rss_mb']:.0f} ({r['server_peak_rss_mb']:.0f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -226,8 +270,9 @@ def _machine() -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", type=Path, help="checkpoint or .onnx to serve (default: an untrained --arch)")
     p.add_argument("--arch", default="fast_small", help="model made when --model is not given (default fast_small)")
     p.add_argument("--clients", default="1,8,64", help="comma-separated numbers of concurrent clients")
@@ -265,12 +310,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(measure(server, image, n, args.duration, args.warmup))
         finally:
             server.stop()
-    meta = {"model": health["model"], "precision": health.get("precision"),
-            "checkpoint": str(args.model or f"untrained {args.arch}"),
-            "machine": _machine(), "duration_s": args.duration, "warmup_s": args.warmup,
-            "image": f"{image_path.name} ({len(image[1]):,} bytes)", "max_batch": args.max_batch,
-            "max_wait_ms": args.max_wait_ms, "loadavg": loadavg, "python": platform.python_version(),
-            "command": " ".join(["python", "benchmarks/serve_load.py", *(argv if argv is not None else sys.argv[1:])])}
+    meta = {
+        "model": health["model"],
+        "precision": health.get("precision"),
+        "checkpoint": str(args.model or f"untrained {args.arch}"),
+        "machine": _machine(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "image": f"{image_path.name} ({len(image[1]):,} bytes)",
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "loadavg": loadavg,
+        "python": platform.python_version(),
+        "command": " ".join(["python", "benchmarks/serve_load.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
     table = format_table(meta, rows)
     print(table)
     if args.markdown:
@@ -279,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     failed = sum(r["failed"] for r in rows)
     if failed:
-        print(f"{failed} request(s) failed, e.g. {next(r['failures_sample'] for r in rows if r['failed'])}",
-              file=sys.stderr)
+        print(
+            f"{failed} request(s) failed, e.g. {next(r['failures_sample'] for r in rows if r['failed'])}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

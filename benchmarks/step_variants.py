@@ -67,16 +67,32 @@ def run(model_name: str, batch_size: int, repeats: int, warmup: int, threads: in
             if r >= warmup:
                 times[name].append(time.perf_counter() - t)
     first = statistics.median(next(iter(times.values())))
-    rows = [{"variant": name, "median_ms": 1e3 * statistics.median(ts),
-             "ratio": statistics.median(ts) / first, "times_s": ts} for name, ts in times.items()]
-    return {"model": model_name, "batch_size": batch_size, "threads": torch.get_num_threads(),
-            "repeats": repeats, "warmup": warmup, "torch": torch.__version__, "rows": rows}
+    rows = [
+        {
+            "variant": name,
+            "median_ms": 1e3 * statistics.median(ts),
+            "ratio": statistics.median(ts) / first,
+            "times_s": ts,
+        }
+        for name, ts in times.items()
+    ]
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "warmup": warmup,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
 
 
 def render(res: dict) -> str:
-    title = (f"Training step of `{res['model']}`, batch {res['batch_size']}, {res['threads']} CPU threads, "
-             f"torch {res['torch']}: median of {res['repeats']} steps after {res['warmup']} warm-up, "
-             "variants interleaved")
+    title = (
+        f"Training step of `{res['model']}`, batch {res['batch_size']}, {res['threads']} CPU threads, "
+        f"torch {res['torch']}: median of {res['repeats']} steps after {res['warmup']} warm-up, "
+        "variants interleaved"
+    )
     lines = [title, "", "| variant | ms/step | vs first |", "| --- | --- | --- |"]
     lines += [f"| {r['variant']} | {r['median_ms']:.0f} | {r['ratio']:.3f} |" for r in res["rows"]]
     return "\n".join(lines)

@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.out.read_text() if args.out.exists() else None
         if current != text:
-            print(f"{args.out} is out of date with `cifar-resnet --help`: run python docs/make_cli_reference.py",
-                  file=sys.stderr)
+            print(
+                f"{args.out} is out of date with `cifar-resnet --help`: run python docs/make_cli_reference.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     args.out.write_text(text)

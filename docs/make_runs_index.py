@@ -29,24 +29,39 @@ REFERENCE = "fast-cpu-run5"  # the previous preset as it shipped: what the older
 
 # (title, which stems (the alternatives in the order of the table), what the group is), in the order of the page
 GROUPS = [
-    ("Issue 11: the ablation and the shipped `fast-cpu` preset", ["ablation-.+"],
-     ("2 cores of an Intel Xeon with AMX, PyTorch 2.13.0 (CPU build), one run after another on the otherwise "
-     "idle machine. Each run is `python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz "
-     "VARIANT --seeds S`: the recipe before issue 11 (`BASE` in `benchmarks/ablation.py`: `fast_small`, fp32, "
-     "full TTA after every epoch, 17 epochs) plus the changes shown; `shipped` is `--preset fast-cpu`. The "
-     "story: [ablation.md](ablation.md); the table and what it means: "
-     "[docs/performance.md](../performance.md).")),
-    ("Before issue 11: `fast_small` in fp32 on an AMD EPYC", ["fast-cpu-run\\d+", "tune6-.+", "explore-.+"],
-     (f"2 cores of an AMD EPYC (AVX2, no AVX-512): the runs behind the previous `fast-cpu` preset, told in "
-     f"[fast-small-fp32.md](fast-small-fp32.md). *What* lists the configuration fields that differ from "
-     f"`{REFERENCE}`, that preset as it shipped (Muon 0.1 with momentum 0.6 for the hidden filters, Nesterov "
-     f"SGD 2.0 for the rest, flip and 1 px translate TTA, 17 epochs of batch 512); a field a config lacks "
-     f"did not exist yet (runs 1-4: Nesterov SGD for everything, flip TTA only).")),
-    ("The main job before and after the restructuring", ["refactor-parity-before", "refactor-parity-after"],
-     ("The main job of the time (`fast_small` in fp32, seed 0), run before and after the package was "
-     "restructured (commit ff4be2e): the 17 epoch lines are identical. Logs only, so the time shown is the "
-     "log's `done in` (training with its evaluations), not training seconds. The calibration and export "
-     "figures of [docs/serving.md](../serving.md) come from this run.")),
+    (
+        "Issue 11: the ablation and the shipped `fast-cpu` preset",
+        ["ablation-.+"],
+        (
+            "2 cores of an Intel Xeon with AMX, PyTorch 2.13.0 (CPU build), one run after another on the otherwise "
+            "idle machine. Each run is `python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz "
+            "VARIANT --seeds S`: the recipe before issue 11 (`BASE` in `benchmarks/ablation.py`: `fast_small`, fp32, "
+            "full TTA after every epoch, 17 epochs) plus the changes shown; `shipped` is `--preset fast-cpu`. The "
+            "story: [ablation.md](ablation.md); the table and what it means: "
+            "[docs/performance.md](../performance.md)."
+        ),
+    ),
+    (
+        "Before issue 11: `fast_small` in fp32 on an AMD EPYC",
+        ["fast-cpu-run\\d+", "tune6-.+", "explore-.+"],
+        (
+            f"2 cores of an AMD EPYC (AVX2, no AVX-512): the runs behind the previous `fast-cpu` preset, told in "
+            f"[fast-small-fp32.md](fast-small-fp32.md). *What* lists the configuration fields that differ from "
+            f"`{REFERENCE}`, that preset as it shipped (Muon 0.1 with momentum 0.6 for the hidden filters, Nesterov "
+            f"SGD 2.0 for the rest, flip and 1 px translate TTA, 17 epochs of batch 512); a field a config lacks "
+            f"did not exist yet (runs 1-4: Nesterov SGD for everything, flip TTA only)."
+        ),
+    ),
+    (
+        "The main job before and after the restructuring",
+        ["refactor-parity-before", "refactor-parity-after"],
+        (
+            "The main job of the time (`fast_small` in fp32, seed 0), run before and after the package was "
+            "restructured (commit ff4be2e): the 17 epoch lines are identical. Logs only, so the time shown is the "
+            "log's `done in` (training with its evaluations), not training seconds. The calibration and export "
+            "figures of [docs/serving.md](../serving.md) come from this run."
+        ),
+    ),
 ]
 
 
@@ -92,8 +107,9 @@ def _summary(files: dict[str, Path], reference: dict) -> dict:
         model += " " + json.dumps(config["model_kwargs"])
 
     if summary:
-        what = f"`{summary['name']}`: " + (", ".join(f"{k}={v}" for k, v in summary["changes"].items())
-                                           or "the recipe before issue 11")
+        what = f"`{summary['name']}`: " + (
+            ", ".join(f"{k}={v}" for k, v in summary["changes"].items()) or "the recipe before issue 11"
+        )
     elif config and reference:
         diff = [f"{k}={v}" for k, v in config.items() if k != "seed" and k in reference and reference[k] != v]
         missing = [k for k in reference if k not in config]
@@ -158,18 +174,26 @@ def render(folder: Path = RUNS) -> str:
     ]
     seen: set[str] = set()
     for title, patterns, intro in GROUPS:
-        stems = sorted((s for s in found if any(re.fullmatch(p, s) for p in patterns)),
-                       key=lambda stem: key(patterns, stem))
+        stems = sorted(
+            (s for s in found if any(re.fullmatch(p, s) for p in patterns)), key=lambda stem: key(patterns, stem)
+        )
         if not stems:
             continue
         seen.update(stems)
-        out += [f"## {title}", "", *_wrap(intro), "",
-                "| run | what | model | precision | seed | epochs | val top-1 | training s | files |",
-                "| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |"]
+        out += [
+            f"## {title}",
+            "",
+            *_wrap(intro),
+            "",
+            "| run | what | model | precision | seed | epochs | val top-1 | training s | files |",
+            "| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |",
+        ]
         for stem in stems:
             s = _summary(found[stem], reference)
-            out.append(f"| {stem} | {s['what']} | {s['model']} | {s['precision']} | {s['seed']} | {s['epochs']} | "
-                       f"{s['top1']} | {s['seconds']} | {_links(found[stem])} |")
+            out.append(
+                f"| {stem} | {s['what']} | {s['model']} | {s['precision']} | {s['seed']} | {s['epochs']} | "
+                f"{s['top1']} | {s['seconds']} | {_links(found[stem])} |"
+            )
         out.append("")
     others = sorted(set(found) - seen)
     if others:
@@ -179,8 +203,9 @@ def render(folder: Path = RUNS) -> str:
     if notes:
         out += ["## Notes", ""]
         for p in notes:
-            heading = next((line.lstrip("# ").strip() for line in p.read_text().splitlines() if line.startswith("#")),
-                           p.stem)
+            heading = next(
+                (line.lstrip("# ").strip() for line in p.read_text().splitlines() if line.startswith("#")), p.stem
+            )
             out.append(f"- [{p.name}]({p.name}): {heading}")
         out.append("")
     return "\n".join(out)
@@ -193,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if not INDEX.exists() or INDEX.read_text() != text:
-            print("docs/runs/README.md is out of date with docs/runs: run python docs/make_runs_index.py",
-                  file=sys.stderr)
+            print(
+                "docs/runs/README.md is out of date with docs/runs: run python docs/make_runs_index.py", file=sys.stderr
+            )
             return 1
         return 0
     INDEX.write_text(text)

@@ -24,10 +24,38 @@ REAL_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cif
 # A small configuration that trains in about a minute on 2 CPU cores: the CPU-sized airbench-style net on
 # a stratified 10,000-image subset, 3 epochs, evaluated on 2,000 held-out validation images.
 REAL_RUN_ARGS = [
-    "train", "--data", str(REAL_NPZ), "--val-split", "2000", "--train-subset", "10000",
-    "--model", "fast_small", "--optimizer", "nesterov", "--lr", "0.2", "--weight-decay", "5e-4",
-    "--grad-clip", "0", "--label-smoothing", "0.2", "--schedule", "linear", "--warmup", "0.2",
-    "--flip", "alternating", "--epochs", "3", "--batch-size", "250", "--device", "cpu", "--no-progress",
+    "train",
+    "--data",
+    str(REAL_NPZ),
+    "--val-split",
+    "2000",
+    "--train-subset",
+    "10000",
+    "--model",
+    "fast_small",
+    "--optimizer",
+    "nesterov",
+    "--lr",
+    "0.2",
+    "--weight-decay",
+    "5e-4",
+    "--grad-clip",
+    "0",
+    "--label-smoothing",
+    "0.2",
+    "--schedule",
+    "linear",
+    "--warmup",
+    "0.2",
+    "--flip",
+    "alternating",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "250",
+    "--device",
+    "cpu",
+    "--no-progress",
 ]
 
 # Tests that use any of these (directly or through another fixture) are marked slow.
@@ -87,8 +115,9 @@ def one_thread():
 # ------------------------------------------------------------------------------------------------
 
 
-def _synthetic(n_train: int = 120, n_val: int = 40, *, n_test: int = 0, num_classes: int = 10, seed: int = 0,
-               shuffle: bool = False) -> CifarData:
+def _synthetic(
+    n_train: int = 120, n_val: int = 40, *, n_test: int = 0, num_classes: int = 10, seed: int = 0, shuffle: bool = False
+) -> CifarData:
     """Noisy images whose class is visible (a colour per class), so a tiny model can learn them; image i of
     each split also carries its index in pixel (0, 0) (channel 0: i % 256, channel 1: i // 256), so that tests
     can track images through splits (see ``ids`` in test_datasets.py).
@@ -112,8 +141,9 @@ def _synthetic(n_train: int = 120, n_val: int = 40, *, n_test: int = 0, num_clas
 
     name, classes = {10: ("cifar10", CIFAR10_CLASSES), 100: ("cifar100", CIFAR100_CLASSES)}[num_classes]
     train, val, test = make(n_train), make(n_val), make(n_test)
-    return CifarData(name=name, train=train, test=test, val=val, classes=classes, coarse_classes=None,
-                     source="synthetic")
+    return CifarData(
+        name=name, train=train, test=test, val=val, classes=classes, coarse_classes=None, source="synthetic"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -80,9 +80,16 @@ def test_quick_run_json_has_every_figure(quick_run):
     assert "error" not in m, m
     assert m["model"] == "fast_small" and m["params"] > 0
     assert m["flops_per_image"]["train_step"] > 2 * m["flops_per_image"]["forward"] > 0
-    for value in (m["train"]["median_s"], m["train_images_per_s"], m["train_gflops"],
-                  m["train_memory"]["peak_mb"], m["latency"]["median_ms"], m["inference"]["images_per_s"],
-                  m["inference"]["gflops"], m["inference_memory"]["peak_mb"]):
+    for value in (
+        m["train"]["median_s"],
+        m["train_images_per_s"],
+        m["train_gflops"],
+        m["train_memory"]["peak_mb"],
+        m["latency"]["median_ms"],
+        m["inference"]["images_per_s"],
+        m["inference"]["gflops"],
+        m["inference_memory"]["peak_mb"],
+    ):
         assert _positive(value)
 
     lvs = res["loader_vs_step"]
@@ -92,29 +99,38 @@ def test_quick_run_json_has_every_figure(quick_run):
 
 def test_quick_run_prints_the_table(quick_run):
     _, stdout = quick_run
-    for heading in ("## Matrix multiply", "## Data loader", "## Training step", "## Inference",
-                    "% of a training step"):
+    for heading in ("## Matrix multiply", "## Data loader", "## Training step", "## Inference", "% of a training step"):
         assert heading in stdout
     assert "median of" in stdout and "`fast_small`" in stdout
 
 
-TINY = TrainConfig(model="fast", model_kwargs={"widths": [8, 16, 16], "stem_width": 8}, epochs=2, batch_size=50,
-                   eval_batch_size=50, device="cpu", val_split=0)
+TINY = TrainConfig(
+    model="fast",
+    model_kwargs={"widths": [8, 16, 16], "stem_width": 8},
+    epochs=2,
+    batch_size=50,
+    eval_batch_size=50,
+    device="cpu",
+    val_split=0,
+)
 
 
 def test_gpu_sections_run_on_cpu(bench, quick_run, synthetic):
     """The seed-preset step and time-to-accuracy code, and the table's GPU sections, at tiny sizes."""
     data = synthetic(n_train=100, n_val=50)
-    step = bench.bench_preset_step(TINY, data.train, torch.device("cpu"), n_images=100, repeats=1,
-                                   num_classes=10)
+    step = bench.bench_preset_step(TINY, data.train, torch.device("cpu"), n_images=100, repeats=1, num_classes=10)
     assert _positive(step["images_per_s"]) and _positive(step["projected_minutes"])
     tta = bench.bench_time_to_accuracy(TINY, data, warmup_images=100)
     assert tta["epochs"] == 2 and len(tta["per_epoch"]) == 2
     assert _positive(tta["train_seconds"]) and 0 <= tta["val_top1_final"] <= 1
 
     res, _ = quick_run
-    fake = dict(res, meta=dict(res["meta"], device="cuda", gpu="Test GPU"), seed_preset=step,
-                time_to_accuracy={"preset": "tiny", **tta})
+    fake = dict(
+        res,
+        meta=dict(res["meta"], device="cuda", gpu="Test GPU"),
+        seed_preset=step,
+        time_to_accuracy={"preset": "tiny", **tta},
+    )
     text = bench.render(fake)
     assert "Test GPU" in text and "validation top-1" in text and "minutes" in text
     skipped = bench.render(dict(fake, time_to_accuracy={"preset": "fast", "skipped": "no such preset"}))
@@ -155,8 +171,10 @@ def test_sizes_are_consistent(bench):
 def test_step_variants_runs_every_variant(tmp_path, capsys):
     variants = _load("step_variants")
     out = tmp_path / "steps.json"
-    assert variants.main(["--batch-size", "8", "--repeats", "2", "--warmup", "0", "--threads", "1",
-                          "--json", str(out)]) == 0
+    assert (
+        variants.main(["--batch-size", "8", "--repeats", "2", "--warmup", "0", "--threads", "1", "--json", str(out)])
+        == 0
+    )
     res = json.loads(out.read_text())
     assert [r["variant"] for r in res["rows"]] == list(variants.VARIANTS)
     assert all(len(r["times_s"]) == 2 and _positive(r["median_ms"]) for r in res["rows"])
@@ -168,8 +186,27 @@ def test_step_variants_runs_every_variant(tmp_path, capsys):
 def test_ddp_benchmark_runs_one_and_two_processes(tmp_path, capsys):
     ddp = _load("ddp")
     out = tmp_path / "rows.json"
-    assert ddp.main(["--images", "400", "--val", "100", "--batch-size", "100", "--epochs", "2", "--model", "fast",
-                     "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--json", str(out)]) == 0
+    assert (
+        ddp.main(
+            [
+                "--images",
+                "400",
+                "--val",
+                "100",
+                "--batch-size",
+                "100",
+                "--epochs",
+                "2",
+                "--model",
+                "fast",
+                "--model-kwargs",
+                '{"widths": [8, 16, 16], "stem_width": 8}',
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["processes"] for r in rows] == [1, 2] and [r["threads_per_process"] for r in rows][1] >= 1
     assert all(math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0 for r in rows)
@@ -181,8 +218,12 @@ def test_serve_load_benchmark_runs_one_and_two_clients(tmp_path, capsys):
     load = _load("serve_load")
     model = load.make_checkpoint(tmp_path / "run", "fast", {"widths": [8, 16, 16], "stem_width": 8})
     out = tmp_path / "load.json"
-    assert load.main(["--model", str(model), "--clients", "1,2", "--duration", "0.5", "--warmup", "0.2",
-                      "--json", str(out)]) == 0
+    assert (
+        load.main(
+            ["--model", str(model), "--clients", "1,2", "--duration", "0.5", "--warmup", "0.2", "--json", str(out)]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [r["clients"] for r in rows] == [1, 2] and all(r["failed"] == 0 for r in rows)
     for r in rows:
@@ -196,24 +237,50 @@ def test_ablation_flags_rebuild_the_variant_whatever_the_preset(tmp_path, capsys
     """Every variant passes every field it sets as a flag, so the CLI's config is BASE + the change."""
     ablation = _load("ablation")
     for name, changes in ablation.VARIANTS.items():
-        args = get_args_parser().parse_args(["train", "--preset", "fast-cpu",
-                                             *ablation.flags({**ablation.BASE, **changes, "seed": 3})])
+        args = get_args_parser().parse_args(
+            ["train", "--preset", "fast-cpu", *ablation.flags({**ablation.BASE, **changes, "seed": 3})]
+        )
         config = dataclasses.replace(PRESETS["fast-cpu"], **_config_overrides(args))
         for key, value in {**ablation.BASE, **changes, "seed": 3}.items():
             assert getattr(config, key) == value, (name, key)
     # the table reads the summaries back: one row per variant, seeds averaged
     for seed, top1 in ((0, 0.70), (1, 0.72)):
-        (tmp_path / f"ablation-bf16-seed{seed}.json").write_text(json.dumps(
-            {"name": "bf16", "seed": seed, "changes": {"cpu_amp": "on"}, "val_top1": top1, "train_seconds": 100.0,
-             "wall_seconds": 120.0, "cpu": "Test CPU"}))
+        (tmp_path / f"ablation-bf16-seed{seed}.json").write_text(
+            json.dumps(
+                {
+                    "name": "bf16",
+                    "seed": seed,
+                    "changes": {"cpu_amp": "on"},
+                    "val_top1": top1,
+                    "train_seconds": 100.0,
+                    "wall_seconds": 120.0,
+                    "cpu": "Test CPU",
+                }
+            )
+        )
     text = ablation.table(tmp_path)
     assert "| bf16 | cpu_amp=on | 0, 1 | 71.00 (70.00, 72.00) | 100 | 120 |  | Test CPU |" in text
 
 
 def test_profile_step_prints_times_and_the_per_op_table(capsys):
-    rc = _load("profile_step").main(["--model", "fast", "--model-kwargs", '{"widths": [8, 16, 16]}',
-                                     "--batch-size", "8", "--size", "16", "--repeats", "1", "--warmup", "0",
-                                     "--rows", "3"])
+    rc = _load("profile_step").main(
+        [
+            "--model",
+            "fast",
+            "--model-kwargs",
+            '{"widths": [8, 16, 16]}',
+            "--batch-size",
+            "8",
+            "--size",
+            "16",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--rows",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "| fp32, channels_last |" in out and "| bf16, contiguous |" in out
@@ -222,8 +289,13 @@ def test_profile_step_prints_times_and_the_per_op_table(capsys):
 
 def test_ablation_runs_a_variant_and_keeps_its_logs(tmp_path, write_npz, monkeypatch):
     ablation = _load("ablation")
-    tiny = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "epochs": 1,
-            "batch_size": 20, "device": "cpu"}
+    tiny = {
+        "model": "fast",
+        "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+        "epochs": 1,
+        "batch_size": 20,
+        "device": "cpu",
+    }
     monkeypatch.setattr(ablation, "BASE", {**ablation.BASE, **tiny})
     monkeypatch.setitem(ablation.VARIANTS, "tiny-bf16", {"cpu_amp": "on"})
     npz = write_npz(tmp_path / "d.npz", n=100)

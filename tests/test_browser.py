@@ -25,8 +25,16 @@ except ImportError:  # the dev extra's playwright package is not installed
     sync_playwright = None
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "src" / "cifar_resnet" / "serve" / "static" / "examples"
 # the README's screenshot: rewritten only when asked (docs/make_figures.sh sets it), so that running the
@@ -35,8 +43,10 @@ README_SCREENSHOT = ROOT / "docs" / "figures" / "serve-page.png"
 UPDATE_FIGURES = os.environ.get("CIFAR_RESNET_UPDATE_FIGURES") == "1"
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="the playwright package is not installed (pip install "
-                                                       "playwright; its own browsers are not needed)"),
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="the playwright package is not installed (pip install playwright; its own browsers are not needed)",
+    ),
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
 ]
 
@@ -54,9 +64,23 @@ def server(real_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cifar_resnet", "serve", str(real_run / "best.pt"),
-                                 "--port", str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cifar_resnet",
+                "serve",
+                str(real_run / "best.pt"),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -93,8 +117,10 @@ def page(server):
             page.requests, page.errors = [], []
             page.on("request", lambda r: page.requests.append(r.url))
             page.on("pageerror", lambda e: page.errors.append(str(e)))
-            page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
-                    and page.errors.append(m.text))
+            page.on(
+                "console",
+                lambda m: m.type == "error" and "Failed to load resource" not in m.text and page.errors.append(m.text),
+            )
             page.goto(server)
             page.locator(".example").first.wait_for()
             yield page
@@ -110,13 +136,20 @@ def api_answer(server, name: str, data: bytes, mime: str = "image/png") -> dict:
 
 def shown_result(page) -> dict:
     """What the page shows: the rows (class, probability, bar fill as a fraction of the bar, text)."""
-    rows = page.eval_on_selector_all("#predictions .prediction", """rows => rows.map(row => ({
+    rows = page.eval_on_selector_all(
+        "#predictions .prediction",
+        """rows => rows.map(row => ({
         cls: row.dataset.class, prob: Number(row.dataset.prob), text: row.querySelector('.pct').textContent,
         name: row.querySelector('.name').textContent, superclass: row.querySelector('.super').textContent,
         fill: row.querySelector('.fill').getBoundingClientRect().width
-              / row.querySelector('.bar').getBoundingClientRect().width}))""")
-    return {"rows": rows, "top1": page.locator("#top1").inner_text(), "seen": page.get_attribute("#seen", "src"),
-            "superclass": page.locator("#superclass").inner_text()}
+              / row.querySelector('.bar').getBoundingClientRect().width}))""",
+    )
+    return {
+        "rows": rows,
+        "top1": page.locator("#top1").inner_text(),
+        "seen": page.get_attribute("#seen", "src"),
+        "superclass": page.locator("#superclass").inner_text(),
+    }
 
 
 def assert_page_matches_api(shown: dict, answer: dict) -> None:
@@ -147,11 +180,14 @@ def test_example_click_drop_and_pick_show_what_the_api_answers(server, page, tmp
 
     # drop another example onto the page
     dropped = next(EXAMPLES.glob("orange-*.png"))
-    handle = page.evaluate_handle("""([b64, name]) => {
+    handle = page.evaluate_handle(
+        """([b64, name]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], name, {type: 'image/png'}));
-        return transfer; }""", [base64.b64encode(dropped.read_bytes()).decode(), dropped.name])
+        return transfer; }""",
+        [base64.b64encode(dropped.read_bytes()).decode(), dropped.name],
+    )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": handle})
     answer = api_answer(server, dropped.name, dropped.read_bytes())
     page.wait_for_function("src => document.querySelector('#seen').src === src", arg=answer["input_png"])
@@ -170,8 +206,9 @@ def test_example_click_drop_and_pick_show_what_the_api_answers(server, page, tmp
 
 
 def test_a_non_image_shows_an_error_on_the_page(server, page):
-    page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                "buffer": b"this is not an image"}])
+    page.set_input_files(
+        "#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"this is not an image"}]
+    )
     alert = page.get_by_role("alert")
     alert.wait_for(state="visible")
     text = alert.inner_text()
@@ -186,12 +223,15 @@ def test_a_non_image_shows_an_error_on_the_page(server, page):
 
 def test_paste_an_image(server, page):
     pasted = next(EXAMPLES.glob("chair-*.png"))
-    page.evaluate("""([b64]) => {
+    page.evaluate(
+        """([b64]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], 'image.png', {type: 'image/png'}));
         document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer}));
-    }""", [base64.b64encode(pasted.read_bytes()).decode()])
+    }""",
+        [base64.b64encode(pasted.read_bytes()).decode()],
+    )
     answer = api_answer(server, "pasted.png", pasted.read_bytes())
     page.wait_for_function("src => document.querySelector('#seen').src === src", arg=answer["input_png"])
     assert_page_matches_api(shown_result(page), answer)

@@ -19,12 +19,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cifar_resnet"
 
-TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "epochs": 1, "batch_size": 50,
-        "eval_batch_size": 40, "optimizer": "sgd", "lr": 0.05, "grad_clip": 0.0, "device": "cpu", "val_split": 100}
+TINY = {
+    "model": "fast",
+    "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+    "epochs": 1,
+    "batch_size": 50,
+    "eval_batch_size": 40,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "grad_clip": 0.0,
+    "device": "cpu",
+    "val_split": 100,
+}
 
 # what ``amp`` and ``cpu_amp`` meant: cpu_amp decided on the CPU, where every such run was made
-OLD_FLAGS = {(amp, cpu_amp): {"off": "fp32", "on": "bf16", "auto": "auto"}[cpu_amp]
-             for amp, cpu_amp in itertools.product((True, False), ("off", "on", "auto"))}
+OLD_FLAGS = {
+    (amp, cpu_amp): {"off": "fp32", "on": "bf16", "auto": "auto"}[cpu_amp]
+    for amp, cpu_amp in itertools.product((True, False), ("off", "on", "auto"))
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +103,30 @@ def test_replace_renews_the_checksum(run, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 # every key of the checkpoint dict
-CHECKPOINT_KEYS = frozenset({*REQUIRED, *TRAINING_STATE, *OPTIONAL_STATE, "coarse_classes", "dataset", "config",
-                             "eval_split", "epoch", "history", "checksum", "temperature", "calibration", "best"})
+CHECKPOINT_KEYS = frozenset(
+    {
+        *REQUIRED,
+        *TRAINING_STATE,
+        *OPTIONAL_STATE,
+        "coarse_classes",
+        "dataset",
+        "config",
+        "eval_split",
+        "epoch",
+        "history",
+        "checksum",
+        "temperature",
+        "calibration",
+        "best",
+    }
+)
 # names a checkpoint (or its dict) goes by
 CHECKPOINT_NAMES = re.compile(r"(^|_)(ckpt|checkpoint|state|payload)s?$")
 # keys that nothing but a checkpoint has, whatever the dict is called (reports and records have "temperature",
 # "eval_split", "model" or "epoch" too)
-ONLY_CHECKPOINT_KEYS = frozenset({"calibration", "checksum", "model_kwargs", "model_name", "coarse_classes",
-                                  "example_loss"})
+ONLY_CHECKPOINT_KEYS = frozenset(
+    {"calibration", "checksum", "model_kwargs", "model_name", "coarse_classes", "example_loss"}
+)
 
 
 def _name(node: ast.AST) -> str:
@@ -117,8 +145,12 @@ def _string(node: ast.AST | None) -> str | None:
 
 def _get_key(node: ast.AST) -> tuple[str | None, ast.AST | None]:
     """``("key", receiver)`` of ``receiver.get("key", ...)`` (or ``pop``/``setdefault``)."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
-            and node.func.attr in ("get", "pop", "setdefault"):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.args
+        and node.func.attr in ("get", "pop", "setdefault")
+    ):
         return _string(node.args[0]), node.func.value
     return None, None
 
@@ -137,8 +169,12 @@ def checkpoint_dict_reads(source: str) -> list[str]:
     tree = ast.parse(source)
     defaulted = {id(v) for node in ast.walk(tree) if isinstance(node, ast.BoolOp) for v in node.values[:-1]}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
-                and _name(node.func.value) == "torch":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and _name(node.func.value) == "torch"
+        ):
             found.append(f"line {node.lineno}: torch.load")
             continue
         if isinstance(node, ast.Subscript):
@@ -148,9 +184,11 @@ def checkpoint_dict_reads(source: str) -> list[str]:
         if key is None or key not in CHECKPOINT_KEYS:
             continue
         subscript = isinstance(node, ast.Subscript)
-        if (CHECKPOINT_NAMES.search(_name(receiver))
-                or (subscript and key in ONLY_CHECKPOINT_KEYS)
-                or (key == "temperature" and (subscript and isinstance(node.ctx, ast.Store) or id(node) in defaulted))):
+        if (
+            CHECKPOINT_NAMES.search(_name(receiver))
+            or (subscript and key in ONLY_CHECKPOINT_KEYS)
+            or (key == "temperature" and (subscript and isinstance(node.ctx, ast.Store) or id(node) in defaulted))
+        ):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
 

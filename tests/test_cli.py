@@ -55,8 +55,11 @@ def test_existing_commands_still_work(capsys, cli):
 def test_bad_checkpoints_are_one_line(tmp_path, cli, assert_one_line_error, command):
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
     extra = ["--index", "0"] if command == "predict" else []
-    for path, message in ((tmp_path / "missing.pt", "no such checkpoint"), (tmp_path, "is a directory"),
-                          (tmp_path / "junk.pt", "not a readable checkpoint")):
+    for path, message in (
+        (tmp_path / "missing.pt", "no such checkpoint"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "junk.pt", "not a readable checkpoint"),
+    ):
         code, _, err = cli(command, path, *extra)
         assert_one_line_error(code, err, message)
 

@@ -14,8 +14,23 @@ from cifar_resnet.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY = ["--model", "fast", "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--batch-size", "20",
-        "--device", "cpu", "--no-progress", "--val-split", "20", "--optimizer", "sgd", "--lr", "0.05"]
+TINY = [
+    "--model",
+    "fast",
+    "--model-kwargs",
+    '{"widths": [8, 16, 16], "stem_width": 8}',
+    "--batch-size",
+    "20",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--val-split",
+    "20",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+]
 
 
 def _one_error_line(capsys):
@@ -39,12 +54,18 @@ def test_train_then_resume_then_refuse_finished(tmp_path, capsys, write_npz):
     assert "drop --epochs" in _one_error_line(capsys)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "resnet9000"], "unknown model 'resnet9000'"),
-    (["--model-kwargs", '{"depth": 3}'], "unknown argument depth"),
-    (["--optimizer", "rmsprop"], "unknown optimizer"),
-    (["--val-split", "100000"], "the validation split (--val-split) must be between 0 and 59, got 100000"),  # 60 images
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--model-kwargs", '{"depth": 3}'], "unknown argument depth"),
+        (["--optimizer", "rmsprop"], "unknown optimizer"),
+        (
+            ["--val-split", "100000"],
+            "the validation split (--val-split) must be between 0 and 59, got 100000",
+        ),  # 60 images
+    ],
+)
 def test_train_bad_arguments_one_line(tmp_path, capsys, write_npz, args, message):
     data = write_npz(tmp_path / "d.npz")
     argv = ["train", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"), *TINY, *args]
@@ -53,13 +74,16 @@ def test_train_bad_arguments_one_line(tmp_path, capsys, write_npz, args, message
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing", "no such file"),
-    ("labels", "must lie in 0..99"),
-    ("dtype", "uint8"),
-    ("keys", "y_train"),
-    ("garbage", "d.npz"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "no such file"),
+        ("labels", "must lie in 0..99"),
+        ("dtype", "uint8"),
+        ("keys", "y_train"),
+        ("garbage", "d.npz"),
+    ],
+)
 def test_bad_npz_is_one_line(tmp_path, capsys, write_npz, kind, message):
     path = tmp_path / "d.npz"
     if kind == "labels":
@@ -97,25 +121,41 @@ def test_models_lists_registry(capsys):
 
 def test_console_entry_point_runs_without_traceback(tmp_path):
     """The installed command (python -m) prints one line and exits 2 on a missing file."""
-    r = subprocess.run([sys.executable, "-m", "cifar_resnet", "data", "info", "--data", str(tmp_path / "x.npz")],
-                       check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "cifar_resnet", "data", "info", "--data", str(tmp_path / "x.npz")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cifar-resnet: error: no such file"), r.stderr
 
 
-@pytest.mark.parametrize("flags, precision, warnings", [
-    (["--cpu-amp", "on"], "bf16", ["warning: --cpu-amp is deprecated; use --precision bf16"]),
-    (["--cpu-amp", "off"], "fp32", ["warning: --cpu-amp is deprecated; use --precision fp32"]),
-    (["--cpu-amp", "auto"], "auto", ["warning: --cpu-amp is deprecated; use --precision auto"]),
-    (["--no-amp"], "fp32", ["warning: --no-amp is deprecated; use --precision fp32"]),
-    (["--amp"], "auto", ["warning: --amp is deprecated; use --precision auto"]),  # bf16 on CUDA, as before
-    (["--no-amp", "--cpu-amp", "on"], "bf16", ["warning: --no-amp is deprecated; use --precision bf16",
-                                               "warning: --cpu-amp is deprecated; use --precision bf16"]),
-    (["--cpu-amp", "on", "--precision", "fp32"], "fp32",
-     ["warning: --cpu-amp is deprecated and ignored beside --precision"]),
-    (["--precision", "fp16"], "fp16", []),
-])
+@pytest.mark.parametrize(
+    "flags, precision, warnings",
+    [
+        (["--cpu-amp", "on"], "bf16", ["warning: --cpu-amp is deprecated; use --precision bf16"]),
+        (["--cpu-amp", "off"], "fp32", ["warning: --cpu-amp is deprecated; use --precision fp32"]),
+        (["--cpu-amp", "auto"], "auto", ["warning: --cpu-amp is deprecated; use --precision auto"]),
+        (["--no-amp"], "fp32", ["warning: --no-amp is deprecated; use --precision fp32"]),
+        (["--amp"], "auto", ["warning: --amp is deprecated; use --precision auto"]),  # bf16 on CUDA, as before
+        (
+            ["--no-amp", "--cpu-amp", "on"],
+            "bf16",
+            [
+                "warning: --no-amp is deprecated; use --precision bf16",
+                "warning: --cpu-amp is deprecated; use --precision bf16",
+            ],
+        ),
+        (
+            ["--cpu-amp", "on", "--precision", "fp32"],
+            "fp32",
+            ["warning: --cpu-amp is deprecated and ignored beside --precision"],
+        ),
+        (["--precision", "fp16"], "fp16", []),
+    ],
+)
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_deprecated_amp_flags_map_to_precision_and_warn(monkeypatch, capsys, command, flags, precision, warnings):
     configs = []

@@ -127,9 +127,7 @@ def cifar10_files(seed: int = 0, per_batch: int = 3, dumps=py3_dumps) -> tuple[d
     return files, truth
 
 
-def write_tar_gz(
-    path: Path, folder: str, files: dict[str, bytes], extra: dict[str, bytes] | None = None
-) -> Path:
+def write_tar_gz(path: Path, folder: str, files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> Path:
     """A .tar.gz with the official layout: a top folder entry, then its files."""
     with tarfile.open(path, "w:gz") as tar:
         info = tarfile.TarInfo(folder)
@@ -169,9 +167,7 @@ def c100_archive(tmp_path: Path) -> tuple[Path, dict]:
 @pytest.fixture
 def c10_archive(tmp_path: Path) -> tuple[Path, dict]:
     files, truth = cifar10_files()
-    path = write_tar_gz(
-        tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files, {"readme.html": b"<p>"}
-    )
+    path = write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files, {"readme.html": b"<p>"})
     return path, truth
 
 
@@ -350,9 +346,7 @@ def test_archive_structure_problems(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"\(N, 3072\)"):
         ds.load_archive(write_tar_gz(tmp_path / "c.tar.gz", "cifar-100-python", bad_shape))
     rows = np.zeros((2, 3072), np.uint8)
-    out_of_range = dict(
-        files, train=py2_dumps({b"data": rows, b"fine_labels": [0, 100], b"coarse_labels": [0, 0]})
-    )
+    out_of_range = dict(files, train=py2_dumps({b"data": rows, b"fine_labels": [0, 100], b"coarse_labels": [0, 0]}))
     with pytest.raises(DataError, match=r"fine_labels.*0\.\.99"):
         ds.load_archive(write_tar_gz(tmp_path / "d.tar.gz", "cifar-100-python", out_of_range))
     wrong_len = dict(files, train=py2_dumps({b"data": rows, b"fine_labels": [0], b"coarse_labels": [0, 0]}))
@@ -387,9 +381,7 @@ def test_npz_cifar100_with_everything(tmp_path: Path, write_npz) -> None:
     assert data.name == "cifar100" and data.classes == tuple(names) and data.source == str(path)
     np.testing.assert_array_equal(data.train.images, x)
     assert data.train.labels.dtype == np.int64 and data.train.coarse is not None
-    assert (
-        data.test is not None and len(data.test) == 3 and data.test.coarse is None
-    )  # custom names: no mapping
+    assert data.test is not None and len(data.test) == 3 and data.test.coarse is None  # custom names: no mapping
     assert data.coarse_classes == CIFAR100_COARSE_CLASSES
 
 
@@ -530,9 +522,30 @@ def test_first_train_on_a_fresh_machine_downloads_cifar100(
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     monkeypatch.setitem(ds.DATASETS, "cifar100", dict(ds.DATASETS["cifar100"], url=archive.as_uri(), md5=md5))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    code = main(["train", "--data", "cifar100", "--val-split", "0", "--model", "fast", "--model-kwargs",
-                 '{"widths": [8, 16, 16], "stem_width": 8}', "--optimizer", "sgd", "--epochs", "1",
-                 "--batch-size", "50", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--data",
+            "cifar100",
+            "--val-split",
+            "0",
+            "--model",
+            "fast",
+            "--model-kwargs",
+            '{"widths": [8, 16, 16], "stem_width": 8}',
+            "--optimizer",
+            "sgd",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     out, err = capsys.readouterr()
     cached = tmp_path / "home" / ".cache" / "cifar-resnet" / "cifar-100-python.tar.gz"
     assert code == 0 and cached.read_bytes() == archive.read_bytes()

@@ -36,9 +36,19 @@ from cifar_resnet.train import TrainingDiverged
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATOL_WEIGHTS, ATOL_STATS, ATOL_LOSS, ATOL_ACC = 1e-3, 5e-3, 1e-3, 2 / 200
-TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "optimizer": "sgd", "lr": 0.05,
-        "grad_clip": 0.0, "batch_size": 40, "eval_batch_size": 100, "device": "cpu", "val_split": 200,
-        "epochs": 2, "sync_bn": True}
+TINY = {
+    "model": "fast",
+    "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "grad_clip": 0.0,
+    "batch_size": 40,
+    "eval_batch_size": 100,
+    "device": "cpu",
+    "val_split": 200,
+    "epochs": 2,
+    "sync_bn": True,
+}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -64,8 +74,9 @@ def _cmd(args: list[str], nproc: int = 1, torchrun: tuple[str, ...] = ()) -> lis
 
 
 def _run(args, nproc=1, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cmd(args, nproc, **kwargs), env=ENV, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        _cmd(args, nproc, **kwargs), env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -73,8 +84,13 @@ def _run(args, nproc=1, timeout=300, **kwargs) -> subprocess.CompletedProcess:
 def _interrupt_mid_epoch(args: list[str], out: Path, nproc: int = 1) -> subprocess.CompletedProcess:
     """Start a run that saves every 2 steps, send SIGTERM once its first checkpoint (step 2 of epoch 1)
     is there, and return the finished process: it stops a few steps into its first epoch."""
-    proc = subprocess.Popen(_cmd([*args, "--save-every-steps", "2"], nproc), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd([*args, "--save-every-steps", "2"], nproc),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -90,8 +106,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def _max_diff(a: dict, b: dict, stats: bool = False) -> float:
     """The largest difference of the weights (``stats``: of the BN running statistics)."""
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a
-               if a[k].is_floating_point() and ("running_" in k) == stats)
+    return max(
+        float((a[k].double() - b[k].double()).abs().max())
+        for k in a
+        if a[k].is_floating_point() and ("running_" in k) == stats
+    )
 
 
 def _assert_close_weights(a: Path, b: Path) -> None:
@@ -114,11 +133,16 @@ def _assert_same_history(a: list[dict], b: list[dict], exact: bool = False) -> N
 def small_npz(real_data, tmp_path_factory) -> Path:
     """1,000 real CIFAR-100 training images (10 per class) as an .npz, quick for every process to load."""
     rng = np.random.default_rng(0)
-    idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(real_data.train.labels == c), 10, replace=False)
-                                  for c in range(100)]))
+    idx = np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(real_data.train.labels == c), 10, replace=False) for c in range(100)])
+    )
     path = tmp_path_factory.mktemp("small") / "cifar100-small.npz"
-    np.savez(path, x_train=real_data.train.images[idx], y_train=real_data.train.labels[idx],
-             fine_label_names=np.array(real_data.classes))
+    np.savez(
+        path,
+        x_train=real_data.train.images[idx],
+        y_train=real_data.train.labels[idx],
+        fine_label_names=np.array(real_data.classes),
+    )
     return path
 
 
@@ -139,8 +163,9 @@ def two_processes(small_npz, tmp_path_factory) -> Path:
 
 def test_two_processes_with_sync_bn_compute_what_one_computes(one_process, two_processes):
     _assert_close_weights(one_process / "last.pt", two_processes / "last.pt")
-    _assert_same_history(load_checkpoint(one_process / "last.pt").history,
-                         load_checkpoint(two_processes / "last.pt").history)
+    _assert_same_history(
+        load_checkpoint(one_process / "last.pt").history, load_checkpoint(two_processes / "last.pt").history
+    )
 
 
 def test_without_sync_bn_the_processes_differ_measurably(small_npz, one_process, tmp_path):
@@ -163,8 +188,10 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(small_npz, one_process, 
     partial = load_checkpoint(tmp_path / "last.pt", resumable=True)
     step = partial.partial["step"]
     assert partial.epoch == 0 and 2 <= step < 20  # written inside epoch 1, at the step it stopped after
-    assert message == (f"cifar-resnet: stopped by SIGTERM after epoch 1, step {step} of 20; {tmp_path / 'last.pt'} "
-                       f"resumes it; resume with: cifar-resnet train --resume {tmp_path / 'last.pt'}")
+    assert message == (
+        f"cifar-resnet: stopped by SIGTERM after epoch 1, step {step} of 20; {tmp_path / 'last.pt'} "
+        f"resumes it; resume with: cifar-resnet train --resume {tmp_path / 'last.pt'}"
+    )
     _run(["train", "--resume", str(tmp_path / "last.pt"), "--no-progress"])
     a, b = load_checkpoint(one_process / "last.pt"), load_checkpoint(tmp_path / "last.pt")
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
@@ -181,8 +208,9 @@ def test_a_checkpoint_resumes_under_another_number_of_processes(small_npz, two_p
     resumed = _run(["train", "--resume", str(tmp_path / "last.pt"), "--no-progress"], nproc=then)
     assert "resuming" in resumed.stdout and resumed.stdout.count("Epoch 2,") == 1
     _assert_close_weights(two_processes / "last.pt", tmp_path / "last.pt")
-    _assert_same_history(load_checkpoint(two_processes / "last.pt").history,
-                         load_checkpoint(tmp_path / "last.pt").history)
+    _assert_same_history(
+        load_checkpoint(two_processes / "last.pt").history, load_checkpoint(tmp_path / "last.pt").history
+    )
 
 
 def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(small_npz, tmp_path):
@@ -214,8 +242,12 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(s
         load_checkpoint(last, resumable=True)  # raises if it does not load
     assert kills == 20, proc.stderr.read()[-2000:]
     _run(args)  # the 21st start resumes and finishes
-    reference = fit(TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 12}), out_dir=tmp_path / "ref", log=None,
-                    progress=False)
+    reference = fit(
+        TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 12}),
+        out_dir=tmp_path / "ref",
+        log=None,
+        progress=False,
+    )
     final = load_checkpoint(last)
     assert final.epoch == 12
     assert all(torch.equal(reference.model.state_dict()[k], final.state_dict[k]) for k in final.state_dict)
@@ -253,9 +285,11 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(smal
     config = TrainConfig(**{**TINY, "data": str(small_npz)})
     with pytest.raises(TrainingDiverged) as err:
         fit(config, out_dir=tmp_path, save_every_steps=2, check_every=5, log=None, progress=False)
-    assert str(err.value) == (f"training diverged: the loss is not finite at epoch 1, step 7 (lr {calls[6]:.4g}); the "
-                              f"last good checkpoint is {tmp_path / 'last.pt'} (epoch 1, step 6); lower --lr or "
-                              "--grad-clip")
+    assert str(err.value) == (
+        f"training diverged: the loss is not finite at epoch 1, step 7 (lr {calls[6]:.4g}); the "
+        f"last good checkpoint is {tmp_path / 'last.pt'} (epoch 1, step 6); lower --lr or "
+        "--grad-clip"
+    )
     assert len(calls) == 8  # stopped at the first save point after it (step 8), before writing it
     assert load_checkpoint(tmp_path / "last.pt", resumable=True).partial["step"] == 6
 
@@ -273,8 +307,13 @@ def test_diverging_weights_are_never_saved(small_npz, tmp_path, capsys):
 
 def test_torchrun_restarts_a_killed_worker_and_the_run_finishes(small_npz, two_processes, tmp_path):
     args = _args(small_npz, tmp_path, save_every_steps=2) + ["--resume", "auto"]
-    proc = subprocess.Popen(_cmd(args, torchrun=("--standalone", "--nproc-per-node", "2", "--max-restarts", "1")),
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(args, torchrun=("--standalone", "--nproc-per-node", "2", "--max-restarts", "1")),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -298,20 +337,44 @@ def _free_port() -> int:
 
 def test_two_nodes_on_one_machine_train_like_one_two_process_run(small_npz, two_processes, tmp_path):
     port = _free_port()
-    rdzv = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test-two-nodes")
+    rdzv = (
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "test-two-nodes",
+    )
     # both "machines" have the endpoint's address, so say which one hosts the rendezvous store (as the
     # first node of a cluster does by its address), and start the other once the store is up
-    nodes = [subprocess.Popen(_cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=1")),
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    nodes = [
+        subprocess.Popen(
+            _cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=1")),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    ]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.05)
-    nodes.append(subprocess.Popen(_cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=0")),
-                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    nodes.append(
+        subprocess.Popen(
+            _cmd(_args(small_npz, tmp_path), torchrun=(*rdzv, "--rdzv-conf", "is_host=0")),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     results = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
     assert sum(out.count("Epoch 2,") for out, _ in results) == 1  # rank 0 alone prints
@@ -334,10 +397,16 @@ def test_save_every_duration_writes_inside_the_epoch(small_npz, tmp_path, monkey
 
     written = []
     original = RunDir.write_checkpoint
-    monkeypatch.setattr(RunDir, "write_checkpoint", lambda self, ckpt: (written.append(ckpt.partial["step"]),
-                                                                        original(self, ckpt)))
-    fit(TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 1}), out_dir=tmp_path, save_every=1e-9, log=None,
-        progress=False)
+    monkeypatch.setattr(
+        RunDir, "write_checkpoint", lambda self, ckpt: (written.append(ckpt.partial["step"]), original(self, ckpt))
+    )
+    fit(
+        TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 1}),
+        out_dir=tmp_path,
+        save_every=1e-9,
+        log=None,
+        progress=False,
+    )
     assert written == list(range(1, 20))  # after every step but the last (the epoch's own checkpoint)
 
 

@@ -123,10 +123,11 @@ def test_the_link_checker_sees_broken_links(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "a.md").write_text("# Top\n\n## The two commands\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](a.md#the-two-commands) ![ok](a.md) [ok](#here) [web](https://x.org/y)\n\n# Here\n\n"
-                    "[gone](b.md) [bad anchor](a.md#nope) `[code](c.md)`\n\n    [indented](d.md)\n")
-    assert broken_links([page]) == ["page.md: b.md (no such file)",
-                                    "page.md: a.md#nope (no heading #nope in a.md)"]
+    page.write_text(
+        "[ok](a.md#the-two-commands) ![ok](a.md) [ok](#here) [web](https://x.org/y)\n\n# Here\n\n"
+        "[gone](b.md) [bad anchor](a.md#nope) `[code](c.md)`\n\n    [indented](d.md)\n"
+    )
+    assert broken_links([page]) == ["page.md: b.md (no such file)", "page.md: a.md#nope (no heading #nope in a.md)"]
 
 
 def test_slug_is_githubs():

@@ -98,8 +98,18 @@ def test_superclass_mapping_from_the_data_for_other_class_names():
 def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, cli):
     ckpt = load_checkpoint(real_run / "best.pt")
     record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt.epoch)
-    code, out, err = cli("evaluate", real_run / "best.pt", "--data", real_npz, "--split", "val", "--json",
-                         "--device", "cpu", "--no-progress")
+    code, out, err = cli(
+        "evaluate",
+        real_run / "best.pt",
+        "--data",
+        real_npz,
+        "--split",
+        "val",
+        "--json",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0, err
     r = json.loads(out)
     assert set(REPORT_KEYS) <= set(r)
@@ -125,8 +135,19 @@ def test_text_table_with_defaults_and_tta(real_run, cli):
     # no --data and no --split: the run's own data source and the split it evaluated on
     code, out, err = cli("evaluate", real_run / "best.pt", "--tta", "--tta-translate", "1", "--device", "cpu")
     assert code == 0, err
-    for text in ("top-1", "top-5", "superclass", "loss", "ECE", "the run's held-out validation split",
-                 "flip TTA", "1 px translate TTA", "per-class top-1", "sunflower", "large_carnivores"):
+    for text in (
+        "top-1",
+        "top-5",
+        "superclass",
+        "loss",
+        "ECE",
+        "the run's held-out validation split",
+        "flip TTA",
+        "1 px translate TTA",
+        "per-class top-1",
+        "sunflower",
+        "large_carnivores",
+    ):
         assert text in out, text
 
 
@@ -138,8 +159,9 @@ def test_train_split_is_the_images_the_run_trained_on(real_run, real_data):
     assert tuple(mean) == ckpt.mean and tuple(std) == ckpt.std
 
 
-def test_another_source_cannot_stand_for_the_runs_validation_split(real_run, real_data, tmp_path, cli,
-                                                                   assert_one_line_error):
+def test_another_source_cannot_stand_for_the_runs_validation_split(
+    real_run, real_data, tmp_path, cli, assert_one_line_error
+):
     data = real_data
     other = tmp_path / "other.npz"
     np.savez(other, x_train=data.train.images[:300], y_train=data.train.labels[:300])
@@ -159,13 +181,33 @@ def test_overfit_tiny_model_is_near_100_percent_on_its_training_images(real_data
     small = subsample(data, 200, seed=1).train
     test = data.train.subset(np.arange(100))  # fit needs a split to evaluate on; what it is does not matter
     npz = tmp_path / "tiny.npz"
-    np.savez(npz, x_train=small.images, y_train=small.labels, y_train_coarse=small.coarse,
-             x_test=test.images, y_test=test.labels, y_test_coarse=test.coarse,
-             fine_label_names=np.array(data.classes), coarse_label_names=np.array(data.coarse_classes))
-    config = TrainConfig(data=str(npz), val_split=0, model="fast",
-                         model_kwargs={"widths": [16, 32, 32], "logit_scale": 1.0}, epochs=20, batch_size=50,
-                         optimizer="adam", lr=0.02, weight_decay=0.0, grad_clip=0.0, crop_pad=0, flip="none",
-                         device="cpu", eval_batch_size=200)
+    np.savez(
+        npz,
+        x_train=small.images,
+        y_train=small.labels,
+        y_train_coarse=small.coarse,
+        x_test=test.images,
+        y_test=test.labels,
+        y_test_coarse=test.coarse,
+        fine_label_names=np.array(data.classes),
+        coarse_label_names=np.array(data.coarse_classes),
+    )
+    config = TrainConfig(
+        data=str(npz),
+        val_split=0,
+        model="fast",
+        model_kwargs={"widths": [16, 32, 32], "logit_scale": 1.0},
+        epochs=20,
+        batch_size=50,
+        optimizer="adam",
+        lr=0.02,
+        weight_decay=0.0,
+        grad_clip=0.0,
+        crop_pad=0,
+        flip="none",
+        device="cpu",
+        eval_batch_size=200,
+    )
     fit(config, None, tmp_path / "run", log=None, progress=False)
     code, out, err = cli("evaluate", tmp_path / "run" / "last.pt", "--split", "train", "--json")
     assert code == 0, err
@@ -185,6 +227,7 @@ def test_translate_tta_is_airbench_level_2():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
+
         def flip_avg(v):
             return 0.5 * (model(v) + model(v.flip(-1)))
 
@@ -212,9 +255,20 @@ def test_evaluate_reproduces_a_bf16_run_exactly(tmp_path, synthetic, cli):
     data = synthetic(n_train=300, n_val=0)
     npz = tmp_path / "d.npz"
     np.savez(npz, x_train=data.train.images, y_train=data.train.labels)
-    config = TrainConfig(data=str(npz), val_split=100, model="fast", model_kwargs={"widths": [8, 16, 16],
-                         "stem_width": 8}, epochs=2, batch_size=50, eval_batch_size=40, optimizer="sgd", lr=0.05,
-                         grad_clip=0.0, device="cpu", precision="bf16")
+    config = TrainConfig(
+        data=str(npz),
+        val_split=100,
+        model="fast",
+        model_kwargs={"widths": [8, 16, 16], "stem_width": 8},
+        epochs=2,
+        batch_size=50,
+        eval_batch_size=40,
+        optimizer="sgd",
+        lr=0.05,
+        grad_clip=0.0,
+        device="cpu",
+        precision="bf16",
+    )
     hist = fit(config, None, tmp_path / "run", log=None, progress=False)
     last = hist.records[-1]
     for name in ("best.pt", "last.pt"):

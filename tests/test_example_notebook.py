@@ -36,15 +36,21 @@ def test_notebook_runs_top_to_bottom(real_npz, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient", reason="needs nbclient and ipykernel (pip install nbclient ipykernel)")
     pytest.importorskip("ipykernel", reason="needs ipykernel (pip install ipykernel)")
     for name, value in {
-        "CIFAR_DATA": str(real_npz), "NB_MODEL": "fast", "NB_MODEL_KWARGS": '{"widths": [8, 16, 16], "stem_width": 8}',
-        "NB_TRAIN_SUBSET": "1000", "NB_VAL_SPLIT": "200", "NB_EPOCHS": "1", "NB_OUT": str(tmp_path / "run"),
+        "CIFAR_DATA": str(real_npz),
+        "NB_MODEL": "fast",
+        "NB_MODEL_KWARGS": '{"widths": [8, 16, 16], "stem_width": 8}',
+        "NB_TRAIN_SUBSET": "1000",
+        "NB_VAL_SPLIT": "200",
+        "NB_EPOCHS": "1",
+        "NB_OUT": str(tmp_path / "run"),
         # tiny layers on a shared machine: one thread each avoids OpenMP synchronisation stalls
         "OMP_NUM_THREADS": "1",
     }.items():
         monkeypatch.setenv(name, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any error
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()  # raises on any error
     text = stream_text(nb)
     assert "Epoch 1, last_lr: " in text and "seed_resnet: 7,500,132 parameters" in text
     assert "Label: " in text and ", Predicted: " in text

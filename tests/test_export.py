@@ -102,21 +102,24 @@ def test_onnx_predictor_and_predict_on_an_onnx_file(best, tmp_path, real_data, c
     onnx_model, torch_model = load_predictor(out), Predictor.from_checkpoint(best, "cpu", precision="fp32")
     assert isinstance(onnx_model, OnnxPredictor) and onnx_model.classes == torch_model.classes
     images = real_data.train.images[:300]  # any real images: a batch larger than one onnxruntime call
-    np.testing.assert_allclose(onnx_model.probabilities(images).numpy(), torch_model.probabilities(images).numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        onnx_model.probabilities(images).numpy(), torch_model.probabilities(images).numpy(), atol=1e-4
+    )
     assert onnx_model.info["format"] == "onnx" and onnx_model.info["num_classes"] == 100
     photo = tmp_path / "photo.png"
     Image.fromarray(real_data.train.images[7]).resize((96, 96), Image.Resampling.NEAREST).save(photo)
     code, out_onnx, _ = cli("predict", out, photo, "--json", "--no-tta", "--tta-translate", "0")
-    code2, out_pt, _ = cli("predict", best, photo, "--json", "--no-tta", "--tta-translate", "0", "--device", "cpu",
-                           "--precision", "fp32")
+    code2, out_pt, _ = cli(
+        "predict", best, photo, "--json", "--no-tta", "--tta-translate", "0", "--device", "cpu", "--precision", "fp32"
+    )
     a, b = json.loads(out_onnx)[0]["top"], json.loads(out_pt)[0]["top"]
     assert code == code2 == 0 and [t["class"] for t in a] == [t["class"] for t in b]
     assert all(abs(x["prob"] - y["prob"]) < 1e-4 for x, y in zip(a, b))
 
 
-def test_an_export_that_does_not_match_is_refused_and_leaves_nothing(best, tmp_path, monkeypatch,
-                                                                     assert_one_line_error, cli):
+def test_an_export_that_does_not_match_is_refused_and_leaves_nothing(
+    best, tmp_path, monkeypatch, assert_one_line_error, cli
+):
     monkeypatch.setattr(export_module, "TOLERANCE", 0.0)  # any difference at all is too much
     code, _, err = cli("export", best, "--out", tmp_path / "x.onnx")
     assert_one_line_error(code, err, "differs from the checkpoint", "nothing was written")
@@ -130,8 +133,12 @@ def test_inference_benchmark_reports_both_engines(best, tmp_path, capsys):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     out = tmp_path / "rows.json"
-    assert module.main([str(best), "--onnx", str(tmp_path / "m.onnx"), "--repeats", "3", "--batch", "16",
-                        "--json", str(out)]) == 0
+    assert (
+        module.main(
+            [str(best), "--onnx", str(tmp_path / "m.onnx"), "--repeats", "3", "--batch", "16", "--json", str(out)]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert [r["engine"] for r in result["rows"]] == ["pytorch", "onnxruntime"] and result["max_diff"] < 1e-4
     assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])

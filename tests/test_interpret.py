@@ -48,8 +48,18 @@ def test_confusion_most_confused_and_top_losses_on_crafted_logits(tmp_path, open
 
 def test_interpret_command_on_the_real_run(real_run, tmp_path, cli, open_png):
     out_dir = tmp_path / "report"
-    code, out, err = cli("interpret", real_run / "best.pt", "--out", out_dir, "--top-losses", "24",
-                         "--most-confused", "10", "--device", "cpu")
+    code, out, err = cli(
+        "interpret",
+        real_run / "best.pt",
+        "--out",
+        out_dir,
+        "--top-losses",
+        "24",
+        "--most-confused",
+        "10",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "most confused" in out and "superclass" in out and "wrote" in out
 
@@ -89,8 +99,14 @@ def test_interpret_command_on_the_real_run(real_run, tmp_path, cli, open_png):
 
 
 def test_classes_are_sorted_by_superclass():
-    interp = Interpretation(list(CIFAR100_CLASSES), np.zeros((1, 32, 32, 3), np.uint8), torch.tensor([0]),
-                            torch.zeros(1, 100), CIFAR100_FINE_TO_COARSE, CIFAR100_COARSE_CLASSES)
+    interp = Interpretation(
+        list(CIFAR100_CLASSES),
+        np.zeros((1, 32, 32, 3), np.uint8),
+        torch.tensor([0]),
+        torch.zeros(1, 100),
+        CIFAR100_FINE_TO_COARSE,
+        CIFAR100_COARSE_CLASSES,
+    )
     order = interp.class_order()
     assert sorted(order) == list(range(100))
     assert list(CIFAR100_FINE_TO_COARSE[order]) == sorted(CIFAR100_FINE_TO_COARSE)

@@ -30,8 +30,13 @@ LAYERS = [
 ]
 
 # Imports inside functions that are allowed, and why: optional dependencies, imported only when asked for.
-FUNCTION_LEVEL_IMPORTS = {("train", "torch.utils.tensorboard"), ("cli", ".serve"), ("export", "onnx"),
-                          ("export", "onnxruntime"), ("inference", "onnxruntime")}
+FUNCTION_LEVEL_IMPORTS = {
+    ("train", "torch.utils.tensorboard"),
+    ("cli", ".serve"),
+    ("export", "onnx"),
+    ("export", "onnxruntime"),
+    ("inference", "onnxruntime"),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -100,12 +105,23 @@ def test_the_checker_sees_an_import_against_the_data_order(tmp_path):
     sources.parent.mkdir()
     sources.write_text("from .errors import DataError\nfrom .splits import subsample\n")
     assert _internal_imports("data.sources", sources) == {"data.errors", "data.splits"}
-    allowed = {"data.sources": {"data.errors", "data.unpickle", "data.download"}, "data": {"data.splits"},
-               "loader": {"data"}, "data.splits": {"data.sources"}}
+    allowed = {
+        "data.sources": {"data.errors", "data.unpickle", "data.download"},
+        "data": {"data.splits"},
+        "loader": {"data"},
+        "data.splits": {"data.sources"},
+    }
     assert _upward_imports(allowed) == []
-    for name, dep in [("data.sources", "data.splits"), ("data.unpickle", "data.download"),
-                      ("data.errors", "data"), ("data.splits", "augment"), ("augment", "data"),
-                      ("augment", "data.errors"), ("data.sources", "loader"), ("data.splits", "data.splits")]:
+    for name, dep in [
+        ("data.sources", "data.splits"),
+        ("data.unpickle", "data.download"),
+        ("data.errors", "data"),
+        ("data.splits", "augment"),
+        ("augment", "data"),
+        ("augment", "data.errors"),
+        ("data.sources", "loader"),
+        ("data.splits", "data.splits"),
+    ]:
         assert _upward_imports({name: {dep}}), f"{name} importing {dep} should be refused"
 
 

@@ -31,7 +31,7 @@ def test_random_crop_matches_pad_then_crop(mode, torch_mode):
     dx = torch.randint(0, 9, (16,), generator=g)
     padded = F.pad(x.permute(0, 3, 1, 2).float(), (4, 4, 4, 4), mode=torch_mode).permute(0, 2, 3, 1)
     for i in range(16):
-        ref = padded[i, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32].to(torch.uint8)
+        ref = padded[i, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32].to(torch.uint8)
         assert torch.equal(out[i], ref)
     assert not torch.equal(out, x)  # something moved
 
@@ -68,8 +68,9 @@ def test_eval_loader_is_plain_normalised_images_in_order():
     batches = list(loader)
     assert [len(y) for _, y in batches] == [10, 10, 3]
     x = torch.cat([b[0] for b in batches])
-    ref = (torch.from_numpy(s.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
-        / torch.tensor(std).view(1, 3, 1, 1)
+    ref = (
+        torch.from_numpy(s.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)
+    ) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.from_numpy(s.labels))

@@ -70,10 +70,32 @@ def test_smoothing_has_no_lag_and_ignores_spikes():
 
 
 def test_lr_find_command_on_real_images(real_npz, tmp_path, cli, open_png):
-    code, out, err = cli("lr-find", "--data", real_npz, "--train-subset", "500", "--model", "fast",
-                         "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}', "--batch-size", "50",
-                         "--optimizer", "sgd", "--steps", "20", "--start-lr", "1e-3", "--end-lr", "100",
-                         "--device", "cpu", "--out", tmp_path / "lr.png", "--json")
+    code, out, err = cli(
+        "lr-find",
+        "--data",
+        real_npz,
+        "--train-subset",
+        "500",
+        "--model",
+        "fast",
+        "--model-kwargs",
+        '{"widths": [8, 16, 16], "stem_width": 8}',
+        "--batch-size",
+        "50",
+        "--optimizer",
+        "sgd",
+        "--steps",
+        "20",
+        "--start-lr",
+        "1e-3",
+        "--end-lr",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "lr.png",
+        "--json",
+    )
     assert code == 0, err
     r = json.loads(out)
     assert {"suggestion", "min_loss_lr", "steepest_lr", "stopped", "lrs", "losses", "smoothed", "plot"} <= set(r)
@@ -81,12 +103,15 @@ def test_lr_find_command_on_real_images(real_npz, tmp_path, cli, open_png):
     open_png(tmp_path / "lr.png", (640, 420))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--start-lr", "1", "--end-lr", "0.1"], "need 0 < start_lr < end_lr"),
-    (["--steps", "1"], "at least 2 steps"),
-    (["--diverge", "1"], "divergence factor"),
-    (["--model", "nonet"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--start-lr", "1", "--end-lr", "0.1"], "need 0 < start_lr < end_lr"),
+        (["--steps", "1"], "at least 2 steps"),
+        (["--diverge", "1"], "divergence factor"),
+        (["--model", "nonet"], "unknown model"),
+    ],
+)
 def test_bad_arguments(cli, assert_one_line_error, args, message):
     code, _, err = cli("lr-find", "--data", "/nonexistent.npz", *args)
     assert_one_line_error(code, err, message)

@@ -42,6 +42,7 @@ def batch(n: int = 2, seed: int = 0) -> torch.Tensor:
 # Registry
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_list_models_sorted_and_complete():
     names = list_models()
     assert names == sorted(names)
@@ -81,8 +82,7 @@ def test_every_model_forward_backward_and_round_trip(name):
 
 def test_model_kwargs_include_defaults_and_are_json():
     model = create_model("fast_small", num_classes=10, widths=(16, 32, 64))
-    assert model.model_kwargs == {**model_default_kwargs("fast_small"), "num_classes": 10,
-                                  "widths": [16, 32, 64]}
+    assert model.model_kwargs == {**model_default_kwargs("fast_small"), "num_classes": 10, "widths": [16, 32, 64]}
     assert model_kwargs_names("resnet18") == ["num_classes", "zero_init_residual"]
     assert model_kwargs_names("seed_resnet") == ["num_classes"]
 
@@ -119,19 +119,24 @@ def test_non_json_kwargs_rejected():
 
 def test_register_model_rules():
     with pytest.raises(TypeError, match="num_classes"):
+
         @register_model
         def no_classes(width: int = 3) -> nn.Module:  # pragma: no cover - never built
             return nn.Linear(width, 2)
+
     with pytest.raises(TypeError, match=r"\*\*kwargs"):
+
         @register_model
         def var_kw(num_classes: int = 100, **kwargs) -> nn.Module:  # pragma: no cover
             return nn.Linear(2, num_classes)
+
     assert not is_model("no_classes") and not is_model("var_kw")
 
 
 # ---------------------------------------------------------------------------------------------------
 # The seed network
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def seed_model():
@@ -149,8 +154,10 @@ def test_seed_identity_blocks_are_shared(seed_model):
     stages = [seed_model.stage1, seed_model.stage2, seed_model.stage3]
     assert sum(isinstance(m, IdentityBlock) for m in seed_model.modules()) == 3
     calls = [0, 0, 0]
-    handles = [s.identity.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-               for i, s in enumerate(stages)]
+    handles = [
+        s.identity.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, s in enumerate(stages)
+    ]
     try:
         with torch.no_grad():
             seed_model(batch())
@@ -166,15 +173,20 @@ def test_seed_identity_blocks_are_shared(seed_model):
 
 def test_seed_shapes_15x15_after_stem_and_4x4_before_pool(seed_model):
     shapes = {}
-    hooks = [getattr(seed_model, n).register_forward_hook(
-        lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-        for n in ("stem", "stage1", "stage2", "stage3")]
+    hooks = [
+        getattr(seed_model, n).register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+        for n in ("stem", "stage1", "stage2", "stage3")
+    ]
     with torch.no_grad():
         seed_model(batch())
     for h in hooks:
         h.remove()
-    assert shapes == {"stem": (2, 64, 15, 15), "stage1": (2, 256, 15, 15), "stage2": (2, 512, 8, 8),
-                      "stage3": (2, 1024, 4, 4)}
+    assert shapes == {
+        "stem": (2, 64, 15, 15),
+        "stage1": (2, 256, 15, 15),
+        "stage2": (2, 512, 8, 8),
+        "stage3": (2, 1024, 4, 4),
+    }
     assert any(isinstance(m, nn.MaxPool2d) for m in seed_model.stem)
 
 
@@ -199,9 +211,17 @@ def test_seed_channels_last_matches(seed_model):
 # Standard ResNets
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,count", [("resnet18", 11_220_132), ("resnet34", 21_328_292),
-                                        ("resnet50", 23_705_252), ("resnet101", 42_697_380),
-                                        ("resnet152", 58_341_028)])
+
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("resnet18", 11_220_132),
+        ("resnet34", 21_328_292),
+        ("resnet50", 23_705_252),
+        ("resnet101", 42_697_380),
+        ("resnet152", 58_341_028),
+    ],
+)
 def test_resnet_parameter_counts_and_no_maxpool(name, count):
     with torch.device("meta"):  # shapes only, no memory or init cost
         model = create_model(name, num_classes=100)
@@ -232,8 +252,10 @@ def test_zero_init_residual(name, block):
 def test_resnet18_spatial_path():
     model = create_model("resnet18").eval()
     shapes = []
-    hooks = [getattr(model, f"layer{i}").register_forward_hook(lambda m, i, o: shapes.append(o.shape[-1]))
-             for i in range(1, 5)]
+    hooks = [
+        getattr(model, f"layer{i}").register_forward_hook(lambda m, i, o: shapes.append(o.shape[-1]))
+        for i in range(1, 5)
+    ]
     with torch.no_grad():
         model(batch())
     for h in hooks:
@@ -245,14 +267,18 @@ def test_resnet18_spatial_path():
 # The fast network
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_fast_structure():
     model = create_model("fast", num_classes=100)
     assert isinstance(model, FastNet)
     assert model.stem.kernel_size == (2, 2) and model.stem.padding == (0, 0) and model.stem.out_channels == 24
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
     assert model.head.bias is None and model.logit_scale == pytest.approx(1 / 9)
-    assert [model.group1.conv2.out_channels, model.group2.conv2.out_channels,
-            model.group3.conv2.out_channels] == [64, 256, 256]
+    assert [model.group1.conv2.out_channels, model.group2.conv2.out_channels, model.group3.conv2.out_channels] == [
+        64,
+        256,
+        256,
+    ]
     assert all(m.momentum == pytest.approx(0.4) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     small = create_model("fast_small")
     assert small.model_kwargs["widths"] == [32, 64, 128]
@@ -319,8 +345,9 @@ def test_fast_init_whiten_decorrelates_patches():
     w = model.stem.weight
     torch.testing.assert_close(w[12:], -w[:12])
     assert w.requires_grad
-    x = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
-        / torch.tensor(std).view(1, 3, 1, 1)
+    x = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         y = F.conv2d(x, w[:12]).permute(0, 2, 3, 1).reshape(-1, 12).double()
     cov = y.T @ y / y.shape[0]  # uncentred, like the whitening itself

@@ -41,8 +41,17 @@ def test_notebook_flow(tmp_path, capsys, synthetic, open_png, count_colour):
     grad_clip = 0.1
     weight_decay = 1e-5
     opt_func = torch.optim.Adam
-    history += fit(epochs, train_dl, valid_dl, model, opt_func, max_lr, grad_clip, weight_decay,
-                   scheduler=torch.optim.lr_scheduler.OneCycleLR)
+    history += fit(
+        epochs,
+        train_dl,
+        valid_dl,
+        model,
+        opt_func,
+        max_lr,
+        grad_clip,
+        weight_decay,
+        scheduler=torch.optim.lr_scheduler.OneCycleLR,
+    )
 
     assert len(history) == 3
     assert set(history[1]) == {"val_loss", "val_acc", "train_loss", "lrs"}
@@ -68,8 +77,9 @@ def test_notebook_fit_with_torch_dataloader_and_instances(synthetic):
     """Plain torch DataLoaders (the notebook's) and ready-made optimizer/scheduler instances work too."""
     data = synthetic(n_train=40, n_val=20)
     x = torch.from_numpy(np.ascontiguousarray(data.train.images.transpose(0, 3, 1, 2))).float() / 255
-    train_dl = DeviceDataLoader(DataLoader(TensorDataset(x, torch.from_numpy(data.train.labels)), batch_size=20,
-                                           shuffle=True), "cpu")
+    train_dl = DeviceDataLoader(
+        DataLoader(TensorDataset(x, torch.from_numpy(data.train.labels)), batch_size=20, shuffle=True), "cpu"
+    )
     model = ResNet(3, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)

@@ -52,8 +52,13 @@ def test_the_notebooks_cells_run_unchanged(capsys):
     x = torch.rand(48, 3, 32, 32, generator=gen)
     y = torch.randint(0, 100, (48,), generator=gen)
     dataset = _Dataset(x, y)
-    namespace = {"torch": torch, "train_dl": DataLoader(dataset, batch_size=16, shuffle=True),
-                 "valid_dl": DataLoader(dataset, batch_size=16), "test_ds": dataset, "dataset": dataset}
+    namespace = {
+        "torch": torch,
+        "train_dl": DataLoader(dataset, batch_size=16, shuffle=True),
+        "valid_dl": DataLoader(dataset, batch_size=16),
+        "test_ds": dataset,
+        "dataset": dataset,
+    }
     # pasting is the point: the notebook's own text runs, as a user's notebook would run it
     exec("from cifar_resnet.notebook import *", namespace)  # noqa: S102
     exec(CELLS, namespace)  # noqa: S102
@@ -76,5 +81,13 @@ def test_notebook_names_are_the_packages_own_objects():
     assert model.net.model_name == "seed_resnet"
     with pytest.raises(ValueError, match="in_channels 3"):
         notebook.ResNet(1, 100)
-    assert {"ResNet", "fit", "evaluate", "plot_loss", "predict_image", "to_device", "DeviceDataLoader",
-            "get_default_device"} <= set(notebook.__all__)
+    assert {
+        "ResNet",
+        "fit",
+        "evaluate",
+        "plot_loss",
+        "predict_image",
+        "to_device",
+        "DeviceDataLoader",
+        "get_default_device",
+    } <= set(notebook.__all__)

@@ -32,8 +32,7 @@ def test_muon_parameters_are_the_hidden_filters():
     model = create_model("fast", num_classes=10, widths=[8, 16, 16], stem_width=8)
     muon, other = muon_parameters(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in muon) == sorted(
-        f"group{g}.conv{c}.weight" for g in (1, 2, 3) for c in (1, 2))
+    assert sorted(names[id(p)] for p in muon) == sorted(f"group{g}.conv{c}.weight" for g in (1, 2, 3) for c in (1, 2))
     assert "stem.weight" in {names[id(p)] for p in other} and "head.weight" in {names[id(p)] for p in other}
     assert len(muon) + len(other) == len(list(model.parameters()))
 

@@ -12,8 +12,15 @@ from cifar_resnet.train import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
-        "eval_batch_size": 40, "device": "cpu", "val_split": 0, "precision": "fp32"}
+TINY = {
+    "model": "fast",
+    "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+    "batch_size": 20,
+    "eval_batch_size": 40,
+    "device": "cpu",
+    "val_split": 0,
+    "precision": "fp32",
+}
 CPU = torch.device("cpu")
 
 
@@ -22,8 +29,15 @@ def tiny_config(**kw):
 
 
 def test_options_come_from_the_config_and_resolve_precision(monkeypatch):
-    config = tiny_config(label_smoothing=0.2, grad_clip=0.5, grad_clip_mode="norm", tta=True, tta_translate=2,
-                         eval_batch_size=64, precision="auto")
+    config = tiny_config(
+        label_smoothing=0.2,
+        grad_clip=0.5,
+        grad_clip_mode="norm",
+        tta=True,
+        tta_translate=2,
+        eval_batch_size=64,
+        precision="auto",
+    )
     monkeypatch.setattr("cifar_resnet.runtime.cpu_has_amx", lambda: False)
     assert StepOptions.from_config(config, CPU) == StepOptions(0.2, 0.5, "norm", "fp32")
     assert EvalOptions.from_config(config, CPU) == EvalOptions(True, 2, 64, "fp32")
@@ -49,7 +63,7 @@ def test_options_are_frozen_and_validated():
 def test_fp16_scales_the_loss_and_bf16_does_not():
     assert grad_scaler(StepOptions(precision="bf16"), CPU) is None
     scaler = grad_scaler(StepOptions(precision="fp16"), CPU)
-    assert isinstance(scaler, torch.amp.GradScaler) and scaler.get_scale() == 2.0 ** 16
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.get_scale() == 2.0**16
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

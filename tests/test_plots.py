@@ -21,9 +21,21 @@ BLUE, RED, ORANGE = (31, 119, 180), (214, 39, 40), (255, 127, 14)  # matplotlib'
 def fake_run(path, epochs=2, lrs=False, config=True):
     """A run directory as `train` leaves it after ``epochs`` epochs (history.json, config.json)."""
     path.mkdir(parents=True, exist_ok=True)
-    records = [{"epoch": e, "lr": 0.1 / e, "train_loss": 4.6 - 0.3 * e, "train_top1": 0.02 * e,
-                "val_loss": 4.5 - 0.25 * e, "val_top1": 0.03 * e, "val_top5": 0.1 * e, "eval_split": "val",
-                "seconds": 1.0, "images_per_s": 100.0} for e in range(1, epochs + 1)]
+    records = [
+        {
+            "epoch": e,
+            "lr": 0.1 / e,
+            "train_loss": 4.6 - 0.3 * e,
+            "train_top1": 0.02 * e,
+            "val_loss": 4.5 - 0.25 * e,
+            "val_top1": 0.03 * e,
+            "val_top5": 0.1 * e,
+            "eval_split": "val",
+            "seconds": 1.0,
+            "images_per_s": 100.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
     if lrs:
         for r in records:
             r["lrs"] = [0.1] * 5
@@ -63,12 +75,15 @@ def test_a_run_in_progress_is_plotted_into_its_plots_folder(tmp_path, cli, open_
     assert count_colour(three_epochs, BLUE) > 3 * count_colour(one_epoch, BLUE)  # a line through 3 points now
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: p.mkdir(), "no history.json"),
-    (lambda p: p.write_text("x"), "is not a run directory"),
-    (lambda p: (p.mkdir(), (p / "history.json").write_text("[]")), "no epoch has finished yet"),
-    (lambda p: (p.mkdir(), (p / "history.json").write_text("{oops")), "unreadable"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p.mkdir(), "no history.json"),
+        (lambda p: p.write_text("x"), "is not a run directory"),
+        (lambda p: (p.mkdir(), (p / "history.json").write_text("[]")), "no epoch has finished yet"),
+        (lambda p: (p.mkdir(), (p / "history.json").write_text("{oops")), "unreadable"),
+    ],
+)
 def test_not_a_run_directory(tmp_path, cli, assert_one_line_error, setup, message):
     path = tmp_path / "thing"
     setup(path)
@@ -79,8 +94,15 @@ def test_not_a_run_directory(tmp_path, cli, assert_one_line_error, setup, messag
 def test_notebook_history_and_plot_loss(tmp_path, open_png, count_colour):
     # the notebook API's history: an untrained evaluate() first, then fit()'s epochs with val_acc and lrs
     history = [{"val_loss": 4.61, "val_acc": 0.01}]
-    history += [{"val_loss": 4.4 - 0.2 * e, "val_acc": 0.05 * e, "train_loss": 4.5 - 0.2 * e,
-                 "lrs": list(np.linspace(0.001, 0.0001, 4))} for e in range(1, 4)]
+    history += [
+        {
+            "val_loss": 4.4 - 0.2 * e,
+            "val_acc": 0.05 * e,
+            "train_loss": 4.5 - 0.2 * e,
+            "lrs": list(np.linspace(0.001, 0.0001, 4)),
+        }
+        for e in range(1, 4)
+    ]
     notebook_plot_loss(history, tmp_path / "loss.png")
     pixels = open_png(tmp_path / "loss.png", (640, 420))
     assert count_colour(pixels, BLUE) > 100 and count_colour(pixels, RED) > 100
@@ -93,8 +115,17 @@ def test_notebook_history_and_plot_loss(tmp_path, open_png, count_colour):
 
 
 def test_histories_are_read_by_the_epoch_records_field_names():
-    run_record = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.2, "val_top1": 0.4,
-                  "val_top5": 0.8, "seconds": 3.0, "lrs": [0.2, 0.1]}  # an older run: no train_size, eval_tta...
+    run_record = {
+        "epoch": 2,
+        "lr": 0.1,
+        "train_loss": 1.0,
+        "train_top1": 0.5,
+        "val_loss": 1.2,
+        "val_top1": 0.4,
+        "val_top5": 0.8,
+        "seconds": 3.0,
+        "lrs": [0.2, 0.1],
+    }  # an older run: no train_size, eval_tta...
     notebook_record = {"val_loss": 4.0, "val_acc": 0.3, "train_loss": 4.1, "lrs": [0.01, 0.002]}
     a, b = plots.normalise_history([run_record, notebook_record])
     assert tuple(a) == tuple(b) == plots.RECORD_FIELDS == tuple(f.name for f in dataclasses.fields(EpochRecord))
@@ -107,8 +138,9 @@ def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path, open
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     mean, std = (0.5, 0.48, 0.44), (0.27, 0.26, 0.28)
-    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) \
-        / torch.tensor(std)[:, None, None]
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(
+        std
+    )[:, None, None]
     assert np.array_equal(plots.to_uint8(x, mean, std), image)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib's "Clipping input data" would fail here
@@ -119,8 +151,9 @@ def test_denormalised_images_round_trip_without_clipping_warnings(tmp_path, open
 def test_confusion_matrix_figure_small_and_sorted(tmp_path, open_png):
     cm = np.array([[5, 1, 0], [0, 3, 2], [1, 0, 4]])
     order = [2, 0, 1]
-    fig = plots.plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png", order=order, groups=[1, 0, 0],
-                               group_names=["g0", "g1"])
+    fig = plots.plot_confusion(
+        cm, ["a", "b", "c"], tmp_path / "cm.png", order=order, groups=[1, 0, 0], group_names=["g0", "g1"]
+    )
     open_png(tmp_path / "cm.png", (520, 500))  # small: 3 classes (100 classes make 1487 x 1430)
     ax = fig.axes[0]
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
@@ -128,7 +161,8 @@ def test_confusion_matrix_figure_small_and_sorted(tmp_path, open_png):
     shown = cm[np.ix_(order, order)]
     np.testing.assert_allclose(ax.images[0].get_array(), shown / shown.sum(axis=1, keepdims=True))  # row fractions
     # every non-zero cell carries its count, in its sorted place
-    assert {(tuple(t.get_position()), t.get_text()) for t in ax.texts} == \
-        {((j, i), str(shown[i, j])) for i in range(3) for j in range(3) if shown[i, j]}
+    assert {(tuple(t.get_position()), t.get_text()) for t in ax.texts} == {
+        ((j, i), str(shown[i, j])) for i in range(3) for j in range(3) if shown[i, j]
+    }
     with pytest.raises(ValueError, match="shape"):
         plots.plot_confusion(cm, ["a", "b"])

@@ -20,7 +20,7 @@ PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
 
 
 def hex_rgb(colour: str) -> tuple:
-    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -31,10 +31,18 @@ def hex_rgb(colour: str) -> tuple:
 def test_every_mode_and_format_becomes_32x32_rgb(tmp_path):
     big = Image.fromarray(PIXELS).resize((256, 256), Image.Resampling.NEAREST)
     files = {
-        "rgb.png": big, "rgb.jpg": big, "rgb.webp": big, "gray.png": big.convert("L"),
-        "palette.png": big.convert("P"), "rgba.png": big.convert("RGBA"), "la.png": big.convert("LA"),
-        "wide.png": Image.fromarray(np.concatenate([np.zeros((256, 128, 3), np.uint8), np.asarray(big),
-                                                    np.zeros((256, 128, 3), np.uint8)], axis=1)),
+        "rgb.png": big,
+        "rgb.jpg": big,
+        "rgb.webp": big,
+        "gray.png": big.convert("L"),
+        "palette.png": big.convert("P"),
+        "rgba.png": big.convert("RGBA"),
+        "la.png": big.convert("LA"),
+        "wide.png": Image.fromarray(
+            np.concatenate(
+                [np.zeros((256, 128, 3), np.uint8), np.asarray(big), np.zeros((256, 128, 3), np.uint8)], axis=1
+            )
+        ),
         "cmyk.jpg": big.convert("CMYK"),
     }
     for name, img in files.items():
@@ -77,8 +85,12 @@ def bad_files(tmp_path):
     Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf)
     (tmp_path / "truncated.png").write_bytes(buf.read_bytes()[:2000])
     (tmp_path / "folder").mkdir()
-    return {"notes.txt": "not an image", "truncated.png": "truncated", "folder": "is a directory",
-            "missing.jpg": "no such file"}
+    return {
+        "notes.txt": "not an image",
+        "truncated.png": "truncated",
+        "folder": "is a directory",
+        "missing.jpg": "no such file",
+    }
 
 
 def test_bad_files_each_give_one_line(tmp_path):
@@ -104,8 +116,9 @@ def val_split(real_run, real_data):
 def test_a_file_and_the_same_dataset_image_get_the_same_probabilities(real_run, val_split, tmp_path, cli):
     Image.fromarray(val_split.images[7]).save(tmp_path / "seven.png")
     Image.fromarray(val_split.images[7]).resize((128, 128), Image.Resampling.NEAREST).save(tmp_path / "big.png")
-    code, out, err = cli("predict", real_run / "best.pt", tmp_path / "seven.png", tmp_path / "big.png",
-                         "--top-k", "5", "--json")
+    code, out, err = cli(
+        "predict", real_run / "best.pt", tmp_path / "seven.png", tmp_path / "big.png", "--top-k", "5", "--json"
+    )
     assert code == 0, err
     from_files = json.loads(out)
     code, out, err = cli("predict", real_run / "best.pt", "--split", "val", "--index", "7", "--json")
@@ -162,8 +175,18 @@ def test_show_one_image_and_a_grid(real_run, tmp_path, cli, open_png, count_colo
     verdict = WRONG if ", WRONG)" in out.splitlines()[0] else RIGHT
     assert count_colour(one, hex_rgb(verdict), 10) > 200  # the frame, in the colour of the verdict
 
-    code, out, err = cli("predict", real_run / "best.pt", "--sample", "12", "--seed", "3", "--top-k", "1",
-                         "--show", tmp_path / "grid.png")
+    code, out, err = cli(
+        "predict",
+        real_run / "best.pt",
+        "--sample",
+        "12",
+        "--seed",
+        "3",
+        "--top-k",
+        "1",
+        "--show",
+        tmp_path / "grid.png",
+    )
     assert code == 0, err
     grid = open_png(tmp_path / "grid.png", (1240, 395))  # 8 columns x 2 rows
     heads = [line for line in out.splitlines() if line.startswith("index ")]
@@ -173,7 +196,7 @@ def test_show_one_image_and_a_grid(real_run, tmp_path, cli, open_png, count_colo
         # image i's tile (1.55 x 1.75 inches at 100 dpi, below a 0.45 inch title): a wrong prediction framed
         # and captioned in red, a right one in green, a frame and caption being ~2,400 pixels
         row, col = divmod(i, 8)
-        tile = grid[45 + 175 * row:45 + 175 * (row + 1), 155 * col:155 * (col + 1)]
+        tile = grid[45 + 175 * row : 45 + 175 * (row + 1), 155 * col : 155 * (col + 1)]
         framed, other = (red, green) if head.endswith(", WRONG)") else (green, red)
         assert count_colour(tile, framed, 10) > 1000 and count_colour(tile, other, 10) < 200, (i, head)
 
@@ -181,22 +204,26 @@ def test_show_one_image_and_a_grid(real_run, tmp_path, cli, open_png, count_colo
 def test_files_grid_without_truth(real_run, val_split, tmp_path, cli, open_png, count_colour):
     for i in range(3):
         Image.fromarray(val_split.images[i]).save(tmp_path / f"img{i}.png")
-    code, _, err = cli("predict", real_run / "best.pt", *(tmp_path / f"img{i}.png" for i in range(3)),
-                       "--show", tmp_path / "files.png")
+    code, _, err = cli(
+        "predict", real_run / "best.pt", *(tmp_path / f"img{i}.png" for i in range(3)), "--show", tmp_path / "files.png"
+    )
     assert code == 0, err
     grid = open_png(tmp_path / "files.png")
     # no red or green frames without a true label
     assert count_colour(grid, hex_rgb(WRONG), 10) < 500 and count_colour(grid, hex_rgb(RIGHT), 10) < 500
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--index", "2000"], "index 2000 is out of range: the split has 2000 images"),
-    (["--index", "-1"], "out of range"),
-    (["--sample", "0"], "--sample must be between 1 and 2000"),
-    ([], "nothing to predict"),
-    (["x.png", "--index", "1"], "not both"),
-    (["--index", "1", "--top-k", "0"], "--top-k must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--index", "2000"], "index 2000 is out of range: the split has 2000 images"),
+        (["--index", "-1"], "out of range"),
+        (["--sample", "0"], "--sample must be between 1 and 2000"),
+        ([], "nothing to predict"),
+        (["x.png", "--index", "1"], "not both"),
+        (["--index", "1", "--top-k", "0"], "--top-k must be >= 1"),
+    ],
+)
 def test_bad_requests(real_run, cli, assert_one_line_error, args, message):
     code, out, err = cli("predict", real_run / "best.pt", *args)
     assert_one_line_error(code, err, message)
@@ -220,9 +247,20 @@ def test_predictions_are_made_in_the_precision_the_run_trained_in(tmp_path, synt
     data = synthetic(n_train=200, n_val=0)
     npz = tmp_path / "d.npz"
     np.savez(npz, x_train=data.train.images, y_train=data.train.labels)
-    config = TrainConfig(data=str(npz), val_split=100, model="fast", model_kwargs={"widths": [8, 16, 16],
-                         "stem_width": 8}, epochs=1, batch_size=50, eval_batch_size=50, optimizer="sgd", lr=0.05,
-                         grad_clip=0.0, device="cpu", precision="bf16")
+    config = TrainConfig(
+        data=str(npz),
+        val_split=100,
+        model="fast",
+        model_kwargs={"widths": [8, 16, 16], "stem_width": 8},
+        epochs=1,
+        batch_size=50,
+        eval_batch_size=50,
+        optimizer="sgd",
+        lr=0.05,
+        grad_clip=0.0,
+        device="cpu",
+        precision="bf16",
+    )
     fit(config, None, tmp_path / "run", log=None, progress=False)
     best = tmp_path / "run" / "best.pt"
     predictor = load_predictor(best, "cpu")  # what `serve` loads

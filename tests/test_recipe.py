@@ -15,8 +15,14 @@ from cifar_resnet.runtime import autocast_for, cpu_has_amx, cpu_model, legacy_pr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
-        "eval_batch_size": 40, "device": "cpu", "val_split": 0}
+TINY = {
+    "model": "fast",
+    "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+    "batch_size": 20,
+    "eval_batch_size": 40,
+    "device": "cpu",
+    "val_split": 0,
+}
 
 
 def test_progressive_sizes_scale_with_the_epochs():
@@ -26,8 +32,16 @@ def test_progressive_sizes_scale_with_the_epochs():
     assert TrainConfig(epochs=2).train_sizes == [None, None]
 
 
-@pytest.mark.parametrize("text, match", [("16", "SIZE:FRACTION"), ("16:x", "SIZE:FRACTION"),
-                                         ("4:0.2", "8-64"), ("16:1.5", "8-64"), ("16:0.5,24:0.5", "full size")])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("16", "SIZE:FRACTION"),
+        ("16:x", "SIZE:FRACTION"),
+        ("4:0.2", "8-64"),
+        ("16:1.5", "8-64"),
+        ("16:0.5,24:0.5", "full size"),
+    ],
+)
 def test_progressive_rejects_bad_schedules(text, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(progressive=text, epochs=10)
@@ -98,12 +112,15 @@ CPU implementer\t: 0x41
 """
 
 
-@pytest.mark.parametrize("text, model, amx", [
-    (XEON, "Intel(R) Xeon(R) Platinum 8480+", True),
-    (EPYC, "AMD EPYC 9654 96-Core Processor", False),  # bf16 in AVX-512 but no AMX tiles: auto stays fp32
-    (ARM, None, False),  # no "model name" line (many ARM kernels): the platform's name
-    (None, None, False),  # no /proc/cpuinfo (macOS, Windows)
-])
+@pytest.mark.parametrize(
+    "text, model, amx",
+    [
+        (XEON, "Intel(R) Xeon(R) Platinum 8480+", True),
+        (EPYC, "AMD EPYC 9654 96-Core Processor", False),  # bf16 in AVX-512 but no AMX tiles: auto stays fp32
+        (ARM, None, False),  # no "model name" line (many ARM kernels): the platform's name
+        (None, None, False),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
 def test_cpu_model_and_amx_are_read_from_proc_cpuinfo(monkeypatch, tmp_path, text, model, amx):
     path = tmp_path / "cpuinfo"
     if text is not None:
@@ -128,11 +145,17 @@ def test_autocast_for_each_precision():
         assert conv(x).dtype == torch.float32  # and nothing after the block
 
 
-@pytest.mark.parametrize("amp, cpu_amp, precision", [
-    (True, "off", "fp32"), (False, "off", "fp32"),  # the CPU ran in fp32 (amp alone was CUDA's)
-    (True, "on", "bf16"), (False, "on", "bf16"),
-    (True, "auto", "auto"), (False, "auto", "auto"),  # auto: bf16 where the CPU has AMX, as cpu_amp auto did
-])
+@pytest.mark.parametrize(
+    "amp, cpu_amp, precision",
+    [
+        (True, "off", "fp32"),
+        (False, "off", "fp32"),  # the CPU ran in fp32 (amp alone was CUDA's)
+        (True, "on", "bf16"),
+        (False, "on", "bf16"),
+        (True, "auto", "auto"),
+        (False, "auto", "auto"),  # auto: bf16 where the CPU has AMX, as cpu_amp auto did
+    ],
+)
 def test_legacy_precision_of_the_old_amp_flags(amp, cpu_amp, precision):
     assert legacy_precision(amp, cpu_amp) == precision
     assert TrainConfig.from_dict({"amp": amp, "cpu_amp": cpu_amp}).precision == precision
@@ -160,8 +183,7 @@ def test_bn_biases_get_their_own_learning_rate_and_decay():
     bias.grad = torch.ones_like(bias)
     opt.step()
     assert torch.allclose(bias.detach(), torch.full_like(bias, -32.0 * 1.9))
-    assert len(MuonSGD(model, lr=0.5, momentum=0.9, weight_decay=0.0, muon_lr=0.1, muon_momentum=0.6)
-               .param_groups) == 2
+    assert len(MuonSGD(model, lr=0.5, momentum=0.9, weight_decay=0.0, muon_lr=0.1, muon_momentum=0.6).param_groups) == 2
 
 
 class Stop(Exception):
@@ -170,8 +192,18 @@ class Stop(Exception):
 
 def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
     data = synthetic()
-    config = TrainConfig(**TINY, epochs=4, optimizer="muon", lr=0.05, bn_bias_lr=16.0, progressive="16:0.25,24:0.25",
-                         precision="bf16", tta=True, tta_translate=1, tta_every_epoch=False)
+    config = TrainConfig(
+        **TINY,
+        epochs=4,
+        optimizer="muon",
+        lr=0.05,
+        bn_bias_lr=16.0,
+        progressive="16:0.25,24:0.25",
+        precision="bf16",
+        tta=True,
+        tta_translate=1,
+        tta_every_epoch=False,
+    )
     full = fit(config, data, tmp_path / "full", log=None, progress=False)
     assert [r["train_size"] for r in full.records] == [16, 24, 32, 32]
     assert [r["eval_tta"] for r in full.records] == ["none", "none", "none", "flip+translate1"]
@@ -198,8 +230,7 @@ def test_every_epoch_tta_is_the_default(synthetic):
     assert [r["eval_tta"] for r in hist.records] == ["flip", "flip"]
 
 
-def test_drop_easy_trains_late_epochs_on_the_hardest_images_and_resumes_mid_epoch(tmp_path, synthetic,
-                                                                                    monkeypatch):
+def test_drop_easy_trains_late_epochs_on_the_hardest_images_and_resumes_mid_epoch(tmp_path, synthetic, monkeypatch):
     import cifar_resnet.train as train_module
 
     data = synthetic()  # 120 training images, batches of 20

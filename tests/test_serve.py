@@ -49,9 +49,18 @@ def checkpoint(tmp_path_factory, write_npz):
     """A tiny model trained for one epoch on 100-class noise: CIFAR-100's class and superclass names."""
     tmp = tmp_path_factory.mktemp("serve")
     npz = write_npz(tmp / "data.npz", n=300, classes=100)
-    config = TrainConfig(data=str(npz), val_split=100, model="fast", model_kwargs={"widths": [8, 16, 16],
-                         "stem_width": 8}, optimizer="sgd", lr=0.05, grad_clip=0.0, epochs=1, batch_size=50,
-                         device="cpu")
+    config = TrainConfig(
+        data=str(npz),
+        val_split=100,
+        model="fast",
+        model_kwargs={"widths": [8, 16, 16], "stem_width": 8},
+        optimizer="sgd",
+        lr=0.05,
+        grad_clip=0.0,
+        epochs=1,
+        batch_size=50,
+        device="cpu",
+    )
     fit(config, out_dir=tmp / "run", log=None, progress=False)
     return tmp / "run" / "best.pt"
 
@@ -113,14 +122,17 @@ def test_one_image(client, predictor):
     # the 32x32 image the model saw, as a PNG data URL
     prefix = "data:image/png;base64,"
     assert result["input_png"].startswith(prefix)
-    with Image.open(io.BytesIO(base64.b64decode(result["input_png"][len(prefix):]))) as img:
+    with Image.open(io.BytesIO(base64.b64decode(result["input_png"][len(prefix) :]))) as img:
         assert img.size == (32, 32) and (np.asarray(img.convert("RGB")) == seen).all()
 
 
 def test_several_images_formats_fields_and_top_k(client, predictor):
     a, b, c = random_pixels(), random_pixels(100, 100), random_pixels(40, 30)
-    files = [("a.png", png_bytes(a), "image/png"), ("b.jpg", png_bytes(b, "JPEG", quality=95), "image/jpeg"),
-             ("c.webp", png_bytes(c, "WEBP", lossless=True), "application/octet-stream")]
+    files = [
+        ("a.png", png_bytes(a), "image/png"),
+        ("b.jpg", png_bytes(b, "JPEG", quality=95), "image/jpeg"),
+        ("c.webp", png_bytes(c, "WEBP", lossless=True), "application/octet-stream"),
+    ]
     r = post(client, *files, params={"top_k": 3})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
@@ -147,28 +159,33 @@ def test_several_images_formats_fields_and_top_k(client, predictor):
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels in a few bytes (a decompression bomb's header)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("case, status, fragment", [
-    ("text file", 415, "not an image type"),
-    ("not an image", 415, "not an image of a supported format"),
-    ("truncated", 400, "truncated"),
-    ("empty file", 400, "empty"),
-    ("json body", 415, "multipart/form-data"),
-    ("no files", 400, "no image"),
-    ("file in another field", 400, "field 'files'"),
-    ("bad top_k", 400, "top_k"),
-    ("zero top_k", 400, "top_k"),
-    ("too many files", 413, "too many images"),
-    ("too large by Content-Length", 413, "too large"),
-    ("bomb", 413, "pixels"),
-    ("absurd dimensions", 413, "pixels"),
-    ("malformed multipart", 400, "multipart"),
-])
+@pytest.mark.parametrize(
+    "case, status, fragment",
+    [
+        ("text file", 415, "not an image type"),
+        ("not an image", 415, "not an image of a supported format"),
+        ("truncated", 400, "truncated"),
+        ("empty file", 400, "empty"),
+        ("json body", 415, "multipart/form-data"),
+        ("no files", 400, "no image"),
+        ("file in another field", 400, "field 'files'"),
+        ("bad top_k", 400, "top_k"),
+        ("zero top_k", 400, "top_k"),
+        ("too many files", 413, "too many images"),
+        ("too large by Content-Length", 413, "too large"),
+        ("bomb", 413, "pixels"),
+        ("absurd dimensions", 413, "pixels"),
+        ("malformed multipart", 400, "multipart"),
+    ],
+)
 def test_bad_input_gets_a_json_error_and_the_server_goes_on(client, case, status, fragment):
     good = ("ok.png", png_bytes(random_pixels()), "image/png")
     whole = png_bytes(random_pixels(64, 64))
@@ -187,8 +204,11 @@ def test_bad_input_gets_a_json_error_and_the_server_goes_on(client, case, status
         "bomb": lambda: post(client, ("bomb.png", png_header_only(100_000, 100_000), "image/png")),
         "absurd dimensions": lambda: post(client, ("wide.png", png_header_only(9000, 9000), "image/png")),
         "malformed multipart": lambda: client.post(
-            "/predict", content=b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
-            b"abc\r\n--abc--\r\n", headers={"Content-Type": "multipart/form-data; boundary=xyz"}),
+            "/predict",
+            content=b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+            b"abc\r\n--abc--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+        ),
     }
     r = requests[case]()
     assert r.status_code == status, (r.status_code, r.text)
@@ -218,10 +238,20 @@ def _asgi_call(app, headers, chunks):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-             "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -233,8 +263,9 @@ def test_body_over_the_limit_is_refused_before_it_is_read(checkpoint, predictor)
     head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
     chunks = [head] + [b"x" * 65536] * 100  # 6.5 MB
     # Content-Length says so: 413 without reading a byte
-    status, body, read = _asgi_call(app, {"content-type": "multipart/form-data; boundary=b",
-                                          "content-length": str(sum(map(len, chunks)))}, chunks)
+    status, body, read = _asgi_call(
+        app, {"content-type": "multipart/form-data; boundary=b", "content-length": str(sum(map(len, chunks)))}, chunks
+    )
     assert status == 413 and "too large" in body["detail"] and read == 0
     # no Content-Length (chunked): 413 as soon as the count passes 1 MB
     status, body, read = _asgi_call(app, {"content-type": "multipart/form-data; boundary=b"}, chunks)
@@ -244,8 +275,10 @@ def test_body_over_the_limit_is_refused_before_it_is_read(checkpoint, predictor)
 def test_uploads_never_touch_the_disk(predictor, monkeypatch):
     """A 3 MB upload, over the 1 MB at which Starlette's own form parser would spool a file to disk, with
     every way of making a temporary file broken."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("an upload went to a temporary file")
+
     for name in ("TemporaryFile", "NamedTemporaryFile", "SpooledTemporaryFile", "mkstemp", "mkdtemp"):
         monkeypatch.setattr(tempfile, name, refuse)
     monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", refuse)
@@ -348,8 +381,9 @@ def test_concurrent_http_requests_share_a_forward_pass(predictor):
     async def main():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            answers = await asyncio.gather(*(c.post("/predict", files={"files": (f"{i}.png", png_bytes(x))})
-                                             for i, x in enumerate(images)))
+            answers = await asyncio.gather(
+                *(c.post("/predict", files={"files": (f"{i}.png", png_bytes(x))}) for i, x in enumerate(images))
+            )
             return answers, (await c.get("/health")).json()
 
     answers, health = asyncio.run(main())

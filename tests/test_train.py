@@ -10,8 +10,14 @@ from cifar_resnet.config import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {"model": "fast", "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8}, "batch_size": 20,
-            "eval_batch_size": 40, "device": "cpu", "val_split": 0}
+TINY = {
+    "model": "fast",
+    "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
+    "batch_size": 20,
+    "eval_batch_size": 40,
+    "device": "cpu",
+    "val_split": 0,
+}
 
 
 def tiny_config(**kw):
@@ -20,8 +26,16 @@ def tiny_config(**kw):
 
 def test_seed_preset_is_the_notebook_recipe():
     c = PRESETS["seed"]
-    assert (c.model, c.optimizer, c.schedule, c.lr, c.grad_clip, c.grad_clip_mode, c.weight_decay, c.epochs) == \
-        ("seed_resnet", "adam", "onecycle", 1e-3, 0.1, "value", 1e-5, 100)
+    assert (c.model, c.optimizer, c.schedule, c.lr, c.grad_clip, c.grad_clip_mode, c.weight_decay, c.epochs) == (
+        "seed_resnet",
+        "adam",
+        "onecycle",
+        1e-3,
+        0.1,
+        "value",
+        1e-5,
+        100,
+    )
     assert (c.crop_pad, c.flip) == (4, "random")
 
 
@@ -49,8 +63,13 @@ def test_run_directory_contents(tmp_path, synthetic):
 
 
 def test_learns_a_visible_signal(synthetic):
-    hist = fit(tiny_config(epochs=10, lr=3e-3, optimizer="adam", grad_clip=0.0, weight_decay=5e-4),
-               synthetic(), None, log=None, progress=False)
+    hist = fit(
+        tiny_config(epochs=10, lr=3e-3, optimizer="adam", grad_clip=0.0, weight_decay=5e-4),
+        synthetic(),
+        None,
+        log=None,
+        progress=False,
+    )
     assert hist.records[-1]["val_top1"] >= 0.8  # chance is 0.1
 
 
@@ -113,11 +132,19 @@ def test_checkpoint_from_another_model_or_class_count(tmp_path, synthetic):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"flip": "up"}, "flip"),
-    ({"label_smoothing": 1.5}, "smoothing"), ({"schedule": "step"}, "schedule"),
-    ({"muon_lr": 0}, "muon learning rate"), ({"muon_momentum": 1.0}, "momenta"), ({"tta_translate": -1}, "translate"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"flip": "up"}, "flip"),
+        ({"label_smoothing": 1.5}, "smoothing"),
+        ({"schedule": "step"}, "schedule"),
+        ({"muon_lr": 0}, "muon learning rate"),
+        ({"muon_momentum": 1.0}, "momenta"),
+        ({"tta_translate": -1}, "translate"),
+    ],
+)
 def test_bad_config_values(kw, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**kw)
@@ -125,8 +152,13 @@ def test_bad_config_values(kw, match):
 
 @pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine", "constant"])
 def test_schedules_peak_at_lr(synthetic, schedule):
-    hist = fit(tiny_config(epochs=2, schedule=schedule, lr=0.01, warmup=0.25), synthetic(n_train=80, n_val=10),
-               None, log=None, progress=False)
+    hist = fit(
+        tiny_config(epochs=2, schedule=schedule, lr=0.01, warmup=0.25),
+        synthetic(n_train=80, n_val=10),
+        None,
+        log=None,
+        progress=False,
+    )
     lrs = [lr for r in hist.records for lr in r["lrs"]]
     assert len(lrs) == 8 and max(lrs) == pytest.approx(0.01, rel=0.05)
     if schedule != "constant":

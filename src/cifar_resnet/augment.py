@@ -40,8 +40,9 @@ def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(idx >= size, 2 * (size - 1) - idx, idx)
 
 
-def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None = None,
-                mode: str = "reflect") -> torch.Tensor:
+def random_crop(
+    images: torch.Tensor, pad: int, generator: torch.Generator | None = None, mode: str = "reflect"
+) -> torch.Tensor:
     """Random crop of each image from the image padded by ``pad`` pixels on each side.
 
     Equivalent to ``RandomCrop(32, padding=pad, padding_mode=mode)`` applied image by image, but done as
@@ -61,7 +62,7 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | Non
     dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
     rows = dy[:, None] + torch.arange(h, device=dev)[None, :]  # (n, h), in padded-row coordinates
     if mode == "reflect":
-        left, right = images[:, :, 1:pad + 1].flip(2), images[:, :, w - pad - 1:w - 1].flip(2)
+        left, right = images[:, :, 1 : pad + 1].flip(2), images[:, :, w - pad - 1 : w - 1].flip(2)
         padded = torch.cat([left, images, right], dim=2)
         rows = _reflect(rows - pad, h)
     else:
@@ -78,8 +79,9 @@ def flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], images.flip(2), images)
 
 
-def random_flip_mask(n: int, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def random_flip_mask(
+    n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator) < 0.5
 
 
@@ -90,8 +92,9 @@ def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
     return base ^ bool(epoch % 2)
 
 
-def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def cutout_mask(
+    n: int, h: int, w: int, size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Boolean (n, h, w, 1) mask of one random ``size`` x ``size`` square per image (DeVries & Taylor 2017).
 
     The square's centre is uniform over the image, so it may be partly outside (as in the paper).
@@ -105,8 +108,9 @@ def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator | 
     return (in_y[:, :, None] & in_x[:, None, :])[..., None]
 
 
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None,
-           fill: torch.Tensor | float = 0) -> torch.Tensor:
+def cutout(
+    images: torch.Tensor, size: int, generator: torch.Generator | None = None, fill: torch.Tensor | float = 0
+) -> torch.Tensor:
     """Set a random ``size`` x ``size`` square of each image to ``fill`` (a scalar or one value per channel)."""
     if size <= 0:
         return images

@@ -61,13 +61,13 @@ class CalibrationReport:
     n: int
     temperature: float
     previous_temperature: float
-    ece_before: float       # with temperature 1 (the raw model)
+    ece_before: float  # with temperature 1 (the raw model)
     ece_after: float
     nll_before: float
     nll_after: float
     tta: bool
     tta_translate: int
-    precision: str          # what the logits were computed in: fp32, bf16 or fp16
+    precision: str  # what the logits were computed in: fp32, bf16 or fp16
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,13 +75,19 @@ class CalibrationReport:
 
 def _ece_nll(logits: torch.Tensor, labels: torch.Tensor, t: float) -> tuple[float, float]:
     scaled = logits / t
-    return (expected_calibration_error(scaled.softmax(dim=1), labels),
-            float(F.cross_entropy(scaled.double(), labels)))
+    return (expected_calibration_error(scaled.softmax(dim=1), labels), float(F.cross_entropy(scaled.double(), labels)))
 
 
-def calibrate(checkpoint: str | Path | Checkpoint, data=None, split: str = "val", *,
-              options: EvalOptions | None = None, device: str | torch.device = "auto", progress: bool | None = None,
-              write: bool = True) -> tuple[CalibrationReport, torch.Tensor, torch.Tensor]:
+def calibrate(
+    checkpoint: str | Path | Checkpoint,
+    data=None,
+    split: str = "val",
+    *,
+    options: EvalOptions | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+    write: bool = True,
+) -> tuple[CalibrationReport, torch.Tensor, torch.Tensor]:
     """Fit the temperature of ``checkpoint`` (a path, or a :class:`Checkpoint` loaded from one) on ``split``
     (default the run's validation images) and store it in the checkpoint file (unless ``write`` is false).
     ``options``: test-time augmentation, batch size and precision (default: as the run evaluated, see
@@ -97,10 +103,27 @@ def calibrate(checkpoint: str | Path | Checkpoint, data=None, split: str = "val"
     ece_after, nll_after = _ece_nll(run.raw_logits, run.labels, t)
     opts = run.options
     if write:
-        calibration = {"split": run.split_name, "n": len(run.labels), "tta": opts.tta,
-                       "tta_translate": opts.tta_translate, "precision": opts.precision}
+        calibration = {
+            "split": run.split_name,
+            "n": len(run.labels),
+            "tta": opts.tta,
+            "tta_translate": opts.tta_translate,
+            "precision": opts.precision,
+        }
         ckpt.replace(temperature=t, calibration=calibration).save(path)
-    report = CalibrationReport(str(path), run.split_name, run.description, len(run.labels), t, ckpt.temperature,
-                               ece_before, ece_after, nll_before, nll_after, opts.tta, opts.tta_translate,
-                               opts.precision)
+    report = CalibrationReport(
+        str(path),
+        run.split_name,
+        run.description,
+        len(run.labels),
+        t,
+        ckpt.temperature,
+        ece_before,
+        ece_after,
+        nll_before,
+        nll_after,
+        opts.tta,
+        opts.tta_translate,
+        opts.precision,
+    )
     return report, run.raw_logits, run.labels

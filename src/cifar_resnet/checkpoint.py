@@ -174,8 +174,21 @@ class Checkpoint:
         return f"Checkpoint({self.source!r}: {self.model_name}, epoch {self.epoch})"
 
     @classmethod
-    def of_model(cls, model: nn.Module, *, classes, coarse_classes, dataset: str, mean, std, config: dict,
-                 eval_split: str, epoch: int, history: list[dict], training_state: dict | None = None) -> Checkpoint:
+    def of_model(
+        cls,
+        model: nn.Module,
+        *,
+        classes,
+        coarse_classes,
+        dataset: str,
+        mean,
+        std,
+        config: dict,
+        eval_split: str,
+        epoch: int,
+        history: list[dict],
+        training_state: dict | None = None,
+    ) -> Checkpoint:
         """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments).
 
         ``training_state``: ``{"optimizer", "scheduler", "rng", "partial"}`` (and optionally ``scaler``,
@@ -278,8 +291,9 @@ class Checkpoint:
         if expect_model is not None and expect_model != name:
             raise CheckpointError(f"{source} holds a {name} model, not {expect_model}")
         if expect_classes is not None and expect_classes != self.num_classes:
-            raise CheckpointError(f"{source} was trained for {self.num_classes} classes, but the data has "
-                                  f"{expect_classes}")
+            raise CheckpointError(
+                f"{source} was trained for {self.num_classes} classes, but the data has {expect_classes}"
+            )
         model = create_model(name, **self.model_kwargs)
         try:
             model.load_state_dict(self.state_dict, strict=True)
@@ -310,8 +324,9 @@ class Checkpoint:
         return self._data
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    resumable: bool = False) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, resumable: bool = False
+) -> Checkpoint:
     """Load and validate a checkpoint written by this package (never unpickles arbitrary objects).
 
     ``resumable``: also require the training state that ``last.pt`` carries (a ``best.pt`` is refused)."""
@@ -346,6 +361,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 # The run directory
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch of a run: a line of ``history.json`` and of ``metrics.csv``, an item of a checkpoint's
@@ -376,8 +392,14 @@ class EpochRecord:
         """A record of ``history.json`` or a checkpoint's history; fields that older runs did not write
         (``train_images``, ``train_size``, ``eval_tta``) are 0 or ``""``."""
         names = {f.name for f in dataclasses.fields(cls)}
-        defaults = {"train_images": 0, "train_size": 0, "eval_tta": "", "images_per_s": 0.0, "seconds": 0.0,
-                    "train_seconds": 0.0}
+        defaults = {
+            "train_images": 0,
+            "train_size": 0,
+            "eval_tta": "",
+            "images_per_s": 0.0,
+            "seconds": 0.0,
+            "train_seconds": 0.0,
+        }
         return cls(**{**defaults, **{k: v for k, v in d.items() if k in names}})
 
 

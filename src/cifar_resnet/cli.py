@@ -75,8 +75,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...]
         typ = hints[f.name]
         help_text = f.metadata["help"]
         if typ is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typ is dict:
             group.add_argument(flag, dest=f.name, type=_json_dict, default=None, metavar="JSON", help=help_text)
         else:
@@ -86,10 +85,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...]
 def _add_legacy_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--amp/--no-amp`` and ``--cpu-amp off|on|auto``, the flags of the release before ``--precision``:
     still accepted for one release, hidden from --help (see :func:`_legacy_precision`)."""
-    parser.add_argument("--amp", dest="legacy_amp", action=argparse.BooleanOptionalAction, default=None,
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--cpu-amp", dest="legacy_cpu_amp", choices=["off", "on", "auto"], default=None,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--amp", dest="legacy_amp", action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--cpu-amp", dest="legacy_cpu_amp", choices=["off", "on", "auto"], default=None, help=argparse.SUPPRESS
+    )
 
 
 def _legacy_precision(args, overrides: dict, warn) -> None:
@@ -99,8 +100,9 @@ def _legacy_precision(args, overrides: dict, warn) -> None:
     ``--cpu-amp`` alone or with ``--[no-]amp`` is :func:`~cifar_resnet.runtime.legacy_precision` (exact on
     the CPU); ``--no-amp`` alone is fp32; ``--amp`` alone (bf16 on CUDA, the old default) is ``auto``."""
     amp, cpu_amp = args.legacy_amp, args.legacy_cpu_amp
-    given = [flag for flag, value in (("--amp" if amp else "--no-amp", amp), ("--cpu-amp", cpu_amp))
-             if value is not None]
+    given = [
+        flag for flag, value in (("--amp" if amp else "--no-amp", amp), ("--cpu-amp", cpu_amp)) if value is not None
+    ]
     if not given:
         return
     if "precision" in overrides:
@@ -115,27 +117,53 @@ def _legacy_precision(args, overrides: dict, warn) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Train, evaluate and inspect ResNet classifiers on CIFAR-100 and CIFAR-10.")
+        prog=PROG, description="Train, evaluate and inspect ResNet classifiers on CIFAR-100 and CIFAR-10."
+    )
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train a model (or resume a run)",
-                       description="Train a model; every run directory gets config.json, history.json, "
-                                   "metrics.csv, last.pt (each epoch) and best.pt (best validation top-1).")
-    p.add_argument("--preset", default="seed", choices=sorted(PRESETS),
-                   help="named configuration to start from (default: seed, the notebook's recipe)")
+    p = sub.add_parser(
+        "train",
+        help="train a model (or resume a run)",
+        description="Train a model; every run directory gets config.json, history.json, "
+        "metrics.csv, last.pt (each epoch) and best.pt (best validation top-1).",
+    )
+    p.add_argument(
+        "--preset",
+        default="seed",
+        choices=sorted(PRESETS),
+        help="named configuration to start from (default: seed, the notebook's recipe)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<model>)")
-    p.add_argument("--resume", default=None, metavar="LAST_PT|auto",
-                   help="continue the run of this last.pt exactly where it stopped (only --device may change); "
-                        "auto: continue OUT/last.pt when it exists, else start afresh (for restarted or "
-                        "requeued jobs; the preset and flags must then be the run's)")
-    p.add_argument("--save-every", type=_duration, default=None, metavar="DURATION",
-                   help="also write last.pt inside an epoch every DURATION of training (e.g. 30s, 10m, 1h)")
-    p.add_argument("--save-every-steps", type=int, default=None, metavar="K",
-                   help="also write last.pt inside an epoch every K steps")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="LAST_PT|auto",
+        help="continue the run of this last.pt exactly where it stopped (only --device may change); "
+        "auto: continue OUT/last.pt when it exists, else start afresh (for restarted or "
+        "requeued jobs; the preset and flags must then be the run's)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="also write last.pt inside an epoch every DURATION of training (e.g. 30s, 10m, 1h)",
+    )
+    p.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also write last.pt inside an epoch every K steps",
+    )
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
     _add_config_arguments(p)
     _add_legacy_precision_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -147,10 +175,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data sources: info, download")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = dsub.add_parser("info", help="sizes, classes, per-channel mean/std of a data source")
-    p.add_argument("--data", required=True, help="an .npz file, an official archive, an extracted folder, "
-                                                 "or cifar100/cifar10")
-    p.add_argument("--root", default=None, help="download cache for cifar100/cifar10 "
-                                                "(default ~/.cache/cifar-resnet)")
+    p.add_argument(
+        "--data", required=True, help="an .npz file, an official archive, an extracted folder, or cifar100/cifar10"
+    )
+    p.add_argument("--root", default=None, help="download cache for cifar100/cifar10 (default ~/.cache/cifar-resnet)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("download", help="download an official archive (progress bar, md5 check)")
@@ -162,51 +190,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_inspection_parsers(sub)
 
     p = sub.add_parser(
-        "calibrate", help="fit a temperature so that the probabilities match the accuracy",
+        "calibrate",
+        help="fit a temperature so that the probabilities match the accuracy",
         description="Temperature scaling (Guo et al. 2017): fit one temperature T on the run's validation split "
-                    "by minimising the NLL of softmax(logits / T), store it in the checkpoint (atomically, the "
-                    "rest kept) and print ECE and NLL before and after. evaluate, predict, interpret, serve and "
-                    "exported models use it from then on. Also writes a reliability diagram.",
-        epilog="example: cifar-resnet calibrate runs/demo/best.pt")
+        "by minimising the NLL of softmax(logits / T), store it in the checkpoint (atomically, the "
+        "rest kept) and print ECE and NLL before and after. evaluate, predict, interpret, serve and "
+        "exported models use it from then on. Also writes a reliability diagram.",
+        epilog="example: cifar-resnet calibrate runs/demo/best.pt",
+    )
     _add_checkpoint_arguments(p)
     p.set_defaults(split="val")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="reliability diagram before/after (default: reliability.png beside the checkpoint)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="reliability diagram before/after (default: reliability.png beside the checkpoint)",
+    )
     p.add_argument("--dry-run", action="store_true", help="fit and report, but leave the checkpoint as it is")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
-        "export", help="export a checkpoint to ONNX or torch.export (.pt2), checked against PyTorch",
+        "export",
+        help="export a checkpoint to ONNX or torch.export (.pt2), checked against PyTorch",
         description="Export a checkpoint as a model that takes images and returns calibrated probabilities: "
-                    "ONNX (needs `pip install 'cifar-resnet[onnx]'`) or torch.export's .pt2. Class names, "
-                    "superclasses, normalisation, temperature and the checkpoint's SHA-256 travel inside. The "
-                    "export is run on up to 256 real images of the run's data and refused (nothing written) "
-                    "when a probability differs from PyTorch's by 1e-4 or more.",
-        epilog="example: cifar-resnet export runs/demo/best.pt --format onnx --out demo.onnx")
+        "ONNX (needs `pip install 'cifar-resnet[onnx]'`) or torch.export's .pt2. Class names, "
+        "superclasses, normalisation, temperature and the checkpoint's SHA-256 travel inside. The "
+        "export is run on up to 256 real images of the run's data and refused (nothing written) "
+        "when a probability differs from PyTorch's by 1e-4 or more.",
+        epilog="example: cifar-resnet export runs/demo/best.pt --format onnx --out demo.onnx",
+    )
     p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train`")
     p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2")
     p.add_argument("--out", required=True, help="the file to write")
-    p.add_argument("--input", dest="input_kind", default="uint8", choices=["uint8", "float"],
-                   help="uint8: (N, 32, 32, 3) RGB bytes (default); float: (N, 3, 32, 32) in [0, 1]")
+    p.add_argument(
+        "--input",
+        dest="input_kind",
+        default="uint8",
+        choices=["uint8", "float"],
+        help="uint8: (N, 32, 32, 3) RGB bytes (default); float: (N, 3, 32, 32) in [0, 1]",
+    )
     p.add_argument("--data", default=None, help=DATA_HELP + " (the check images come from it)")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"],
-                   help="split of the check images (default: the run's evaluation split)")
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=["train", "val", "test"],
+        help="split of the check images (default: the run's evaluation split)",
+    )
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "serve", help="HTTP service and web page for a checkpoint or an exported .onnx model",
+        "serve",
+        help="HTTP service and web page for a checkpoint or an exported .onnx model",
         description="Serve a model over HTTP (FastAPI on uvicorn; needs `pip install 'cifar-resnet[serve]'`): "
-                    "a web page at /, POST /predict (multipart images, top_k), GET /health, GET /classes, "
-                    "OpenAPI docs at /docs. Concurrent requests are batched together.",
-        epilog="example: cifar-resnet serve runs/demo/best.pt --port 8000")
+        "a web page at /, POST /predict (multipart images, top_k), GET /health, GET /classes, "
+        "OpenAPI docs at /docs. Concurrent requests are batched together.",
+        epilog="example: cifar-resnet serve runs/demo/best.pt --port 8000",
+    )
     p.add_argument("model", help="a checkpoint (best.pt) or a model exported with `cifar-resnet export` (.onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=int, default=64, help="most images in one forward pass (default 64)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default 5 ms)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its batch (default 5 ms)",
+    )
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
     p.add_argument("--max-files", type=int, default=32, help="most images in one request (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (checkpoints only)")
@@ -218,13 +269,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 # Inspection: evaluate, plot, predict, interpret, lr-find
 # --------------------------------------------------------------------------------------------------
 
-SPLIT_HELP = ("split to use: train, val or test (default: the split the run evaluated on). val and train are "
-              "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
-              "(saved in the checkpoint) are applied to DATA again, after checking that DATA is the run's "
-              "source (its training images reproduce the checkpoint's normalisation statistics); test is "
-              "the source's official test split")
-DATA_HELP = ("data source (.npz, official archive, extracted folder, or cifar100/cifar10); default: the data "
-             "the checkpoint was trained on, from its config")
+SPLIT_HELP = (
+    "split to use: train, val or test (default: the split the run evaluated on). val and train are "
+    "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
+    "(saved in the checkpoint) are applied to DATA again, after checking that DATA is the run's "
+    "source (its training images reproduce the checkpoint's normalisation statistics); test is "
+    "the source's official test split"
+)
+DATA_HELP = (
+    "data source (.npz, official archive, extracted folder, or cifar100/cifar10); default: the data "
+    "the checkpoint was trained on, from its config"
+)
 
 
 def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True) -> None:
@@ -232,120 +287,207 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True)
     p.add_argument("--data", default=None, help=DATA_HELP)
     if split:
         p.add_argument("--split", default=None, choices=["train", "val", "test"], help=SPLIT_HELP)
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation: average the logits of each image and its mirror image "
-                        "(default: as the run evaluated, from the checkpoint's config)")
-    p.add_argument("--tta-translate", type=int, default=None, metavar="PX",
-                   help="translate test-time augmentation: also the image shifted PX pixels up-left and "
-                        "down-right, with half the weight; 0 turns it off (default: as the run evaluated)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default: the run's evaluation batch size)")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test-time augmentation: average the logits of each image and its mirror image "
+        "(default: as the run evaluated, from the checkpoint's config)",
+    )
+    p.add_argument(
+        "--tta-translate",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="translate test-time augmentation: also the image shifted PX pixels up-left and "
+        "down-right, with half the weight; 0 turns it off (default: as the run evaluated)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the run's evaluation batch size)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="autocast of the forward passes: auto (bf16 on CUDA and on CPUs with AMX, else fp32), fp32, "
-                        "bf16 or fp16 (default: the checkpoint's, the precision its run trained and evaluated in, "
-                        "so that the run's own split gives the numbers training recorded)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="autocast of the forward passes: auto (bf16 on CUDA and on CPUs with AMX, else fp32), fp32, "
+        "bf16 or fp16 (default: the checkpoint's, the precision its run trained and evaluated in, "
+        "so that the run's own split gives the numbers training recorded)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
 
 
 def _add_inspection_parsers(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="accuracy, loss, calibration of a checkpoint on a split",
+        "evaluate",
+        help="accuracy, loss, calibration of a checkpoint on a split",
         description="Evaluate a checkpoint: top-1 and top-5 accuracy, mean loss, superclass accuracy "
-                    "(CIFAR-100: a fine prediction counts as right when its superclass is the true one's), "
-                    "expected calibration error and per-class accuracy. The normalisation is the "
-                    "checkpoint's, never recomputed.",
-        epilog="example: cifar-resnet evaluate runs/demo/best.pt --data cifar100 --split test --tta")
+        "(CIFAR-100: a fine prediction counts as right when its superclass is the true one's), "
+        "expected calibration error and per-class accuracy. The normalisation is the "
+        "checkpoint's, never recomputed.",
+        epilog="example: cifar-resnet evaluate runs/demo/best.pt --data cifar100 --split test --tta",
+    )
     _add_checkpoint_arguments(p)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
-                        "per_superclass, split, split_description, tta, tta_translate, precision, model, epoch, "
-                        "checkpoint, data, temperature)")
-    p.add_argument("--no-per-class", dest="per_class", action="store_false",
-                   help="leave the per-class table out of the text output")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (keys: top1, top5, coarse_top1, loss, ece, n, per_class, "
+        "per_superclass, split, split_description, tta, tta_translate, precision, model, epoch, "
+        "checkpoint, data, temperature)",
+    )
+    p.add_argument(
+        "--no-per-class",
+        dest="per_class",
+        action="store_false",
+        help="leave the per-class table out of the text output",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "plot", help="loss, accuracy and learning-rate curves of a run directory",
+        "plot",
+        help="loss, accuracy and learning-rate curves of a run directory",
         description="Draw the curves of a run (finished or in progress) as PNG files: loss.png (training vs "
-                    "validation loss), accuracy.png (top-1, top-5) and lr.png (learning rate per step).",
-        epilog="example: cifar-resnet plot runs/demo   # writes runs/demo/plots/{loss,accuracy,lr}.png")
+        "validation loss), accuracy.png (top-1, top-5) and lr.png (learning rate per step).",
+        epilog="example: cifar-resnet plot runs/demo   # writes runs/demo/plots/{loss,accuracy,lr}.png",
+    )
     p.add_argument("run_dir", help="a run directory (holding history.json)")
     p.add_argument("--out", default=None, help="folder for the PNG files (default: RUN_DIR/plots)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
-        "predict", help="top-k predictions for image files or dataset images",
+        "predict",
+        help="top-k predictions for image files or dataset images",
         description=textwrap.fill(
             "Predict the class of image files (any size and mode: RGB, RGBA, grayscale, palette; PNG, JPEG, "
             "WebP, ...), made 32x32 as CIFAR's images were (centre square, area-averaging downscale), or of "
             "dataset images chosen with --index or --sample. Unreadable files are reported one line each on "
-            "stderr and the others are still predicted (exit status 2).", 79),
+            "stderr and the others are still predicted (exit status 2).",
+            79,
+        ),
         epilog="examples:\n  cifar-resnet predict runs/demo/best.pt cat.jpg more/*.png --top-k 3\n"
-               "  cifar-resnet predict runs/demo/best.pt --data DATA --index 100 --show out.png\n"
-               "  cifar-resnet predict runs/demo/best.pt --sample 32 --show grid.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  cifar-resnet predict runs/demo/best.pt --data DATA --index 100 --show out.png\n"
+        "  cifar-resnet predict runs/demo/best.pt --sample 32 --show grid.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_checkpoint_arguments(p)
     p.add_argument("images", nargs="*", help="image files to predict")
-    p.add_argument("--index", type=int, nargs="+", action="extend", default=None, metavar="I",
-                   help="predict images I... of the dataset split (with --data / --split)")
-    p.add_argument("--sample", type=int, default=None, metavar="N",
-                   help="predict N images of the dataset split drawn at random (seeded by --seed)")
+    p.add_argument(
+        "--index",
+        type=int,
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="I",
+        help="predict images I... of the dataset split (with --data / --split)",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="predict N images of the dataset split drawn at random (seeded by --seed)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
-    p.add_argument("--resize", default="crop", choices=RESIZE_MODES,
-                   help="how a non-square file becomes 32x32: crop (centre square, default) or squash "
-                        "(whole frame, aspect ratio not kept)")
-    p.add_argument("--show", default=None, metavar="PNG",
-                   help="also write a figure: one image with its true and predicted labels and the top-k "
-                        "probabilities, or a grid of several with the wrong ones marked in red")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON list: {path or index, true (dataset images), correct, top: "
-                        "[{class, prob}]} or {path, error} per image")
+    p.add_argument(
+        "--resize",
+        default="crop",
+        choices=RESIZE_MODES,
+        help="how a non-square file becomes 32x32: crop (centre square, default) or squash "
+        "(whole frame, aspect ratio not kept)",
+    )
+    p.add_argument(
+        "--show",
+        default=None,
+        metavar="PNG",
+        help="also write a figure: one image with its true and predicted labels and the top-k "
+        "probabilities, or a grid of several with the wrong ones marked in red",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: {path or index, true (dataset images), correct, top: "
+        "[{class, prob}]} or {path, error} per image",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
-        "interpret", help="confusion matrix, most confused pairs, top losses, per-superclass accuracy",
+        "interpret",
+        help="confusion matrix, most confused pairs, top losses, per-superclass accuracy",
         description="Interpret a checkpoint's mistakes on a split (after fastai's ClassificationInterpretation): "
-                    "writes confusion_matrix.png (sorted by superclass for CIFAR-100), top_losses.png (the "
-                    "images with the highest loss, with their labels), confusion_matrix.csv, "
-                    "most_confused.csv, per_superclass.csv and report.json into --out, and prints the most "
-                    "confused pairs and the per-superclass table.",
-        epilog="example: cifar-resnet interpret runs/demo/best.pt --data DATA --out report/")
+        "writes confusion_matrix.png (sorted by superclass for CIFAR-100), top_losses.png (the "
+        "images with the highest loss, with their labels), confusion_matrix.csv, "
+        "most_confused.csv, per_superclass.csv and report.json into --out, and prints the most "
+        "confused pairs and the per-superclass table.",
+        epilog="example: cifar-resnet interpret runs/demo/best.pt --data DATA --out report/",
+    )
     _add_checkpoint_arguments(p)
     p.add_argument("--out", default=None, help="output folder (default: interpret/ beside the checkpoint)")
-    p.add_argument("--top-losses", type=int, default=24, metavar="K",
-                   help="how many highest-loss images to show (default 24)")
-    p.add_argument("--most-confused", type=int, default=20, metavar="K",
-                   help="how many most-confused (true, predicted) pairs to list (default 20)")
+    p.add_argument(
+        "--top-losses", type=int, default=24, metavar="K", help="how many highest-loss images to show (default 24)"
+    )
+    p.add_argument(
+        "--most-confused",
+        type=int,
+        default=20,
+        metavar="K",
+        help="how many most-confused (true, predicted) pairs to list (default 20)",
+    )
     p.add_argument("--json", action="store_true", help="print report.json's content instead of the tables")
     p.set_defaults(func=cmd_interpret)
 
     p = sub.add_parser(
-        "lr-find", help="learning-rate range test: suggested max_lr and a plot",
+        "lr-find",
+        help="learning-rate range test: suggested max_lr and a plot",
         description="The learning-rate range test (Smith 2017; fastai's lr_find): train from the "
-                    "configuration's initial weights while the learning rate grows exponentially from "
-                    "--start-lr to --end-lr, record the smoothed loss, stop once it diverges, and suggest "
-                    "max_lr (a tenth of the rate at the smoothed minimum). Uses the training step of "
-                    "`train` (same model, data, optimizer, clipping, label smoothing); nothing is saved "
-                    "but the plot.",
-        epilog="example: cifar-resnet lr-find --model seed_resnet --data DATA --out lr_find.png")
-    p.add_argument("--preset", default="seed", choices=sorted(PRESETS),
-                   help="named configuration to start from (default: seed, the notebook's recipe)")
+        "configuration's initial weights while the learning rate grows exponentially from "
+        "--start-lr to --end-lr, record the smoothed loss, stop once it diverges, and suggest "
+        "max_lr (a tenth of the rate at the smoothed minimum). Uses the training step of "
+        "`train` (same model, data, optimizer, clipping, label smoothing); nothing is saved "
+        "but the plot.",
+        epilog="example: cifar-resnet lr-find --model seed_resnet --data DATA --out lr_find.png",
+    )
+    p.add_argument(
+        "--preset",
+        default="seed",
+        choices=sorted(PRESETS),
+        help="named configuration to start from (default: seed, the notebook's recipe)",
+    )
     p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
     p.add_argument("--steps", type=int, default=200, help="length of the sweep in training steps (default 200)")
-    p.add_argument("--beta", type=float, default=0.98,
-                   help="smoothing of the loss for the divergence test (exponential moving average factor, "
-                        "default 0.98)")
-    p.add_argument("--diverge", type=float, default=4.0,
-                   help="stop when the moving average of the loss exceeds this many times its minimum (default 4)")
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=0.98,
+        help="smoothing of the loss for the divergence test (exponential moving average factor, default 0.98)",
+    )
+    p.add_argument(
+        "--diverge",
+        type=float,
+        default=4.0,
+        help="stop when the moving average of the loss exceeds this many times its minimum (default 4)",
+    )
     p.add_argument("--out", default="lr_find.png", help="where to write the plot (default lr_find.png)")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON object (suggestion, min_loss_lr, steepest_lr, stopped, lrs, losses, smoothed)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (suggestion, min_loss_lr, steepest_lr, stopped, lrs, losses, smoothed)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     _add_config_arguments(p, only=LR_FIND_FIELDS)
     _add_legacy_precision_arguments(p)
     p.set_defaults(func=cmd_lr_find)
@@ -354,15 +496,22 @@ def _add_inspection_parsers(sub) -> None:
 def _evaluation(args) -> tuple[Checkpoint, EvalOptions]:
     """The checkpoint of ``args`` and how to evaluate it: the run's own options, overridden by the flags given."""
     ckpt = load_checkpoint(args.checkpoint)
-    options = eval_options(ckpt, args.device, tta=args.tta, tta_translate=args.tta_translate,
-                           batch_size=args.batch_size, precision=args.precision)
+    options = eval_options(
+        ckpt,
+        args.device,
+        tta=args.tta,
+        tta_translate=args.tta_translate,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
     return ckpt, options
 
 
 def cmd_evaluate(args) -> int:
     ckpt, options = _evaluation(args)
-    report = evaluate_checkpoint(ckpt, args.data, args.split, options=options, device=args.device,
-                                 progress=args.progress)
+    report = evaluate_checkpoint(
+        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress
+    )
     print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
     return 0
 
@@ -375,11 +524,22 @@ def cmd_plot(args) -> int:
 
 def cmd_predict(args) -> int:
     predictor = load_predictor(args.checkpoint, args.device)
-    options = predictor.eval_options(tta=args.tta, tta_translate=args.tta_translate, batch_size=args.batch_size,
-                                     precision=args.precision)
-    prediction = predict(predictor, args.images, data=args.data, split=args.split, index=args.index,
-                         sample=args.sample, seed=args.seed, k=args.top_k, resize=args.resize, options=options,
-                         progress=args.progress)
+    options = predictor.eval_options(
+        tta=args.tta, tta_translate=args.tta_translate, batch_size=args.batch_size, precision=args.precision
+    )
+    prediction = predict(
+        predictor,
+        args.images,
+        data=args.data,
+        split=args.split,
+        index=args.index,
+        sample=args.sample,
+        seed=args.seed,
+        k=args.top_k,
+        resize=args.resize,
+        options=options,
+        progress=args.progress,
+    )
     for message in prediction.errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     text = json.dumps(prediction.results, indent=1) if args.json else format_results(prediction.results)
@@ -395,8 +555,9 @@ def cmd_predict(args) -> int:
 def cmd_interpret(args) -> int:
     out = check_out_dir(args.out or RunDir.of_checkpoint(args.checkpoint).interpret)
     ckpt, options = _evaluation(args)
-    interp = Interpretation.from_checkpoint(ckpt, args.data, args.split, options=options, device=args.device,
-                                            progress=args.progress)
+    interp = Interpretation.from_checkpoint(
+        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress
+    )
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:
         print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())
@@ -407,20 +568,31 @@ def cmd_interpret(args) -> int:
 
 def cmd_calibrate(args) -> int:
     ckpt, options = _evaluation(args)
-    report, logits, labels = calibrate(ckpt, args.data, args.split, options=options, device=args.device,
-                                       progress=args.progress, write=not args.dry_run)
+    report, logits, labels = calibrate(
+        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress, write=not args.dry_run
+    )
     plot = str(args.plot or RunDir.of_checkpoint(args.checkpoint).reliability_png)
-    save_figure(plot_reliability({"before (T = 1)": (logits.softmax(1).numpy(), labels.numpy(), report.ece_before),
-                                  f"after (T = {report.temperature:.3f})": ((logits / report.temperature).softmax(1)
-                                                                            .numpy(), labels.numpy(),
-                                                                            report.ece_after)},
-                                 title=f"Reliability on {report.n:,} {report.split} images ({report.precision})"),
-                plot)
+    save_figure(
+        plot_reliability(
+            {
+                "before (T = 1)": (logits.softmax(1).numpy(), labels.numpy(), report.ece_before),
+                f"after (T = {report.temperature:.3f})": (
+                    (logits / report.temperature).softmax(1).numpy(),
+                    labels.numpy(),
+                    report.ece_after,
+                ),
+            },
+            title=f"Reliability on {report.n:,} {report.split} images ({report.precision})",
+        ),
+        plot,
+    )
     if args.json:
         print(json.dumps({**report.to_dict(), "plot": plot, "written": not args.dry_run}, indent=1))
         return 0
-    print(f"temperature {report.temperature:.4f} (was {report.previous_temperature:g}), fitted on {report.n:,} "
-          f"images: {report.split_description} ({report.precision})")
+    print(
+        f"temperature {report.temperature:.4f} (was {report.previous_temperature:g}), fitted on {report.n:,} "
+        f"images: {report.split_description} ({report.precision})"
+    )
     print(f"ECE  {report.ece_before:.4f} -> {report.ece_after:.4f}  (expected calibration error, 15 bins)")
     print(f"NLL  {report.nll_before:.4f} -> {report.nll_after:.4f}  (mean negative log-likelihood)")
     print(("left unchanged (--dry-run): " if args.dry_run else "stored in ") + args.checkpoint + f"; plot: {plot}")
@@ -428,8 +600,15 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    report = export_model(args.checkpoint, args.out, fmt=args.fmt, input_kind=args.input_kind, data=args.data,
-                          split=args.split, log=None if args.json else print)
+    report = export_model(
+        args.checkpoint,
+        args.out,
+        fmt=args.fmt,
+        input_kind=args.input_kind,
+        data=args.data,
+        split=args.split,
+        log=None if args.json else print,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     return 0
@@ -439,18 +618,26 @@ def cmd_serve(args) -> int:
     try:  # an optional dependency: imported only when asked for
         from .serve import ServeLimits, serve
     except ImportError as e:
-        raise ValueError(f"serve needs the serve extra ({e.name} is missing): pip install 'cifar-resnet[serve]'") \
-            from None
-    limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
-                         max_files=args.max_files)
+        raise ValueError(
+            f"serve needs the serve extra ({e.name} is missing): pip install 'cifar-resnet[serve]'"
+        ) from None
+    limits = ServeLimits(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+    )
     serve(args.model, limits, host=args.host, port=args.port, device=args.device)
     return 0
 
 
 def _config_overrides(args, only: tuple[str, ...] | None = None) -> dict:
     """The TrainConfig fields given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if (only is None or f.name in only) and getattr(args, f.name) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if (only is None or f.name in only) and getattr(args, f.name) is not None
+    }
 
 
 def _warn(message: str) -> None:
@@ -462,17 +649,33 @@ def cmd_lr_find(args) -> int:
     overrides = _config_overrides(args, LR_FIND_FIELDS)
     _legacy_precision(args, overrides, _warn)
     config = dataclasses.replace(get_preset(args.preset), **overrides)
-    result = lr_find_config(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
-                            beta=args.beta, diverge=args.diverge, progress=args.progress,
-                            log=None if args.json else print)
-    save_figure(plot_lr_find(result.lrs, result.losses, result.smoothed, suggestion=result.suggestion,
-                             title=f"Learning-rate range test: {config.model}, {config.optimizer}, "
-                                   f"batch {config.batch_size}"), args.out)
+    result = lr_find_config(
+        config,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        num_steps=args.steps,
+        beta=args.beta,
+        diverge=args.diverge,
+        progress=args.progress,
+        log=None if args.json else print,
+    )
+    save_figure(
+        plot_lr_find(
+            result.lrs,
+            result.losses,
+            result.smoothed,
+            suggestion=result.suggestion,
+            title=f"Learning-rate range test: {config.model}, {config.optimizer}, batch {config.batch_size}",
+        ),
+        args.out,
+    )
     if args.json:
         print(json.dumps({**result.to_dict(), "plot": args.out}, indent=1))
     else:
-        print(f"suggested max_lr {result.suggestion:.3g}  (a tenth of {result.min_loss_lr:.3g}, where the smoothed "
-              f"loss is lowest; steepest descent at {result.steepest_lr:.3g})")
+        print(
+            f"suggested max_lr {result.suggestion:.3g}  (a tenth of {result.min_loss_lr:.3g}, where the smoothed "
+            f"loss is lowest; steepest descent at {result.steepest_lr:.3g})"
+        )
         print(f"{len(result.lrs)} steps, {result.stopped}; plot: {args.out}")
     return 0
 
@@ -480,8 +683,13 @@ def cmd_lr_find(args) -> int:
 def cmd_train(args) -> int:
     overrides = _config_overrides(args)
     _legacy_precision(args, overrides, _warn)
-    options = {"save_every": args.save_every, "save_every_steps": args.save_every_steps, "progress": args.progress,
-               "tensorboard": args.tensorboard, "log": print if _rank() == 0 else None}
+    options = {
+        "save_every": args.save_every,
+        "save_every_steps": args.save_every_steps,
+        "progress": args.progress,
+        "tensorboard": args.tensorboard,
+        "log": print if _rank() == 0 else None,
+    }
     try:
         if args.resume and args.resume != "auto":
             extra = sorted(set(overrides) - {"device"})
@@ -560,8 +768,11 @@ def main(argv: list[str] | None = None) -> int:
         if show_tb or not _distributed():
             raise
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"{PROG}: error (rank {_rank()}): lost contact with another process, which probably failed "
-              f"(see its message): {detail}", file=sys.stderr)
+        print(
+            f"{PROG}: error (rank {_rank()}): lost contact with another process, which probably failed "
+            f"(see its message): {detail}",
+            file=sys.stderr,
+        )
         return 1
 
 

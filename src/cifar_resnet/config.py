@@ -33,42 +33,61 @@ class TrainConfig:
     """Everything that defines a training run. Saved as ``config.json`` and inside every checkpoint."""
 
     # data
-    data: str = _field("cifar100", "data source: an .npz file, an official archive (.tar.gz), an extracted "
-                                   "folder, or cifar100/cifar10 (from the download cache, downloaded on first "
-                                   "use)")
-    val_split: int = _field(5000, "images held out from training (stratified, seeded) for validation; 0 "
-                                  "evaluates on the source's test split")
+    data: str = _field(
+        "cifar100",
+        "data source: an .npz file, an official archive (.tar.gz), an extracted "
+        "folder, or cifar100/cifar10 (from the download cache, downloaded on first "
+        "use)",
+    )
+    val_split: int = _field(
+        5000,
+        "images held out from training (stratified, seeded) for validation; 0 evaluates on the source's test split",
+    )
     train_subset: int = _field(0, "train on a stratified subset of this many images (0: all)")
     # model
     model: str = _field("seed_resnet", "model name (see `cifar-resnet models`)")
     model_kwargs: dict = _field({}, "model arguments as JSON, e.g. '{\"widths\": [32, 64, 128]}'")
-    whiten: bool = _field(False, "initialise the stem by patch whitening of training images (models that have "
-                                 "it: fast, fast_small)")
+    whiten: bool = _field(
+        False, "initialise the stem by patch whitening of training images (models that have it: fast, fast_small)"
+    )
     # optimisation
     epochs: int = _field(100, "number of epochs")
     batch_size: int = _field(128, "training batch size")
-    optimizer: str = _field("adam", "adam | adamw | sgd | nesterov | muon (Muon for the hidden convolution "
-                                    "filters, Nesterov SGD for the rest)")
+    optimizer: str = _field(
+        "adam",
+        "adam | adamw | sgd | nesterov | muon (Muon for the hidden convolution filters, Nesterov SGD for the rest)",
+    )
     lr: float = _field(1e-3, "peak learning rate (OneCycleLR's max_lr)")
     momentum: float = _field(0.9, "SGD momentum (Adam uses its default betas)")
-    muon_lr: float = _field(0.1, "--optimizer muon: peak step of the hidden convolution filters, relative to "
-                                 "their norm")
+    muon_lr: float = _field(
+        0.1, "--optimizer muon: peak step of the hidden convolution filters, relative to their norm"
+    )
     muon_momentum: float = _field(0.6, "--optimizer muon: Nesterov momentum of the hidden convolution filters")
     weight_decay: float = _field(1e-5, "weight decay")
-    schedule: str = _field("onecycle", "per-batch schedule: onecycle | linear (warm-up then linear decay) | "
-                                       "cosine | constant")
+    schedule: str = _field(
+        "onecycle", "per-batch schedule: onecycle | linear (warm-up then linear decay) | cosine | constant"
+    )
     warmup: float = _field(0.3, "fraction of the steps spent warming up (OneCycleLR's pct_start)")
     grad_clip: float = _field(0.1, "gradient clipping threshold (0: off)")
     grad_clip_mode: str = _field("value", "value (clip each gradient element, the notebook's) | norm")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy loss")
-    bn_bias_lr: float = _field(1.0, "--optimizer muon: learning-rate multiplier of the batch-norm biases, their "
-                                    "weight decay divided by it (airbench's 64x; 1: as the other parameters)")
-    progressive: str = _field("", "progressive resizing: SIZE:FRACTION,... trains the first epochs on whole "
-                                  "images downscaled to SIZE px, e.g. '16:0.25,24:0.25': the first quarter of "
-                                  "the epochs at 16 px, the next at 24, the rest at full size ('': off)")
-    drop_easy: float = _field(0.0, "train the late epochs on the examples the model still gets wrong: leave out "
-                                    "this fraction of the training images, those of lowest loss in their last "
-                                    "training step (0: off; one process only)")
+    bn_bias_lr: float = _field(
+        1.0,
+        "--optimizer muon: learning-rate multiplier of the batch-norm biases, their "
+        "weight decay divided by it (airbench's 64x; 1: as the other parameters)",
+    )
+    progressive: str = _field(
+        "",
+        "progressive resizing: SIZE:FRACTION,... trains the first epochs on whole "
+        "images downscaled to SIZE px, e.g. '16:0.25,24:0.25': the first quarter of "
+        "the epochs at 16 px, the next at 24, the rest at full size ('': off)",
+    )
+    drop_easy: float = _field(
+        0.0,
+        "train the late epochs on the examples the model still gets wrong: leave out "
+        "this fraction of the training images, those of lowest loss in their last "
+        "training step (0: off; one process only)",
+    )
     drop_easy_from: float = _field(0.5, "--drop-easy: the fraction of the epochs after which it starts")
     # augmentation
     crop_pad: int = _field(4, "random crop from the image padded by this many pixels (reflect); 0 disables")
@@ -76,24 +95,36 @@ class TrainConfig:
     cutout: int = _field(0, "side of the cut-out square in pixels (0: off)")
     # evaluation
     tta: bool = _field(False, "flip test-time augmentation when evaluating")
-    tta_translate: int = _field(0, "translate test-time augmentation when evaluating: also the image shifted "
-                                   "this many pixels up-left and down-right, with half the weight (airbench's "
-                                   "TTA level 2; 0: off)")
-    tta_every_epoch: bool = _field(True, "evaluate every epoch with the test-time augmentation; with "
-                                         "--no-tta-every-epoch the epochs before the last are evaluated "
-                                         "plainly (one pass, not six) and only the last with --tta/--tta-translate")
+    tta_translate: int = _field(
+        0,
+        "translate test-time augmentation when evaluating: also the image shifted "
+        "this many pixels up-left and down-right, with half the weight (airbench's "
+        "TTA level 2; 0: off)",
+    )
+    tta_every_epoch: bool = _field(
+        True,
+        "evaluate every epoch with the test-time augmentation; with "
+        "--no-tta-every-epoch the epochs before the last are evaluated "
+        "plainly (one pass, not six) and only the last with --tta/--tta-translate",
+    )
     eval_batch_size: int = _field(500, "evaluation batch size")
     # machinery
     seed: int = _field(0, "random seed (initialisation, split, shuffling, augmentation)")
     device: str = _field("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
-    precision: str = _field("auto", "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
-                                    "bf16 on CUDA and on CPUs with AMX (Xeon Sapphire Rapids and later: 2-3x "
-                                    "faster steps there, slower without), fp32 elsewhere; fp16 scales the loss")
+    precision: str = _field(
+        "auto",
+        "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
+        "bf16 on CUDA and on CPUs with AMX (Xeon Sapphire Rapids and later: 2-3x "
+        "faster steps there, slower without), fp32 elsewhere; fp16 scales the loss",
+    )
     channels_last: bool = _field(True, "channels_last memory format")
     compile: bool = _field(False, "torch.compile the model for training")
-    sync_bn: bool = _field(False, "under torchrun: batch-norm statistics of the whole global batch "
-                                  "(SyncBatchNorm), so that N processes compute what one process computes; "
-                                  "no effect in one process")
+    sync_bn: bool = _field(
+        False,
+        "under torchrun: batch-norm statistics of the whole global batch "
+        "(SyncBatchNorm), so that N processes compute what one process computes; "
+        "no effect in one process",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -114,8 +145,10 @@ class TrainConfig:
             (self.grad_clip_mode in CLIP_MODES, f"unknown clip mode {self.grad_clip_mode!r}; use value or norm"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}"),
             (self.bn_bias_lr > 0, f"bn bias lr multiplier must be > 0, got {self.bn_bias_lr}"),
-            (0 <= self.drop_easy < 1 and 0 <= self.drop_easy_from < 1,
-             f"drop easy and its start must be in [0, 1), got {self.drop_easy} and {self.drop_easy_from}"),
+            (
+                0 <= self.drop_easy < 1 and 0 <= self.drop_easy_from < 1,
+                f"drop easy and its start must be in [0, 1), got {self.drop_easy} and {self.drop_easy_from}",
+            ),
             (self.bn_bias_lr == 1 or self.optimizer == "muon", "--bn-bias-lr applies to --optimizer muon only"),
         ]
         for ok, msg in checks:
@@ -195,8 +228,9 @@ PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(),
     # pytorch-cifar100's ResNet-18 recipe (SGD 0.1, momentum 0.9, wd 5e-4, 200 epochs) with a one-cycle
     # schedule in place of its step schedule.
-    "resnet18": TrainConfig(model="resnet18", optimizer="sgd", lr=0.1, weight_decay=5e-4, epochs=200,
-                            grad_clip=0.0, warmup=0.15),
+    "resnet18": TrainConfig(
+        model="resnet18", optimizer="sgd", lr=0.1, weight_decay=5e-4, epochs=200, grad_clip=0.0, warmup=0.15
+    ),
     # Time-to-accuracy, airbench-style (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"):
     # patch-whitened stem, Muon for the hidden filters and Nesterov SGD for the rest (as airbench94_muon),
     # a warm-up then linear decay, label smoothing 0.2, alternating flips, flip and 1-pixel translate
@@ -205,11 +239,29 @@ PRESETS: dict[str, TrainConfig] = {
     # "fast-cpu" is the recipe on a 2-core CPU: the same net in bf16 where the CPU has AMX (see the README's
     # Performance section for what it reaches and docs/runs/ablation.md for how it got there); "fast" is the
     # same on a GPU (bf16 there too), 16 epochs.
-    "fast": TrainConfig(model="fast", whiten=True, optimizer="muon", lr=2.0, momentum=0.9, muon_lr=0.1,
-                        muon_momentum=0.6, weight_decay=5e-4, schedule="linear", warmup=0.2, grad_clip=0.0,
-                        label_smoothing=0.2, crop_pad=2, flip="alternating", tta=True, tta_translate=1,
-                        tta_every_epoch=False, progressive="16:0.25,24:0.25", precision="auto", epochs=16,
-                        batch_size=512),
+    "fast": TrainConfig(
+        model="fast",
+        whiten=True,
+        optimizer="muon",
+        lr=2.0,
+        momentum=0.9,
+        muon_lr=0.1,
+        muon_momentum=0.6,
+        weight_decay=5e-4,
+        schedule="linear",
+        warmup=0.2,
+        grad_clip=0.0,
+        label_smoothing=0.2,
+        crop_pad=2,
+        flip="alternating",
+        tta=True,
+        tta_translate=1,
+        tta_every_epoch=False,
+        progressive="16:0.25,24:0.25",
+        precision="auto",
+        epochs=16,
+        batch_size=512,
+    ),
 }
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17)
 

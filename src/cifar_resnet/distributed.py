@@ -95,8 +95,13 @@ def _store(rank: int, world: int) -> tdist.Store:
     """torchrun's key-value store, with a prefix of its own for each restart of the workers: keys that
     workers of an earlier attempt published (their addresses) must not be read by the new ones."""
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
-    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                           is_master=not agent and rank == 0, timeout=TIMEOUT)
+    store = tdist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent and rank == 0,
+        timeout=TIMEOUT,
+    )
     return tdist.PrefixStore(f"cifar-resnet/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -112,15 +117,18 @@ def setup(device: str) -> tuple[Dist, str]:
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
         if local >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; "
-                             "use --nproc-per-node at most the number of GPUs")
+            raise ValueError(
+                f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "use --nproc-per-node at most the number of GPUs"
+            )
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
     elif device == "auto":
         device = "cpu"
     if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if use_cuda else "gloo", store=_store(rank, world), rank=rank,
-                                 world_size=world, timeout=TIMEOUT)
+        tdist.init_process_group(
+            "nccl" if use_cuda else "gloo", store=_store(rank, world), rank=rank, world_size=world, timeout=TIMEOUT
+        )
     control = tdist.new_group(backend="gloo") if use_cuda else tdist.group.WORLD
     return Dist(rank=rank, world_size=world, local_rank=local, control=control), device
 
@@ -181,8 +189,14 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     parameters and buffers (in place; returns ``model``)."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats, device=child.weight.device if child.affine else None)
+            sync = SyncBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                device=child.weight.device if child.affine else None,
+            )
             sync.load_state_dict(child.state_dict())
             setattr(model, name, sync)
         else:

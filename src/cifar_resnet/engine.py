@@ -26,8 +26,19 @@ from .loader import CifarLoader
 from .models import create_model
 from .runtime import autocast_for, resolve_precision
 
-__all__ = ["EvalOptions", "StepOptions", "collect_logits", "epoch_line", "grad_scaler", "init_model",
-           "resize_batch", "train_one_epoch", "train_step", "training_loader", "tta_logits"]
+__all__ = [
+    "EvalOptions",
+    "StepOptions",
+    "collect_logits",
+    "epoch_line",
+    "grad_scaler",
+    "init_model",
+    "resize_batch",
+    "train_one_epoch",
+    "train_step",
+    "training_loader",
+    "tta_logits",
+]
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,12 @@ class StepOptions:
 
     @classmethod
     def from_config(cls, config: TrainConfig, device: torch.device) -> StepOptions:
-        return cls(label_smoothing=config.label_smoothing, grad_clip=config.grad_clip,
-                   grad_clip_mode=config.grad_clip_mode, precision=resolve_precision(config.precision, device))
+        return cls(
+            label_smoothing=config.label_smoothing,
+            grad_clip=config.grad_clip,
+            grad_clip_mode=config.grad_clip_mode,
+            precision=resolve_precision(config.precision, device),
+        )
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,12 @@ class EvalOptions:
 
     @classmethod
     def from_config(cls, config: TrainConfig, device: torch.device) -> EvalOptions:
-        return cls(tta=config.tta, tta_translate=config.tta_translate, batch_size=config.eval_batch_size,
-                   precision=resolve_precision(config.precision, device))
+        return cls(
+            tta=config.tta,
+            tta_translate=config.tta_translate,
+            batch_size=config.eval_batch_size,
+            precision=resolve_precision(config.precision, device),
+        )
 
     def plain(self) -> EvalOptions:
         """The same without test-time augmentation (one pass per image)."""
@@ -91,8 +110,16 @@ def grad_scaler(options: StepOptions, device: torch.device) -> torch.amp.GradSca
     return torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
 
 
-def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.device, *,
-               model: nn.Module | None = None, data_init: bool = True) -> nn.Module:
+def init_model(
+    config: TrainConfig,
+    data: CifarData,
+    mean,
+    std,
+    device: torch.device,
+    *,
+    model: nn.Module | None = None,
+    data_init: bool = True,
+) -> nn.Module:
     """The model a run starts from: seeded initialisation of ``config.model`` (or ``model`` as given),
     the optional patch-whitening of its stem from the training images, moved to ``device``."""
     torch.manual_seed(config.seed)  # the model's initialisation
@@ -108,19 +135,37 @@ def init_model(config: TrainConfig, data: CifarData, mean, std, device: torch.de
     return model
 
 
-def training_loader(config: TrainConfig, split: Split, mean, std, device: torch.device, *, rank: int = 0,
-                    world_size: int = 1) -> CifarLoader:
+def training_loader(
+    config: TrainConfig, split: Split, mean, std, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> CifarLoader:
     """The shuffled, augmented batches of a run (this rank's slice of each global batch under torchrun);
     ValueError when there is not one whole batch."""
-    loader = CifarLoader(split, config.batch_size, mean=mean, std=std, device=device, train=True,
-                         aug=config.augment, seed=config.seed, rank=rank, world_size=world_size)
+    loader = CifarLoader(
+        split,
+        config.batch_size,
+        mean=mean,
+        std=std,
+        device=device,
+        train=True,
+        aug=config.augment,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+    )
     if len(loader) == 0:
         raise ValueError(f"{len(split)} training images is fewer than one batch of {config.batch_size}")
     return loader
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, options: StepOptions,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer,
+    scheduler,
+    options: StepOptions,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimisation step on a batch; returns the loss and the logits (detached, on the device, no
     host synchronisation) and the learning rate the step used. The scheduler steps after it. ``scaler``:
     the fp16 loss scaler (:func:`grad_scaler`)."""
@@ -169,8 +214,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, options: St
         seen += len(y)
     if seen == 0:
         raise ValueError("the training loader yielded no batch")
-    return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
-            "lrs": lrs, "images": seen}
+    return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen, "lrs": lrs, "images": seen}
 
 
 def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -179,14 +223,17 @@ def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or tuple(x.shape[-2:]) == (size, size):
         return x
     out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-        memory_format=torch.channels_last) else out
+    return (
+        out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) else out
+    )
 
 
 def epoch_line(epoch: int, lr: float, train_loss: float, val_loss: float, val_acc: float) -> str:
     """The notebook's per-epoch line (printed by ``fit`` and by the notebook's ``BaseModel.epoch_end``)."""
-    return (f"Epoch {epoch}, last_lr: {lr:.5f}, train_loss: {train_loss:.4f}, val_loss: {val_loss:.4f}, "
-            f"val_acc: {val_acc:.4f}")
+    return (
+        f"Epoch {epoch}, last_lr: {lr:.5f}, train_loss: {train_loss:.4f}, val_loss: {val_loss:.4f}, "
+        f"val_acc: {val_acc:.4f}"
+    )
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_translate: int = 0) -> torch.Tensor:
@@ -197,6 +244,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_tran
     shifted ``tta_translate`` pixels up-left and down-right (reflect-padded), each view flip-averaged when
     ``tta``.
     """
+
     def view(v: torch.Tensor) -> torch.Tensor:
         out = model(v)
         return 0.5 * (out + model(v.flip(-1))) if tta else out
@@ -207,15 +255,16 @@ def tta_logits(model: nn.Module, x: torch.Tensor, *, tta: bool = False, tta_tran
         if not t < min(h, w):
             raise ValueError(f"tta translate must be smaller than the image, got {t} for {h}x{w}")
         padded = F.pad(x, (t, t, t, t), mode="reflect")
-        shifts = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
+        shifts = [padded[..., :h, :w], padded[..., 2 * t :, 2 * t :]]
         shifted = sum(view(s.contiguous(memory_format=torch.channels_last)) for s in shifts)
         logits = 0.5 * logits + 0.25 * shifted
     return logits
 
 
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader, options: EvalOptions = EvalOptions(),
-                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(
+    model: nn.Module, loader, options: EvalOptions = EvalOptions(), progress=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits (N, C) and int64 labels (N,) on the CPU, in loader order.
 
     ``options``: test-time augmentation (see :func:`tta_logits`: flip TTA as in airbench and the CIFAR

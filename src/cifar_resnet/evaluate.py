@@ -24,9 +24,15 @@ from .metrics import compute_report
 __all__ = ["evaluate_checkpoint", "format_report"]
 
 
-def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: str | None = None, *,
-                        options: EvalOptions | None = None, device: str | torch.device = "auto",
-                        progress: bool | None = None) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    data=None,
+    split: str | None = None,
+    *,
+    options: EvalOptions | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> dict:
     """Evaluate a checkpoint on a split (arguments as :func:`~cifar_resnet.inference.run_checkpoint`;
     ``options`` default to how the run evaluated: its test-time augmentation, evaluation batch size and
     precision, see :func:`~cifar_resnet.inference.eval_options`).
@@ -36,8 +42,9 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: s
     ``data``, ``temperature``.
     """
     run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
-    report = compute_report(run.logits, run.labels, run.ckpt.classes, coarse_map=run.coarse_map,
-                            coarse_classes=run.coarse_classes)
+    report = compute_report(
+        run.logits, run.labels, run.ckpt.classes, coarse_map=run.coarse_map, coarse_classes=run.coarse_classes
+    )
     report.update(run.meta)
     return report
 
@@ -45,12 +52,15 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: s
 def _columns(cells: list[str], width: int, total: int = 110) -> list[str]:
     per_row = max(1, total // (width + 2))
     rows = -(-len(cells) // per_row)
-    return ["  ".join(cells[r + k * rows].ljust(width) for k in range(per_row) if r + k * rows < len(cells)).rstrip()
-            for r in range(rows)]
+    return [
+        "  ".join(cells[r + k * rows].ljust(width) for k in range(per_row) if r + k * rows < len(cells)).rstrip()
+        for r in range(rows)
+    ]
 
 
 def format_report(report: dict, per_class: bool = True) -> str:
     """A readable text table of :func:`evaluate_checkpoint`'s report."""
+
     def pct(v):
         return "n/a" if v is None else f"{100 * v:6.2f}%"
 
@@ -68,8 +78,10 @@ def format_report(report: dict, per_class: bool = True) -> str:
     ]
     if report.get("coarse_top1") is not None:
         lines.append(f"superclass   {pct(report['coarse_top1'])}  (a prediction in the true superclass counts)")
-    lines += [f"loss         {report['loss']:.4f}  (mean cross-entropy)",
-              f"ECE          {report['ece']:.4f}  (expected calibration error, 15 bins)"]
+    lines += [
+        f"loss         {report['loss']:.4f}  (mean cross-entropy)",
+        f"ECE          {report['ece']:.4f}  (expected calibration error, 15 bins)",
+    ]
     if report.get("per_superclass"):
         rows = sorted(report["per_superclass"].items(), key=lambda kv: -(kv[1]["top1"] or 0))
         width = max(len(k) for k in report["per_superclass"])

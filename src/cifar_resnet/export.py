@@ -70,9 +70,9 @@ class ExportReport:
     path: Path
     format: str
     input: str
-    max_abs_diff: float     # largest |p_exported - p_pytorch| over the check images
+    max_abs_diff: float  # largest |p_exported - p_pytorch| over the check images
     images_checked: int
-    check_split: str        # the split of the run's data the check images came from
+    check_split: str  # the split of the run's data the check images came from
     bytes: int
     precision: str = "fp32"  # of the exported graph and of the PyTorch forward it was checked against
 
@@ -92,18 +92,34 @@ def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[s
     ckpt = predictor.ckpt
     mapping, coarse_names = fine_to_coarse(predictor.classes, ckpt.coarse_classes)
     return {
-        "model": ckpt.model_name, "model_kwargs": ckpt.model_kwargs, "classes": predictor.classes,
+        "model": ckpt.model_name,
+        "model_kwargs": ckpt.model_kwargs,
+        "classes": predictor.classes,
         "coarse_classes": list(coarse_names) if coarse_names else None,
         "superclasses": predictor.superclasses if mapping is not None else None,
-        "mean": list(predictor.mean), "std": list(predictor.std), "temperature": predictor.temperature,
-        "input": "uint8_nhwc" if input_kind == "uint8" else "float01_nchw", "output": "probabilities",
-        "precision": "fp32", "checkpoint_sha256": _sha256(checkpoint), "checkpoint_checksum": ckpt.checksum,
-        "epoch": ckpt.epoch, "exporter": f"cifar-resnet (torch {torch.__version__})",
+        "mean": list(predictor.mean),
+        "std": list(predictor.std),
+        "temperature": predictor.temperature,
+        "input": "uint8_nhwc" if input_kind == "uint8" else "float01_nchw",
+        "output": "probabilities",
+        "precision": "fp32",
+        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_checksum": ckpt.checksum,
+        "epoch": ckpt.epoch,
+        "exporter": f"cifar-resnet (torch {torch.__version__})",
     }
 
 
-def export_model(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", input_kind: str = "uint8",
-                 data=None, split: str | None = None, log=print) -> ExportReport:
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    input_kind: str = "uint8",
+    data=None,
+    split: str | None = None,
+    log=print,
+) -> ExportReport:
     """Export ``checkpoint`` to ``out`` as ``fmt`` ("onnx" or "pt2"), check it on up to 256 real images of
     ``split`` of ``data`` (default: the run's own data and evaluation split) and keep it only when every
     probability is within 1e-4 of PyTorch's in fp32."""
@@ -122,10 +138,18 @@ def export_model(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", 
     images = images_split.images[:CHECK_IMAGES]
     expected = predictor.probabilities(images).numpy()  # the package's own path: loader + model + temperature
 
-    wrapper = Deployable(predictor.model.float().eval(), predictor.mean, predictor.std, predictor.temperature,
-                         uint8_nhwc=input_kind == "uint8").eval()
-    inputs = torch.from_numpy(images) if input_kind == "uint8" else \
-        torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+    wrapper = Deployable(
+        predictor.model.float().eval(),
+        predictor.mean,
+        predictor.std,
+        predictor.temperature,
+        uint8_nhwc=input_kind == "uint8",
+    ).eval()
+    inputs = (
+        torch.from_numpy(images)
+        if input_kind == "uint8"
+        else torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+    )
     example = inputs[:2]
     batch = torch.export.Dim("batch", min=1, max=65536)
     meta = _metadata(predictor, checkpoint, input_kind)
@@ -143,8 +167,10 @@ def export_model(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", 
                 got = _export_pt2(wrapper, example, batch, tmp, meta, inputs)
         diff = float(np.abs(got - expected).max())
         if not diff < TOLERANCE:
-            raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} in a probability "
-                             f"(limit {TOLERANCE:g}); nothing was written")
+            raise ValueError(
+                f"the exported model differs from the checkpoint by {diff:.2e} in a probability "
+                f"(limit {TOLERANCE:g}); nothing was written"
+            )
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
@@ -152,8 +178,10 @@ def export_model(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", 
         Path(f"{tmp}.data").unlink(missing_ok=True)  # an exporter's external weights, should it write them
     report = ExportReport(out, fmt, input_kind, diff, len(images), split_name, out.stat().st_size)
     if log:
-        log(f"wrote {out} ({report.bytes / 1e6:.1f} MB, {fmt}, {input_kind} input); checked on {len(images)} "
-            f"{split_name} images: largest probability difference to PyTorch (fp32) {diff:.1e}")
+        log(
+            f"wrote {out} ({report.bytes / 1e6:.1f} MB, {fmt}, {input_kind} input); checked on {len(images)} "
+            f"{split_name} images: largest probability difference to PyTorch (fp32) {diff:.1e}"
+        )
     return report
 
 
@@ -170,16 +198,25 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
-def _export_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict,
-                 check_inputs: np.ndarray) -> np.ndarray:
+def _export_onnx(
+    wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict, check_inputs: np.ndarray
+) -> np.ndarray:
     try:  # optional dependencies: pip install 'cifar-resnet[onnx]'
         import onnx
         import onnxruntime
     except ImportError as e:
         raise ValueError(f"ONNX export needs {e.name}: pip install 'cifar-resnet[onnx]'") from None
-    torch.onnx.export(wrapper, (example,), str(path), dynamo=True, input_names=["images"],
-                      output_names=["probabilities"], dynamic_shapes={"images": {0: batch}}, verbose=False,
-                      external_data=False)  # one self-contained file
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["probabilities"],
+        dynamic_shapes={"images": {0: batch}},
+        verbose=False,
+        external_data=False,
+    )  # one self-contained file
     model = onnx.load(str(path))
     model.metadata_props.add(key="producer", value="cifar-resnet")
     for key, value in meta.items():
@@ -189,8 +226,9 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, m
     return session.run(None, {"images": check_inputs})[0]
 
 
-def _export_pt2(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict,
-                check_inputs: torch.Tensor) -> np.ndarray:
+def _export_pt2(
+    wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict, check_inputs: torch.Tensor
+) -> np.ndarray:
     program = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
     torch.export.save(program, str(path), extra_files={"cifar_resnet.json": json.dumps(meta)})
     loaded = torch.export.load(str(path)).module()

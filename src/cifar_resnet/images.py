@@ -83,8 +83,9 @@ def load_image(path: str | Path, resize: str = "crop") -> np.ndarray:
         raise ImageFileError(f"{path}: unreadable or truncated image ({detail[:160]})") from None
 
 
-def load_images(paths: Sequence[str | Path], resize: str = "crop"
-                ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+def load_images(
+    paths: Sequence[str | Path], resize: str = "crop"
+) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """Read many files; a bad file does not stop the others.
 
     Returns ``(images, good_paths, errors)``: the (N, 32, 32, 3) uint8 images of the readable files in

@@ -65,9 +65,15 @@ def model_from_checkpoint(ckpt: Checkpoint, device: torch.device) -> nn.Module:
     return model.eval()
 
 
-def eval_options(ckpt: Checkpoint, device: str | torch.device, *, tta: bool | None = None,
-                 tta_translate: int | None = None, batch_size: int | None = None,
-                 precision: str | None = None) -> EvalOptions:
+def eval_options(
+    ckpt: Checkpoint,
+    device: str | torch.device,
+    *,
+    tta: bool | None = None,
+    tta_translate: int | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+) -> EvalOptions:
     """How to evaluate ``ckpt`` on ``device``: each option as given, else as the run evaluated, so that by
     default a checkpoint is measured the way its training history was: its config's ``tta`` and
     ``tta_translate`` (0 for runs from before translate TTA existed), ``eval_batch_size`` and
@@ -76,10 +82,12 @@ def eval_options(ckpt: Checkpoint, device: str | torch.device, *, tta: bool | No
     run_tta, run_translate = ckpt.tta
     if batch_size is None:
         batch_size = int(ckpt.config_dict.get("eval_batch_size", DEFAULT_EVAL_BATCH))
-    return EvalOptions(tta=run_tta if tta is None else bool(tta),
-                       tta_translate=run_translate if tta_translate is None else int(tta_translate),
-                       batch_size=batch_size,
-                       precision=resolve_precision(precision or ckpt.precision, resolve_device(device)))
+    return EvalOptions(
+        tta=run_tta if tta is None else bool(tta),
+        tta_translate=run_translate if tta_translate is None else int(tta_translate),
+        batch_size=batch_size,
+        precision=resolve_precision(precision or ckpt.precision, resolve_device(device)),
+    )
 
 
 def data_for_checkpoint(ckpt: Checkpoint, data=None) -> CifarData:
@@ -139,21 +147,31 @@ def resolve_split(ckpt: Checkpoint, data: CifarData, split: str | None = None) -
     if run is not None:
         if split == "val":
             if run.val is None:
-                raise ValueError(f"the run held out no validation split (val_split 0); use --split test"
-                                 f"{'' if data.test is not None else ' with a source that has one'}")
+                raise ValueError(
+                    f"the run held out no validation split (val_split 0); use --split test"
+                    f"{'' if data.test is not None else ' with a source that has one'}"
+                )
             return "val", run.val, f"{data.source}: the run's held-out validation split"
         return "train", run.train, f"{data.source}: the run's training images"
     if split == "val":
         if data.val is not None:
             return "val", data.val, f"{data.source}: validation split"
-        raise ValueError(f"{data.source} is not the data this checkpoint was trained on (its training images do "
-                         "not reproduce the checkpoint's normalisation statistics), so the run's validation "
-                         "images cannot be recovered from it; pass the run's --data, or use --split test")
+        raise ValueError(
+            f"{data.source} is not the data this checkpoint was trained on (its training images do "
+            "not reproduce the checkpoint's normalisation statistics), so the run's validation "
+            "images cannot be recovered from it; pass the run's --data, or use --split test"
+        )
     return "train", data.train, f"{data.source}: all training images (not the run's: another source)"
 
 
-def split_logits(model: nn.Module, ckpt: Checkpoint, split: Split, options: EvalOptions,
-                 progress: bool | None = None, desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
+def split_logits(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    split: Split,
+    options: EvalOptions,
+    progress: bool | None = None,
+    desc: str = "evaluate",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw logits (not divided by the calibration temperature) and labels of ``model`` over a whole
     Split, normalised with the checkpoint's mean/std, evaluated as ``options`` say, on the model's device."""
     device = next(model.parameters()).device
@@ -167,13 +185,13 @@ class CheckpointRun:
     """A checkpoint run over one split: what ``evaluate``, ``interpret`` and ``calibrate`` start from."""
 
     ckpt: Checkpoint
-    data: CifarData           # the data the split came from
-    split_name: str           # "train" | "val" | "test"
-    split: Split              # its images and labels
+    data: CifarData  # the data the split came from
+    split_name: str  # "train" | "val" | "test"
+    split: Split  # its images and labels
     description: str
-    options: EvalOptions      # how it was evaluated: test-time augmentation, batch size, precision
+    options: EvalOptions  # how it was evaluated: test-time augmentation, batch size, precision
     raw_logits: torch.Tensor  # (N, C) float32, CPU, before the calibration temperature
-    labels: torch.Tensor      # (N,) int64, CPU
+    labels: torch.Tensor  # (N,) int64, CPU
     coarse_map: np.ndarray | None
     coarse_classes: tuple[str, ...] | None
 
@@ -194,15 +212,29 @@ class CheckpointRun:
 
     @property
     def meta(self) -> dict:
-        return {"checkpoint": self.source, "model": self.ckpt.model_name, "epoch": self.ckpt.epoch,
-                "split": self.split_name, "split_description": self.description, "tta": self.options.tta,
-                "tta_translate": self.options.tta_translate, "precision": self.options.precision,
-                "data": self.data.source, "temperature": self.temperature}
+        return {
+            "checkpoint": self.source,
+            "model": self.ckpt.model_name,
+            "epoch": self.ckpt.epoch,
+            "split": self.split_name,
+            "split_description": self.description,
+            "tta": self.options.tta,
+            "tta_translate": self.options.tta_translate,
+            "precision": self.options.precision,
+            "data": self.data.source,
+            "temperature": self.temperature,
+        }
 
 
-def run_checkpoint(checkpoint: str | Path | Checkpoint, data=None, split: str | None = None,
-                   options: EvalOptions | None = None, *, device: str | torch.device = "auto",
-                   progress: bool | None = None) -> CheckpointRun:
+def run_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    data=None,
+    split: str | None = None,
+    options: EvalOptions | None = None,
+    *,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> CheckpointRun:
     """Run a checkpoint (a path or a loaded :class:`Checkpoint`) over a split of ``data`` (a source for
     ``data.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's config;
     see :func:`resolve_split` for what the split names mean).
@@ -244,13 +276,20 @@ class _Predictions(abc.ABC):
     classes: list[str]
 
     @abc.abstractmethod
-    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
-                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+    def eval_options(
+        self,
+        *,
+        tta: bool | None = None,
+        tta_translate: int | None = None,
+        batch_size: int | None = None,
+        precision: str | None = None,
+    ) -> EvalOptions:
         """How this predictor evaluates: each option as given, else its model's default."""
 
     @abc.abstractmethod
-    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
-                      progress: bool | None = False) -> torch.Tensor:
+    def probabilities(
+        self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
+    ) -> torch.Tensor:
         """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 RGB images."""
 
     def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
@@ -258,20 +297,31 @@ class _Predictions(abc.ABC):
         if k < 1:
             raise ValueError(f"--top-k must be >= 1, got {k}")
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [[(self.classes[i], float(v)) for v, i in zip(vs, ix)]
-                for vs, ix in zip(values.tolist(), indices.tolist())]
+        return [
+            [(self.classes[i], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), indices.tolist())
+        ]
 
-    def predict_files(self, paths: Sequence[str | Path], k: int = 5, *, resize: str = "crop",
-                      options: EvalOptions | None = None,
-                      progress: bool | None = False) -> tuple[list[dict], np.ndarray]:
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        k: int = 5,
+        *,
+        resize: str = "crop",
+        options: EvalOptions | None = None,
+        progress: bool | None = False,
+    ) -> tuple[list[dict], np.ndarray]:
         """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
         cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
         stacked, _, errors = load_images(paths, resize)
         failed = dict(errors)
         probs = self.probabilities(stacked, options, progress)
         tops = iter(self.top_k(probs, k) if len(stacked) else [])
-        results = [{"path": str(p), "error": failed[Path(p)]} if Path(p) in failed
-                   else {"path": str(p), "top": _top_json(next(tops))} for p in paths]
+        results = [
+            {"path": str(p), "error": failed[Path(p)]}
+            if Path(p) in failed
+            else {"path": str(p), "top": _top_json(next(tops))}
+            for p in paths
+        ]
         return results, stacked
 
 
@@ -292,8 +342,9 @@ class Predictor(_Predictions):
         self.classes = self.ckpt.classes
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, device: str | torch.device = "auto",
-                        precision: str | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, checkpoint: str | Path | Checkpoint, device: str | torch.device = "auto", precision: str | None = None
+    ) -> Predictor:
         """Load ``checkpoint`` onto ``device``; ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``):
         default the run's."""
         ckpt = _checkpoint(checkpoint)
@@ -301,14 +352,22 @@ class Predictor(_Predictions):
         model = model_from_checkpoint(ckpt, dev)
         return cls(model, ckpt, dev, eval_options(ckpt, dev, precision=precision).plain())
 
-    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
-                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+    def eval_options(
+        self,
+        *,
+        tta: bool | None = None,
+        tta_translate: int | None = None,
+        batch_size: int | None = None,
+        precision: str | None = None,
+    ) -> EvalOptions:
         """Each option as given, else as the run evaluated (:func:`eval_options`), on this device."""
-        return eval_options(self.ckpt, self.device, tta=tta, tta_translate=tta_translate, batch_size=batch_size,
-                            precision=precision)
+        return eval_options(
+            self.ckpt, self.device, tta=tta, tta_translate=tta_translate, batch_size=batch_size, precision=precision
+        )
 
-    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
-                      progress: bool | None = False) -> torch.Tensor:
+    def probabilities(
+        self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
+    ) -> torch.Tensor:
         """Calibrated softmax probabilities (N, C), float32 on the CPU, for (N, 32, 32, 3) uint8 RGB images,
         evaluated as ``options`` say (default :attr:`options`)."""
         images = np.asarray(images)
@@ -335,12 +394,26 @@ class Predictor(_Predictions):
     @property
     def info(self) -> dict:
         """What a server reports about its model: name, classes, checksum, calibration temperature, precision."""
-        return {"model": self.ckpt.model_name, "num_classes": len(self.classes), "source": self.source,
-                "checksum": self.ckpt.checksum, "temperature": self.temperature, "format": "checkpoint",
-                "epoch": self.ckpt.epoch, "precision": self.options.precision}
+        return {
+            "model": self.ckpt.model_name,
+            "num_classes": len(self.classes),
+            "source": self.source,
+            "checksum": self.ckpt.checksum,
+            "temperature": self.temperature,
+            "format": "checkpoint",
+            "epoch": self.ckpt.epoch,
+            "precision": self.options.precision,
+        }
 
-    def predict_split(self, split: Split, indices: Sequence[int], k: int = 5, *, options: EvalOptions | None = None,
-                      progress: bool | None = False) -> list[dict]:
+    def predict_split(
+        self,
+        split: Split,
+        indices: Sequence[int],
+        k: int = 5,
+        *,
+        options: EvalOptions | None = None,
+        progress: bool | None = False,
+    ) -> list[dict]:
         """Results for images ``indices`` of a Split: ``{"index", "true", "top", "correct"}``."""
         idx = np.asarray(list(indices), dtype=np.int64)
         n = len(split)
@@ -349,8 +422,15 @@ class Predictor(_Predictions):
             raise ValueError(f"index {bad[0]} is out of range: the split has {n} images (0..{n - 1})")
         probs = self.probabilities(split.images[idx], options, progress)
         tops = self.top_k(probs, k)
-        return [{"index": int(i), "true": self.classes[int(split.labels[i])], "top": _top_json(t),
-                 "correct": t[0][0] == self.classes[int(split.labels[i])]} for i, t in zip(idx, tops)]
+        return [
+            {
+                "index": int(i),
+                "true": self.classes[int(split.labels[i])],
+                "top": _top_json(t),
+                "correct": t[0][0] == self.classes[int(split.labels[i])],
+            }
+            for i, t in zip(idx, tops)
+        ]
 
 
 class OnnxPredictor(_Predictions):
@@ -362,8 +442,9 @@ class OnnxPredictor(_Predictions):
         try:  # an optional dependency: pip install 'cifar-resnet[onnx]'
             import onnxruntime
         except ImportError:
-            raise ValueError(f"{path}: running an ONNX model needs onnxruntime: pip install 'cifar-resnet[onnx]'") \
-                from None
+            raise ValueError(
+                f"{path}: running an ONNX model needs onnxruntime: pip install 'cifar-resnet[onnx]'"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"no such model file: {path}")
@@ -391,16 +472,33 @@ class OnnxPredictor(_Predictions):
 
     @property
     def info(self) -> dict:
-        return {"model": self.meta["model"], "num_classes": len(self.classes), "source": self.source,
-                "checksum": self.meta.get("checkpoint_checksum"), "temperature": self.temperature,
-                "format": "onnx", "epoch": self.meta.get("epoch"), "precision": "fp32"}
+        return {
+            "model": self.meta["model"],
+            "num_classes": len(self.classes),
+            "source": self.source,
+            "checksum": self.meta.get("checkpoint_checksum"),
+            "temperature": self.temperature,
+            "format": "onnx",
+            "epoch": self.meta.get("epoch"),
+            "precision": "fp32",
+        }
 
-    def eval_options(self, *, tta: bool | None = None, tta_translate: int | None = None,
-                     batch_size: int | None = None, precision: str | None = None) -> EvalOptions:
+    def eval_options(
+        self,
+        *,
+        tta: bool | None = None,
+        tta_translate: int | None = None,
+        batch_size: int | None = None,
+        precision: str | None = None,
+    ) -> EvalOptions:
         """One fp32 pass per image (the exported graph), ``batch_size`` images per call (default 256);
         ValueError for test-time augmentation or another precision."""
-        options = EvalOptions(tta=bool(tta), tta_translate=tta_translate or 0, batch_size=batch_size or 256,
-                              precision="fp32" if precision in (None, "auto") else precision)
+        options = EvalOptions(
+            tta=bool(tta),
+            tta_translate=tta_translate or 0,
+            batch_size=batch_size or 256,
+            precision="fp32" if precision in (None, "auto") else precision,
+        )
         self._check(options)
         return options
 
@@ -409,11 +507,13 @@ class OnnxPredictor(_Predictions):
         if options.tta or options.tta_translate:
             raise ValueError("an exported model has no test-time augmentation; use the checkpoint for --tta")
         if options.precision != "fp32":
-            raise ValueError(f"an exported model computes in fp32; use the checkpoint for --precision "
-                             f"{options.precision}")
+            raise ValueError(
+                f"an exported model computes in fp32; use the checkpoint for --precision {options.precision}"
+            )
 
-    def probabilities(self, images: np.ndarray, options: EvalOptions | None = None,
-                      progress: bool | None = False) -> torch.Tensor:
+    def probabilities(
+        self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
+    ) -> torch.Tensor:
         """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 images (no test-time augmentation)."""
         options = options or self.eval_options()
         self._check(options)
@@ -423,7 +523,7 @@ class OnnxPredictor(_Predictions):
         if len(images) == 0:
             return torch.zeros(0, len(self.classes))
         step = options.batch_size
-        out = [self.session.run(None, {self.input: images[i:i + step]})[0] for i in range(0, len(images), step)]
+        out = [self.session.run(None, {self.input: images[i : i + step]})[0] for i in range(0, len(images), step)]
         return torch.from_numpy(np.concatenate(out)).float()
 
 

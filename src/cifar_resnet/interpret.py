@@ -33,9 +33,9 @@ class Interpretation:
     """Logits of a model over a split, with the split's images, and the analyses built on them."""
 
     classes: list[str]
-    images: np.ndarray          # (N, 32, 32, 3) uint8, the split's images in order
-    labels: torch.Tensor        # (N,) int64
-    logits: torch.Tensor        # (N, C) float32
+    images: np.ndarray  # (N, 32, 32, 3) uint8, the split's images in order
+    labels: torch.Tensor  # (N,) int64
+    logits: torch.Tensor  # (N, C) float32
     coarse_map: np.ndarray | None = None
     coarse_classes: tuple[str, ...] | None = None
     description: str = ""
@@ -47,16 +47,31 @@ class Interpretation:
         self.losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, data=None, split: str | None = None, *,
-                        options: EvalOptions | None = None, device: str | torch.device = "auto",
-                        progress: bool | None = None) -> Interpretation:
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | Checkpoint,
+        data=None,
+        split: str | None = None,
+        *,
+        options: EvalOptions | None = None,
+        device: str | torch.device = "auto",
+        progress: bool | None = None,
+    ) -> Interpretation:
         """Run a checkpoint (path or :class:`Checkpoint`) over a split of ``data`` (a source or a
         ``CifarData``); the split names mean what they mean for ``cifar-resnet evaluate`` (see
         ``inference.resolve_split``), and ``options`` default to how the run evaluated (its test-time
         augmentation and precision, see ``inference.eval_options``)."""
         run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
-        return cls(run.ckpt.classes, run.split.images, run.labels, run.logits, run.coarse_map,
-                   run.coarse_classes, run.description, run.meta)
+        return cls(
+            run.ckpt.classes,
+            run.split.images,
+            run.labels,
+            run.logits,
+            run.coarse_map,
+            run.coarse_classes,
+            run.description,
+            run.meta,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -96,28 +111,44 @@ class Interpretation:
 
     def report(self) -> dict:
         """``evaluate.compute_report`` of these logits (top-1/top-5/superclass/ECE/per class)."""
-        return compute_report(self.logits, self.labels, self.classes, coarse_map=self.coarse_map,
-                              coarse_classes=self.coarse_classes)
+        return compute_report(
+            self.logits, self.labels, self.classes, coarse_map=self.coarse_map, coarse_classes=self.coarse_classes
+        )
 
     def plot_confusion(self, path=None):
-        title = (f"Confusion matrix: {self.meta.get('model', '')} on {len(self.labels):,} "
-                 f"{self.meta.get('split', '')} images")
+        title = (
+            f"Confusion matrix: {self.meta.get('model', '')} on {len(self.labels):,} "
+            f"{self.meta.get('split', '')} images"
+        )
         if self.coarse_map is not None:
             title += ", sorted by superclass"
-        return plots.plot_confusion(self.confusion_matrix(), self.classes, path, order=self.class_order(),
-                                    groups=self.coarse_map, group_names=self.coarse_classes, title=title)
+        return plots.plot_confusion(
+            self.confusion_matrix(),
+            self.classes,
+            path,
+            order=self.class_order(),
+            groups=self.coarse_map,
+            group_names=self.coarse_classes,
+            title=title,
+        )
 
     def plot_top_losses(self, k: int = 16, path=None, ncols: int = 8):
         idx, losses = self.top_losses(k)
         titles = []
         for i, loss in zip(idx, losses):
             t, p = self.classes[int(self.labels[i])], self.classes[int(self.preds[i])]
-            titles.append(f"{plots._short(p)} / {plots._short(t)}\n"
-                          f"loss {loss:.2f}, p(true) {100 * float(self.probs[i, self.labels[i]]):.1f}%")
-        return plots.plot_image_grid(self.images[idx], titles, path,
-                                     wrong=[int(self.preds[i]) != int(self.labels[i]) for i in idx],
-                                     ncols=min(ncols, len(idx)), title="Top losses: predicted / true, "
-                                     "loss, probability of the true class")
+            titles.append(
+                f"{plots._short(p)} / {plots._short(t)}\n"
+                f"loss {loss:.2f}, p(true) {100 * float(self.probs[i, self.labels[i]]):.1f}%"
+            )
+        return plots.plot_image_grid(
+            self.images[idx],
+            titles,
+            path,
+            wrong=[int(self.preds[i]) != int(self.labels[i]) for i in idx],
+            ncols=min(ncols, len(idx)),
+            title="Top losses: predicted / true, loss, probability of the true class",
+        )
 
 
 def _csv(rows: list[list], header: list[str]) -> str:
@@ -150,9 +181,10 @@ def write_report(interp: Interpretation, out_dir, *, top_losses: int = 16, most_
         "top_losses.png": plots.save_figure(interp.plot_top_losses(top_losses), out / "top_losses.png"),
     }
     cm = interp.confusion_matrix()
-    atomic_write_text(out / "confusion_matrix.csv",
-                      _csv([[name, *row.tolist()] for name, row in zip(interp.classes, cm)],
-                           ["true \\ predicted", *interp.classes]))
+    atomic_write_text(
+        out / "confusion_matrix.csv",
+        _csv([[name, *row.tolist()] for name, row in zip(interp.classes, cm)], ["true \\ predicted", *interp.classes]),
+    )
     files["confusion_matrix.csv"] = out / "confusion_matrix.csv"
     confused = interp.most_confused(most_confused)
     atomic_write_text(out / "most_confused.csv", _csv([list(r) for r in confused], ["true", "predicted", "count"]))
@@ -163,11 +195,22 @@ def write_report(interp: Interpretation, out_dir, *, top_losses: int = 16, most_
         atomic_write_text(out / "per_superclass.csv", _csv(rows, ["superclass", "n", "top1", "coarse_top1"]))
         files["per_superclass.csv"] = out / "per_superclass.csv"
     idx, losses = interp.top_losses(top_losses)
-    top = [{"index": int(i), "true": interp.classes[int(interp.labels[i])],
-            "predicted": interp.classes[int(interp.preds[i])], "loss": float(v),
-            "prob_true": float(interp.probs[i, interp.labels[i]])} for i, v in zip(idx, losses)]
-    doc = {**interp.meta, **report,
-           "most_confused": [{"true": t, "predicted": p, "count": c} for t, p, c in confused], "top_losses": top}
+    top = [
+        {
+            "index": int(i),
+            "true": interp.classes[int(interp.labels[i])],
+            "predicted": interp.classes[int(interp.preds[i])],
+            "loss": float(v),
+            "prob_true": float(interp.probs[i, interp.labels[i]]),
+        }
+        for i, v in zip(idx, losses)
+    ]
+    doc = {
+        **interp.meta,
+        **report,
+        "most_confused": [{"true": t, "predicted": p, "count": c} for t, p, c in confused],
+        "top_losses": top,
+    }
     atomic_write_text(out / "report.json", json.dumps(doc, indent=1) + "\n")
     files["report.json"] = out / "report.json"
     return {"files": files, "report": report, "most_confused": confused, "top_losses": top}
@@ -177,13 +220,17 @@ def format_interpretation(result: dict, meta: dict) -> str:
     """Readable text of :func:`write_report`'s result: headline numbers, most confused pairs, per
     superclass accuracy, and the files written."""
     r = result["report"]
-    head = (f"{meta.get('checkpoint', '')} ({meta.get('model', '')}) on {r['n']:,} images: "
-            f"{meta.get('split_description', meta.get('split', ''))}"
-            + (f", {meta['precision']}" if meta.get("precision") else ""))
-    lines = [head,
-             f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%"
-             + (f"  superclass {100 * r['coarse_top1']:.2f}%" if r.get("coarse_top1") is not None else "")
-             + f"  loss {r['loss']:.4f}  ECE {r['ece']:.4f}"]
+    head = (
+        f"{meta.get('checkpoint', '')} ({meta.get('model', '')}) on {r['n']:,} images: "
+        f"{meta.get('split_description', meta.get('split', ''))}"
+        + (f", {meta['precision']}" if meta.get("precision") else "")
+    )
+    lines = [
+        head,
+        f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%"
+        + (f"  superclass {100 * r['coarse_top1']:.2f}%" if r.get("coarse_top1") is not None else "")
+        + f"  loss {r['loss']:.4f}  ECE {r['ece']:.4f}",
+    ]
     confused = result["most_confused"]
     if confused:
         w = max(len(t) for t, _, _ in confused)

@@ -45,14 +45,29 @@ class CifarLoader:
     ``mean``/``std`` given in [0, 1] units), ``labels`` as int64, both on ``device``.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, mean, std, device: torch.device | str = "cpu",
-                 train: bool = False, aug: Augment | None = None, seed: int = 0, drop_last: bool | None = None,
-                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        mean,
+        std,
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        aug: Augment | None = None,
+        seed: int = 0,
+        drop_last: bool | None = None,
+        dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if world_size > 1 and (batch_size % world_size or not train):
-            raise ValueError(f"the batch of {batch_size} images cannot be shared by {world_size} processes; "
-                             f"use a multiple of {world_size}")
+            raise ValueError(
+                f"the batch of {batch_size} images cannot be shared by {world_size} processes; "
+                f"use a multiple of {world_size}"
+            )
         self.rank, self.world_size = rank, world_size
         self.start_step = 0
         self.device = torch.device(device)
@@ -97,8 +112,9 @@ class CifarLoader:
             if not self.train:
                 raise ValueError("a subset is for training loaders")
             indices = torch.as_tensor(indices, dtype=torch.int64).to(self.device)
-            if indices.ndim != 1 or (len(indices) and not 0 <= int(indices.min()) <= int(indices.max())
-                                     < len(self.labels)):
+            if indices.ndim != 1 or (
+                len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < len(self.labels)
+            ):
                 raise ValueError(f"subset indices must be a 1-d tensor of indices below {len(self.labels)}")
         self.subset = indices
 

@@ -47,21 +47,41 @@ from .runtime import progress_bar, resolve_device
 __all__ = ["LR_FIND_FIELDS", "LRFindResult", "lr_find", "lr_find_config"]
 
 # The TrainConfig fields that matter to the range test; the others schedule or evaluate a whole run.
-LR_FIND_FIELDS = ("data", "val_split", "train_subset", "model", "model_kwargs", "whiten", "batch_size", "optimizer",
-                  "momentum", "muon_lr", "muon_momentum", "weight_decay", "grad_clip", "grad_clip_mode",
-                  "label_smoothing", "crop_pad", "flip", "cutout", "seed", "device", "precision",
-                  "channels_last")
+LR_FIND_FIELDS = (
+    "data",
+    "val_split",
+    "train_subset",
+    "model",
+    "model_kwargs",
+    "whiten",
+    "batch_size",
+    "optimizer",
+    "momentum",
+    "muon_lr",
+    "muon_momentum",
+    "weight_decay",
+    "grad_clip",
+    "grad_clip_mode",
+    "label_smoothing",
+    "crop_pad",
+    "flip",
+    "cutout",
+    "seed",
+    "device",
+    "precision",
+    "channels_last",
+)
 
 
 @dataclass
 class LRFindResult:
     lrs: list[float]
     losses: list[float]
-    smoothed: list[float]      # centred running median of the losses (see the module docstring)
-    suggestion: float          # suggested max_lr: min_loss_lr / 10
-    min_loss_lr: float         # learning rate at the minimum of the smoothed loss
-    steepest_lr: float         # learning rate where the smoothed loss falls fastest (per log lr)
-    stopped: str               # why the sweep ended: "end_lr reached" or "diverged at lr ..."
+    smoothed: list[float]  # centred running median of the losses (see the module docstring)
+    suggestion: float  # suggested max_lr: min_loss_lr / 10
+    min_loss_lr: float  # learning rate at the minimum of the smoothed loss
+    steepest_lr: float  # learning rate where the smoothed loss falls fastest (per log lr)
+    stopped: str  # why the sweep ended: "end_lr reached" or "diverged at lr ..."
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,9 +112,19 @@ def _forever(batches: Iterable, set_epoch) -> Iterator:
         epoch += 1
 
 
-def lr_find(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *, start_lr: float = 1e-7,
-            end_lr: float = 10.0, num_steps: int = 200, beta: float = 0.98, diverge: float = 4.0,
-            options: StepOptions = StepOptions(), progress: bool | None = None) -> LRFindResult:
+def lr_find(
+    model: nn.Module,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 200,
+    beta: float = 0.98,
+    diverge: float = 4.0,
+    options: StepOptions = StepOptions(),
+    progress: bool | None = None,
+) -> LRFindResult:
     """Run the range test on ``model`` with ``optimizer`` over ``batches`` (re-iterated as needed; a
     :class:`~cifar_resnet.loader.CifarLoader` gets a new epoch each pass). The model's state and the
     optimizer's are restored afterwards, so the model can be trained from where it was. ``options``: the
@@ -150,7 +180,7 @@ def smooth(values, window: int) -> np.ndarray:
     so that it stays centred: no lag anywhere, robust to spikes."""
     x = np.asarray(values, dtype=np.float64)
     n, half = len(x), max(window, 1) // 2
-    return np.array([np.median(x[i - h: i + h + 1]) for i in range(n) for h in (min(half, i, n - 1 - i),)])
+    return np.array([np.median(x[i - h : i + h + 1]) for i in range(n) for h in (min(half, i, n - 1 - i),)])
 
 
 def _summarise(lrs: list[float], losses: list[float], stopped: str) -> LRFindResult:
@@ -162,23 +192,39 @@ def _summarise(lrs: list[float], losses: list[float], stopped: str) -> LRFindRes
     s = smooth(losses, 2 * max(2, len(losses) // 40) + 1)
     i_min = int(np.argmin(s))
     if stopped == "end_lr reached" and i_min >= len(s) - max(2, len(s) // 20):
-        stopped = ("end_lr reached and the loss was still falling: the suggestion is a lower bound; "
-                   "sweep further with a larger --end-lr")
+        stopped = (
+            "end_lr reached and the loss was still falling: the suggestion is a lower bound; "
+            "sweep further with a larger --end-lr"
+        )
     log_lr = np.log10(np.asarray(lrs))
     if i_min >= 2:
         grad = np.gradient(s[: i_min + 1], log_lr[: i_min + 1])
         i_steep = int(np.argmin(grad))
     else:
         i_steep = i_min
-    return LRFindResult(lrs=list(lrs), losses=list(losses), smoothed=s.tolist(),
-                        suggestion=lrs[i_min] / 10, min_loss_lr=lrs[i_min], steepest_lr=lrs[i_steep],
-                        stopped=stopped)
+    return LRFindResult(
+        lrs=list(lrs),
+        losses=list(losses),
+        smoothed=s.tolist(),
+        suggestion=lrs[i_min] / 10,
+        min_loss_lr=lrs[i_min],
+        steepest_lr=lrs[i_steep],
+        stopped=stopped,
+    )
 
 
-def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_lr: float = 1e-7,
-                   end_lr: float = 10.0, num_steps: int = 200,
-                   beta: float = 0.98, diverge: float = 4.0, progress: bool | None = None,
-                   log=print) -> LRFindResult:
+def lr_find_config(
+    config: TrainConfig,
+    data: CifarData | None = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 200,
+    beta: float = 0.98,
+    diverge: float = 4.0,
+    progress: bool | None = None,
+    log=print,
+) -> LRFindResult:
     """The range test for a training configuration (any model, preset and optimizer): builds the model
     and the training loader exactly as ``fit(config, data)`` would (same data set-up, normalisation,
     augmentation, initialisation, optimizer) and sweeps the learning rate instead of training."""
@@ -192,7 +238,19 @@ def lr_find_config(config: TrainConfig, data: CifarData | None = None, *, start_
     model = init_model(config, data, mean, std, device)  # the initialisation fit would start from
     optimizer = build_optimizer(dataclasses.replace(config, lr=start_lr), model, device)
     if log:
-        log(f"lr-find: {config.model} on {len(data.train):,} {data.name} training images, {config.optimizer}, "
-            f"batch {config.batch_size}, lr {start_lr:g} -> {end_lr:g} over up to {num_steps} steps")
-    return lr_find(model, loader, optimizer, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, beta=beta,
-                   diverge=diverge, options=StepOptions.from_config(config, device), progress=progress)
+        log(
+            f"lr-find: {config.model} on {len(data.train):,} {data.name} training images, {config.optimizer}, "
+            f"batch {config.batch_size}, lr {start_lr:g} -> {end_lr:g} over up to {num_steps} steps"
+        )
+    return lr_find(
+        model,
+        loader,
+        optimizer,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_steps=num_steps,
+        beta=beta,
+        diverge=diverge,
+        options=StepOptions.from_config(config, device),
+        progress=progress,
+    )

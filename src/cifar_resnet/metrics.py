@@ -81,8 +81,9 @@ def fine_to_coarse(classes, coarse_classes=None, split: Split | None = None):
     return mapping, coarse_names
 
 
-def compute_report(logits: torch.Tensor, labels: torch.Tensor, classes, *, coarse_map=None,
-                   coarse_classes=None, n_bins: int = 15) -> dict:
+def compute_report(
+    logits: torch.Tensor, labels: torch.Tensor, classes, *, coarse_map=None, coarse_classes=None, n_bins: int = 15
+) -> dict:
     """Every metric of ``cifar-resnet evaluate`` from logits and labels.
 
     Keys (stable): ``top1``, ``top5``, ``loss``, ``n`` (as :func:`basic_metrics`), ``ece`` (expected

@@ -90,8 +90,9 @@ class ResNet(BaseModel):
         if in_channels != 3:
             raise ValueError(f"the notebook's network reads RGB images (in_channels 3), got {in_channels}")
         self.net = create_model("seed_resnet", num_classes=num_classes)
-        self.classes = list(classes) if classes is not None else (
-            list(CIFAR100_CLASSES) if num_classes == 100 else None)
+        self.classes = (
+            list(classes) if classes is not None else (list(CIFAR100_CLASSES) if num_classes == 100 else None)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -155,8 +156,17 @@ def _takes(fn, name: str) -> bool:
         return False
 
 
-def fit(epochs, train_dl, test_dl, model, optimizer, max_lr, grad_clip=None, weight_decay=0,
-        scheduler=torch.optim.lr_scheduler.OneCycleLR):
+def fit(
+    epochs,
+    train_dl,
+    test_dl,
+    model,
+    optimizer,
+    max_lr,
+    grad_clip=None,
+    weight_decay=0,
+    scheduler=torch.optim.lr_scheduler.OneCycleLR,
+):
     """The notebook's ``fit``: returns a list of per-epoch dicts with ``lrs``, ``train_loss``, ``val_loss``,
     ``val_acc``; prints the notebook's line through ``model.epoch_end``.
 
@@ -172,8 +182,13 @@ def fit(epochs, train_dl, test_dl, model, optimizer, max_lr, grad_clip=None, wei
         scheduler = scheduler(optimizer, max_lr, epochs=epochs, steps_per_epoch=len(train_dl))
     history = []
     for epoch in range(epochs):
-        rec = train_one_epoch(model, _on_device(train_dl, device), optimizer, scheduler,
-                              StepOptions(grad_clip=grad_clip or 0.0, grad_clip_mode="value"))  # fp32
+        rec = train_one_epoch(
+            model,
+            _on_device(train_dl, device),
+            optimizer,
+            scheduler,
+            StepOptions(grad_clip=grad_clip or 0.0, grad_clip_mode="value"),
+        )  # fp32
         result = evaluate(model, test_dl)
         result["train_loss"] = rec["train_loss"]
         result["lrs"] = rec["lrs"]

@@ -60,8 +60,7 @@ def muon_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
     params = [p for p in model.parameters() if p.requires_grad]
     matrices = [i for i, p in enumerate(params) if p.ndim >= 2]
     hidden = set(matrices[1:-1])
-    return ([p for i, p in enumerate(params) if i in hidden],
-            [p for i, p in enumerate(params) if i not in hidden])
+    return ([p for i, p in enumerate(params) if i in hidden], [p for i, p in enumerate(params) if i not in hidden])
 
 
 class MuonSGD(torch.optim.Optimizer):
@@ -72,30 +71,54 @@ class MuonSGD(torch.optim.Optimizer):
     ``MuonSGD(model, lr=..., momentum=..., weight_decay=..., muon_lr=..., muon_momentum=...)``.
     """
 
-    def __init__(self, model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-                 muon_lr: float, muon_momentum: float, ns_steps: int = 5, bn_bias_lr: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        muon_lr: float,
+        muon_momentum: float,
+        ns_steps: int = 5,
+        bn_bias_lr: float = 1.0,
+    ) -> None:
         if lr <= 0 or muon_lr <= 0:
             raise ValueError(f"learning rates must be > 0, got lr={lr}, muon_lr={muon_lr}")
         if not (0 <= momentum < 1 and 0 <= muon_momentum < 1):
             raise ValueError(f"momenta must be in [0, 1), got {momentum}, {muon_momentum}")
         muon, other = muon_parameters(model)
         if not muon:
-            raise ValueError("this model has no hidden filter banks for Muon (it needs at least three "
-                             "parameters with two or more dimensions)")
+            raise ValueError(
+                "this model has no hidden filter banks for Muon (it needs at least three "
+                "parameters with two or more dimensions)"
+            )
         if bn_bias_lr <= 0:
             raise ValueError(f"bn_bias_lr must be > 0, got {bn_bias_lr}")
         bn_biases = []
         if bn_bias_lr != 1.0:
-            ids = {id(m.bias) for m in model.modules()
-                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+            ids = {
+                id(m.bias)
+                for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+            }
             bn_biases = [p for p in other if id(p) in ids]
             other = [p for p in other if id(p) not in ids]
         # the SGD group first: training logs group 0's learning rate, which is then the --lr one
-        groups = [{"params": other, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False},
-                  {"params": muon, "lr": muon_lr, "momentum": muon_momentum, "weight_decay": 0.0, "muon": True}]
+        groups = [
+            {"params": other, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False},
+            {"params": muon, "lr": muon_lr, "momentum": muon_momentum, "weight_decay": 0.0, "muon": True},
+        ]
         if bn_biases:
-            groups.append({"params": bn_biases, "lr": lr * bn_bias_lr, "momentum": momentum,
-                           "weight_decay": weight_decay / bn_bias_lr, "muon": False})
+            groups.append(
+                {
+                    "params": bn_biases,
+                    "lr": lr * bn_bias_lr,
+                    "momentum": momentum,
+                    "weight_decay": weight_decay / bn_bias_lr,
+                    "muon": False,
+                }
+            )
         super().__init__(groups, {"ns_steps": ns_steps})
 
     @torch.no_grad()
@@ -122,7 +145,7 @@ class MuonSGD(torch.optim.Optimizer):
                 for p, g, buf in zip(params, grads, bufs):
                     update = g.add(buf, alpha=mom)  # Nesterov
                     rows = p.shape[0]
-                    p.mul_(rows ** 0.5 / p.norm().clamp_min(1e-12))
+                    p.mul_(rows**0.5 / p.norm().clamp_min(1e-12))
                     p.add_(zeropower(update.reshape(rows, -1), group["ns_steps"]).view_as(p), alpha=-lr)
             else:
                 if wd:
@@ -137,8 +160,15 @@ class MuonSGD(torch.optim.Optimizer):
 def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer of ``config.optimizer`` over ``model``'s parameters, at ``config.lr``."""
     if config.optimizer == "muon":
-        return MuonSGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                       muon_lr=config.muon_lr, muon_momentum=config.muon_momentum, bn_bias_lr=config.bn_bias_lr)
+        return MuonSGD(
+            model,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            muon_lr=config.muon_lr,
+            muon_momentum=config.muon_momentum,
+            bn_bias_lr=config.bn_bias_lr,
+        )
     # fused kernels on CUDA (one launch for all parameters); foreach elsewhere
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     params = model.parameters()
@@ -146,30 +176,45 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device)
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fast)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           nesterov=config.optimizer == "nesterov", **fast)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.optimizer == "nesterov",
+        **fast,
+    )
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    total_steps: int | None = None):
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int | None = None
+):
     """A per-batch schedule over ``total_steps`` steps (default ``epochs * steps_per_epoch``; a run whose
     epochs differ in length passes their sum)."""
     total = config.epochs * steps_per_epoch if total_steps is None else total_steps
     if config.schedule == "onecycle":
         # each group peaks at its own learning rate (MuonSGD has two); its momentum is left alone
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=total, pct_start=config.warmup,
-                                                   cycle_momentum=config.optimizer != "muon")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=config.warmup,
+            cycle_momentum=config.optimizer != "muon",
+        )
     warm = max(1, int(config.warmup * total))
     if config.schedule == "linear":
+
         def factor(step: int) -> float:
             return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
     elif config.schedule == "cosine":
+
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
     else:
+
         def factor(step: int) -> float:
             return 1.0
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

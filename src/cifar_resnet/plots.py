@@ -137,9 +137,11 @@ def draw_accuracy(ax, history: Sequence[dict], note: str | None = None) -> None:
     """Top-1 (training and validation) and validation top-5 accuracy in percent per epoch."""
     records = normalise_history(history)
     split = "validation" if records[-1]["eval_split"] == "val" else records[-1]["eval_split"]
-    for key, colour, style, label in (("train_top1", TRAIN_COLOUR, "-x", "training top-1"),
-                                      ("val_top1", VAL_COLOUR, "-x", f"{split} top-1"),
-                                      ("val_top5", TOP5_COLOUR, "--o", f"{split} top-5")):
+    for key, colour, style, label in (
+        ("train_top1", TRAIN_COLOUR, "-x", "training top-1"),
+        ("val_top1", VAL_COLOUR, "-x", f"{split} top-1"),
+        ("val_top5", TOP5_COLOUR, "--o", f"{split} top-5"),
+    ):
         x, y = _series(records, key)
         if x:
             ax.plot(x, [100 * v for v in y], style, color=colour, label=label)
@@ -233,8 +235,14 @@ def _mark(ax, colour: str, width: float = 3.0) -> None:
         spine.set_linewidth(width)
 
 
-def plot_prediction(image, top: Sequence[tuple[str, float]], path: str | Path | None = None, *,
-                    true: str | None = None, title: str | None = None) -> Figure:
+def plot_prediction(
+    image,
+    top: Sequence[tuple[str, float]],
+    path: str | Path | None = None,
+    *,
+    true: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """One image with its true label (when known), the prediction, and a bar chart of the top-k
     probabilities (the notebook's ``Label: ..., Predicted: ...`` for one test image)."""
     image = to_uint8(image)
@@ -262,9 +270,16 @@ def plot_prediction(image, top: Sequence[tuple[str, float]], path: str | Path | 
     return _finish(fig, path)
 
 
-def plot_image_grid(images, titles: Sequence[str], path: str | Path | None = None, *,
-                    wrong: Sequence[bool] | None = None, ncols: int | None = None, title: str | None = None,
-                    fontsize: float = 7.5) -> Figure:
+def plot_image_grid(
+    images,
+    titles: Sequence[str],
+    path: str | Path | None = None,
+    *,
+    wrong: Sequence[bool] | None = None,
+    ncols: int | None = None,
+    title: str | None = None,
+    fontsize: float = 7.5,
+) -> Figure:
     """Images in a grid with a caption each; where ``wrong[i]`` the caption is red and the image framed
     in red (right ones in green); without ``wrong`` captions are black and frames plain."""
     n = len(images)
@@ -307,10 +322,17 @@ def prediction_captions(true: Sequence[str | None], pred: Sequence[str], prob: S
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path | None = None, *,
-                   order: Sequence[int] | None = None, groups: Sequence[int] | None = None,
-                   group_names: Sequence[str] | None = None, title: str = "Confusion matrix",
-                   normalise: bool = True) -> Figure:
+def plot_confusion(
+    cm: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path | None = None,
+    *,
+    order: Sequence[int] | None = None,
+    groups: Sequence[int] | None = None,
+    group_names: Sequence[str] | None = None,
+    title: str = "Confusion matrix",
+    normalise: bool = True,
+) -> Figure:
     """Confusion matrix (rows: true class, columns: predicted) as a heat map.
 
     ``order`` permutes the classes (e.g. sorted by superclass); ``groups`` gives each class's group
@@ -361,16 +383,30 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path | No
             for j in range(n):
                 count = int(cm[order[i], order[j]])
                 if count:
-                    ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] > 0.5 * m.max() else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(count),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] > 0.5 * m.max() else "black",
+                    )
     cbar = fig.colorbar(im, ax=ax, shrink=0.5, pad=0.01, aspect=30)
     cbar.set_label("fraction of the true class" if normalise else "images")
     ax.set_title(title, fontsize=12)
     return _finish(fig, path)
 
 
-def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], path=None, *,
-                 suggestion: float | None = None, title: str = "Learning-rate range test") -> Figure:
+def plot_lr_find(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    path=None,
+    *,
+    suggestion: float | None = None,
+    title: str = "Learning-rate range test",
+) -> Figure:
     """Loss against learning rate (log scale): raw per-step losses faint, the smoothed curve bold, the
     suggested maximum learning rate marked."""
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -414,8 +450,9 @@ def reliability_bins(probs, labels, n_bins: int = 15) -> tuple[np.ndarray, np.nd
     return mean_conf, accuracy, count
 
 
-def plot_reliability(curves: dict[str, tuple], path: str | Path | None = None, *, n_bins: int = 15,
-                     title: str | None = None) -> Figure:
+def plot_reliability(
+    curves: dict[str, tuple], path: str | Path | None = None, *, n_bins: int = 15, title: str | None = None
+) -> Figure:
     """Reliability diagram: accuracy against confidence per bin, one line per ``{label: (probs, labels,
     ece)}``, with the diagonal of perfect calibration and the share of images per bin below."""
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")

@@ -28,11 +28,11 @@ __all__ = ["Prediction", "format_results", "predict", "show_results"]
 class Prediction:
     """What :func:`predict` returns."""
 
-    results: list[dict]     # per image: {"path" | "index", "top": [{"class", "prob"}], "precision", ...}
-                            # or {"path", "error"}
-    images: np.ndarray      # (N, 32, 32, 3) uint8: the images that were predicted, in order
+    results: list[dict]  # per image: {"path" | "index", "top": [{"class", "prob"}], "precision", ...}
+    # or {"path", "error"}
+    images: np.ndarray  # (N, 32, 32, 3) uint8: the images that were predicted, in order
     predictor: Predictor | OnnxPredictor
-    options: EvalOptions    # how they were computed (test-time augmentation, precision)
+    options: EvalOptions  # how they were computed (test-time augmentation, precision)
 
     @property
     def errors(self) -> list[str]:
@@ -40,10 +40,21 @@ class Prediction:
         return [r["error"] for r in self.results if "error" in r]
 
 
-def predict(model: str | Path | Predictor | OnnxPredictor, files: Sequence[str] = (), *, data=None,
-            split: str | None = None, index: Sequence[int] | None = None, sample: int | None = None, seed: int = 0,
-            k: int = 5, resize: str = "crop", options: EvalOptions | None = None, device: str = "auto",
-            progress: bool | None = False) -> Prediction:
+def predict(
+    model: str | Path | Predictor | OnnxPredictor,
+    files: Sequence[str] = (),
+    *,
+    data=None,
+    split: str | None = None,
+    index: Sequence[int] | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    k: int = 5,
+    resize: str = "crop",
+    options: EvalOptions | None = None,
+    device: str = "auto",
+    progress: bool | None = False,
+) -> Prediction:
     """Predict image ``files``, or dataset images (``index`` / ``sample`` of ``split`` of ``data``,
     default the run's data). An unreadable file gets an ``{"path", "error"}`` result while the readable
     ones are still predicted.
@@ -79,8 +90,9 @@ def predict(model: str | Path | Predictor | OnnxPredictor, files: Sequence[str] 
     results = predictor.predict_split(images_split, index, k, options=options, progress=progress)
     for r in results:
         r["split"] = name
-    return Prediction(_with_precision(results, options), images_split.images[np.asarray(index, dtype=np.int64)],
-                      predictor, options)
+    return Prediction(
+        _with_precision(results, options), images_split.images[np.asarray(index, dtype=np.int64)], predictor, options
+    )
 
 
 def _with_precision(results: list[dict], options: EvalOptions) -> list[dict]:
@@ -112,11 +124,13 @@ def show_results(results: list[dict], images: np.ndarray, path, *, title: str | 
         raise ValueError("--show: no image could be predicted")
     if len(good) == 1:
         r = good[0]
-        return plots.plot_prediction(images[0], [(t["class"], t["prob"]) for t in r["top"]], path,
-                                     true=r.get("true"), title=title)
+        return plots.plot_prediction(
+            images[0], [(t["class"], t["prob"]) for t in r["top"]], path, true=r.get("true"), title=title
+        )
     known = all("true" in r for r in good)
-    captions = plots.prediction_captions([r.get("true") for r in good], [r["top"][0]["class"] for r in good],
-                                         [r["top"][0]["prob"] for r in good])
+    captions = plots.prediction_captions(
+        [r.get("true") for r in good], [r["top"][0]["class"] for r in good], [r["top"][0]["prob"] for r in good]
+    )
     if not known:  # file names as captions' first line
         captions = [f"{Path(r['path']).name[:18]}\n{c}" for r, c in zip(good, captions)]
     wrong = [not r["correct"] for r in good] if known else None

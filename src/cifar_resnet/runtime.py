@@ -15,8 +15,19 @@ import threading
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["PRECISIONS", "StopSignals", "autocast_for", "cpu_has_amx", "cpu_model", "get_rng_state",
-           "legacy_precision", "progress_bar", "resolve_device", "resolve_precision", "set_rng_state"]
+__all__ = [
+    "PRECISIONS",
+    "StopSignals",
+    "autocast_for",
+    "cpu_has_amx",
+    "cpu_model",
+    "get_rng_state",
+    "legacy_precision",
+    "progress_bar",
+    "resolve_device",
+    "resolve_precision",
+    "set_rng_state",
+]
 
 # auto: bf16 where the hardware multiplies it fast (CUDA; a CPU with AMX), fp32 elsewhere
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -111,8 +122,9 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img")
     """The one progress bar of the package: tqdm on stderr (a widget in Jupyter, text elsewhere), shown
     when ``enabled`` (``None``: when stderr is a terminal), a silent no-op otherwise; a context manager."""
     enabled = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=not enabled)
+    return tqdm(
+        total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr, disable=not enabled
+    )
 
 
 def get_rng_state() -> dict:

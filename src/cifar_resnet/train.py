@@ -80,11 +80,21 @@ class TrainingDiverged(ValueError):
     """The loss (or the weights) became non-finite; nothing was written after it happened."""
 
 
-def fit(config: TrainConfig | None = None, data: CifarData | None = None, out_dir: str | Path | None = None, *,
-        resume: str | Path | None = None, device: str | None = None, save_every: float | None = None,
-        save_every_steps: int | None = None, check_every: int = 10, progress: bool | None = None,
-        log: Callable[[str], None] | None = print, on_epoch_end: Callable[[dict], None] | None = None,
-        tensorboard: bool = False) -> History:
+def fit(
+    config: TrainConfig | None = None,
+    data: CifarData | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    device: str | None = None,
+    save_every: float | None = None,
+    save_every_steps: int | None = None,
+    check_every: int = 10,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    tensorboard: bool = False,
+) -> History:
     """Train ``config.model`` on ``data`` (``prepare_data(config)`` when omitted: a dataset named by
     ``cifar100``/``cifar10`` is downloaded on first use).
 
@@ -121,16 +131,27 @@ def fit(config: TrainConfig | None = None, data: CifarData | None = None, out_di
     say = log or (lambda s: None)
     if state is not None and state.epoch >= config.epochs:
         if not auto:
-            raise ValueError(f"{resume} is from a finished run ({state.epoch} of {config.epochs} epochs); "
-                             "nothing to resume")
+            raise ValueError(
+                f"{resume} is from a finished run ({state.epoch} of {config.epochs} epochs); nothing to resume"
+            )
         # a job restarted after it finished (a requeue): done already
         say(f"{resume}: the run has finished ({state.epoch} of {config.epochs} epochs); nothing to do")
         return History(records=state.history, model=state.build_model(), seconds=0.0, out_dir=Path(resume).parent)
 
     dist, device_name = setup(config.device)
     try:
-        run = _Run(config, data, out_dir, state, resume, dist, resolve_device(device_name), log=say,
-                   progress=progress, tensorboard=tensorboard)
+        run = _Run(
+            config,
+            data,
+            out_dir,
+            state,
+            resume,
+            dist,
+            resolve_device(device_name),
+            log=say,
+            progress=progress,
+            tensorboard=tensorboard,
+        )
         return _train(run, t_start, _StepChecks(check_every, save_every, save_every_steps), on_epoch_end)
     finally:
         teardown(dist)
@@ -151,8 +172,9 @@ def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callabl
                 bar.update(stats.first_step)
                 for step, (x, y) in enumerate(run.loader, start=stats.first_step):
                     x = resize_batch(x, config.train_sizes[epoch])  # progressive resizing (None: full size)
-                    loss, out, lr = train_step(run.train_model, x, y, run.optimizer, run.scheduler, run.step_options,
-                                               run.scaler)
+                    loss, out, lr = train_step(
+                        run.train_model, x, y, run.optimizer, run.scheduler, run.step_options, run.scaler
+                    )
                     run.hard.record(run.loader.batch_indices, out, y)
                     stats.add(loss, out, y, lr, dist.world_size)
                     if run.progress:
@@ -170,8 +192,7 @@ def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callabl
 
             record = _evaluate_epoch(run, epoch, stats, steps)
             run.records.append(record)
-            say(epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"],
-                           record["val_top1"]))
+            say(epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"], record["val_top1"]))
             run.write_epoch(epoch, record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -183,16 +204,18 @@ def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callabl
     if run.records:
         best = max(run.records, key=lambda r: r["val_top1"])
         say(f"done in {seconds:.1f} s; best {run.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}")
-    return History(records=run.records, model=run.model, seconds=seconds,
-                   out_dir=run.run_dir.path if run.run_dir else None)
+    return History(
+        records=run.records, model=run.model, seconds=seconds, out_dir=run.run_dir.path if run.run_dir else None
+    )
 
 
 def _interrupted(stop: StopSignals, run: _Run, epoch: int, step: int, steps: int) -> TrainingInterrupted:
     # a rank that stops because another rank got the signal stops as if it had got SIGTERM
     signum = stop.received if stop.received is not None else signal.SIGTERM
     name = stop.name if stop.received is not None else "a signal on another rank"
-    return TrainingInterrupted(name, int(signum), epoch, step, steps,
-                               run.run_dir.last if run.run_dir is not None else None)
+    return TrainingInterrupted(
+        name, int(signum), epoch, step, steps, run.run_dir.last if run.run_dir is not None else None
+    )
 
 
 def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> dict:
@@ -213,11 +236,22 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
     logits, labels = dist.gather_rows(logits.to(run.dev)).cpu(), dist.gather_rows(labels.to(run.dev)).cpu()
     m = basic_metrics(logits, labels)
     return EpochRecord(
-        epoch=epoch + 1, lr=stats.lrs[-1], train_loss=train_loss, train_top1=train_top1, val_loss=m["loss"],
-        val_top1=m["top1"], val_top5=m["top5"], eval_split=run.eval_name, seconds=stats.seconds(),
-        train_seconds=run.train_seconds, images_per_s=stats.seen / train_seconds, eval_tta=options.tta_name,
-        train_size=config.train_sizes[epoch] or run.data.train.images.shape[1], train_images=stats.seen,
-        lrs=stats.lrs).to_dict()
+        epoch=epoch + 1,
+        lr=stats.lrs[-1],
+        train_loss=train_loss,
+        train_top1=train_top1,
+        val_loss=m["loss"],
+        val_top1=m["top1"],
+        val_top5=m["top5"],
+        eval_split=run.eval_name,
+        seconds=stats.seconds(),
+        train_seconds=run.train_seconds,
+        images_per_s=stats.seen / train_seconds,
+        eval_tta=options.tta_name,
+        train_size=config.train_sizes[epoch] or run.data.train.images.shape[1],
+        train_images=stats.seen,
+        lrs=stats.lrs,
+    ).to_dict()
 
 
 class _EpochStats:
@@ -226,8 +260,16 @@ class _EpochStats:
     that state. The sums a resumed epoch starts from are rank 0's share, so that the sum over the ranks
     is the whole epoch's."""
 
-    def __init__(self, dev: torch.device, first_step: int, loss_sum: float, correct: int, seen: int,
-                 lrs: list[float], seconds_before: float):
+    def __init__(
+        self,
+        dev: torch.device,
+        first_step: int,
+        loss_sum: float,
+        correct: int,
+        seen: int,
+        lrs: list[float],
+        seconds_before: float,
+    ):
         self.first_step, self.seen, self.lrs, self.seconds_before = first_step, seen, lrs, seconds_before
         self.loss_sum = torch.tensor(loss_sum, device=dev)
         self.correct = torch.tensor(correct, device=dev)
@@ -240,8 +282,15 @@ class _EpochStats:
         if resumed is None:
             return cls(dev, 0, 0.0, 0, 0, [], 0.0)
         keep = dist.is_main
-        return cls(dev, resumed["step"], resumed["loss_sum"] if keep else 0.0, resumed["correct"] if keep else 0,
-                   resumed["seen"], list(resumed["lrs"]), resumed["seconds"])
+        return cls(
+            dev,
+            resumed["step"],
+            resumed["loss_sum"] if keep else 0.0,
+            resumed["correct"] if keep else 0,
+            resumed["seen"],
+            list(resumed["lrs"]),
+            resumed["seconds"],
+        )
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, lr: float, world_size: int) -> None:
         self.lrs.append(lr)
@@ -269,8 +318,15 @@ class _EpochStats:
         """The partial-epoch state of a mid-epoch ``last.pt``: sums over the ranks, ``keep``: the epoch's
         --drop-easy subset."""
         sums = dist.sum(torch.stack([self.loss_sum.double(), self.correct.double()]))
-        return {"step": step, "loss_sum": float(sums[0]), "correct": int(sums[1]), "seen": self.seen,
-                "lrs": self.lrs, "seconds": self.seconds(), "keep": None if keep is None else keep.cpu()}
+        return {
+            "step": step,
+            "loss_sum": float(sums[0]),
+            "correct": int(sums[1]),
+            "seen": self.seen,
+            "lrs": self.lrs,
+            "seconds": self.seconds(),
+            "keep": None if keep is None else keep.cpu(),
+        }
 
     def finish(self, dist: Dist) -> tuple[float, float]:
         """The epoch's mean training loss and top-1, over every rank."""
@@ -306,8 +362,11 @@ class _HardExamples:
         """The images epoch ``epoch`` trains on (None: all); a resumed epoch keeps its own."""
         self.kept = None
         if self.on and epoch >= self.start_epoch:
-            self.kept = resumed["keep"].to(self.loss.device) if resumed else \
-                torch.topk(self.loss, self.keep).indices.sort().values
+            self.kept = (
+                resumed["keep"].to(self.loss.device)
+                if resumed
+                else torch.topk(self.loss, self.keep).indices.sort().values
+            )
         return self.kept
 
     def record(self, indices: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
@@ -326,11 +385,13 @@ class _StepChecks:
         self.check_every, self.save_every, self.save_every_steps = check_every, save_every, save_every_steps
         self.last_save = time.monotonic()
 
-    def after_step(self, run: _Run, stop: StopSignals, stats: _EpochStats, epoch: int, done: int,
-                   steps: int) -> tuple[bool, bool]:
+    def after_step(
+        self, run: _Run, stop: StopSignals, stats: _EpochStats, epoch: int, done: int, steps: int
+    ) -> tuple[bool, bool]:
         want_stop = stop.received is not None
         want_save = bool(self.save_every_steps and done % self.save_every_steps == 0) or bool(
-            self.save_every and time.monotonic() - self.last_save >= self.save_every)
+            self.save_every and time.monotonic() - self.last_save >= self.save_every
+        )
         check = done % self.check_every == 0 or done == steps or want_stop or want_save
         window_start = stats.unchecked_from
         bad = stats.first_bad_step() if check else None
@@ -363,13 +424,13 @@ def _tensorboard_writer(run_dir: RunDir | None):
     try:  # an optional dependency: imported only when asked for
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: "
-                         "pip install 'cifar-resnet[tensorboard]'") from None
+        raise ValueError(
+            "--tensorboard needs the tensorboard package: pip install 'cifar-resnet[tensorboard]'"
+        ) from None
     return SummaryWriter(log_dir=str(run_dir.tensorboard))
 
 
-def _resume_state(resume: str | Path, config: TrainConfig | None,
-                  device: str | None) -> tuple[Checkpoint, TrainConfig]:
+def _resume_state(resume: str | Path, config: TrainConfig | None, device: str | None) -> tuple[Checkpoint, TrainConfig]:
     """The checkpoint to continue and the config it continues with: the saved one, where only the device
     may change."""
     state = load_checkpoint(resume, resumable=True)
@@ -379,10 +440,15 @@ def _resume_state(resume: str | Path, config: TrainConfig | None,
     if device is not None:
         config = dataclasses.replace(config, device=device)
     if dataclasses.replace(saved, device=config.device) != config:
-        changed = [f.name for f in dataclasses.fields(TrainConfig)
-                   if f.name != "device" and getattr(saved, f.name) != getattr(config, f.name)]
-        raise ValueError(f"{resume} was written with another configuration ({', '.join(changed)} differ); a "
-                         "resumed run continues as it was configured, only the device may change")
+        changed = [
+            f.name
+            for f in dataclasses.fields(TrainConfig)
+            if f.name != "device" and getattr(saved, f.name) != getattr(config, f.name)
+        ]
+        raise ValueError(
+            f"{resume} was written with another configuration ({', '.join(changed)} differ); a "
+            "resumed run continues as it was configured, only the device may change"
+        )
     return state, config
 
 
@@ -396,9 +462,20 @@ class _Run:
     compiled wrapper for training), the optimizer, schedule and loss scaler, the step's and evaluation's
     options, the --drop-easy state, the run directory and where a resumed run starts."""
 
-    def __init__(self, config: TrainConfig, data: CifarData | None, out_dir, state: Checkpoint | None, resume,
-                 dist: Dist, dev: torch.device, *, log: Callable[[str], None], progress: bool | None,
-                 tensorboard: bool):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: CifarData | None,
+        out_dir,
+        state: Checkpoint | None,
+        resume,
+        dist: Dist,
+        dev: torch.device,
+        *,
+        log: Callable[[str], None],
+        progress: bool | None,
+        tensorboard: bool,
+    ):
         self.config, self.dist, self.dev = config, dist, dev
         self.say = log if dist.is_main else (lambda s: None)
         self.progress = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
@@ -414,8 +491,9 @@ class _Run:
 
         # normalisation statistics come from the training images (the checkpoint's when resuming)
         self.mean, self.std = (state.mean, state.std) if state else channel_stats(data.train.images)
-        self.loader = training_loader(config, data.train, self.mean, self.std, dev, rank=dist.rank,
-                                      world_size=dist.world_size)
+        self.loader = training_loader(
+            config, data.train, self.mean, self.std, dev, rank=dist.rank, world_size=dist.world_size
+        )
         full_steps = len(self.loader)
         self.hard = _HardExamples(config, self.loader.num_images, dist, dev, state)
         eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
@@ -424,8 +502,9 @@ class _Run:
         if config.sync_bn and dist.enabled:
             convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(config, self.model, dev)
-        self.scheduler = build_scheduler(config, self.optimizer, full_steps,
-                                         total_steps=sum(self.hard.steps(config, full_steps)))
+        self.scheduler = build_scheduler(
+            config, self.optimizer, full_steps, total_steps=sum(self.hard.steps(config, full_steps))
+        )
         self.step_options = StepOptions.from_config(config, dev)
         self.eval_options = EvalOptions.from_config(config, dev)
         self.scaler = grad_scaler(self.step_options, dev)
@@ -436,8 +515,11 @@ class _Run:
             self._load(state, resume, full_steps)
         self.best_top1 = max((r["val_top1"] for r in self.records), default=-1.0)
         self.train_seconds = self.records[-1].get("train_seconds", 0.0) if self.records else 0.0
-        self.train_model = nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else self.model
+        self.train_model = (
+            nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            if dist.enabled
+            else self.model
+        )
         self.train_model = torch.compile(self.train_model) if config.compile else self.train_model
 
         self.run_dir = RunDir(out_dir) if out_dir is not None else None
@@ -448,8 +530,10 @@ class _Run:
         self.last_good = None
         if state is not None and self.run_dir is not None:
             step = self.partial["step"] if self.partial else 0
-            self.last_good = (self.run_dir.last,
-                              f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}")
+            self.last_good = (
+                self.run_dir.last,
+                f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}",
+            )
         self._announce(eval_split, full_steps)
 
     def _load(self, state: Checkpoint, resume, full_steps: int) -> None:
@@ -463,31 +547,52 @@ class _Run:
         self.start_epoch, self.partial = state.epoch, state.partial
         step = self.partial["step"] if self.partial else 0
         steps = self.hard.steps(self.config, full_steps)[self.start_epoch]
-        self.say(f"resuming {resume} at epoch {self.start_epoch + 1} of {self.config.epochs}"
-                 + (f", step {step + 1} of {steps}" if step else ""))
+        self.say(
+            f"resuming {resume} at epoch {self.start_epoch + 1} of {self.config.epochs}"
+            + (f", step {step + 1} of {steps}" if step else "")
+        )
 
     def _announce(self, eval_split, steps: int) -> None:
         config, dev = self.config, self.dev
         n_params = sum(p.numel() for p in self.model.parameters())
         procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
         precision = self.step_options.precision
-        note = f" ({precision})" if precision != "fp32" else \
-            " (fp32: no AMX on this CPU)" if dev.type == "cpu" and config.precision == "auto" else ""
-        self.say(f"{config.model} ({n_params:,} parameters) on {dev}{note}{procs}; "
-                 f"{len(self.data.train)} training images, "
-                 f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {steps} steps")
+        note = (
+            f" ({precision})"
+            if precision != "fp32"
+            else " (fp32: no AMX on this CPU)"
+            if dev.type == "cpu" and config.precision == "auto"
+            else ""
+        )
+        self.say(
+            f"{config.model} ({n_params:,} parameters) on {dev}{note}{procs}; "
+            f"{len(self.data.train)} training images, "
+            f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {steps} steps"
+        )
 
     def checkpoint(self, epoch: int, partial: dict | None) -> Checkpoint:
         """The run's checkpoint after ``epoch`` epochs (and ``partial``: the progress into the next)."""
         data = self.data
         return Checkpoint.of_model(
-            self.model, classes=data.classes, coarse_classes=data.coarse_classes, dataset=data.name, mean=self.mean,
-            std=self.std, config=self.config.to_dict(), eval_split=self.eval_name, epoch=epoch,
-            history=self.records, training_state={
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": get_rng_state(), "partial": partial,
+            self.model,
+            classes=data.classes,
+            coarse_classes=data.coarse_classes,
+            dataset=data.name,
+            mean=self.mean,
+            std=self.std,
+            config=self.config.to_dict(),
+            eval_split=self.eval_name,
+            epoch=epoch,
+            history=self.records,
+            training_state={
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "partial": partial,
                 **({"example_loss": self.hard.loss.cpu()} if self.hard.loss is not None else {}),
-                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            },
+        )
 
     def write_last(self, epoch: int, partial: dict) -> None:
         """A mid-epoch ``last.pt`` (rank 0)."""
@@ -508,10 +613,15 @@ class _Run:
             self.writer.flush()
 
     def diverged(self, epoch: int, step: int, lr: float, what: str) -> TrainingDiverged:
-        good = f"the last good checkpoint is {self.last_good[0]} ({self.last_good[1]})" if self.last_good else \
-            "no checkpoint was written"
-        return TrainingDiverged(f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
-                                f"{good}; lower --lr or --grad-clip")
+        good = (
+            f"the last good checkpoint is {self.last_good[0]} ({self.last_good[1]})"
+            if self.last_good
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
+            f"{good}; lower --lr or --grad-clip"
+        )
 
     def close(self) -> None:
         if self.writer is not None:

@@ -91,9 +91,7 @@ def download(
             raise DataError(f"{url}: download incomplete ({received} of {total} bytes)")
         actual = digest.hexdigest()
         if actual != expected:
-            raise DataError(
-                f"{url}: md5 mismatch (expected {expected}, got {actual}); the download was discarded"
-            )
+            raise DataError(f"{url}: md5 mismatch (expected {expected}, got {actual}); the download was discarded")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)  # no-op after a successful os.replace

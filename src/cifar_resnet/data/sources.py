@@ -108,9 +108,7 @@ class Split:
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != _IMAGE_SHAPE:
-            raise DataError(
-                f"Split: images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}"
-            )
+            raise DataError(f"Split: images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
         n = images.shape[0]
         # Normalise here so that every consumer can rely on the documented dtypes and layout.
         object.__setattr__(self, "images", np.ascontiguousarray(images))
@@ -149,9 +147,7 @@ class CifarData:
 
     def __post_init__(self) -> None:
         if self.name not in _NUM_CLASSES:
-            raise DataError(
-                f"{self.source}: unknown dataset name {self.name!r} (expected cifar100 or cifar10)"
-            )
+            raise DataError(f"{self.source}: unknown dataset name {self.name!r} (expected cifar100 or cifar10)")
         object.__setattr__(self, "classes", tuple(self.classes))
         if len(self.classes) != _NUM_CLASSES[self.name]:
             raise DataError(
@@ -165,12 +161,8 @@ class CifarData:
             _check_range(split.labels, self.num_classes, f"{self.source}: {split_name} labels")
             if split.coarse is not None:
                 if self.coarse_classes is None:
-                    raise DataError(
-                        f"{self.source}: {split_name} has coarse labels but no coarse class names"
-                    )
-                _check_range(
-                    split.coarse, len(self.coarse_classes), f"{self.source}: {split_name} coarse labels"
-                )
+                    raise DataError(f"{self.source}: {split_name} has coarse labels but no coarse class names")
+                _check_range(split.coarse, len(self.coarse_classes), f"{self.source}: {split_name} coarse labels")
 
     @property
     def num_classes(self) -> int:
@@ -182,9 +174,7 @@ class CifarData:
             return "val", self.val
         if self.test is not None:
             return "test", self.test
-        raise DataError(
-            f"{self.source}: has neither a validation nor a test split; hold one out with split_validation"
-        )
+        raise DataError(f"{self.source}: has neither a validation nor a test split; hold one out with split_validation")
 
     def get_split(self, name: str) -> Split:
         """The split called ``name`` ("train", "val" or "test")."""
@@ -213,12 +203,7 @@ def _get(batch: Mapping[str, Any], key: str, where: str) -> Any:
 
 def _rows_to_images(batch: Mapping[str, Any], where: str) -> np.ndarray:
     data = _get(batch, "data", where)
-    if (
-        not isinstance(data, np.ndarray)
-        or data.dtype != np.uint8
-        or data.ndim != 2
-        or data.shape[1] != _ROW_SIZE
-    ):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW_SIZE:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{where}: 'data' must be a uint8 array of shape (N, 3072), got {desc}")
     # Each row is the red plane, then green, then blue (CHW); we keep images NHWC.
@@ -286,9 +271,7 @@ def load_archive(path: str | Path) -> CifarData:
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     # Member names we might need, for either layout: "<top folder>/<file>" -> (dataset, file).
-    wanted = {
-        f"{spec['folder']}/{file}": (ds, file) for ds, spec in DATASETS.items() for file in _LAYOUT_FILES[ds]
-    }
+    wanted = {f"{spec['folder']}/{file}": (ds, file) for ds, spec in DATASETS.items() for file in _LAYOUT_FILES[ds]}
     found: dict[str, dict[str, dict[str, Any]]] = {ds: {} for ds in DATASETS}
     try:
         # Stream through the archive once, unpickling the members we know straight from the
@@ -327,9 +310,7 @@ def _find_layout(path: Path) -> tuple[str, Path]:
     for name in DATASETS:
         if (path / _LAYOUT_FILES[name][-1]).is_file():  # the meta file marks the layout
             return name, path
-    inside = [
-        (name, path / spec["folder"]) for name, spec in DATASETS.items() if (path / spec["folder"]).is_dir()
-    ]
+    inside = [(name, path / spec["folder"]) for name, spec in DATASETS.items() if (path / spec["folder"]).is_dir()]
     if len(inside) == 1:
         return inside[0]
     if len(inside) > 1:
@@ -403,9 +384,7 @@ def load_npz(path: str | Path) -> CifarData:
 
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing:
-        raise DataError(
-            f"{path}: missing {', '.join(missing)} (found keys: {', '.join(sorted(arrays)) or 'none'})"
-        )
+        raise DataError(f"{path}: missing {', '.join(missing)} (found keys: {', '.join(sorted(arrays)) or 'none'})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test must be given together")
 
@@ -424,9 +403,7 @@ def load_npz(path: str | Path) -> CifarData:
             coarse[split] = _npz_labels(arrays[f"y_{split}_coarse"], n, f"{path}: y_{split}_coarse")
 
     names = (
-        _npz_names(arrays["fine_label_names"], f"{path}: fine_label_names")
-        if "fine_label_names" in arrays
-        else None
+        _npz_names(arrays["fine_label_names"], f"{path}: fine_label_names") if "fine_label_names" in arrays else None
     )
     coarse_names = (
         _npz_names(arrays["coarse_label_names"], f"{path}: coarse_label_names")
@@ -452,9 +429,7 @@ def load_npz(path: str | Path) -> CifarData:
             raise DataError(f"{path}: coarse labels/names given but the data has only 10 classes")
     else:
         if coarse_names is not None and len(coarse_names) != _NUM_COARSE:
-            raise DataError(
-                f"{path}: coarse_label_names has {len(coarse_names)} names; expected {_NUM_COARSE}"
-            )
+            raise DataError(f"{path}: coarse_label_names has {len(coarse_names)} names; expected {_NUM_COARSE}")
         for split, y in coarse.items():
             _check_range(y, _NUM_COARSE, f"{path}: y_{split}_coarse")
         if classes == CIFAR100_CLASSES and coarse_names in (None, CIFAR100_COARSE_CLASSES):
@@ -469,9 +444,7 @@ def load_npz(path: str | Path) -> CifarData:
     return CifarData(name, splits["train"], splits.get("test"), None, classes, coarse_classes, str(path))
 
 
-def load_data(
-    source: str | Path, *, root: str | Path | None = None, download_missing: bool = False
-) -> CifarData:
+def load_data(source: str | Path, *, root: str | Path | None = None, download_missing: bool = False) -> CifarData:
     """Load data from a file/folder path, or by dataset name ("cifar100"/"cifar10") from ``root``.
 
     By name, the extracted folder or the official archive in ``root`` (default ``~/.cache/cifar-resnet``)

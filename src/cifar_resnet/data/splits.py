@@ -43,11 +43,7 @@ def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, rng: np.ra
 
     by_class = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
-    chosen = [
-        rng.permutation(by_class[starts[c] : starts[c + 1]])[: quota[c]]
-        for c in range(num_classes)
-        if quota[c]
-    ]
+    chosen = [rng.permutation(by_class[starts[c] : starts[c + 1]])[: quota[c]] for c in range(num_classes) if quota[c]]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
@@ -91,12 +87,7 @@ def channel_stats(
     variance then come from 256 values in float64 without rounding drift. (Histograms are also
     faster here than float sums of squares over strided channels.)
     """
-    if (
-        not isinstance(images, np.ndarray)
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[-1] != 3
-    ):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise DataError(f"channel_stats: expected uint8 images of shape (N, H, W, 3), got {desc}")
     if images.size == 0:

@@ -61,8 +61,9 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 class ConvGroup(nn.Module):
     """conv3x3 -> MaxPool2d(2) -> BN -> GELU -> conv3x3 -> BN -> GELU."""
 
-    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float,
-                 act: str = "gelu") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float, act: str = "gelu"
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
@@ -79,13 +80,20 @@ class ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """airbench-style network; see the module docstring."""
 
-    def __init__(self, num_classes: int = 100, widths: tuple[int, int, int] | list[int] = (64, 256, 256),
-                 stem_width: int = 24, stem_kernel: int = 2, logit_scale: float = 1 / 9,
-                 bn_momentum: float = 0.4, bn_eps: float = 1e-5, act: str = "gelu") -> None:
+    def __init__(
+        self,
+        num_classes: int = 100,
+        widths: tuple[int, int, int] | list[int] = (64, 256, 256),
+        stem_width: int = 24,
+        stem_kernel: int = 2,
+        logit_scale: float = 1 / 9,
+        bn_momentum: float = 0.4,
+        bn_eps: float = 1e-5,
+        act: str = "gelu",
+    ) -> None:
         super().__init__()
         widths = list(widths)
-        if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
-                                       for w in widths):
+        if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
             raise ValueError(f"widths must be 3 positive integers, got {widths!r}")
         if stem_width < 1 or stem_kernel < 1:
             raise ValueError(f"stem_width and stem_kernel must be positive, got {stem_width}, {stem_kernel}")
@@ -124,9 +132,15 @@ class FastNet(nn.Module):
         return f"logit_scale={self.logit_scale:.6g}"
 
     @torch.no_grad()
-    def init_whiten(self, images: torch.Tensor, mean: tuple[float, ...] | None = None,
-                    std: tuple[float, ...] | None = None, eps: float = 5e-4, max_images: int = 5000,
-                    freeze: bool = False) -> torch.Tensor:
+    def init_whiten(
+        self,
+        images: torch.Tensor,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        eps: float = 5e-4,
+        max_images: int = 5000,
+        freeze: bool = False,
+    ) -> torch.Tensor:
         """Set the stem to a patch-whitening initialisation computed from training ``images``.
 
         Each pair of stem filters is ``+v / sqrt(l + eps)`` and ``-v / sqrt(l + eps)`` for one
@@ -148,8 +162,9 @@ class FastNet(nn.Module):
         dim = c * k[0] * k[1]
         out = self.stem.out_channels
         if out % 2 or out // 2 > dim:
-            raise ValueError(f"whitening needs an even stem_width of at most {2 * dim} for a "
-                             f"{k[0]}x{k[1]} stem, got {out}")
+            raise ValueError(
+                f"whitening needs an even stem_width of at most {2 * dim} for a {k[0]}x{k[1]} stem, got {out}"
+            )
         # Uncentred patch covariance, accumulated in float64 over chunks to bound memory.
         cov = torch.zeros(dim, dim, dtype=torch.float64)
         count = 0
@@ -172,8 +187,9 @@ class FastNet(nn.Module):
         return eigenvalues[:n].float()
 
     @staticmethod
-    def _as_nchw_float(images: torch.Tensor, mean: tuple[float, ...] | None,
-                       std: tuple[float, ...] | None) -> torch.Tensor:
+    def _as_nchw_float(
+        images: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+    ) -> torch.Tensor:
         x = torch.as_tensor(images)
         if x.ndim != 4:
             raise ValueError(f"images must be a 4-d batch, got shape {tuple(x.shape)}")
@@ -194,16 +210,30 @@ class FastNet(nn.Module):
 
 
 @register_model
-def fast(num_classes: int = 100, widths: tuple[int, int, int] = (64, 256, 256), stem_width: int = 24,
-         logit_scale: float = 1 / 9, bn_momentum: float = 0.4, act: str = "gelu") -> FastNet:
+def fast(
+    num_classes: int = 100,
+    widths: tuple[int, int, int] = (64, 256, 256),
+    stem_width: int = 24,
+    logit_scale: float = 1 / 9,
+    bn_momentum: float = 0.4,
+    act: str = "gelu",
+) -> FastNet:
     """airbench-style net (widths 64/256/256 as airbench94); ~2.0 M parameters for 100 classes."""
-    return FastNet(num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale,
-                   bn_momentum=bn_momentum, act=act)
+    return FastNet(
+        num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale, bn_momentum=bn_momentum, act=act
+    )
 
 
 @register_model
-def fast_small(num_classes: int = 100, widths: tuple[int, int, int] = (32, 64, 128), stem_width: int = 24,
-               logit_scale: float = 1 / 9, bn_momentum: float = 0.4, act: str = "gelu") -> FastNet:
+def fast_small(
+    num_classes: int = 100,
+    widths: tuple[int, int, int] = (32, 64, 128),
+    stem_width: int = 24,
+    logit_scale: float = 1 / 9,
+    bn_momentum: float = 0.4,
+    act: str = "gelu",
+) -> FastNet:
     """The fast net at widths 32/64/128, for CPUs with a couple of cores."""
-    return FastNet(num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale,
-                   bn_momentum=bn_momentum, act=act)
+    return FastNet(
+        num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale, bn_momentum=bn_momentum, act=act
+    )

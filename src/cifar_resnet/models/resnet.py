@@ -25,8 +25,7 @@ from torch import nn
 
 from .registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152"]
+__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -42,8 +41,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -69,8 +67,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv1x1(in_planes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -97,8 +94,13 @@ class Bottleneck(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for CIFAR: 3x3 stem without max-pool, four stages, global average pool, linear."""
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 100,
-                 zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_classes: int = 100,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         self.in_planes = 64
         self.conv1 = _conv3x3(3, 64)
@@ -113,13 +115,11 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self._init_weights(zero_init_residual)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
-                    stride: int) -> nn.Sequential:
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample = None
         if stride != 1 or self.in_planes != out_planes:
-            downsample = nn.Sequential(_conv1x1(self.in_planes, out_planes, stride),
-                                       nn.BatchNorm2d(out_planes))
+            downsample = nn.Sequential(_conv1x1(self.in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
         layers = [block(self.in_planes, planes, stride, downsample)]
         self.in_planes = out_planes
         layers += [block(self.in_planes, planes) for _ in range(1, blocks)]

@@ -107,8 +107,7 @@ class IdentityBlock(nn.Module):
 class SeedStage(nn.Module):
     """A conv block, then ONE identity block applied ``repeats`` times with the same weights."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int,
-                 repeats: int) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int, repeats: int) -> None:
         super().__init__()
         self.conv = ConvBlock(in_channels, mid_channels, out_channels, stride)
         self.identity = IdentityBlock(out_channels, mid_channels)
@@ -135,8 +134,8 @@ class SeedResNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),  # no padding: 32x32 -> 15x15, as in the notebook
         )
-        self.stage1 = SeedStage(64, 64, 256, stride=1, repeats=3)     # 15x15
-        self.stage2 = SeedStage(256, 128, 512, stride=2, repeats=4)   # 8x8
+        self.stage1 = SeedStage(64, 64, 256, stride=1, repeats=3)  # 15x15
+        self.stage2 = SeedStage(256, 128, 512, stride=2, repeats=4)  # 8x8
         self.stage3 = SeedStage(512, 256, 1024, stride=2, repeats=2)  # 4x4
         self.pool = nn.AvgPool2d(4)
         self.flatten = nn.Flatten()

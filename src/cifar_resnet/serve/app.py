@@ -49,8 +49,16 @@ from ..images import SIZE, ImageFileError, prepare_image
 from ..inference import load_predictor
 from .batching import BatchQueue
 
-__all__ = ["IMAGE_FORMATS", "MAX_PIXELS", "STATIC_DIR", "BodyLimit", "ServeLimits", "create_app", "decode_image",
-           "serve"]
+__all__ = [
+    "IMAGE_FORMATS",
+    "MAX_PIXELS",
+    "STATIC_DIR",
+    "BodyLimit",
+    "ServeLimits",
+    "create_app",
+    "decode_image",
+    "serve",
+]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXAMPLES_DIR = STATIC_DIR / "examples"
@@ -68,8 +76,10 @@ DEFAULT_TOP_K = 5
 MAX_FIELD_BYTES = 1024  # a form field that is not a file (top_k)
 
 # The page's Content-Security-Policy: its own files only (the images it shows are data: or blob: URLs).
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 class ImageRejected(Exception):
@@ -118,8 +128,10 @@ class BodyLimit:
         return await self.app(scope, counting_receive, send)
 
     def _detail(self, size: int, qualifier: str = "") -> str:
-        return (f"request body too large: {qualifier}{size / 1e6:.1f} MB, the limit is "
-                f"{self.max_bytes / 1e6:.1f} MB (--max-upload-mb)")
+        return (
+            f"request body too large: {qualifier}{size / 1e6:.1f} MB, the limit is "
+            f"{self.max_bytes / 1e6:.1f} MB (--max-upload-mb)"
+        )
 
     def _too_large(self, size: int) -> JSONResponse:
         # the body is left unread: uvicorn closes the connection after this response
@@ -141,8 +153,9 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         shown = ctype.decode("latin-1") or "none"
-        raise HTTPException(415, f"send the images as multipart/form-data in the field 'files' "
-                                 f"(Content-Type was {shown})")
+        raise HTTPException(
+            415, f"send the images as multipart/form-data in the field 'files' (Content-Type was {shown})"
+        )
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary")
@@ -197,10 +210,19 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
     def on_end():
         state["ended"] = True
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end})
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_end": on_end,
+        },
+    )
     try:
         async for chunk in request.stream():
             parser.write(chunk)
@@ -231,14 +253,17 @@ def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIX
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageRejected(413, f"{filename}: {width}x{height} pixels is too many "
-                                         f"(the limit is {max_pixels / 1e6:.0f} megapixels)")
+                raise ImageRejected(
+                    413,
+                    f"{filename}: {width}x{height} pixels is too many (the limit is {max_pixels / 1e6:.0f} megapixels)",
+                )
             img.draft(None, (4 * SIZE, 4 * SIZE))  # a large JPEG is decoded at a reduced scale
             img.load()  # a truncated or corrupt file fails here
             return prepare_image(img, "crop"), (width, height)
     except UnidentifiedImageError:
-        raise ImageRejected(415, f"{filename}: not an image of a supported format "
-                                 f"({', '.join(IMAGE_FORMATS)})") from None
+        raise ImageRejected(
+            415, f"{filename}: not an image of a supported format ({', '.join(IMAGE_FORMATS)})"
+        ) from None
     except Image.DecompressionBombError:
         raise ImageRejected(413, f"{filename}: refused, too many pixels (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, ImageFileError) as e:  # truncated data, bad headers or chunks
@@ -275,8 +300,10 @@ def _top_k(value) -> int:
 
 def _examples() -> list[dict]:
     """The example images of the page: static/examples/<true class>-<index in cifar100-train.npz>.png."""
-    return [{"url": f"/static/examples/{p.name}", "label": p.stem.rsplit("-", 1)[0], "filename": p.name}
-            for p in sorted(EXAMPLES_DIR.glob("*.png"))]
+    return [
+        {"url": f"/static/examples/{p.name}", "label": p.stem.rsplit("-", 1)[0], "filename": p.name}
+        for p in sorted(EXAMPLES_DIR.glob("*.png"))
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,17 +311,39 @@ def _examples() -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 _PREDICT_OPENAPI = {
-    "parameters": [{"name": "top_k", "in": "query", "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
-                    "description": "how many classes to return per image (also accepted as a form field)"}],
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["files"],
-        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                 "description": "one or more image files (the field 'file' works too)"},
-                       "top_k": {"type": "integer", "minimum": 1}}}}}},
-    "responses": {"400": {"description": "a truncated image, a malformed form, no image, a bad top_k"},
-                  "413": {"description": "body, number of files or image dimensions over the limits"},
-                  "415": {"description": "not multipart/form-data, or a file that is not an image"}},
+    "parameters": [
+        {
+            "name": "top_k",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
+            "description": "how many classes to return per image (also accepted as a form field)",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more image files (the field 'file' works too)",
+                        },
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "400": {"description": "a truncated image, a malformed form, no image, a bad top_k"},
+        "413": {"description": "body, number of files or image dimensions over the limits"},
+        "415": {"description": "not multipart/form-data, or a file that is not an image"},
+    },
 }
 
 
@@ -303,10 +352,10 @@ class ServeLimits:
     """How a server batches and what it accepts (``cifar-resnet serve --max-batch ...``; the module
     docstring says how each limit is enforced)."""
 
-    max_batch: int = 64          # most images in one forward pass
-    max_wait_ms: float = 5.0     # how long a request waits for others to share its batch
-    max_upload_mb: float = 8.0   # largest request body
-    max_files: int = 32          # most images in one request
+    max_batch: int = 64  # most images in one forward pass
+    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+    max_upload_mb: float = 8.0  # largest request body
+    max_files: int = 32  # most images in one request
     max_pixels: int = MAX_PIXELS  # most pixels of one image, read from its header before decoding
 
     def __post_init__(self) -> None:
@@ -343,8 +392,12 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
         yield
         await queue.close()
 
-    app = FastAPI(title="cifar-resnet", version="0.1.0", lifespan=lifespan,
-                  description=f"Image classification with {info.get('model')} ({len(classes)} classes).")
+    app = FastAPI(
+        title="cifar-resnet",
+        version="0.1.0",
+        lifespan=lifespan,
+        description=f"Image classification with {info.get('model')} ({len(classes)} classes).",
+    )
     app.state.predictor, app.state.queue, app.state.info = predictor, queue, info
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -355,12 +408,22 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
 
     @app.get("/health", summary="The model served, and how requests have been batched")
     async def health():
-        return {"status": "ok", "model": info.get("model"), "classes": len(classes),
-                "checksum": info.get("checksum"), "temperature": info.get("temperature"),
-                "format": info.get("format"), "epoch": info.get("epoch"), "precision": info.get("precision"),
-                "max_batch": queue.max_batch,
-                "max_wait_ms": queue.max_wait * 1000.0, "max_upload_mb": max_bytes / 1e6, "max_files": max_files,
-                "uptime_s": time.monotonic() - started, **queue.stats.as_dict()}
+        return {
+            "status": "ok",
+            "model": info.get("model"),
+            "classes": len(classes),
+            "checksum": info.get("checksum"),
+            "temperature": info.get("temperature"),
+            "format": info.get("format"),
+            "epoch": info.get("epoch"),
+            "precision": info.get("precision"),
+            "max_batch": queue.max_batch,
+            "max_wait_ms": queue.max_wait * 1000.0,
+            "max_upload_mb": max_bytes / 1e6,
+            "max_files": max_files,
+            "uptime_s": time.monotonic() - started,
+            **queue.stats.as_dict(),
+        }
 
     @app.get("/classes", summary="The class names, in the model's order, and the superclass of each")
     async def get_classes():
@@ -392,8 +455,15 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
         for (filename, _, _), (_, size, url), row in zip(uploads, decoded, probs):
             order = np.argsort(-row, kind="stable")[:k]
             top = [{"class": classes[i], "prob": float(row[i]), "superclass": superclasses[i]} for i in order]
-            results.append({"filename": filename, "top": top, "superclass": top[0]["superclass"],
-                            "size": list(size), "input_png": url})
+            results.append(
+                {
+                    "filename": filename,
+                    "top": top,
+                    "superclass": top[0]["superclass"],
+                    "size": list(size),
+                    "input_png": url,
+                }
+            )
         return {"model": info.get("model"), "temperature": info.get("temperature"), "results": results}
 
     return app
@@ -406,8 +476,9 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -416,20 +487,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model, limits: ServeLimits = ServeLimits(), *, host: str = "127.0.0.1", port: int = 8000,
-          device: str = "auto") -> None:
+def serve(
+    model, limits: ServeLimits = ServeLimits(), *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
+) -> None:
     """Load ``model`` and serve it within ``limits`` until Ctrl-C (or SIGTERM), printing one line with the
     URL. ``port`` 0 picks a free port (the line says which)."""
     app = create_app(model, limits, device=device)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     info = app.state.info
-    print(f"serving {info.get('model')} ({len(app.state.predictor.classes)} classes, {info.get('precision', 'fp32')}) "
-          f"at http://{shown}:{bound_port}/"
-          f"  (API docs at /docs; Ctrl-C to stop)", flush=True)
+    print(
+        f"serving {info.get('model')} ({len(app.state.predictor.classes)} classes, {info.get('precision', 'fp32')}) "
+        f"at http://{shown}:{bound_port}/"
+        f"  (API docs at /docs; Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the signal

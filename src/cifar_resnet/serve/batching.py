@@ -37,20 +37,25 @@ __all__ = ["BatchQueue", "BatchStats"]
 class BatchStats:
     """Counters since the queue was made (only the event loop's thread changes them)."""
 
-    requests: int = 0   # submit() calls answered
-    images: int = 0     # images that went through a forward pass
-    batches: int = 0    # forward passes
-    largest: int = 0    # most images in one forward pass
-    failed: int = 0     # forward passes that raised
+    requests: int = 0  # submit() calls answered
+    images: int = 0  # images that went through a forward pass
+    batches: int = 0  # forward passes
+    largest: int = 0  # most images in one forward pass
+    failed: int = 0  # forward passes that raised
 
     @property
     def mean_batch_size(self) -> float:
         return self.images / self.batches if self.batches else 0.0
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "images": self.images, "batches": self.batches,
-                "mean_batch_size": self.mean_batch_size, "largest_batch": self.largest,
-                "failed_batches": self.failed}
+        return {
+            "requests": self.requests,
+            "images": self.images,
+            "batches": self.batches,
+            "mean_batch_size": self.mean_batch_size,
+            "largest_batch": self.largest,
+            "failed_batches": self.failed,
+        }
 
 
 @dataclass
@@ -67,8 +72,14 @@ class BatchQueue:
     call at a time (a second thread would only compete for the same cores). Use from one event loop.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 track_incoming: bool = False):
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+        track_incoming: bool = False,
+    ):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not float(max_wait_ms) >= 0:
@@ -111,7 +122,7 @@ class BatchQueue:
         loop = self._loop
         futures = []
         for start in range(0, len(images), self.max_batch):
-            item = _Item(images[start:start + self.max_batch], loop.create_future(), loop.time())
+            item = _Item(images[start : start + self.max_batch], loop.create_future(), loop.time())
             self._pending.append(item)
             self._pending_images += len(item.images)
             futures.append(item.future)
