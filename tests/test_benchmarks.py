@@ -297,17 +297,17 @@ def test_ablation_runs_a_variant_and_keeps_its_logs(tmp_path, write_npz, monkeyp
         "device": "cpu",
     }
     monkeypatch.setattr(ablation, "BASE", {**ablation.BASE, **tiny})
-    monkeypatch.setitem(ablation.VARIANTS, "tiny-bf16", {"cpu_amp": "on"})
+    monkeypatch.setitem(ablation.VARIANTS, "tiny-bf16", {"precision": "bf16"})
     npz = write_npz(tmp_path / "d.npz", n=100)
     summary = ablation.run_variant("tiny-bf16", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
-    assert summary["epochs"] == 1 and 0 <= summary["val_top1"] <= 1 and summary["changes"] == {"cpu_amp": "on"}
+    assert summary["epochs"] == 1 and 0 <= summary["val_top1"] <= 1 and summary["changes"] == {"precision": "bf16"}
     assert _positive(summary["train_seconds"]) and summary["wall_seconds"] > summary["train_seconds"]
     assert summary["peak_rss_mb"] > 50  # python + torch alone
     for suffix in (".log", "-config.json", "-metrics.csv", ".json"):
         assert (tmp_path / "runs" / f"ablation-tiny-bf16-seed0{suffix}").is_file()
     assert "(bf16)" in (tmp_path / "runs" / "ablation-tiny-bf16-seed0.log").read_text()
-    assert json.loads((tmp_path / "runs" / "ablation-tiny-bf16-seed0-config.json").read_text())["cpu_amp"] == "on"
-    assert "| tiny-bf16 | cpu_amp=on | 0 |" in ablation.table(tmp_path / "runs")
+    assert json.loads((tmp_path / "runs" / "ablation-tiny-bf16-seed0-config.json").read_text())["precision"] == "bf16"
+    assert "| tiny-bf16 | precision=bf16 | 0 |" in ablation.table(tmp_path / "runs")
     monkeypatch.setitem(ablation.VARIANTS, "tiny-bad", {"epochs": 0})
     with pytest.raises(SystemExit, match="failed with exit code 2"):
         ablation.run_variant("tiny-bad", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)

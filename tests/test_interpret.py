@@ -78,7 +78,6 @@ def test_interpret_command_on_the_real_run(real_run, tmp_path, cli, open_png):
     # superclass accuracy from the matrix: mass in the blocks where true and predicted superclass agree
     same = CIFAR100_FINE_TO_COARSE[:, None] == CIFAR100_FINE_TO_COARSE[None, :]
     assert cm[same].sum() / cm.sum() == pytest.approx(report["coarse_top1"], abs=1e-6)
-    assert report["coarse_top1"] >= report["top1"]
 
     confused = list(csv.DictReader((out_dir / "most_confused.csv").open()))
     counts = [int(r["count"]) for r in confused]
