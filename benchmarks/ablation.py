@@ -36,7 +36,7 @@ try:
 except ImportError:  # a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
-from cifar_resnet.checkpoint import RunDir
+from cifar_resnet.checkpoint import EpochRecord, RunDir
 from cifar_resnet.runtime import cpu_model
 
 # The fast-cpu recipe before issue 11 (fast_small, fp32, full TTA after every epoch), written out whole.
@@ -137,16 +137,16 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
         (runs_dir / f"{stem}.log").write_text(log)
         shutil.copy(RunDir(out).config_json, runs_dir / f"{stem}-config.json")
         shutil.copy(RunDir(out).metrics_csv, runs_dir / f"{stem}-metrics.csv")
-        history = json.loads(RunDir(out).history_json.read_text())
+        history = [EpochRecord.from_dict(r) for r in RunDir(out).read_history()[0]]
     last = history[-1]
     summary = {
         "name": name,
         "seed": seed,
         "changes": changes,
-        "val_top1": last["val_top1"],
-        "best_val_top1": max(r["val_top1"] for r in history),
+        "val_top1": last.val_top1,
+        "best_val_top1": max(r.val_top1 for r in history),
         "epochs": len(history),
-        "train_seconds": last["train_seconds"],
+        "train_seconds": last.train_seconds,
         "wall_seconds": wall,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "cpu": cpu_model(),
@@ -155,8 +155,7 @@ def run_variant(name: str, seed: int, data: str, runs_dir: Path, python: str, va
     }
     (runs_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(
-        f"[{name}, seed {seed}] val top-1 {last['val_top1']:.4f}, {last['train_seconds']:.0f} s training, "
-        f"{wall:.0f} s wall",
+        f"[{name}, seed {seed}] val top-1 {last.val_top1:.4f}, {last.train_seconds:.0f} s training, {wall:.0f} s wall",
         file=sys.stderr,
         flush=True,
     )

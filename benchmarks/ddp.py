@@ -5,16 +5,15 @@
 
 Each configuration runs ``cifar-resnet train`` (under ``torchrun --standalone`` for N > 1) on the same
 images with the same global batch, and reports the training images/s of its epochs after the first (the
-first one warms up) from the run's own ``metrics.csv``: the median, and its ratio to the first row. On a
-CPU the cores are split between the processes (``--threads``: OMP threads per process; default: the cores
-divided by the processes). Nothing is timed by the benchmark itself: the figures are what the training
-loop measured, evaluation excluded.
+first one warms up) from the run's own epoch records (``history.json``): the median, and its ratio to the
+first row. On a CPU the cores are split between the processes (``--threads``: OMP threads per process;
+default: the cores divided by the processes). Nothing is timed by the benchmark itself: the figures are
+what the training loop measured, evaluation excluded.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -30,7 +29,7 @@ try:
 except ImportError:  # a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cifar_resnet.checkpoint import RunDir
+from cifar_resnet.checkpoint import EpochRecord, RunDir
 
 
 def _synthetic_npz(path: Path, n: int, classes: int = 100) -> Path:
@@ -79,15 +78,14 @@ def run_one(procs: int, threads: int, args, data: str, out: Path) -> dict:
     )
     if proc.returncode != 0:
         raise SystemExit(f"{procs} process(es) failed:\n{proc.stderr[-2000:]}")
-    with open(RunDir(out).metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[0]["images_per_s"])]
+    rows = [EpochRecord.from_dict(r) for r in RunDir(out).read_history()[0]]
+    rates = [r.images_per_s for r in rows[1:]] or [rows[0].images_per_s]
     return {
         "processes": procs,
         "threads_per_process": threads,
         "images_per_s": statistics.median(rates),
         "epochs_measured": len(rates),
-        "val_top1": float(rows[-1]["val_top1"]),
+        "val_top1": rows[-1].val_top1,
     }
 
 
