@@ -157,13 +157,13 @@ def test_autocast_for_each_precision():
     ],
 )
 def test_legacy_precision_of_the_old_amp_flags(amp, cpu_amp, precision):
-    assert legacy_precision(amp, cpu_amp) == precision
+    assert legacy_precision(cpu_amp) == precision
     assert TrainConfig.from_dict({"amp": amp, "cpu_amp": cpu_amp}).precision == precision
 
 
 def test_legacy_precision_refuses_an_unknown_mode():
     with pytest.raises(ValueError, match="cpu amp mode 'always'"):
-        legacy_precision(True, "always")
+        legacy_precision("always")
 
 
 def test_bn_biases_get_their_own_learning_rate_and_decay():

@@ -109,7 +109,7 @@ def _legacy_precision(args, overrides: dict, warn) -> None:
         for flag in given:
             warn(f"warning: {flag} is deprecated and ignored beside --precision")
         return
-    precision = "auto" if amp and cpu_amp is None else legacy_precision(amp is not False, cpu_amp or "off")
+    precision = "auto" if amp and cpu_amp is None else legacy_precision(cpu_amp or "off")
     overrides["precision"] = precision
     for flag in given:
         warn(f"warning: {flag} is deprecated; use --precision {precision}")

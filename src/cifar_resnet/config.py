@@ -217,8 +217,8 @@ def upgrade_config(d: dict) -> dict:
     if not any(k in d for k in LEGACY_FIELDS):
         return d
     d = dict(d)
-    amp, cpu_amp = d.pop("amp", True), d.pop("cpu_amp", "off")
-    d.setdefault("precision", legacy_precision(bool(amp), cpu_amp))
+    d.pop("amp", None)  # see legacy_precision: on the CPU, where these runs were made, cpu_amp alone decided
+    d.setdefault("precision", legacy_precision(d.pop("cpu_amp", "off")))
     return d
 
 

@@ -49,8 +49,6 @@ __all__ = [
     "split_logits",
 ]
 
-DEFAULT_EVAL_BATCH = 500  # for a checkpoint whose config does not say
-
 
 def _checkpoint(checkpoint: str | Path | Checkpoint) -> Checkpoint:
     return checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
@@ -81,7 +79,7 @@ def eval_options(
     :func:`~cifar_resnet.runtime.resolve_precision`, so ``auto`` is bf16 on CUDA and on CPUs with AMX)."""
     run_tta, run_translate = ckpt.tta
     if batch_size is None:
-        batch_size = int(ckpt.config_dict.get("eval_batch_size", DEFAULT_EVAL_BATCH))
+        batch_size = int(ckpt.config_dict.get("eval_batch_size", TrainConfig.eval_batch_size))  # else the default
     return EvalOptions(
         tta=run_tta if tta is None else bool(tta),
         tta_translate=run_translate if tta_translate is None else int(tta_translate),

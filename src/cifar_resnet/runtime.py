@@ -75,15 +75,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def legacy_precision(amp: bool = True, cpu_amp: str = "off") -> str:
-    """The ``precision`` of a config written before it existed, from its ``amp`` (bf16 on CUDA) and
-    ``cpu_amp`` (``off``/``on``/``auto``: bf16 on the CPU): ``fp32``, ``bf16`` or ``auto`` as ``cpu_amp``
-    says. Exact on the CPU, where every such run was made; on CUDA exact for ``amp`` with ``cpu_amp``
-    ``on``/``auto`` and for neither, while ``amp`` alone (bf16 on CUDA, fp32 on the CPU) has no single
-    equivalent and maps to fp32, what it did on the CPU."""
+def legacy_precision(cpu_amp: str = "off") -> str:
+    """The ``precision`` of a config or command line from before it existed, from its ``cpu_amp``
+    (``off``/``on``/``auto``: bf16 on the CPU): ``fp32``, ``bf16`` or ``auto``. Its ``amp`` (bf16 on CUDA)
+    does not enter: every such run was made on the CPU, where ``cpu_amp`` alone decided, so the mapping is
+    exact there; on CUDA it is exact for ``amp`` with ``cpu_amp`` ``on``/``auto`` and for neither, while
+    ``amp`` alone (bf16 on CUDA, fp32 on the CPU) has no single equivalent and maps to fp32."""
     if cpu_amp not in ("off", "on", "auto"):
         raise ValueError(f"unknown cpu amp mode {cpu_amp!r}; use off, on or auto")
-    del amp  # see above: on the CPU, cpu_amp alone decided
     return {"off": "fp32", "on": "bf16", "auto": "auto"}[cpu_amp]
 
 
