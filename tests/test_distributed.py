@@ -181,6 +181,39 @@ def test_only_rank_0_prints_and_writes(two_processes):
     assert files == ["best.pt", "config.json", "history.json", "last.pt", "metrics.csv"]
 
 
+_GLOO_THREADS = r"""
+import os, torch
+from cifar_resnet.distributed import setup, teardown
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sum(name.startswith(("pt_gloo", "gloo")) for name in names)
+
+dist, _ = setup("cpu")
+dist.agree(True)
+dist.sum(torch.ones(3))
+before = gloo_threads()
+teardown(dist)
+line = f"rank {dist.rank}: {before} gloo threads before teardown, {gloo_threads()} after\n"
+os.write(1, line.encode())  # one write: the two ranks share the pipe
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_teardown_ends_gloo_s_threads_before_the_interpreter_exits(tmp_path):
+    """A gloo worker thread still alive at interpreter shutdown aborted a finished run about 1 time in 25
+    (SIGABRT, "terminate called without an active exception": the thread freed an all-reduce's tensors while
+    the interpreter was finalising); ``Dist.control`` kept the group, so its threads, alive past teardown."""
+    script = tmp_path / "threads.py"
+    script.write_text(_GLOO_THREADS)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    proc = subprocess.run(launch, env=ENV, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert len(lines) == 2 and all(line.endswith(", 0 after") for line in lines), proc.stdout
+    assert all(" 0 gloo threads before" not in line for line in lines), proc.stdout  # the count sees them
+
+
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(small_npz, one_process, tmp_path):
     stopped = _interrupt_mid_epoch(_args(small_npz, tmp_path), tmp_path)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr

@@ -134,8 +134,13 @@ def setup(device: str) -> tuple[Dist, str]:
 
 
 def teardown(dist: Dist) -> None:
+    """Leave the process group, and let go of it: gloo's worker threads end only when the last reference to
+    the group is dropped, and a thread still alive when the interpreter shuts down can abort the process
+    (``terminate called without an active exception``) as it frees a finished all-reduce's tensors, which
+    needs the interpreter. ``dist.control`` held that reference until exit."""
     if dist.enabled and tdist.is_initialized():
         tdist.destroy_process_group()
+    dist.control = None
 
 
 class _AllReduceSum(torch.autograd.Function):
