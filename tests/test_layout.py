@@ -23,6 +23,7 @@ LAYERS = [
     {"models.seed", "models.resnet", "models.fast", "loader", "config", "metrics"},
     {"models", "optim"},
     {"checkpoint", "engine"},
+    {"budget"},
     {"plots", "inference", "train", "lr_find"},
     {"evaluate", "interpret", "predict", "notebook", "calibration", "export", "serve.app"},
     {"cli", "__init__", "serve"},
@@ -96,7 +97,7 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "loader.py"
     bad.write_text("from .train import fit\nfrom . import runtime\n")
     assert _internal_imports("loader", bad) == {"train", "runtime"}
-    assert _upward_imports({"loader": {"train", "runtime"}}) == ["loader (layer 1) imports train (layer 4)"]
+    assert _upward_imports({"loader": {"train", "runtime"}}) == ["loader (layer 1) imports train (layer 5)"]
 
 
 def test_the_checker_sees_an_import_against_the_data_order(tmp_path):

@@ -12,7 +12,6 @@ the checksum renewed; written atomically) and reports ECE and NLL before and aft
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,35 +21,9 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint, load_checkpoint
 from .engine import EvalOptions
 from .inference import run_checkpoint
-from .metrics import expected_calibration_error
+from .metrics import expected_calibration_error, fit_temperature
 
 __all__ = ["CalibrationReport", "calibrate", "fit_temperature"]
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, low: float = 0.05, high: float = 20.0) -> float:
-    """The T in [low, high] minimising the mean NLL of ``softmax(logits / T)``: a golden-section search over
-    log T (the NLL is convex in 1/T, so it is unimodal in log T), to a relative precision of 1e-6."""
-    if len(labels) == 0:
-        raise ValueError("cannot calibrate on an empty split")
-    logits = logits.double()
-
-    def nll(log_t: float) -> float:
-        return float(F.cross_entropy(logits / math.exp(log_t), labels))
-
-    a, b = math.log(low), math.log(high)
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(c), nll(d)
-    while b - a > 1e-6:
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = nll(d)
-    return math.exp((a + b) / 2)
 
 
 @dataclass

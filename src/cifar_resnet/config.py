@@ -13,7 +13,7 @@ from typing import Any
 
 from .augment import Augment
 from .data import CifarData, load_data, split_validation, subsample
-from .runtime import PRECISIONS, legacy_precision
+from .runtime import PRECISIONS, legacy_precision, parse_duration
 
 __all__ = ["CLIP_MODES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig", "get_preset", "prepare_data"]
 
@@ -51,7 +51,18 @@ class TrainConfig:
         False, "initialise the stem by patch whitening of training images (models that have it: fast, fast_small)"
     )
     # optimisation
-    epochs: int = _field(100, "number of epochs")
+    epochs: int = _field(100, "number of epochs (with --budget: the most the plan may choose)")
+    budget: str = _field(
+        "none",
+        "training-time budget: 900s, 15m, 1h or none. Before the first epoch the run times its own step on "
+        "this machine at each image size it trains at, then trains the most epochs (up to --epochs) whose "
+        "predicted time, evaluations included, fits; the schedule runs over them",
+    )
+    plan: dict = _field(
+        {},
+        "the plan a --budget made (the run writes it into config.json and its checkpoints): given, the run "
+        "trains its epochs without measuring, as the run that made it did",
+    )
     batch_size: int = _field(128, "training batch size")
     optimizer: str = _field(
         "adam",
@@ -154,6 +165,9 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        parse_duration(self.budget)  # a one-line error naming --budget
+        if self.plan and not (isinstance(self.plan.get("epochs"), int) and self.plan["epochs"] >= 1):
+            raise ValueError("--plan: not a plan written by --budget (it needs its number of epochs)")
         _ = self.augment  # builds an Augment, which validates the flip mode and sizes
         _ = self.train_sizes
 
@@ -184,6 +198,11 @@ class TrainConfig:
             total += frac
             sizes += [size] * (round(self.epochs * total) - len(sizes))
         return sizes + [None] * (self.epochs - len(sizes))
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """The training-time budget in seconds (None: no budget)."""
+        return parse_duration(self.budget)
 
     @property
     def augment(self) -> Augment:
@@ -263,7 +282,8 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=512,
     ),
 }
-PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17)
+# the main job: at most 17 epochs, as many as 15 minutes of training allow on this machine
+PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17, budget="15m")
 
 
 def get_preset(name: str) -> TrainConfig:

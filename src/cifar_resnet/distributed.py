@@ -57,6 +57,12 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=self.control)
         return tuple(bool(v) for v in t.tolist())
 
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (a CPU tensor) replaced by their maximum over the ranks (in place; returned)."""
+        if self.enabled:
+            tdist.all_reduce(values, op=tdist.ReduceOp.MAX, group=self.control)
+        return values
+
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (in place; returned for convenience)."""
         if self.enabled:

@@ -7,6 +7,8 @@ from the same two tensors (float logits ``(N, C)`` and int64 labels ``(N,)`` on 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ __all__ = [
     "compute_report",
     "expected_calibration_error",
     "fine_to_coarse",
+    "fit_temperature",
     "topk_correct",
 ]
 
@@ -124,3 +127,29 @@ def compute_report(
                 "coarse_top1": float(coarse_hit[mask].mean()) if n else None,
             }
     return report
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, low: float = 0.05, high: float = 20.0) -> float:
+    """The T in [low, high] minimising the mean NLL of ``softmax(logits / T)``: a golden-section search over
+    log T (the NLL is convex in 1/T, so it is unimodal in log T), to a relative precision of 1e-6."""
+    if len(labels) == 0:
+        raise ValueError("cannot calibrate on an empty split")
+    logits = logits.double()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), labels))
+
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    while b - a > 1e-6:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    return math.exp((a + b) / 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import signal
 import sys
 import threading
@@ -21,8 +22,10 @@ __all__ = [
     "autocast_for",
     "cpu_has_amx",
     "cpu_model",
+    "format_duration",
     "get_rng_state",
     "legacy_precision",
+    "parse_duration",
     "progress_bar",
     "resolve_device",
     "resolve_precision",
@@ -115,6 +118,34 @@ def cpu_has_amx() -> bool:
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere), for benchmark tables."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str, flag: str = "--budget") -> float | None:
+    """Seconds of a duration such as ``900s``, ``900``, ``15m``, ``1h``, ``1h30m`` or ``2.5m``; None for
+    ``none``. ValueError naming ``flag`` for anything else, zero or negative."""
+    t = str(text).strip().lower()
+    if t in ("none", "off", ""):
+        return None
+    m = _DURATION.fullmatch(t)
+    if not m or not any(m.groups()):
+        raise ValueError(f"{flag}: expected a duration such as 900s, 15m or 1h (or none), got {text!r}")
+    seconds = sum(float(v) * unit for v, unit in zip(m.groups(), (3600.0, 60.0, 1.0)) if v)
+    if not seconds > 0:
+        raise ValueError(f"{flag}: a budget must be longer than 0 s, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``14m 20s``, ``52s``, ``1h 05m``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "img") -> tqdm:

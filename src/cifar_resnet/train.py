@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .budget import Plan, make_plan, measure, planned_config
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig, prepare_data
 from .data import CifarData, channel_stats
@@ -43,9 +44,9 @@ from .engine import (
     training_loader,
 )
 from .loader import CifarLoader
-from .metrics import basic_metrics
+from .metrics import basic_metrics, expected_calibration_error, fit_temperature
 from .optim import build_optimizer, build_scheduler
-from .runtime import StopSignals, get_rng_state, progress_bar, resolve_device, set_rng_state
+from .runtime import StopSignals, format_duration, get_rng_state, progress_bar, resolve_device, set_rng_state
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
@@ -125,6 +126,8 @@ def fit(
         raise ValueError("fit needs a config, or a checkpoint to resume")
     elif device is not None:
         config = dataclasses.replace(config, device=device)
+    if config.plan and config.plan["epochs"] != config.epochs:  # a plan decides the number of epochs
+        config = dataclasses.replace(config, epochs=config.plan["epochs"])
     for value, name in ((save_every, "--save-every"), (save_every_steps, "--save-every-steps")):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
@@ -200,10 +203,18 @@ def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callabl
             if stop_now and epoch + 1 < config.epochs:
                 raise _interrupted(stop, run, epoch + 1, steps, steps)
     run.close()
+    run.calibrate_best()
     seconds = time.perf_counter() - t_start
     if run.records:
         best = max(run.records, key=lambda r: r["val_top1"])
         say(f"done in {seconds:.1f} s; best {run.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}")
+    if run.plan is not None:
+        loop = time.perf_counter() - run.t_loop
+        say(
+            f"the {format_duration(run.plan.budget_s)} budget: {format_duration(run.plan.measure_seconds)} "
+            f"measuring, then {format_duration(loop)} training and evaluating "
+            f"(predicted {format_duration(run.plan.predicted_s)})"
+        )
     return History(
         records=run.records, model=run.model, seconds=seconds, out_dir=run.run_dir.path if run.run_dir else None
     )
@@ -235,6 +246,7 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
     logits, labels = collect_logits(run.model, run.eval_loader, options)
     logits, labels = dist.gather_rows(logits.to(run.dev)).cpu(), dist.gather_rows(labels.to(run.dev)).cpu()
     m = basic_metrics(logits, labels)
+    run.last_logits = (logits, labels) if options == run.eval_options else None  # as a checkpoint evaluates
     return EpochRecord(
         epoch=epoch + 1,
         lr=stats.lrs[-1],
@@ -439,6 +451,8 @@ def _resume_state(resume: str | Path, config: TrainConfig | None, device: str | 
         config = saved
     if device is not None:
         config = dataclasses.replace(config, device=device)
+    if saved.plan and not config.plan:  # the same command again (--resume auto): the plan it made holds
+        config = dataclasses.replace(config, epochs=saved.epochs, plan=saved.plan)
     if dataclasses.replace(saved, device=config.device) != config:
         changed = [
             f.name
@@ -495,12 +509,16 @@ class _Run:
             config, data.train, self.mean, self.std, dev, rank=dist.rank, world_size=dist.world_size
         )
         full_steps = len(self.loader)
-        self.hard = _HardExamples(config, self.loader.num_images, dist, dev, state)
         eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
         self.eval_loader = CifarLoader(eval_shard, config.eval_batch_size, mean=self.mean, std=self.std, device=dev)
         self.model = init_model(config, data, self.mean, self.std, dev, data_init=state is None)
         if config.sync_bn and dist.enabled:
             convert_sync_batchnorm(self.model)
+        self.plan = None
+        if config.budget_seconds is not None and not config.plan:  # --budget: measure, then fix the epochs
+            self.plan = self._make_plan(config, full_steps)
+            self.config = config = planned_config(config, self.plan)
+        self.hard = _HardExamples(config, self.loader.num_images, dist, dev, state)
         self.optimizer = build_optimizer(config, self.model, dev)
         self.scheduler = build_scheduler(
             config, self.optimizer, full_steps, total_steps=sum(self.hard.steps(config, full_steps))
@@ -510,6 +528,7 @@ class _Run:
         self.scaler = grad_scaler(self.step_options, dev)
 
         self.records: list[dict] = []
+        self.last_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start_epoch, self.partial = 0, None
         if state is not None:
             self._load(state, resume, full_steps)
@@ -535,6 +554,19 @@ class _Run:
                 f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}",
             )
         self._announce(eval_split, full_steps)
+        if self.plan is not None:
+            self.say(self.plan.line(data.train.images.shape[1]))
+        self.t_loop = time.perf_counter()
+
+    def _make_plan(self, config: TrainConfig, full_steps: int) -> Plan:
+        n_train = self.loader.num_images
+
+        def steps_for(candidate: TrainConfig) -> list[int]:
+            hard = _HardExamples(candidate, n_train, self.dist, self.dev, None)
+            return hard.steps(candidate, full_steps)
+
+        measured = measure(config, self.model, self.loader, self.eval_loader, self.dev, self.dist)
+        return make_plan(config, config.budget_seconds, measured, steps_for)
 
     def _load(self, state: Checkpoint, resume, full_steps: int) -> None:
         self.model.load_state_dict(state.state_dict)
@@ -626,3 +658,40 @@ class _Run:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+    def calibrate_best(self) -> None:
+        """A run that holds out validation images ends by fitting best.pt's temperature on them (as
+        ``cifar-resnet calibrate`` does), so that its probabilities, and a service's, are calibrated by
+        default; the logits are those the checkpoint evaluates with (its test-time augmentation and
+        precision): the last epoch's when it is the best, else best.pt's computed again."""
+        if self.run_dir is None or not self.dist.is_main or self.eval_name != "val" or not self.records:
+            return
+        best = max(self.records, key=lambda r: r["val_top1"])
+        is_last = best["epoch"] == self.records[-1]["epoch"]
+        if is_last and self.last_logits is not None:
+            logits, labels = self.last_logits
+        else:
+            model = load_checkpoint(self.run_dir.best).build_model().to(self.dev)
+            if self.config.channels_last:
+                model.to(memory_format=torch.channels_last)
+            _, split = self.data.eval_split()
+            loader = CifarLoader(split, self.config.eval_batch_size, mean=self.mean, std=self.std, device=self.dev)
+            logits, labels = collect_logits(model, loader, self.eval_options)
+        t = fit_temperature(logits, labels)
+        options = self.eval_options
+        calibration = {
+            "split": self.eval_name,
+            "n": len(labels),
+            "tta": options.tta,
+            "tta_translate": options.tta_translate,
+            "precision": options.precision,
+        }
+        paths = [self.run_dir.best] + ([self.run_dir.last] if is_last else [])
+        for path in paths:
+            load_checkpoint(path).replace(temperature=t, calibration=calibration).save(path)
+        before = expected_calibration_error(logits.softmax(dim=1), labels)
+        after = expected_calibration_error((logits / t).softmax(dim=1), labels)
+        self.say(
+            f"temperature {t:.3f} fitted on the {len(labels)} {self.eval_name} images (ECE {before:.3f} -> "
+            f"{after:.3f}), stored in {' and '.join(p.name for p in paths)}"
+        )

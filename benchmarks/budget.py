@@ -1,0 +1,151 @@
+"""Validation top-1 against training budget: the main job at several budgets, as a table and a figure.
+
+    python benchmarks/budget.py --data ../shared/data/cifar100-train.npz                  # 2 5 10 15 30 min
+    python benchmarks/budget.py --data ... --budgets 5 15 --precision fp32 --threads 1    # a slower machine
+    python benchmarks/budget.py --report                                                 # table + PNG only
+
+Each point is ``cifar-resnet train --preset fast-cpu --budget Nm --epochs 100`` (the planner may then choose
+as many epochs as fit, beyond the preset's 17), one after another, never side by side (two runs on two cores
+would slow each other and plan for a slower machine). Per run, the log and ``config.json`` land in
+``docs/runs/budget-<precision>-<threads>t-<N>m.*`` with a summary ``.json``: the plan (epochs, measured
+step times), the final validation top-1 (the last epoch, with the run's test-time augmentation), the
+seconds the run took from measuring to the last evaluation, the CPU and thread count. ``--report`` draws
+``docs/budget.png`` (top-1 against training minutes, one line per precision and thread count) and prints
+the markdown table that docs/performance.md shows beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "docs" / "runs"
+
+try:
+    import cifar_resnet  # noqa: F401
+except ImportError:  # a checkout without an install
+    sys.path.insert(0, str(ROOT / "src"))
+
+from cifar_resnet.checkpoint import RunDir
+from cifar_resnet.runtime import cpu_model
+
+BUDGETS = (2, 5, 10, 15, 30)
+_BUDGET_LINE = re.compile(r"the \S+ budget: (?:(\d+)m )?(\d+)s measuring, then (?:(\d+)h )?(?:(\d+)m )?(\d+)s")
+
+
+def run_point(data: str, minutes: float, precision: str, threads: int, seed: int) -> dict:
+    """One training run at a budget of ``minutes``; its summary (also written next to its log)."""
+    name = f"budget-{precision}-{threads}t-{minutes:g}m" + (f"-seed{seed}" if seed else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "cifar_resnet", "train", "--preset", "fast-cpu", "--data", data]
+        cmd += ["--budget", f"{minutes:g}m", "--epochs", "100", "--precision", precision, "--seed", str(seed)]
+        cmd += ["--out", str(out), "--no-progress"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        (RUNS / f"{name}.log").write_text(" ".join(cmd[1:]) + "\n" + proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"budget.py: {name} failed (exit {proc.returncode}); see docs/runs/{name}.log")
+        run = RunDir(out)
+        config = json.loads(run.config_json.read_text())
+        (RUNS / f"{name}.config.json").write_text(json.dumps(config, indent=1) + "\n")
+        records = run.read_history()
+    summary = {
+        "name": name,
+        "budget_min": minutes,
+        "precision": precision,
+        "threads": threads,
+        "seed": seed,
+        "epochs": config["epochs"],
+        "plan": config["plan"],
+        "val_top1": records[-1].val_top1,
+        "train_minutes": _trained_seconds(proc.stdout) / 60,
+        "wall_minutes": wall / 60,
+        "cpu": cpu_model(),
+        "command": " ".join(cmd[1:]),
+    }
+    (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _trained_seconds(log: str) -> float:
+    """Measuring plus training and evaluating, from the run's last line about its budget."""
+    m = _BUDGET_LINE.search(log)
+    if not m:
+        raise SystemExit("budget.py: the run printed no budget line")
+    mm, ms, th, tm, ts = (int(v) if v else 0 for v in m.groups())
+    return mm * 60 + ms + th * 3600 + tm * 60 + ts
+
+
+def report(png: Path) -> str:
+    """The markdown table of every summary in docs/runs, and the figure."""
+    rows = [json.loads(p.read_text()) for p in sorted(RUNS.glob("budget-*.json")) if "config" not in p.name]
+    if not rows:
+        raise SystemExit("budget.py: no docs/runs/budget-*.json yet; run some budgets first")
+    rows.sort(key=lambda r: (r["precision"], r["threads"], r["budget_min"]))
+    lines = [
+        "| precision | threads | budget | epochs | trained (min) | val top-1 | CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['precision']} | {r['threads']} | {r['budget_min']:g} min | {r['epochs']} | "
+            f"{r['train_minutes']:.1f} | {100 * r['val_top1']:.2f}% | {r['cpu']} |"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for key in sorted({(r["precision"], r["threads"], r["cpu"]) for r in rows}):
+        pts = [r for r in rows if (r["precision"], r["threads"], r["cpu"]) == key]
+        ax.plot(
+            [r["train_minutes"] for r in pts],
+            [100 * r["val_top1"] for r in pts],
+            "o-",
+            label=f"{key[0]}, {key[1]} thread{'s' if key[1] > 1 else ''} ({key[2]})",
+        )
+    ax.set_xlabel("training minutes (measuring, training, evaluating)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("fast-cpu under --budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, png)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="the CIFAR-100 .npz (needed unless --report)")
+    p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="minutes (default: 2 5 10 15 30)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true", help="only draw docs/budget.png and print the table")
+    args = p.parse_args()
+    if not args.report:
+        if not args.data:
+            p.error("--data is needed to run budgets")
+        for minutes in args.budgets:
+            s = run_point(args.data, minutes, args.precision, args.threads, args.seed)
+            print(f"{s['name']}: {s['epochs']} epochs, {s['train_minutes']:.1f} min, top-1 {s['val_top1']:.4f}")
+    print(report(ROOT / "docs" / "budget.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

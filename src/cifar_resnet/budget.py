@@ -1,0 +1,256 @@
+"""A training-time budget: measure this machine, then fix a plan that fits.
+
+``--budget 15m`` makes ``fit`` time the run's own training step before the first epoch, at each image size
+the recipe trains at (an untimed warm-up, then timed steps on real, augmented batches, in the precision
+that will run, on a throwaway copy of the model and optimizer, with the random generators restored
+afterwards), and one plain evaluation pass. From those it predicts how long N epochs take (the steps of
+each epoch at its size, the evaluation after each epoch, the test-time-augmented one after the last) and
+fixes the plan: the most epochs, up to the config's ``epochs``, that fit in the budget left after the
+measurement. The run is then an ordinary run of that many epochs (the learning-rate schedule and the
+progressive-resizing phases follow from it), so it ends where its schedule ends, unlike a run that is cut
+off. The plan is stored in the config (``plan``): a resumed run continues it without measuring, and two
+runs with the same plan and seed are bit-identical (the measurement picks the plan; the plan decides the
+run). Under torchrun every rank measures at once and the ranks agree on the slowest figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .distributed import Dist
+from .engine import EvalOptions, StepOptions, collect_logits, grad_scaler, resize_batch, train_step
+from .loader import CifarLoader
+from .optim import build_optimizer, build_scheduler
+from .runtime import format_duration, get_rng_state, parse_duration, set_rng_state
+
+__all__ = [
+    "BudgetTooSmall",
+    "Measurement",
+    "Plan",
+    "format_duration",
+    "make_plan",
+    "measure",
+    "parse_duration",
+    "planned_config",
+    "predict_seconds",
+]
+
+
+WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
+TIMED_STEPS = 3  # the median of these is the step's time
+EVAL_BATCHES = 2  # timed evaluation batches (after one untimed)
+
+
+class BudgetTooSmall(ValueError):
+    """Even the recipe's minimum (one epoch) does not fit in the budget."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the planner measured: seconds per training step at each image size (``0``: full size), seconds
+    of one plain evaluation pass over the evaluation images, and how long measuring took."""
+
+    step_seconds: dict[int, float]
+    eval_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan a budget fixed: how many epochs, and the figures it was chosen from (stored in the run's
+    config as a dict, ``Plan.from_dict`` reads it back)."""
+
+    budget_s: float
+    epochs: int
+    max_epochs: int
+    predicted_s: float
+    step_seconds: dict[int, float]
+    steps_per_epoch: int
+    eval_seconds: float
+    measure_seconds: float
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["step_seconds"] = {str(k): v for k, v in self.step_seconds.items()}  # JSON keys are strings
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        try:
+            return cls(**{**d, "step_seconds": {int(k): float(v) for k, v in d["step_seconds"].items()}})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"--plan: not a plan written by --budget ({e})") from None
+
+    def line(self, full_size: int) -> str:
+        sizes = ", ".join(
+            f"{s:.3g} s at {size or full_size} px" for size, s in sorted(self.step_seconds.items(), key=_size_key)
+        )
+        capped = " (the recipe's maximum)" if self.epochs == self.max_epochs else ""
+        return (
+            f"plan for a {format_duration(self.budget_s)} budget: {self.epochs} epochs{capped} of "
+            f"{self.steps_per_epoch} steps; measured {sizes} a step, {self.eval_seconds:.3g} s an evaluation; "
+            f"predicted {format_duration(self.predicted_s)} of training and evaluation after "
+            f"{format_duration(self.measure_seconds)} measuring"
+        )
+
+
+def _size_key(item: tuple[int, float]) -> int:
+    return item[0] or 10**6  # full size (0) last
+
+
+def _eval_passes(config: TrainConfig) -> int:
+    """Forward passes of an evaluation with the config's test-time augmentation, per plain pass."""
+    return (2 if config.tta else 1) * (3 if config.tta_translate else 1)
+
+
+def predict_seconds(config: TrainConfig, epochs: int, steps_per_epoch: list[int] | int, m: Measurement) -> float:
+    """Seconds ``epochs`` epochs of ``config`` take: each epoch's steps at its image size, the evaluation after
+    each (plain before the last with ``--no-tta-every-epoch``, test-time-augmented otherwise)."""
+    planned = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "plan": {}})
+    steps = [steps_per_epoch] * epochs if isinstance(steps_per_epoch, int) else steps_per_epoch
+    train = sum(n * m.step_seconds[size or 0] for n, size in zip(steps, planned.train_sizes))
+    full = m.eval_seconds * _eval_passes(config)
+    evals = full * epochs if config.tta_every_epoch else m.eval_seconds * (epochs - 1) + full
+    return train + evals
+
+
+def make_plan(
+    config: TrainConfig,
+    budget_s: float,
+    m: Measurement,
+    steps_for: Callable[[TrainConfig], list[int]],
+) -> Plan:
+    """The most epochs (up to ``config.epochs``) whose predicted time fits in ``budget_s`` less the time
+    spent measuring; ``steps_for(config)``: the steps of each epoch of a config (``--drop-easy`` shortens
+    the late ones). BudgetTooSmall when one epoch does not fit."""
+    left = budget_s - m.seconds
+    best = None
+    for epochs in range(1, config.epochs + 1):
+        candidate = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "plan": {}})
+        predicted = predict_seconds(config, epochs, steps_for(candidate), m)
+        if predicted > left:
+            break
+        best = (epochs, predicted)
+    full_steps = steps_for(TrainConfig.from_dict({**config.to_dict(), "epochs": 1, "plan": {}}))[0]
+    if best is None:
+        one = predict_seconds(config, 1, [full_steps], m)
+        raise BudgetTooSmall(
+            f"--budget {format_duration(budget_s)}: one epoch of {full_steps} steps needs about "
+            f"{format_duration(one)} on this machine ({m.step_seconds[max(m.step_seconds, key=_size_key_only)]:.2f} s "
+            f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
+            "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
+        )
+    epochs, predicted = best
+    return Plan(
+        budget_s=budget_s,
+        epochs=epochs,
+        max_epochs=config.epochs,
+        predicted_s=predicted,
+        step_seconds=dict(m.step_seconds),
+        steps_per_epoch=full_steps,
+        eval_seconds=m.eval_seconds,
+        measure_seconds=m.seconds,
+    )
+
+
+def _size_key_only(size: int) -> int:
+    return size or 10**6
+
+
+def measure(
+    config: TrainConfig,
+    model: nn.Module,
+    loader: CifarLoader,
+    eval_loader: CifarLoader,
+    dev: torch.device,
+    dist: Dist,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Measurement:
+    """Time this machine's training step at each image size of ``config`` and one plain evaluation pass
+    over ``eval_loader`` (a few batches, scaled to the whole pass); on a copy of ``model``, its own
+    optimizer and a copy of ``loader`` with its own generator, so the run itself is untouched (the global
+    random generators are restored). Under torchrun the ranks step together (DDP) and agree on the
+    slowest figures."""
+    t0 = clock()
+    sizes = sorted({size or 0 for size in config.train_sizes}, key=_size_key_only)
+    rng = get_rng_state()
+    try:
+        probe = copy.deepcopy(model)
+        optimizer = build_optimizer(config, probe, dev)
+        scheduler = build_scheduler(config, optimizer, len(loader))
+        step_model = (
+            nn.parallel.DistributedDataParallel(probe, device_ids=[dev.index] if dev.type == "cuda" else None)
+            if dist.enabled
+            else probe
+        )
+        options = StepOptions.from_config(config, dev)
+        scaler = grad_scaler(options, dev)
+        batches = copy.copy(loader)
+        batches._gen = torch.Generator(device=loader.device)
+        batches._gen.manual_seed(config.seed + 1)
+        batches.set_epoch(0)
+        stream = iter(batches)
+        step_model.train()
+        step_seconds = {}
+        for size in sizes:
+            times = []
+            for i in range(WARMUP_STEPS + TIMED_STEPS):
+                _sync(dev)
+                start = clock()  # the loader's work (augmentation) is part of a step's time
+                try:
+                    x, y = next(stream)
+                except StopIteration:
+                    stream = iter(batches)
+                    x, y = next(stream)
+                x = resize_batch(x, size or None)
+                loss, _, _ = train_step(step_model, x, y, optimizer, scheduler, options, scaler)
+                loss.item()  # wait for the step
+                _sync(dev)
+                if i >= WARMUP_STEPS:
+                    times.append(clock() - start)
+            step_seconds[size] = sorted(times)[len(times) // 2]
+        eval_seconds = _eval_seconds(probe, eval_loader, EvalOptions.from_config(config, dev).plain(), dev, clock)
+    finally:
+        set_rng_state(rng)
+    figures = torch.tensor([*step_seconds.values(), eval_seconds], dtype=torch.float64)
+    figures = dist.max(figures)  # every rank plans from the same, slowest, figures
+    return Measurement(
+        step_seconds=dict(zip(step_seconds, (float(v) for v in figures[:-1]))),
+        eval_seconds=float(figures[-1]),
+        seconds=float(dist.max(torch.tensor([clock() - t0], dtype=torch.float64))[0]),
+    )
+
+
+def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, dev: torch.device, clock) -> float:
+    """One plain pass over ``loader``, from the time of a few of its batches."""
+    batches = []
+    for i, batch in enumerate(loader):
+        if i > EVAL_BATCHES:
+            break
+        batches.append(batch)
+    collect_logits(model, batches[:1], options)  # untimed warm-up
+    timed = batches[1:] or batches
+    _sync(dev)
+    start = clock()
+    collect_logits(model, timed, options)
+    _sync(dev)
+    per_image = (clock() - start) / sum(len(y) for _, y in timed)
+    return per_image * loader.num_images
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def planned_config(config: TrainConfig, plan: Plan) -> TrainConfig:
+    """``config`` with the plan's epochs and the plan recorded."""
+    return TrainConfig.from_dict({**config.to_dict(), "epochs": plan.epochs, "plan": plan.to_dict()})
