@@ -6,17 +6,18 @@
 
 Each point is ``cifar-resnet train --preset fast-cpu --budget Nm --epochs 100`` (the planner may then choose
 as many epochs as fit, beyond the preset's 17), one after another, never side by side (two runs on two cores
-would slow each other and plan for a slower machine). Per run, the log and ``config.json`` land in
-``docs/runs/budget-<precision>-<threads>t-<N>m.*`` with a summary ``.json``: the plan (epochs, measured
-step times), the final validation top-1 (the last epoch, with the run's test-time augmentation), the
-seconds the run took from measuring to the last evaluation, the CPU and thread count. ``--report`` draws
-``docs/budget.png`` (top-1 against training minutes, one line per precision and thread count) and prints
-the markdown table that docs/performance.md shows beside it.
+would slow each other and plan for a slower machine). Per run, the log, ``-config.json`` and ``-metrics.csv``
+land in ``docs/runs/budget-<precision>-<threads>t-<N>m*`` with a summary ``.json``: the plan (epochs,
+measured step times), the final validation top-1 (the last epoch, with the run's test-time augmentation),
+the minutes from measuring to the last evaluation, the CPU and thread count; a budget in which not even one
+epoch fits is a row saying so. ``--report`` draws ``docs/budget.png`` (top-1 against training minutes, one
+line per precision and thread count) and prints the markdown table that docs/performance.md shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.runtime import cpu_model
 
 BUDGETS = (2, 5, 10, 15, 30)
-_BUDGET_LINE = re.compile(r"the \S+ budget: (?:(\d+)m )?(\d+)s measuring, then (?:(\d+)h )?(?:(\d+)m )?(\d+)s")
+_BUDGET_LINE = re.compile(r"the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training")
 
 
 def run_point(data: str, minutes: float, precision: str, threads: int, seed: int) -> dict:
@@ -55,12 +56,27 @@ def run_point(data: str, minutes: float, precision: str, threads: int, seed: int
         wall = time.perf_counter() - t0
         (RUNS / f"{name}.log").write_text(" ".join(cmd[1:]) + "\n" + proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            raise SystemExit(f"budget.py: {name} failed (exit {proc.returncode}); see docs/runs/{name}.log")
+            last = (proc.stderr.strip().splitlines() or [""])[-1]
+            if "error: --budget" not in last:
+                raise SystemExit(f"budget.py: {name} failed (exit {proc.returncode}); see docs/runs/{name}.log")
+            summary = {"name": name, "budget_min": minutes, "precision": precision, "threads": threads}
+            summary.update(seed=seed, fits=False, message=last, cpu=cpu_model(), command=" ".join(cmd[1:]))
+            (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+            return summary  # the planner refused: not even one epoch fits (a row of the table, no point)
         run = RunDir(out)
-        config = json.loads(run.config_json.read_text())
-        (RUNS / f"{name}.config.json").write_text(json.dumps(config, indent=1) + "\n")
-        records = run.read_history()
+        (RUNS / f"{name}-config.json").write_text(run.config_json.read_text())
+        (RUNS / f"{name}-metrics.csv").write_text(run.metrics_csv.read_text())
+    return write_summary(name, minutes, precision, threads, seed, wall)
+
+
+def write_summary(name: str, minutes: float, precision: str, threads: int, seed: int, wall: float | None) -> dict:
+    """The summary of a finished point, from its files in docs/runs (log, config, metrics)."""
+    log = (RUNS / f"{name}.log").read_text()
+    config = json.loads((RUNS / f"{name}-config.json").read_text())
+    with (RUNS / f"{name}-metrics.csv").open() as f:
+        last = list(csv.DictReader(f))[-1]
     summary = {
+        "fits": True,
         "name": name,
         "budget_min": minutes,
         "precision": precision,
@@ -68,11 +84,11 @@ def run_point(data: str, minutes: float, precision: str, threads: int, seed: int
         "seed": seed,
         "epochs": config["epochs"],
         "plan": config["plan"],
-        "val_top1": records[-1].val_top1,
-        "train_minutes": _trained_seconds(proc.stdout) / 60,
-        "wall_minutes": wall / 60,
+        "val_top1": float(last["val_top1"]),
+        "train_minutes": _trained_seconds(log) / 60,
+        "wall_minutes": None if wall is None else wall / 60,
         "cpu": cpu_model(),
-        "command": " ".join(cmd[1:]),
+        "command": log.splitlines()[0],
     }
     (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -83,13 +99,16 @@ def _trained_seconds(log: str) -> float:
     m = _BUDGET_LINE.search(log)
     if not m:
         raise SystemExit("budget.py: the run printed no budget line")
-    mm, ms, th, tm, ts = (int(v) if v else 0 for v in m.groups())
-    return mm * 60 + ms + th * 3600 + tm * 60 + ts
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for part in m.groups() for n, u in re.findall(r"(\d+)([hms])", part))
 
 
 def report(png: Path) -> str:
     """The markdown table of every summary in docs/runs, and the figure."""
-    rows = [json.loads(p.read_text()) for p in sorted(RUNS.glob("budget-*.json")) if "config" not in p.name]
+    rows = [
+        json.loads(p.read_text()) for p in sorted(RUNS.glob("budget-*.json")) if not p.name.endswith("-config.json")
+    ]
+    rows = [r for r in rows if "budget_min" in r]
     if not rows:
         raise SystemExit("budget.py: no docs/runs/budget-*.json yet; run some budgets first")
     rows.sort(key=lambda r: (r["precision"], r["threads"], r["budget_min"]))
@@ -98,6 +117,12 @@ def report(png: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if not r["fits"]:
+            lines.append(
+                f"| {r['precision']} | {r['threads']} | {r['budget_min']:g} min | - | - | "
+                f"refused: {r['message'].split(': ', 3)[-1].split(' after')[0]} | {r['cpu']} |"
+            )
+            continue
         lines.append(
             f"| {r['precision']} | {r['threads']} | {r['budget_min']:g} min | {r['epochs']} | "
             f"{r['train_minutes']:.1f} | {100 * r['val_top1']:.2f}% | {r['cpu']} |"
@@ -108,8 +133,8 @@ def report(png: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key in sorted({(r["precision"], r["threads"], r["cpu"]) for r in rows}):
-        pts = [r for r in rows if (r["precision"], r["threads"], r["cpu"]) == key]
+    for key in sorted({(r["precision"], r["threads"], r["cpu"]) for r in rows if r["fits"]}):
+        pts = [r for r in rows if (r["precision"], r["threads"], r["cpu"]) == key and r["fits"]]
         ax.plot(
             [r["train_minutes"] for r in pts],
             [100 * r["val_top1"] for r in pts],
@@ -142,7 +167,10 @@ def main() -> int:
             p.error("--data is needed to run budgets")
         for minutes in args.budgets:
             s = run_point(args.data, minutes, args.precision, args.threads, args.seed)
-            print(f"{s['name']}: {s['epochs']} epochs, {s['train_minutes']:.1f} min, top-1 {s['val_top1']:.4f}")
+            if s["fits"]:
+                print(f"{s['name']}: {s['epochs']} epochs, {s['train_minutes']:.1f} min, top-1 {s['val_top1']:.4f}")
+            else:
+                print(f"{s['name']}: {s['message']}")
     print(report(ROOT / "docs" / "budget.png"))
     return 0
 

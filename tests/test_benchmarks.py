@@ -311,3 +311,23 @@ def test_ablation_runs_a_variant_and_keeps_its_logs(tmp_path, write_npz, monkeyp
     monkeypatch.setitem(ablation.VARIANTS, "tiny-bad", {"epochs": 0})
     with pytest.raises(SystemExit, match="failed with exit code 2"):
         ablation.run_variant("tiny-bad", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
+
+
+def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch, open_png):
+    budget = _load("budget")
+    monkeypatch.setattr(budget, "RUNS", tmp_path)
+    line = "the 15m budget: 21s measuring, then 13m 46s training and evaluating (predicted 13m 51s)"
+    assert budget._trained_seconds(f"Epoch 7, ...\n{line}\n") == 21 + 13 * 60 + 46
+    assert budget._trained_seconds("the 2m budget: 5s measuring, then 1m training and evaluating") == 65
+    (tmp_path / "budget-fp32-2t-5m.log").write_text("-m cifar_resnet train --budget 5m\n" + line.replace("15m", "5m"))
+    (tmp_path / "budget-fp32-2t-5m-config.json").write_text(json.dumps({"epochs": 2, "plan": {"epochs": 2}}))
+    (tmp_path / "budget-fp32-2t-5m-metrics.csv").write_text("epoch,val_top1\n1,0.2\n2,0.41\n")
+    summary = budget.write_summary("budget-fp32-2t-5m", 5.0, "fp32", 2, 0, None)
+    assert summary["val_top1"] == 0.41 and summary["epochs"] == 2 and summary["fits"]
+    refused = {"name": "budget-fp32-2t-2m", "budget_min": 2, "precision": "fp32", "threads": 2, "seed": 0}
+    refused.update(fits=False, cpu="X", message="cifar-resnet: error: --budget 2m: one epoch needs 3m after 20s")
+    (tmp_path / "budget-fp32-2t-2m.json").write_text(json.dumps(refused))
+    png = tmp_path / "budget.png"
+    table = budget.report(png).splitlines()
+    assert len(table) == 4 and "refused: one epoch needs 3m" in table[2] and "| 41.00% |" in table[3]
+    assert open_png(png).shape[0] > 100

@@ -95,12 +95,15 @@ def test_superclass_mapping_from_the_data_for_other_class_names():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, cli):
+def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, cli, tmp_path):
     ckpt = load_checkpoint(real_run / "best.pt")
     record = next(r for r in json.loads((real_run / "history.json").read_text()) if r["epoch"] == ckpt.epoch)
+    # the run ended by fitting best.pt's temperature on these images; training's val_loss is the raw model's
+    assert ckpt.temperature != 1.0 and ckpt.calibration["split"] == "val"
+    raw = ckpt.replace(temperature=1.0).save(tmp_path / "raw.pt")
     code, out, err = cli(
         "evaluate",
-        real_run / "best.pt",
+        raw,
         "--data",
         real_npz,
         "--split",
@@ -126,6 +129,10 @@ def test_val_split_reproduces_the_numbers_training_printed(real_run, real_npz, c
     sup = r["per_superclass"]
     assert len(sup) == 20 and sum(v["n"] for v in sup.values()) == 2000
     assert sum(v["coarse_top1"] * v["n"] for v in sup.values()) / 2000 == pytest.approx(r["coarse_top1"])
+    # the calibrated checkpoint itself: the same predictions, and a lower loss (T minimises it on these images)
+    code, out, err = cli("evaluate", real_run / "best.pt", "--data", real_npz, "--json", "--device", "cpu")
+    calibrated = json.loads(out)
+    assert calibrated["top1"] == r["top1"] and calibrated["loss"] < r["loss"]
     assert 0.0 <= r["ece"] <= 1.0
 
 
@@ -268,10 +275,12 @@ def test_evaluate_reproduces_a_bf16_run_exactly(tmp_path, synthetic, cli):
     )
     hist = fit(config, None, tmp_path / "run", log=None, progress=False)
     last = hist.records[-1]
+    raw = {}  # the checkpoints without the temperature the run ended by fitting: training's loss is uncalibrated
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(tmp_path / "run" / name)
         record = next(r for r in hist.records if r["epoch"] == ckpt.epoch)  # best.pt: the best epoch's
-        code, out, err = cli("evaluate", tmp_path / "run" / name, "--json", "--device", "cpu")
+        raw[name] = ckpt.replace(temperature=1.0).save(tmp_path / f"raw-{name}")
+        code, out, err = cli("evaluate", raw[name], "--json", "--device", "cpu")
         assert code == 0, err
         r = json.loads(out)
         assert r["precision"] == "bf16" and r["split"] == "val" and r["n"] == 100
@@ -279,11 +288,11 @@ def test_evaluate_reproduces_a_bf16_run_exactly(tmp_path, synthetic, cli):
         assert r["top1"] == pytest.approx(record["val_top1"], abs=1e-6)
         assert r["loss"] == pytest.approx(record["val_loss"], abs=1e-6)
     assert ckpt.epoch == last["epoch"]  # the loop ended on last.pt
-    code, out, err = cli("evaluate", tmp_path / "run" / "last.pt", "--json", "--device", "cpu", "--precision", "fp32")
+    code, out, err = cli("evaluate", raw["last.pt"], "--json", "--device", "cpu", "--precision", "fp32")
     assert code == 0, err
     fp32 = json.loads(out)
     assert fp32["precision"] == "fp32" and fp32["n"] == 100
     assert fp32["loss"] != pytest.approx(last["val_loss"], abs=1e-6)  # so the default above was not fp32
     # the library says the same
-    report = evaluate_checkpoint(tmp_path / "run" / "last.pt", device="cpu", progress=False)
+    report = evaluate_checkpoint(raw["last.pt"], device="cpu", progress=False)
     assert report["precision"] == "bf16" and report["loss"] == pytest.approx(last["val_loss"], abs=1e-6)

@@ -144,7 +144,7 @@ def format_duration(seconds: float) -> str:
     if s < 60:
         return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
+        return f"{s // 60}m {s % 60:02d}s" if s % 60 else f"{s // 60}m"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
