@@ -16,6 +16,7 @@ run). Under torchrun every rank measures at once and the ranks agree on the slow
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -90,19 +91,25 @@ class Plan:
 
     def line(self, full_size: int) -> str:
         sizes = ", ".join(
-            f"{s:.3g} s at {size or full_size} px" for size, s in sorted(self.step_seconds.items(), key=_size_key)
+            f"{self.step_seconds[size]:.3g} s at {size or full_size} px"
+            for size in sorted(self.step_seconds, key=_size_order)
         )
         capped = " (the recipe's maximum)" if self.epochs == self.max_epochs else ""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
         return (
-            f"plan for a {format_duration(self.budget_s)} budget: {self.epochs} epochs{capped} of "
+            f"plan for a {format_duration(self.budget_s)} budget: {epochs}{capped} of "
             f"{self.steps_per_epoch} steps; measured {sizes} a step, {self.eval_seconds:.3g} s an evaluation; "
             f"predicted {format_duration(self.predicted_s)} of training and evaluation after "
             f"{format_duration(self.measure_seconds)} measuring"
         )
 
 
-def _size_key(item: tuple[int, float]) -> int:
-    return item[0] or 10**6  # full size (0) last
+def _size_order(size: int) -> int:
+    return size or 10**6  # full size (0) last
+
+
+def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
+    return dataclasses.replace(config, epochs=epochs, plan={})
 
 
 def _eval_passes(config: TrainConfig) -> int:
@@ -113,9 +120,8 @@ def _eval_passes(config: TrainConfig) -> int:
 def predict_seconds(config: TrainConfig, epochs: int, steps_per_epoch: list[int] | int, m: Measurement) -> float:
     """Seconds ``epochs`` epochs of ``config`` take: each epoch's steps at its image size, the evaluation after
     each (plain before the last with ``--no-tta-every-epoch``, test-time-augmented otherwise)."""
-    planned = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "plan": {}})
     steps = [steps_per_epoch] * epochs if isinstance(steps_per_epoch, int) else steps_per_epoch
-    train = sum(n * m.step_seconds[size or 0] for n, size in zip(steps, planned.train_sizes))
+    train = sum(n * m.step_seconds[size or 0] for n, size in zip(steps, _with_epochs(config, epochs).train_sizes))
     full = m.eval_seconds * _eval_passes(config)
     evals = full * epochs if config.tta_every_epoch else m.eval_seconds * (epochs - 1) + full
     return train + evals
@@ -133,17 +139,16 @@ def make_plan(
     left = budget_s - m.seconds
     best = None
     for epochs in range(1, config.epochs + 1):
-        candidate = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "plan": {}})
-        predicted = predict_seconds(config, epochs, steps_for(candidate), m)
+        predicted = predict_seconds(config, epochs, steps_for(_with_epochs(config, epochs)), m)
         if predicted > left:
             break
         best = (epochs, predicted)
-    full_steps = steps_for(TrainConfig.from_dict({**config.to_dict(), "epochs": 1, "plan": {}}))[0]
+    full_steps = steps_for(_with_epochs(config, 1))[0]
     if best is None:
         one = predict_seconds(config, 1, [full_steps], m)
         raise BudgetTooSmall(
             f"--budget {format_duration(budget_s)}: one epoch of {full_steps} steps needs about "
-            f"{format_duration(one)} on this machine ({m.step_seconds[max(m.step_seconds, key=_size_key_only)]:.2f} s "
+            f"{format_duration(one)} on this machine ({m.step_seconds[max(m.step_seconds, key=_size_order)]:.2f} s "
             f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
             "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
         )
@@ -158,10 +163,6 @@ def make_plan(
         eval_seconds=m.eval_seconds,
         measure_seconds=m.seconds,
     )
-
-
-def _size_key_only(size: int) -> int:
-    return size or 10**6
 
 
 def measure(
@@ -180,7 +181,7 @@ def measure(
     random generators are restored). Under torchrun the ranks step together (DDP) and agree on the
     slowest figures."""
     t0 = clock()
-    sizes = sorted({size or 0 for size in config.train_sizes}, key=_size_key_only)
+    sizes = sorted({size or 0 for size in config.train_sizes}, key=_size_order)
     rng = get_rng_state()
     try:
         probe = copy.deepcopy(model)
@@ -253,4 +254,4 @@ def _sync(dev: torch.device) -> None:
 
 def planned_config(config: TrainConfig, plan: Plan) -> TrainConfig:
     """``config`` with the plan's epochs and the plan recorded."""
-    return TrainConfig.from_dict({**config.to_dict(), "epochs": plan.epochs, "plan": plan.to_dict()})
+    return dataclasses.replace(config, epochs=plan.epochs, plan=plan.to_dict())

@@ -76,13 +76,7 @@ def calibrate(
     ece_after, nll_after = _ece_nll(run.raw_logits, run.labels, t)
     opts = run.options
     if write:
-        calibration = {
-            "split": run.split_name,
-            "n": len(run.labels),
-            "tta": opts.tta,
-            "tta_translate": opts.tta_translate,
-            "precision": opts.precision,
-        }
+        calibration = opts.calibration(run.split_name, len(run.labels))
         ckpt.replace(temperature=t, calibration=calibration).save(path)
     report = CalibrationReport(
         str(path),

@@ -98,6 +98,16 @@ class EvalOptions:
         """The same without test-time augmentation (one pass per image)."""
         return dataclasses.replace(self, tta=False, tta_translate=0)
 
+    def calibration(self, split: str, n: int) -> dict:
+        """What a checkpoint records of a temperature fitted with these options on ``n`` images of ``split``."""
+        return {
+            "split": split,
+            "n": n,
+            "tta": self.tta,
+            "tta_translate": self.tta_translate,
+            "precision": self.precision,
+        }
+
     @property
     def tta_name(self) -> str:
         """How it evaluates, for records: none, flip, translate1, flip+translate1, ..."""

@@ -678,14 +678,7 @@ class _Run:
             loader = CifarLoader(split, self.config.eval_batch_size, mean=self.mean, std=self.std, device=self.dev)
             logits, labels = collect_logits(model, loader, self.eval_options)
         t = fit_temperature(logits, labels)
-        options = self.eval_options
-        calibration = {
-            "split": self.eval_name,
-            "n": len(labels),
-            "tta": options.tta,
-            "tta_translate": options.tta_translate,
-            "precision": options.precision,
-        }
+        calibration = self.eval_options.calibration(self.eval_name, len(labels))
         paths = [self.run_dir.best] + ([self.run_dir.last] if is_last else [])
         for path in paths:
             load_checkpoint(path).replace(temperature=t, calibration=calibration).save(path)
