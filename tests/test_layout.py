@@ -25,7 +25,7 @@ LAYERS = [
     {"checkpoint", "engine"},
     {"budget"},
     {"plots", "inference", "train", "lr_find"},
-    {"evaluate", "interpret", "predict", "notebook", "calibration", "export", "serve.app"},
+    {"evaluate", "interpret", "predict", "notebook", "calibration", "export", "serve.app", "sweep"},
     {"cli", "__init__", "serve"},
     {"__main__"},
 ]
@@ -37,6 +37,7 @@ FUNCTION_LEVEL_IMPORTS = {
     ("export", "onnx"),
     ("export", "onnxruntime"),
     ("inference", "onnxruntime"),
+    ("sweep", "optuna"),
 }
 
 

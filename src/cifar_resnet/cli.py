@@ -21,6 +21,8 @@ import sys
 import textwrap
 import typing
 
+import torch
+
 from .calibration import calibrate
 from .checkpoint import Checkpoint, RunDir, load_checkpoint
 from .config import PRESETS, TrainConfig, get_preset
@@ -36,6 +38,7 @@ from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
 from .runtime import PRECISIONS, legacy_precision
+from .sweep import load_sweep, report, run_workers, work
 from .train import TrainingInterrupted, fit
 
 PROG = "cifar-resnet"
@@ -262,7 +265,63 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=32, help="most images in one request (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (checkpoints only)")
     p.set_defaults(func=cmd_serve)
+
+    _add_sweep_parsers(sub)
     return parser
+
+
+def _add_sweep_parsers(sub) -> None:
+    sweep = sub.add_parser(
+        "sweep",
+        help="grids of variants x seeds and searches on Optuna, shared by many workers",
+        description="Run a sweep file (TOML): a grid of named variants x seeds, each cell run once, or a search "
+        "over ranges with Optuna's TPE and a pruner. The study lives in an Optuna storage (default: an "
+        "SQLite file in the sweep's directory); every `sweep run` on the same storage, on this machine or "
+        "another, is a worker that takes the next trial. Needs `pip install 'cifar-resnet[sweep]'`. "
+        "The file's format: docs/sweeps.md.",
+    )
+    ssub = sweep.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
+    storage_help = (
+        "an Optuna storage URL, e.g. postgresql://user:password@host/db (default: the file's [sweep] storage, "
+        "else sqlite:///DIRECTORY/optuna.db)"
+    )
+    out_help = "the sweep's directory: trials' run directories, the SQLite study, the report (default: the file's)"
+    p = ssub.add_parser(
+        "run",
+        help="work on a sweep: take trials from its study until none is left",
+        description="Work on a sweep: create its study (or join it), queue the grid's cells, and train trials "
+        "one after another until none is left. Start it on several machines with one --storage to share "
+        "the work. A worker killed outright leaves its trial to another worker, which resumes it from its "
+        "last.pt after the grace period; Ctrl-C stops after the current step with the trial resumable.",
+        epilog="example: cifar-resnet sweep run docs/sweeps/ablation.toml --data ../shared/data/cifar100-train.npz "
+        "--workers 2",
+    )
+    p.add_argument("file", help="the sweep file (TOML)")
+    p.add_argument("--storage", default=None, metavar="URL", help=storage_help)
+    p.add_argument("--out", default=None, metavar="DIR", help=out_help)
+    p.add_argument("--data", default=None, help="the data source on this machine (overrides the file's [base] data)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start N worker processes here (default: one per GPU, else 1); on a CPU they share the cores",
+    )
+    p.add_argument("--max-trials", type=int, default=None, metavar="K", help="stop this worker after K trials")
+    p.set_defaults(func=cmd_sweep_run)
+    p = ssub.add_parser(
+        "report",
+        help="the sweep's table and figures",
+        description="Report on a sweep: for a grid, one row per variant with mean ± sd over seeds and the "
+        "difference to the baseline with its standard error, and accuracy.png; for a search, the best "
+        "trials, the parameters' importances and history.png. Writes report.md and report.json too.",
+        epilog="example: cifar-resnet sweep report docs/sweeps/ablation.toml",
+    )
+    p.add_argument("file", help="the sweep file (TOML)")
+    p.add_argument("--storage", default=None, metavar="URL", help=storage_help)
+    p.add_argument("--out", default=None, metavar="DIR", help=out_help)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sweep_report)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -708,6 +767,40 @@ def cmd_train(args) -> int:
         return stop.exit_code
     if history.out_dir is not None and _rank() == 0:
         print(f"run directory: {history.out_dir}")
+    return 0
+
+
+def cmd_sweep_run(args) -> int:
+    spec = load_sweep(args.file, directory=args.out, data=args.data)
+    for value, flag in ((args.workers, "--workers"), (args.max_trials, "--max-trials")):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    workers = args.workers if args.workers is not None else max(1, torch.cuda.device_count())
+    if workers > 1:
+        argv = ["sweep", "run", args.file, "--out", str(spec.directory)]
+        for flag, value in (("--storage", args.storage), ("--data", args.data), ("--max-trials", args.max_trials)):
+            if value is not None:
+                argv += [flag, str(value)]
+        return run_workers(spec, args.storage, workers, argv, log=_say)
+    result = work(spec, args.storage, log=_say, max_trials=args.max_trials)
+    _say(
+        f"worker done: {result.completed} complete, {result.pruned} pruned, {result.failed} failed; "
+        f"report: {PROG} sweep report {args.file}"
+    )
+    return result.exit_code or (1 if result.failed else 0)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # workers share a terminal: a line at a time
+
+
+def cmd_sweep_report(args) -> int:
+    result = report(load_sweep(args.file, directory=args.out), args.storage, args.out)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1, default=str))
+    else:
+        print(result["markdown"], end="")
+        print(f"figures: {', '.join(result['figures']) or 'none yet'}")
     return 0
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "plot_prediction",
     "plot_reliability",
     "plot_run",
+    "plot_search_history",
+    "plot_sweep_variants",
     "save_figure",
     "to_uint8",
 ]
@@ -433,6 +435,65 @@ def plot_lr_find(
     ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
+    ax.legend()
+    return _finish(fig, path)
+
+
+def plot_sweep_variants(
+    names: Sequence[str],
+    means: Sequence[float],
+    sds: Sequence[float],
+    ns: Sequence[int],
+    path=None,
+    *,
+    baseline: str | None = None,
+    title: str = "Validation top-1 per variant",
+) -> Figure:
+    """A grid sweep's variants: mean validation top-1 (%) as a dot with +-1 standard deviation over seeds
+    as a bar, one row per variant in the sweep file's order, the baseline's mean as a dashed line."""
+    fig = Figure(figsize=(7.2, 0.9 + 0.42 * len(names)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(names))[::-1]
+    m = np.asarray(means, dtype=float) * 100
+    e = np.nan_to_num(np.asarray(sds, dtype=float) * 100)
+    colours = [VAL_COLOUR if n == baseline else TRAIN_COLOUR for n in names]
+    ax.errorbar(m, y, xerr=e, fmt="none", ecolor="0.55", elinewidth=2, capsize=4)
+    ax.scatter(m, y, c=colours, zorder=3)
+    if baseline in names:
+        ax.axvline(m[list(names).index(baseline)], color=VAL_COLOUR, ls="--", lw=1, alpha=0.7)
+    ax.set_yticks(y, [f"{n} (n={k})" for n, k in zip(names, ns)])
+    ax.set_xlabel("validation top-1 (%), mean ± sd over seeds")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.25)
+    return _finish(fig, path)
+
+
+def plot_search_history(
+    numbers: Sequence[int],
+    values: Sequence[float],
+    states: Sequence[str],
+    path=None,
+    *,
+    title: str = "Validation top-1 by trial",
+) -> Figure:
+    """A search's history: each finished trial's validation top-1 (%) by trial number (complete trials
+    filled, pruned ones hollow at their last report) and the best so far as a step line."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    x, v = np.asarray(numbers), np.asarray(values, dtype=float) * 100
+    done = np.asarray([s == "complete" for s in states])
+    ax.scatter(x[done], v[done], color=TRAIN_COLOUR, zorder=3, label="complete")
+    if (~done).any():
+        ax.scatter(x[~done], v[~done], facecolors="none", edgecolors="0.5", zorder=3, label="pruned")
+    if done.any():
+        order = np.argsort(x[done])
+        best = np.maximum.accumulate(v[done][order])
+        ax.step(x[done][order], best, where="post", color=VAL_COLOUR, lw=1.5, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.25)
     ax.legend()
     return _finish(fig, path)
 

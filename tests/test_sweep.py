@@ -1,0 +1,427 @@
+"""Sweeps on Optuna (``cifar-resnet sweep``): sweep files, grids and searches on real stores (SQLite, and a
+PostgreSQL server this module starts), several worker processes, ``kill -9`` and Ctrl-C mid-trial, pruning,
+failing trials and the report."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar_resnet.sweep import _difference, load_sweep, open_study
+
+optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    """2,000 noisy images whose class is their colour: a tiny net learns them within an epoch or two."""
+    rng = np.random.default_rng(0)
+    n, classes = 2000, 10
+    labels = np.arange(n) % classes
+    palette = np.random.default_rng(1).integers(0, 200, (classes, 3))
+    images = (rng.integers(0, 56, (n, 32, 32, 3)) + palette[labels][:, None, None, :]).astype(np.uint8)
+    path = tmp_path_factory.mktemp("sweep-data") / "tiny.npz"
+    np.savez(path, x_train=images, y_train=labels.astype(np.uint8))
+    return path
+
+
+def sweep_file(
+    tmp_path: Path,
+    data: Path,
+    body: str,
+    *,
+    name: str = "s",
+    train_subset: int = 300,
+    epochs: int = 2,
+    sweep: str = "heartbeat = 1\ngrace = 3",
+) -> Path:
+    """A sweep file over a 9,632-parameter ``fast`` net on ``data``, 100 validation images."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f"""
+[sweep]
+directory = "{tmp_path / name}"
+{sweep}
+
+[base]
+preset = "fast"
+data = "{data}"
+val_split = 100
+train_subset = {train_subset}
+model_kwargs = {{ widths = [8, 16, 16], stem_width = 8 }}
+batch_size = 50
+eval_batch_size = 100
+epochs = {epochs}
+device = "cpu"
+tta = false
+whiten = false
+progressive = ""
+{body}
+"""
+    )
+    return path
+
+
+GRID = """
+[grid]
+seeds = [0, 1]
+[grid.variants]
+base = {}
+ls0 = { label_smoothing = 0.0 }
+"""
+
+
+def workers(*args, env=None, **kw) -> subprocess.Popen:
+    """``cifar-resnet sweep run ARGS`` in a process of its own (its own session: signals reach only it)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "cifar_resnet", "sweep", "run", *map(str, args)]
+    return subprocess.Popen(
+        cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def study_of(spec, url=None):
+    return optuna.load_study(study_name=spec.name, storage=url or spec.storage_url)
+
+
+def cells_done(study) -> list[tuple[str, int]]:
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    return sorted((t.params["variant"], t.params["seed"]) for t in done)
+
+
+def wait_for_epoch(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the trial's run directory holds a finished epoch (its history.json)."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "history.json").is_file():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep files
+# --------------------------------------------------------------------------------------------------
+
+BAD_FILES = [
+    ("lrr = 0.1\n[grid.variants]\na = {}\n", "[base] lrr: unknown configuration field 'lrr'"),
+    ("[grid.variants]\na = { lr = 'fast' }\n", "[grid.variants.a] lr: lr must be a number, got 'fast'"),
+    ("[grid.variants]\na = { epochs = 2.5 }\n", "epochs must be an integer"),
+    ("[grid]\nseeds = [0]\n", "[grid] variants: the grid is empty"),
+    ("[grid]\nseeds = []\n[grid.variants]\na = {}\n", "[grid] seeds must be a non-empty list"),
+    ("[grid.variants]\nneg = { lr = -1.0 }\n", "[grid.variants.neg]: learning rate must be > 0, got -1.0"),
+    ("[grid.variants]\nv = { label_smoothing = 1.5 }\n", "[grid.variants.v]: label smoothing must be in [0, 1)"),
+    ("[grid.variants]\nv = { val_split = 0 }\n", "[grid.variants.v]: val_split is 0"),
+    ("[grid.variants]\nv = { seed = 3 }\n", "seed is set by [grid] seeds"),
+    ("[grid.variants]\na = {}\n[search]\ntrials = 2\n", "exactly one of [grid] and [search]"),
+    ("[grid.variants\n", "not valid TOML"),
+    (
+        "[search]\ntrials = 2\n[search.params]\nlr = { low = 0.0, high = 1.0, log = true }\n",
+        "a log range needs low > 0",
+    ),
+    ("[search]\ntrials = 2\n[search.params]\nmomentum = { low = 0.5, high = 1.5 }\n", "momenta must be in [0, 1)"),
+    ("[search]\ntrials = 0\n[search.params]\nlr = { low = 0.1, high = 1.0 }\n", "trials must be an integer >= 1"),
+    ("[search]\ntrials = 2\n[search.params]\nwidth = { low = 1, high = 2 }\n", "unknown configuration field 'width'"),
+    (
+        "[search]\ntrials = 2\n[search.params]\nlr = { low = 0.1, high = 1.0 }\n[[search.start]]\nlr = 5.0\n",
+        "[[search.start]] 1 lr: 5.0 is outside 0.1..1.0",
+    ),
+    ("[search]\ntrials = 2\npruner = 'sometimes'\n[search.params]\nlr = { low = 0.1, high = 1.0 }\n", "pruner must be"),
+]
+
+
+@pytest.mark.parametrize("body, fragment", BAD_FILES)
+def test_a_bad_sweep_file_is_a_one_line_error_naming_the_file_and_the_key(
+    tmp_path, tiny_npz, cli, assert_one_line_error, body, fragment
+):
+    path = sweep_file(tmp_path, tiny_npz, body)
+    code, _, err = cli("sweep", "run", path)
+    assert_one_line_error(code, err, str(path), fragment)
+    assert not (tmp_path / "s").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "keys, fragment",
+    [
+        ("workers = 2", "[sweep] unknown key 'workers'"),
+        ("heartbeat = 10\ngrace = 5", "grace (5 s) must be longer than heartbeat"),
+        ("heartbeat = 0", "heartbeat must be an integer >= 1"),
+        ("name = ''", "[sweep] name must be a non-empty string"),
+    ],
+)
+def test_bad_sweep_settings(tmp_path, tiny_npz, cli, assert_one_line_error, keys, fragment):
+    path = sweep_file(tmp_path, tiny_npz, GRID, sweep=keys)
+    code, _, err = cli("sweep", "run", path)
+    assert_one_line_error(code, err, str(path), fragment)
+
+
+def test_a_missing_sweep_file_and_bad_worker_counts(tmp_path, tiny_npz, cli, assert_one_line_error):
+    code, _, err = cli("sweep", "run", tmp_path / "nope.toml")
+    assert_one_line_error(code, err, "nope.toml: no such sweep file")
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    code, _, err = cli("sweep", "run", path, "--workers", "0")
+    assert_one_line_error(code, err, "--workers must be >= 1")
+    code, _, err = cli("sweep", "report", path)
+    assert_one_line_error(code, err, "no study named 's'", "sweep run")
+
+
+def test_the_grid_s_cells_and_their_configurations(tmp_path, tiny_npz):
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, GRID + '[grid.variants.act]\n"model_kwargs.act" = "relu"\n'))
+    assert spec.cells() == [{"variant": v, "seed": s} for v in ("base", "ls0", "act") for s in (0, 1)]
+    assert spec.baseline == "base" and spec.storage_url.startswith("sqlite:///")
+    _, config = spec.grid_config("ls0", 1)
+    assert (config.label_smoothing, config.seed, config.lr, config.model_kwargs["widths"]) == (0.0, 1, 2.0, [8, 16, 16])
+    _, config = spec.grid_config("act", 0)  # a dotted key sets one model argument, the others kept
+    assert config.model_kwargs == {"widths": [8, 16, 16], "stem_width": 8, "act": "relu"}
+    # machine-local paths are not part of what workers must agree on
+    other = load_sweep(spec.path, data="/elsewhere/cifar100-train.npz")
+    assert other.base["data"] == "/elsewhere/cifar100-train.npz" and other.identity() == spec.identity()
+
+
+def test_a_changed_base_is_refused_by_the_study_it_would_join(tmp_path, tiny_npz, cli, assert_one_line_error):
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    open_study(load_sweep(path))
+    path.write_text(path.read_text().replace("batch_size = 50", "batch_size = 25"))
+    code, _, err = cli("sweep", "run", path)
+    assert_one_line_error(code, err, "was begun with a different base", "new [sweep] name")
+
+
+def test_difference_is_paired_over_shared_seeds_else_welch():
+    d, se, how = _difference({0: 0.72, 1: 0.70, 2: 0.74}, {0: 0.70, 1: 0.69, 2: 0.71})
+    diffs = [0.02, 0.01, 0.03]
+    assert how == "paired" and d == pytest.approx(0.02) and se == pytest.approx(np.std(diffs, ddof=1) / math.sqrt(3))
+    d, se, how = _difference({0: 0.7, 1: 0.8}, {2: 0.5, 3: 0.7})
+    assert how == "welch" and d == pytest.approx(0.15) and se == pytest.approx(math.sqrt(0.005 / 2 + 0.02 / 2))
+    assert math.isnan(_difference({0: 0.7}, {1: 0.6})[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# running: SQLite and two worker processes, failures, pruning
+# --------------------------------------------------------------------------------------------------
+
+
+def test_two_workers_on_sqlite_run_every_cell_once_and_the_report_has_its_table(tmp_path, tiny_npz, cli, open_png):
+    path = sweep_file(tmp_path, tiny_npz, GRID.replace("[0, 1]", "[0, 1, 2]"))
+    code, out = finish(workers(path, "--workers", "2"))
+    assert code == 0, out
+    assert "2 workers (1 threads each)" in out
+    spec = load_sweep(path)
+    study = study_of(spec)
+    expected = sorted((v, s) for v in ("base", "ls0") for s in (0, 1, 2))
+    assert cells_done(study) == expected  # every cell, none twice
+    assert len(study.trials) == 6
+    assert len({t.user_attrs["worker"] for t in study.trials}) <= 2
+    for t in study.trials:  # each trial a run directory named by its number, with its metrics recorded
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir.name == f"trial-{t.number:04d}" and (run_dir / "best.pt").is_file()
+        assert t.user_attrs["val_top1"] == t.value and t.user_attrs["epochs"] == 2
+        assert t.user_attrs["train_seconds"] > 0 and t.user_attrs["peak_mb"] > 50
+    code, out, err = cli("sweep", "report", path)
+    assert code == 0, err
+    assert "Trials: 6 complete." in out
+    row = next(line for line in out.splitlines() if line.startswith("| ls0 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "label_smoothing=0.0" and cells[2] == "3" and "±" in cells[3] and "±" in cells[7]
+    assert next(line for line in out.splitlines() if line.startswith("| base |")).endswith("| baseline |")
+    assert open_png(tmp_path / "s" / "accuracy.png").shape[0] > 100
+    assert (tmp_path / "s" / "report.md").read_text().startswith("# Sweep 's'")
+
+
+def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, tiny_npz, cli):
+    body = "[grid]\nseeds = [0]\n[grid.variants]\nok = {}\nbroken = { data = '/nonexistent/cifar.npz' }\n"
+    path = sweep_file(tmp_path, tiny_npz, body)
+    code, out, err = cli("sweep", "run", path)
+    assert code == 1, out + err
+    assert "1 complete, 0 pruned, 1 failed" in out
+    study = study_of(load_sweep(path))
+    states = {t.params["variant"]: t.state for t in study.trials}
+    assert states == {"ok": optuna.trial.TrialState.COMPLETE, "broken": optuna.trial.TrialState.FAIL}
+    error = next(t.user_attrs["error"] for t in study.trials if t.params["variant"] == "broken")
+    assert "/nonexistent/cifar.npz" in error and "\n" not in error
+    code, out, _ = cli("sweep", "report", path)
+    assert code == 0 and "failed: " in out and "| broken | data=/nonexistent/cifar.npz | 0 |" in out
+    # started again, the worker retries the failed cell (and only it)
+    code, out, _ = cli("sweep", "run", path)
+    assert code == 1 and "0 complete, 0 pruned, 1 failed" in out
+
+
+def test_pruning_stops_a_trial_whose_accuracy_stays_at_chance(tmp_path, tiny_npz, cli, open_png):
+    body = """
+optimizer = "nesterov"
+[search]
+trials = 2
+pruner = "median"
+startup_trials = 1
+[search.params]
+lr = { low = 1e-7, high = 1.0, log = true }
+"model_kwargs.widths" = { choices = [[8, 16, 16], [8, 8, 8]] }
+[[search.start]]
+lr = 0.5
+"model_kwargs.widths" = [8, 16, 16]
+[[search.start]]
+lr = 1e-7
+"model_kwargs.widths" = [8, 8, 8]
+"""
+    path = sweep_file(tmp_path, tiny_npz, body, epochs=4)
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0, out + err
+    study = study_of(load_sweep(path))
+    good, stuck = study.trials
+    assert good.state == optuna.trial.TrialState.COMPLETE and good.user_attrs["epochs"] == 4
+    assert stuck.state == optuna.trial.TrialState.PRUNED and stuck.user_attrs["epochs_done"] == 1
+    assert stuck.intermediate_values[1] < 0.2 < good.intermediate_values[1]  # chance is 0.1
+    assert stuck.params["model_kwargs.widths"] == "[8, 8, 8]"  # a list choice, stored as its JSON text
+    assert load_sweep(path).trials == 2 and len(study.trials) == 2  # no trial beyond the budget
+    code, out, _ = cli("sweep", "report", path)
+    assert "Trials: 1 complete, 1 pruned." in out and "| 0 | " in out
+    assert open_png(tmp_path / "s" / "history.png").shape[0] > 100
+
+
+# --------------------------------------------------------------------------------------------------
+# faults: kill -9 and Ctrl-C mid-trial
+# --------------------------------------------------------------------------------------------------
+
+ONE_CELL = "[grid]\nseeds = [0]\n[grid.variants]\nonly = {}\n"
+
+
+def test_a_trial_whose_worker_is_killed_is_taken_over_and_resumed_from_its_last_checkpoint(tmp_path, tiny_npz):
+    path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=4)
+    first = workers(path)
+    wait_for_epoch(tmp_path / "s" / "trial-0000", first)
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate()
+    spec = load_sweep(path)
+    assert [t.state for t in study_of(spec).trials] == [optuna.trial.TrialState.RUNNING]  # left behind
+    code, out = finish(workers(path))  # another worker: waits out the grace period, then takes over
+    assert code == 0, out
+    assert "continues trial 0: trial-0000 -> trial-0001" in out and "resuming" in out
+    old, new = study_of(spec).trials
+    assert old.state == optuna.trial.TrialState.FAIL and new.state == optuna.trial.TrialState.COMPLETE
+    assert new.user_attrs["continues"] == 0 and new.user_attrs["resumed_after_epoch"] >= 1
+    assert new.user_attrs["epochs"] == 4 and new.intermediate_values.keys() == {1, 2, 3, 4}
+    run_dir = tmp_path / "s" / "trial-0001"
+    assert (run_dir / "best.pt").is_file() and not (tmp_path / "s" / "trial-0000").exists()
+    assert "continued by trial 1" in (tmp_path / "s" / "trial-0000.moved").read_text()
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("Epoch 1,") == 1  # epoch 1 was trained once, by the killed worker, not again
+
+
+def test_ctrl_c_stops_a_worker_after_its_step_and_the_trial_resumes(tmp_path, tiny_npz, cli):
+    path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=4)
+
+    def default_sigint():  # a shell's background job starts with SIGINT ignored: give the child Ctrl-C back
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = workers(path, preexec_fn=default_sigint)
+    wait_for_epoch(tmp_path / "s" / "trial-0000", proc)
+    os.kill(proc.pid, signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out
+    assert "interrupted by SIGINT; queued to resume" in out
+    study = study_of(load_sweep(path))
+    first, queued = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL and "interrupted by SIGINT" in first.user_attrs["error"]
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["continues"] == 0
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0, out + err
+    done = study_of(load_sweep(path)).trials[1]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.user_attrs["resumed_after_epoch"] >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL: a real server, started and stopped here
+# --------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server from Debian's package in a temporary folder on a free port (as the ``postgres``
+    user when the tests run as root: the server refuses root), stopped and removed afterwards."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver SQLAlchemy uses) is not installed")
+    bindir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="cifar-resnet-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+    run = lambda *cmd: subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, text=True)
+    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", opts, "-w", "-t", "60", "start")
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown, by the server's process id
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_started_apart_share_a_grid_on_postgresql(tmp_path, tiny_npz, postgres, cli):
+    path = sweep_file(tmp_path, tiny_npz, GRID.replace("[0, 1]", "[0, 1, 2]"), name="pg-grid")
+    # two separate commands, as on two machines: both create (or join) the study and queue the cells
+    procs = [workers(path, "--storage", postgres) for _ in range(2)]
+    for proc in procs:
+        code, out = finish(proc)
+        assert code == 0, out
+    spec = load_sweep(path)
+    study = study_of(spec, postgres)
+    assert cells_done(study) == sorted((v, s) for v in ("base", "ls0") for s in (0, 1, 2))  # each cell once
+    ran = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ran) and len(ran) == 6
+    assert not (tmp_path / "pg-grid" / "optuna.db").exists()  # the study lives in PostgreSQL
+    code, out, err = cli("sweep", "report", path, "--storage", postgres)
+    assert code == 0 and "Trials: 6 complete." in out, err
+
+
+def test_a_bad_storage_url_is_a_one_line_error(tmp_path, tiny_npz, cli, assert_one_line_error):
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    code, _, err = cli("sweep", "run", path, "--storage", f"postgresql://nobody:secret@127.0.0.1:{_free_port()}/x")
+    assert_one_line_error(code, err, "storage postgresql://nobody@127.0.0.1")
+    assert "secret" not in err
