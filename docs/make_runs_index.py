@@ -4,7 +4,7 @@
     python docs/make_runs_index.py --check    # exit 1, with one line, when the index is out of date
 
 A run is every file sharing a stem: ``NAME.log`` (the command's output), ``NAME-config.json``,
-``NAME-metrics.csv`` and, for ``benchmarks/ablation.py``'s runs, a summary ``NAME.json``. Accuracy and
+``NAME-metrics.csv`` and, for the runs of the ablation script of issue 11, a summary ``NAME.json``. Accuracy and
 training seconds are read from the summary where there is one, else from the last row of the metrics,
 else from the log. Standard library only: no torch, no package import.
 """
@@ -12,13 +12,14 @@ else from the log. Standard library only: no torch, no package import.
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import re
 import sys
 import textwrap
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "docs" / "runs"
@@ -34,9 +35,11 @@ GROUPS = [
         ["ablation-.+"],
         (
             "2 cores of an Intel Xeon with AMX, PyTorch 2.13.0 (CPU build), one run after another on the otherwise "
-            "idle machine. Each run is `python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz "
-            "VARIANT --seeds S`: the recipe before issue 11 (`BASE` in `benchmarks/ablation.py`: `fast_small`, fp32, "
-            "full TTA after every epoch, 17 epochs) plus the changes shown; `shipped` is `--preset fast-cpu`. The "
+            "idle machine. Each run was `python benchmarks/ablation.py --data ../shared/data/cifar100-train.npz "
+            "VARIANT --seeds S` (a script since replaced by the sweep file "
+            "[docs/sweeps/ablation.toml](../sweeps/ablation.toml), whose cells are these configurations): the "
+            "recipe before issue 11 (the file's `[base]`: `fast_small`, fp32, full TTA after every epoch, 17 "
+            "epochs) plus the changes shown; `shipped` is `--preset fast-cpu`. The "
             "story: [ablation.md](ablation.md); the table and what it means: "
             "[docs/performance.md](../performance.md)."
         ),
@@ -110,14 +113,11 @@ def runs(folder: Path = RUNS) -> dict[str, dict[str, Path]]:
 
 
 def _ablation_order() -> list[str]:
-    """The variants in the order benchmarks/ablation.py defines them (read, not imported: it imports torch)."""
-    path = ROOT / "benchmarks" / "ablation.py"
+    """The variants in the order the sweep file docs/sweeps/ablation.toml lists them."""
+    path = ROOT / "docs" / "sweeps" / "ablation.toml"
     if not path.exists():
         return []
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "VARIANTS":
-            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)] + ["shipped"]
-    return []
+    return list(tomllib.loads(path.read_text()).get("grid", {}).get("variants", {}))
 
 
 def _summary(files: dict[str, Path], reference: dict) -> dict:

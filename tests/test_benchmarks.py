@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet.cli import _config_overrides, get_args_parser
-from cifar_resnet.config import PRESETS, TrainConfig
+from cifar_resnet.config import TrainConfig
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -233,35 +232,6 @@ def test_serve_load_benchmark_runs_one_and_two_clients(tmp_path, capsys):
     assert "| 2 | " in capsys.readouterr().out
 
 
-def test_ablation_flags_rebuild_the_variant_whatever_the_preset(tmp_path, capsys):
-    """Every variant passes every field it sets as a flag, so the CLI's config is BASE + the change."""
-    ablation = _load("ablation")
-    for name, changes in ablation.VARIANTS.items():
-        args = get_args_parser().parse_args(
-            ["train", "--preset", "fast-cpu", *ablation.flags({**ablation.BASE, **changes, "seed": 3})]
-        )
-        config = dataclasses.replace(PRESETS["fast-cpu"], **_config_overrides(args))
-        for key, value in {**ablation.BASE, **changes, "seed": 3}.items():
-            assert getattr(config, key) == value, (name, key)
-    # the table reads the summaries back: one row per variant, seeds averaged
-    for seed, top1 in ((0, 0.70), (1, 0.72)):
-        (tmp_path / f"ablation-bf16-seed{seed}.json").write_text(
-            json.dumps(
-                {
-                    "name": "bf16",
-                    "seed": seed,
-                    "changes": {"cpu_amp": "on"},
-                    "val_top1": top1,
-                    "train_seconds": 100.0,
-                    "wall_seconds": 120.0,
-                    "cpu": "Test CPU",
-                }
-            )
-        )
-    text = ablation.table(tmp_path)
-    assert "| bf16 | cpu_amp=on | 0, 1 | 71.00 (70.00, 72.00) | 100 | 120 |  | Test CPU |" in text
-
-
 def test_profile_step_prints_times_and_the_per_op_table(capsys):
     rc = _load("profile_step").main(
         [
@@ -285,32 +255,6 @@ def test_profile_step_prints_times_and_the_per_op_table(capsys):
     assert rc == 0
     assert "| fp32, channels_last |" in out and "| bf16, contiguous |" in out
     assert out.count("Per-op self CPU time") == 2 and "Self CPU" in out
-
-
-def test_ablation_runs_a_variant_and_keeps_its_logs(tmp_path, write_npz, monkeypatch):
-    ablation = _load("ablation")
-    tiny = {
-        "model": "fast",
-        "model_kwargs": {"widths": [8, 16, 16], "stem_width": 8},
-        "epochs": 1,
-        "batch_size": 20,
-        "device": "cpu",
-    }
-    monkeypatch.setattr(ablation, "BASE", {**ablation.BASE, **tiny})
-    monkeypatch.setitem(ablation.VARIANTS, "tiny-bf16", {"precision": "bf16"})
-    npz = write_npz(tmp_path / "d.npz", n=100)
-    summary = ablation.run_variant("tiny-bf16", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
-    assert summary["epochs"] == 1 and 0 <= summary["val_top1"] <= 1 and summary["changes"] == {"precision": "bf16"}
-    assert _positive(summary["train_seconds"]) and summary["wall_seconds"] > summary["train_seconds"]
-    assert summary["peak_rss_mb"] > 50  # python + torch alone
-    for suffix in (".log", "-config.json", "-metrics.csv", ".json"):
-        assert (tmp_path / "runs" / f"ablation-tiny-bf16-seed0{suffix}").is_file()
-    assert "(bf16)" in (tmp_path / "runs" / "ablation-tiny-bf16-seed0.log").read_text()
-    assert json.loads((tmp_path / "runs" / "ablation-tiny-bf16-seed0-config.json").read_text())["precision"] == "bf16"
-    assert "| tiny-bf16 | precision=bf16 | 0 |" in ablation.table(tmp_path / "runs")
-    monkeypatch.setitem(ablation.VARIANTS, "tiny-bad", {"epochs": 0})
-    with pytest.raises(SystemExit, match="failed with exit code 2"):
-        ablation.run_variant("tiny-bad", 0, str(npz), tmp_path / "runs", sys.executable, val_split=20)
 
 
 def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch, open_png):

@@ -5,6 +5,7 @@ failing trials and the report."""
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import pwd
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifar_resnet.config import upgrade_config
 from cifar_resnet.sweep import _difference, load_sweep, open_study
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
@@ -182,6 +184,7 @@ def test_a_missing_sweep_file_and_bad_worker_counts(tmp_path, tiny_npz, cli, ass
     assert_one_line_error(code, err, "--workers must be >= 1")
     code, _, err = cli("sweep", "report", path)
     assert_one_line_error(code, err, "no study named 's'", "sweep run")
+    assert not (tmp_path / "s").exists()  # a report creates no empty study
 
 
 def test_the_grid_s_cells_and_their_configurations(tmp_path, tiny_npz):
@@ -425,3 +428,28 @@ def test_a_bad_storage_url_is_a_one_line_error(tmp_path, tiny_npz, cli, assert_o
     code, _, err = cli("sweep", "run", path, "--storage", f"postgresql://nobody:secret@127.0.0.1:{_free_port()}/x")
     assert_one_line_error(code, err, "storage postgresql://nobody@127.0.0.1")
     assert "secret" not in err
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's ablation as a sweep file
+# --------------------------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        p.name[len("ablation-") : -len("-seed0-config.json")]
+        for p in sorted((DOCS / "runs").glob("ablation-*-seed0-config.json"))
+    ],
+)
+def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded(variant):
+    """docs/sweeps/ablation.toml replaced benchmarks/ablation.py: each of its cells is the configuration that
+    script's seed-0 run recorded (every field it recorded but the machine-local data and device)."""
+    spec = load_sweep(DOCS / "sweeps" / "ablation.toml")
+    assert spec.seeds == (0, 1, 2) and spec.baseline == "base"
+    recorded = upgrade_config(json.loads((DOCS / "runs" / f"ablation-{variant}-seed0-config.json").read_text()))
+    config = spec.grid_config(variant, 0)[1].to_dict()
+    differ = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
+    assert differ == {}

@@ -42,6 +42,7 @@ import math
 import os
 import random
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -187,8 +188,8 @@ def build_config(preset: str, overrides: dict) -> TrainConfig:
     plain = {k: v for k, v in overrides.items() if "." not in k}
     dotted = {k.split(".", 1)[1]: v for k, v in overrides.items() if "." in k}
     config = get_preset(preset)
-    if dotted:
-        plain["model_kwargs"] = {**plain.get("model_kwargs", config.model_kwargs), **dotted}
+    if dotted:  # one model argument each, over the variant's (or the preset's) model_kwargs
+        plain = {**plain, "model_kwargs": {**plain.get("model_kwargs", config.model_kwargs), **dotted}}
     return dataclasses.replace(config, **plain)
 
 
@@ -480,6 +481,11 @@ def open_study(spec: SweepSpec, url: str | None = None, *, create: bool = True):
     file: a study begun from a different base, variants or ranges is an error."""
     optuna = _optuna()
     url = url or spec.storage_url
+    if not create and url == spec.storage_url and not (spec.directory / "optuna.db").is_file():
+        raise SweepError(
+            f"no study named {spec.name!r}: {spec.directory / 'optuna.db'} does not exist; "
+            f"start it with cifar-resnet sweep run {spec.path}"
+        )
     storage = _storage(spec, url)
     sampler, pruner = _samplers(spec)
     try:
@@ -692,7 +698,7 @@ class _Heartbeat:
     def __init__(self, storage, trial_id: int, interval: float) -> None:
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self.stop = threading.Event()
-        self.error: str | None = None  # the last failed beat's, for a post-mortem
+        self.failures, self.error = 0, ""  # beats that did not reach the storage, and the last one's error
         self.thread = threading.Thread(target=self._beat, name="sweep-heartbeat", daemon=True)
 
     def _beat(self) -> None:
@@ -700,6 +706,7 @@ class _Heartbeat:
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception as e:  # noqa: BLE001 - a database hiccup: the next beat tries again
+                self.failures += 1
                 self.error = _one_line(e)
 
     def __enter__(self):
@@ -832,7 +839,7 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
 
     measured = _reset_peak_memory()
     t0 = time.perf_counter()
-    with _Heartbeat(_storage_of(study), _trial_id(trial), spec.heartbeat):
+    with _Heartbeat(_storage_of(study), _trial_id(trial), spec.heartbeat) as beat:
         try:
             history = fit(config, out_dir=run_dir, resume="auto", log=say, progress=False, on_epoch_end=on_epoch_end)
         except _optuna().TrialPruned as e:
@@ -853,6 +860,8 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
             return 130
         except Exception as e:  # noqa: BLE001 - a trial that raises is recorded as failed; the sweep goes on
             return _fail(study, trial, say, _one_line(e))
+    if beat.failures:
+        say(f"{beat.failures} heartbeat(s) did not reach the storage; the last: {beat.error}")
     value = _record(trial, run_dir, t0, measured, history)
     study.tell(trial, value)
     say(f"{label}: validation top-1 {value:.4f} (trial {number} complete)")
@@ -921,13 +930,20 @@ def run_workers(
         procs.append(subprocess.Popen([sys.executable, "-m", "cifar_resnet", *argv, "--workers", "1"], env=env))
     where = f"{gpus} GPUs" if gpus else f"{threads} threads each"
     log(f"{workers} workers ({where}) on study {spec.name!r}: pids {', '.join(str(p.pid) for p in procs)}")
+    # Ctrl-C reaches the workers too (one process group); a SIGTERM sent to this process alone is passed on,
+    # so that each worker stops after its step with its trial resumable
+    previous = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
     codes = []
     try:
         for p in procs:
-            codes.append(p.wait())
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C (one process group): let them finish their step
-        for p in procs:
-            codes.append(p.wait())
+            while True:
+                try:
+                    codes.append(p.wait())
+                    break
+                except KeyboardInterrupt:  # wait for the workers to finish their step
+                    continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return max(codes, key=abs) if codes else 0
 
 
