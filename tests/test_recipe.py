@@ -11,7 +11,14 @@ from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.engine import resize_batch
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import MuonSGD
-from cifar_resnet.runtime import autocast_for, cpu_has_amx, cpu_model, legacy_precision, resolve_precision
+from cifar_resnet.runtime import (
+    autocast_for,
+    cpu_has_amx,
+    cpu_has_bf16,
+    cpu_model,
+    legacy_precision,
+    resolve_precision,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,8 +74,8 @@ def test_resize_batch_downscales_whole_images():
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(monkeypatch, amx):
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_amx", lambda: amx)
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monkeypatch, amx):
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: amx)
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
     assert resolve_precision("auto", cuda) == "bf16" and resolve_precision("auto", mps) == "fp32"
@@ -105,6 +112,10 @@ model\t\t: 17
 model name\t: AMD EPYC 9654 96-Core Processor
 flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx
 """
+ZEN3 = """processor\t: 0
+model name\t: AMD EPYC 7B13 64-Core Processor
+flags\t\t: fpu vme sse2 avx2 fma
+"""
 ARM = """processor\t: 0
 BogoMIPS\t: 50.00
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics bf16
@@ -113,15 +124,16 @@ CPU implementer\t: 0x41
 
 
 @pytest.mark.parametrize(
-    "text, model, amx",
+    "text, model, amx, bf16",
     [
-        (XEON, "Intel(R) Xeon(R) Platinum 8480+", True),
-        (EPYC, "AMD EPYC 9654 96-Core Processor", False),  # bf16 in AVX-512 but no AMX tiles: auto stays fp32
-        (ARM, None, False),  # no "model name" line (many ARM kernels): the platform's name
-        (None, None, False),  # no /proc/cpuinfo (macOS, Windows)
+        (XEON, "Intel(R) Xeon(R) Platinum 8480+", True, True),
+        (EPYC, "AMD EPYC 9654 96-Core Processor", False, True),  # bf16 in AVX-512, no AMX tiles ("amx" alone)
+        (ZEN3, "AMD EPYC 7B13 64-Core Processor", False, False),  # AVX2 only: bf16 is emulated, auto is fp32
+        (ARM, None, False, False),  # no "model name" line (many ARM kernels): the platform's name
+        (None, None, False, False),  # no /proc/cpuinfo (macOS, Windows)
     ],
 )
-def test_cpu_model_and_amx_are_read_from_proc_cpuinfo(monkeypatch, tmp_path, text, model, amx):
+def test_cpu_model_and_bf16_instructions_are_read_from_proc_cpuinfo(monkeypatch, tmp_path, text, model, amx, bf16):
     path = tmp_path / "cpuinfo"
     if text is not None:
         path.write_text(text)
@@ -134,7 +146,7 @@ def test_cpu_model_and_amx_are_read_from_proc_cpuinfo(monkeypatch, tmp_path, tex
     monkeypatch.setattr("platform.processor", lambda: "")
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     assert cpu_model() == (model or "aarch64")
-    assert cpu_has_amx() is amx
+    assert cpu_has_amx() is amx and cpu_has_bf16() is bf16
 
 
 def test_autocast_for_each_precision():

@@ -125,8 +125,9 @@ class TrainConfig:
     precision: str = _field(
         "auto",
         "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
-        "bf16 on CUDA and on CPUs with AMX (Xeon Sapphire Rapids and later: 2-3x "
-        "faster steps there, slower without), fp32 elsewhere; fp16 scales the loss",
+        "bf16 on CUDA and on CPUs with bf16 instructions, AMX or AVX512_BF16 (Xeon Sapphire "
+        "Rapids, AMD Zen 4 and later: 1.5-3.3x faster steps there, slower without), fp32 "
+        "elsewhere; fp16 scales the loss",
     )
     channels_last: bool = _field(True, "channels_last memory format")
     compile: bool = _field(False, "torch.compile the model for training")
@@ -255,7 +256,7 @@ PRESETS: dict[str, TrainConfig] = {
     # a warm-up then linear decay, label smoothing 0.2, alternating flips, flip and 1-pixel translate
     # test-time augmentation, progressive resizing (a quarter of the epochs at 16 px, a quarter at 24: the
     # CIFAR-100 speedruns' trick), a plain evaluation after each epoch and the full TTA after the last.
-    # "fast-cpu" is the recipe on a 2-core CPU: the same net in bf16 where the CPU has AMX (see the README's
+    # "fast-cpu" is the recipe on a 2-core CPU: the same net in bf16 where the CPU has AMX or AVX512_BF16 (the README's
     # Performance section for what it reaches and docs/runs/ablation.md for how it got there); "fast" is the
     # same on a GPU (bf16 there too), 16 epochs.
     "fast": TrainConfig(

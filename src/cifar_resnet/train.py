@@ -592,7 +592,7 @@ class _Run:
         note = (
             f" ({precision})"
             if precision != "fp32"
-            else " (fp32: no AMX on this CPU)"
+            else " (fp32: no bf16 instructions, AMX or AVX512_BF16, on this CPU)"
             if dev.type == "cpu" and config.precision == "auto"
             else ""
         )
