@@ -87,12 +87,13 @@ GROUPS = [
             "in fp32 there until `--precision auto` learned to choose bf16 on CPUs with AVX512_BF16: "
             "`budget-main-job-bf16-2t` is the README's main job since then (bf16, 11 epochs planned), "
             "`budget-bf16-2t-15m` the main job with `--precision bf16` just before (12 planned; later epochs "
-            "ran slower than measured, see docs/performance.md). `budget-fp32-2t-Nm` are `python benchmarks/budget.py --data ../shared/data/cifar100-train.npz "
-            "--budgets N` (`--preset fast-cpu --budget Nm --epochs 100`), except `15m`, which is the README's main "
-            "job itself as it was then (`--preset fast-cpu`, fp32: `--budget 15m`, at most 17 epochs; 7 planned, as "
-            "`--epochs 100` plans); `budget-fp32-1t-15m` is the main job with `OMP_NUM_THREADS=1`; `budget-progressive-*` the "
-            "main job with `--progressive 16:0.5,24:0.3`. *Training s* excludes the evaluations; the budget "
-            "includes them."
+            "ran slower than measured, see docs/performance.md). `budget-fp32-2t-Nm` are "
+            "`python benchmarks/budget.py --data ../shared/data/cifar100-train.npz --budgets N` "
+            "(`--preset fast-cpu --budget Nm --epochs 100`), except `15m`, which is the README's main job itself "
+            "as it was then (`--preset fast-cpu`, fp32: `--budget 15m`, at most 17 epochs; 7 planned, as "
+            "`--epochs 100` plans); `budget-fp32-1t-15m` is the main job with `OMP_NUM_THREADS=1`; "
+            "`budget-progressive-*` the main job with `--progressive 16:0.5,24:0.3`. *Training s* excludes the "
+            "evaluations; the budget includes them."
         ),
     ),
 ]
