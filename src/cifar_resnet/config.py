@@ -126,7 +126,7 @@ class TrainConfig:
         "auto",
         "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
         "bf16 on CUDA and on CPUs with bf16 instructions, AMX or AVX512_BF16 (Xeon Sapphire "
-        "Rapids, AMD Zen 4 and later: 1.5-3.3x faster steps there, slower without), fp32 "
+        "Rapids, AMD Zen 4 and later: 1.3-3.3x faster steps there, slower without), fp32 "
         "elsewhere; fp16 scales the loss",
     )
     channels_last: bool = _field(True, "channels_last memory format")

@@ -69,7 +69,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """What ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) means on ``device``: ``fp32``, ``bf16``
     or ``fp16``. ``auto`` is bf16 on CUDA and on a CPU with bf16 dot-product instructions
     (:func:`cpu_has_bf16`: AMX, or AVX512_BF16 as on AMD Zen 4), fp32 elsewhere (MPS included). The fast
-    nets' training step takes 3.3x less time in bf16 on an AMX Xeon and 1.5-1.8x less on a Zen 4 EPYC
+    nets' training step takes 3.3x less time in bf16 on an AMX Xeon and 1.3-1.8x less on a Zen 4 EPYC
     (16-32 px); on a CPU without those instructions bf16 is emulated and slower than fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")

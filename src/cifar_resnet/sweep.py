@@ -450,7 +450,7 @@ def _storage(spec: SweepSpec, url: str, attempts: int = 5):
             if attempt + 1 == attempts:
                 raise SweepError(f"storage {_safe_url(url)}: {' '.join(str(e).split())[:300]}") from None
             time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
+    raise AssertionError("the loop returns or raises")
 
 
 def _safe_url(url: str) -> str:
@@ -757,11 +757,7 @@ def work(
 ) -> WorkerResult:
     """One worker: take trials from the study until none is left (or ``max_trials`` were run), training
     each in this process. Returns the counts; ``exit_code`` is 128 + the signal after Ctrl-C/SIGTERM."""
-    study = open_study(spec, url)
-    if spec.kind == "grid":
-        _enqueue_missing_cells(study, spec)
-    else:
-        _enqueue_start_points(study, spec)
+    study = _open_and_queue(spec, url)
     result = WorkerResult()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     while max_trials is None or result.completed + result.pruned + result.failed < max_trials:
@@ -774,6 +770,16 @@ def work(
             break
         setattr(result, outcome, getattr(result, outcome) + 1)
     return result
+
+
+def _open_and_queue(spec: SweepSpec, url: str | None):
+    """The study, with the grid's missing cells (or the search's start points) queued."""
+    study = open_study(spec, url)
+    if spec.kind == "grid":
+        _enqueue_missing_cells(study, spec)
+    else:
+        _enqueue_start_points(study, spec)
+    return study
 
 
 def _trial_config(trial, spec: SweepSpec) -> tuple[dict, TrainConfig]:
@@ -913,11 +919,7 @@ def run_workers(
     is this command's, without ``--workers``) and wait for them. On a machine with GPUs each worker gets one
     device (``CUDA_VISIBLE_DEVICES``); on a CPU each gets an equal share of the cores. Returns the worst exit
     code."""
-    study = open_study(spec, url)
-    if spec.kind == "grid":
-        _enqueue_missing_cells(study, spec)
-    else:
-        _enqueue_start_points(study, spec)
+    _open_and_queue(spec, url)  # before the workers start: they find the cells queued, none twice
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = []
