@@ -49,11 +49,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import PRESETS, TrainConfig
 from cifar_resnet.data import CifarData, Split, channel_stats, load_data, split_validation, subsample
-from cifar_resnet.engine import StepOptions, train_one_epoch
+from cifar_resnet.engine import StepOptions, grad_scaler, train_one_epoch, train_step
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
-from cifar_resnet.runtime import autocast_for, cpu_model
+from cifar_resnet.runtime import autocast_for, cpu_model, resolve_precision
 from cifar_resnet.train import fit
 
 CHILD_MARK = "BENCH_CHILD_RESULT "
@@ -69,7 +69,7 @@ CUTOUT = 12  # cutout size of the second loader configuration (airbench96's)
 @dataclass(frozen=True)
 class Sizes:
     models: tuple[str, ...]
-    batch: int  # loader batch and training batch (the same, so their times compare)
+    batch: int  # loader batch (and the training batch where train_batch is None and the recipe agrees)
     loader_images: int  # images per timed loader epoch
     loader_warmup: int  # untimed epochs first
     loader_repeats: int  # timed epochs
@@ -84,13 +84,14 @@ class Sizes:
     matmul_repeats: int
     preset_images: int = 0  # GPU: images per timed epoch of the seed preset's training step
     preset_repeats: int = 0
+    train_batch: int | None = None  # training-step batch; None: each model's recipe's (MODEL_RECIPES)
 
 
 CPU_MODELS = ("seed_resnet", "resnet18", "fast_small", "fast")
 SIZES = {
     ("cpu", False): Sizes(
         models=CPU_MODELS,
-        batch=128,
+        batch=512,
         loader_images=10_000,
         loader_warmup=1,
         loader_repeats=3,
@@ -119,6 +120,7 @@ SIZES = {
         latency_runs=5,
         matmul_n=256,
         matmul_repeats=3,
+        train_batch=16,
     ),
     ("cuda", False): Sizes(
         models=CPU_MODELS,
@@ -155,10 +157,18 @@ SIZES = {
         matmul_repeats=3,
         preset_images=1024,
         preset_repeats=1,
+        train_batch=128,
     ),
 }
 # the model whose training step the loader is compared with ("what fraction of a step is the loader")
 STEP_REFERENCE = {"cpu": "fast_small", "cuda": "fast"}
+# the preset whose training step each model's row times (its optimizer, loss, clipping and batch size);
+# a model not named here is timed with the seed preset's recipe
+MODEL_RECIPES = {"seed_resnet": "seed", "resnet18": "resnet18", "fast_small": "fast-cpu", "fast": "fast-cpu"}
+# every model's training step is timed in each of these; inference in the device's default precision
+TRAIN_PRECISIONS = ("fp32", "bf16")
+INFERENCE_PRECISION = {"cpu": "fp32", "cuda": "bf16"}
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -280,13 +290,20 @@ def bench_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int)
 
 
 def measure_matmul(device: torch.device, sizes: Sizes) -> dict:
-    """The ``matmul`` rows (float32; on CUDA also bf16) and ``matmul_reference``: the row of the precision
-    the models compute in, which their achieved FLOP/s is compared with."""
+    """The ``matmul`` rows, float32 and bfloat16: the rates each precision's achieved FLOP/s is compared
+    with (:func:`matmul_rate`)."""
     say(f"matmul on {device}")
-    rows = [bench_matmul(device, torch.float32, sizes.matmul_n, sizes.matmul_repeats)]
-    if device.type == "cuda":
-        rows.append(bench_matmul(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
-    return {"matmul": rows, "matmul_reference": rows[-1]}
+    return {
+        "matmul": [
+            bench_matmul(device, dtype, sizes.matmul_n, sizes.matmul_repeats) for dtype in MATMUL_DTYPES.values()
+        ]
+    }
+
+
+def matmul_rate(matmul: list[dict], precision: str) -> dict | None:
+    """The ``matmul`` row of ``precision`` (``fp32``/``bf16``), None if it was not measured."""
+    want = str(MATMUL_DTYPES[precision]).replace("torch.", "")
+    return next((m for m in matmul if m["dtype"] == want), None)
 
 
 def render_matmul(matmul: list[dict], dev: str) -> list[str]:
@@ -497,12 +514,17 @@ def render_loader(ld: dict | None, dev: str) -> list[str]:
 
 
 def loader_vs_step(loader: dict, train_rows: list[dict], device: torch.device) -> dict:
-    """Time of one loader batch as a fraction of one training step of the reference model, same batch."""
+    """Time of one loader batch as a fraction of one training step of the reference model at the same
+    batch, in the precision ``fit`` would choose here (``auto``)."""
     ref = STEP_REFERENCE[device.type]
-    step = next((r for r in train_rows if r.get("model") == ref and "error" not in r), None)
-    out = {"model": ref, "batch": loader["batch"], "rows": []}
+    precision = resolve_precision("auto", device)
+    step = next(
+        (r for r in train_rows if r.get("model") == ref and r.get("precision") == precision and "error" not in r),
+        None,
+    )
+    out = {"model": ref, "precision": precision, "batch": loader["batch"], "rows": []}
     if step is None or step["batch"] != loader["batch"]:
-        out["skipped"] = f"no training-step measurement of {ref} at batch {loader['batch']} in this run"
+        out["skipped"] = f"no {precision} training-step measurement of {ref} at batch {loader['batch']} in this run"
         return out
     step_ms = 1000 * step["train"]["median_s"]
     out["step_ms"] = step_ms
@@ -521,7 +543,7 @@ def render_loader_vs_step(lvs: dict | None) -> list[str]:
     return [
         (
             f"### Loader cost per batch vs one training step of `{lvs['model']}` "
-            f"({fmt(lvs['step_ms'])} ms at batch {lvs['batch']}, same device)"
+            f"({fmt(lvs['step_ms'])} ms in {lvs.get('precision', 'fp32')} at batch {lvs['batch']}, same device)"
         ),
         "",
         md_table(
@@ -537,12 +559,24 @@ def render_loader_vs_step(lvs: dict | None) -> list[str]:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _precision(device: torch.device, amp: bool) -> str:
-    """The per-model rows' precision: bf16 autocast on CUDA when ``amp``, fp32 otherwise."""
-    return "bf16" if amp and device.type == "cuda" else "fp32"
+def recipe_config(
+    name: str, device: torch.device, precision: str, batch: int | None, compile_model: bool
+) -> TrainConfig:
+    """The training configuration whose step model ``name``'s row times: the preset of
+    :data:`MODEL_RECIPES` with this model, device, precision and compile setting, and ``batch`` in place
+    of the preset's batch size unless None."""
+    config = dataclasses.replace(
+        PRESETS[MODEL_RECIPES.get(name, "seed")],
+        model=name,
+        device=device.type,
+        precision=precision,
+        compile=compile_model,
+        budget="none",
+    )
+    return dataclasses.replace(config, batch_size=batch) if batch else config
 
 
-def count_flops(model: torch.nn.Module, device: torch.device, amp: bool, n: int = 2) -> dict:
+def count_flops(model: torch.nn.Module, device: torch.device, precision: str, n: int = 2) -> dict:
     """FLOPs per image of one forward pass and of one training step (forward + loss + backward), counted
     by ``torch.utils.flop_counter.FlopCounterMode`` on a batch of ``n``: convolutions and matrix products
     only, a multiply-add counted as 2 FLOPs, the backward pass as the counter counts it (gradients of
@@ -551,10 +585,10 @@ def count_flops(model: torch.nn.Module, device: torch.device, amp: bool, n: int 
     y = torch.randint(0, 100, (n,), device=device)
     was_training = model.training
     model.train()
-    with FlopCounterMode(display=False) as fwd, torch.no_grad(), autocast_for(device, _precision(device, amp)):
+    with FlopCounterMode(display=False) as fwd, torch.no_grad(), autocast_for(device, precision):
         model(x)
     with FlopCounterMode(display=False) as step:
-        with autocast_for(device, _precision(device, amp)):
+        with autocast_for(device, precision):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
     model.zero_grad(set_to_none=True)
@@ -575,7 +609,7 @@ def release_freed_memory(device: torch.device) -> None:
         pass
 
 
-def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool) -> dict:
+def bench_inference(run: Callable, device: torch.device, sizes: Sizes, precision: str) -> dict:
     """Batch-1 latency and large-batch throughput of ``run`` (a model in eval mode) under no_grad."""
     sync = synchronizer(device)
     g = torch.Generator(device=device).manual_seed(1)
@@ -585,7 +619,7 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
     )
 
     def forward(inp):
-        with torch.no_grad(), autocast_for(device, _precision(device, amp)):
+        with torch.no_grad(), autocast_for(device, precision):
             return run(inp)
 
     mem = PeakMemory(device)
@@ -608,58 +642,71 @@ def bench_inference(run: Callable, device: torch.device, sizes: Sizes, amp: bool
 
 
 def bench_training(
-    model: torch.nn.Module, run: Callable, device: torch.device, sizes: Sizes, amp: bool, num_classes: int
+    model: torch.nn.Module, run: Callable, config: TrainConfig, device: torch.device, sizes: Sizes, num_classes: int
 ) -> dict:
-    """Median time of a training step (forward, loss, backward, optimizer step) on one fixed batch.
-
-    The step is written out here, with one optimizer (SGD) for every model, rather than taken from a preset:
-    it is not ``engine.train_step`` (no clipping, no label smoothing, no scheduler); ``bench_preset_step``
-    times that."""
+    """Median time of a training step on one fixed batch of ``config.batch_size`` random images:
+    ``cifar_resnet.engine.train_step``, the step function ``fit`` calls (forward and loss under autocast in
+    ``config.precision``, label smoothing, backward, clipping, ``config``'s optimizer and scheduler step).
+    What ``fit`` does between steps (loading the batch, progress, the divergence check) is not timed: the
+    loader section times the loading."""
     sync = synchronizer(device)
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(sizes.batch, 3, 32, 32, device=device, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (sizes.batch,), device=device, generator=g)
-    # SGD with Nesterov momentum; the fused kernel on CUDA, foreach on CPU (as train.build_optimizer)
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, **fast)
+    batch = config.batch_size
+    x = torch.randn(batch, 3, 32, 32, device=device, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device, generator=g)
+    opt = build_optimizer(config, model, device)
+    # a schedule longer than the steps timed, so that every timed step runs at a positive learning rate
+    sched = build_scheduler(config, opt, steps_per_epoch=1, total_steps=10 * (sizes.train_warmup + sizes.train_repeats))
+    options = StepOptions.from_config(config, device)
+    scaler = grad_scaler(options, device)
 
     def step():
-        with autocast_for(device, _precision(device, amp)):
-            loss = F.cross_entropy(run(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(run, x, y, opt, sched, options, scaler)
 
     model.train()
     mem = PeakMemory(device)
     mem.reset()
     train = timing(timed_runs(step, sizes.train_warmup, sizes.train_repeats, sync), sizes.train_warmup)
-    return {"train": train, "train_images_per_s": sizes.batch / train["median_s"], "train_memory": mem.read()}
+    return {"train": train, "train_images_per_s": batch / train["median_s"], "train_memory": mem.read()}
 
 
 def bench_model(
-    name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool, num_classes: int = 100
+    name: str,
+    device: torch.device,
+    sizes: Sizes,
+    *,
+    precision: str,
+    inference: bool,
+    compile_model: bool,
+    num_classes: int = 100,
 ) -> dict:
-    """FLOPs, inference and training-step figures of model ``name`` (inference first, while the process
-    holds nothing else); see benchmarks/README.md."""
+    """FLOPs and the training-step figures of model ``name`` in ``precision`` under its recipe
+    (:func:`recipe_config`), and with ``inference`` first its inference figures (while the process holds
+    nothing else); see benchmarks/README.md."""
+    config = recipe_config(name, device, precision, sizes.train_batch, compile_model)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes).to(device).to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes=num_classes, **config.model_kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, device, amp)
+    flops = count_flops(model, device, precision)
     run = torch.compile(model) if compile_model else model
     release_freed_memory(device)
 
-    model.eval()
-    infer = bench_inference(run, device, sizes, amp)
-    infer["inference"]["gflops"] = flops["forward"] * infer["inference"]["images_per_s"] / 1e9
-    release_freed_memory(device)
-    train = bench_training(model, run, device, sizes, amp, num_classes)
+    infer = {}
+    if inference:
+        model.eval()
+        infer = bench_inference(run, device, sizes, precision)
+        infer["inference"]["gflops"] = flops["forward"] * infer["inference"]["images_per_s"] / 1e9
+        release_freed_memory(device)
+    train = bench_training(model, run, config, device, sizes, num_classes)
     return {
         "model": name,
+        "recipe": MODEL_RECIPES.get(name, "seed"),
+        "optimizer": config.optimizer,
         "params": params,
-        "batch": sizes.batch,
+        "batch": config.batch_size,
         "device": device.type,
-        "precision": "bf16 autocast" if (amp and device.type == "cuda") else "fp32",
+        "precision": precision,
         "compiled": compile_model,
         "channels_last": True,
         "flops_per_image": flops,
@@ -670,15 +717,23 @@ def bench_model(
 
 
 def run_model_in_child(
-    name: str, device: torch.device, sizes: Sizes, *, amp: bool, compile_model: bool, timeout: float = 900
+    name: str,
+    device: torch.device,
+    sizes: Sizes,
+    *,
+    precision: str,
+    inference: bool,
+    compile_model: bool,
+    timeout: float = 900,
 ) -> dict:
     """``bench_model`` in a fresh Python process (this script with --child), so that peak memory and
-    allocator state belong to this model alone."""
+    allocator state belong to this model and precision alone."""
     spec = {
         "model": name,
         "device": str(device),
         "sizes": dataclasses.asdict(sizes),
-        "amp": amp,
+        "precision": precision,
+        "inference": inference,
         "compile": compile_model,
     }
     cmd = [
@@ -689,61 +744,83 @@ def run_model_in_child(
         "--threads",
         str(torch.get_num_threads()),
     ]
+    failed = {"model": name, "precision": precision}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"model": name, "error": f"timed out after {timeout:.0f} s"}
+        return {**failed, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_MARK):
             return json.loads(line[len(CHILD_MARK) :])
     tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-    return {"model": name, "error": f"exit code {proc.returncode}: {tail}"}
+    return {**failed, "error": f"exit code {proc.returncode}: {tail}"}
 
 
 def child_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
     result = bench_model(
-        spec["model"], torch.device(spec["device"]), sizes, amp=spec["amp"], compile_model=spec["compile"]
+        spec["model"],
+        torch.device(spec["device"]),
+        sizes,
+        precision=spec["precision"],
+        inference=spec["inference"],
+        compile_model=spec["compile"],
     )
     print(CHILD_MARK + json.dumps(result), flush=True)
     return 0
 
 
-def measure_models(device: torch.device, sizes: Sizes, *, compile_model: bool) -> list[dict]:
-    """``bench_model`` of each of ``sizes.models``, each in a fresh process (bf16 autocast on CUDA)."""
+def measure_models(device: torch.device, sizes: Sizes, matmul: list[dict], *, compile_model: bool) -> list[dict]:
+    """``bench_model`` of each of ``sizes.models`` in each of :data:`TRAIN_PRECISIONS`, each in a fresh
+    process (inference in the device's :data:`INFERENCE_PRECISION` only), with each figure's % of the
+    matmul rate of its precision."""
     rows = []
     for name in sizes.models:
-        say(f"model {name} on {device} (fresh process)")
-        rows.append(run_model_in_child(name, device, sizes, amp=device.type == "cuda", compile_model=compile_model))
+        for precision in TRAIN_PRECISIONS:
+            say(f"model {name} in {precision} on {device} (fresh process)")
+            inference = precision == INFERENCE_PRECISION[device.type]
+            row = run_model_in_child(
+                name, device, sizes, precision=precision, inference=inference, compile_model=compile_model
+            )
+            mm = matmul_rate(matmul, precision)
+            if "error" not in row and mm:
+                row["train_pct_of_matmul"] = 100 * row["train_gflops"] / mm["gflops"]
+                if "inference" in row:
+                    row["inference"]["pct_of_matmul"] = 100 * row["inference"]["gflops"] / mm["gflops"]
+            rows.append(row)
     return rows
 
 
-def render_training(train: list[dict], mm: dict, dev: str) -> list[str]:
+def render_training(train: list[dict], dev: str) -> list[str]:
     if not train:
         return []
     first = next((r for r in train if "error" not in r), {})
     t0 = first.get("train", {})
+    batches = sorted({r["batch"] for r in train if "error" not in r})
     out = [
-        f"## Training step on {dev}: {first.get('precision', '')}, channels_last"
+        f"## Training step on {dev}: `engine.train_step` (the step `fit` runs) with each model's recipe, "
+        "channels_last"
         + (", torch.compile" if first.get("compiled") else "")
-        + f", batch {first.get('batch', '?')}, SGD (Nesterov momentum); median of "
-        f"{t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up",
+        + f"; median of {t0.get('repeats', '?')} steps after {t0.get('warmup', '?')} warm-up",
         "",
         (
-            f"% of matmul: achieved GFLOP/s over the {mm['dtype']} matmul rate above "
-            f"({fmt(mm['gflops'])} GFLOP/s). Peak memory: {mem_label(first)}."
+            "Recipe: the preset's optimizer, label smoothing, clipping and batch size "
+            f"(batch {', '.join(map(str, batches))}), on one fixed batch of random images. "
+            "% of matmul: achieved GFLOP/s over the matmul rate above of the row's precision "
+            f"(float32 for fp32, bfloat16 for bf16). Peak memory: {mem_label(first)}."
         ),
         "",
     ]
-    rows = [training_row(r, mm) for r in train]
     return out + [
         md_table(
             [
                 "model",
+                "recipe",
+                "precision",
                 "params",
-                "GFLOP/img fwd",
                 "GFLOP/img step",
+                "batch",
                 "ms/step",
                 "images/s",
                 "GFLOP/s",
@@ -751,25 +828,26 @@ def render_training(train: list[dict], mm: dict, dev: str) -> list[str]:
                 "peak MB",
                 "+MB in steps",
             ],
-            rows,
+            [training_row(r) for r in train],
         ),
         "",
     ]
 
 
-def training_row(r: dict, mm: dict) -> list[str]:
+def training_row(r: dict) -> list[str]:
     if "error" in r:
-        return [f"`{r['model']}`", f"failed: {r['error']}"] + [""] * 8
-    f = r["flops_per_image"]
+        return [f"`{r['model']}`", "", r.get("precision", ""), f"failed: {r['error']}"] + [""] * 8
     return [
         f"`{r['model']}`",
+        f"{r['recipe']} ({r['optimizer']})",
+        r["precision"],
         f"{r['params'] / 1e6:.2f} M",
-        fmt(f["forward"] / 1e9),
-        fmt(f["train_step"] / 1e9),
+        fmt(r["flops_per_image"]["train_step"] / 1e9),
+        str(r["batch"]),
         fmt(1000 * r["train"]["median_s"]),
         fmt(r["train_images_per_s"]),
         fmt(r["train_gflops"]),
-        fmt(100 * r["train_gflops"] / mm["gflops"]),
+        fmt(r.get("train_pct_of_matmul")),
         fmt(r["train_memory"]["peak_mb"]),
         fmt(r["train_memory"]["delta_mb"]),
     ]
@@ -788,8 +866,8 @@ def mem_label(r: dict) -> str:
     )
 
 
-def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
-    ok = [r for r in train if "error" not in r]
+def render_inference(train: list[dict], dev: str) -> list[str]:
+    ok = [r for r in train if "error" not in r and "inference" in r]
     if not ok:
         return []
     lat, inf = ok[0]["latency"], ok[0]["inference"]
@@ -807,7 +885,7 @@ def render_inference(train: list[dict], mm: dict, dev: str) -> list[str]:
             fmt(r["latency"]["median_ms"]),
             fmt(r["inference"]["images_per_s"]),
             fmt(r["inference"]["gflops"]),
-            fmt(100 * r["inference"]["gflops"] / mm["gflops"]),
+            fmt(r["inference"].get("pct_of_matmul")),
             fmt(r["inference_memory"]["peak_mb"]),
         ]
         for r in ok
@@ -1117,15 +1195,15 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
 def render(res: dict) -> str:
     """The markdown report of ``res`` (what ``main`` measured): a header, then one table or paragraph per
     section, each from its own renderer; a section missing from ``res`` is left out."""
-    meta, mm = res["meta"], res["matmul_reference"]
+    meta = res["meta"]
     dev = meta["gpu"] if meta["device"] == "cuda" else f"CPU {meta['cpu']} ({meta['cpu_cores']} cores)"
     out = [
         *render_header(meta, dev),
         *render_matmul(res["matmul"], dev),
         *render_loader(res.get("loader"), dev),
         *render_loader_vs_step(res.get("loader_vs_step")),
-        *render_training(res.get("train") or [], mm, dev),
-        *render_inference(res.get("train") or [], mm, dev),
+        *render_training(res.get("train") or [], dev),
+        *render_inference(res.get("train") or [], dev),
         *render_seed_preset(res.get("seed_preset"), dev),
         *render_time_to_accuracy(res.get("time_to_accuracy"), dev),
         f"Total benchmark wall time: {fmt(res['wall_seconds'])} s.",
@@ -1166,7 +1244,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min on a CPU); numbers not for comparison")
-    p.add_argument("--gpu", action="store_true", help="benchmark on CUDA (bf16 autocast, channels_last)")
+    p.add_argument(
+        "--gpu", action="store_true", help="benchmark on CUDA (training steps in fp32 and bf16, inference in bf16)"
+    )
     p.add_argument("--compile", action="store_true", help="with --gpu: torch.compile the models")
     p.add_argument("--json", type=Path, help="write the results here as JSON")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -1227,7 +1307,7 @@ def run_benchmarks(
     res = measure_matmul(device, sizes)
     say(f"loader on {device}")
     res["loader"] = bench_loader(images, labels, device, sizes, sorted({cpu_cores(), 0}, reverse=True))
-    res["train"] = measure_models(device, sizes, compile_model=args.compile)
+    res["train"] = measure_models(device, sizes, res["matmul"], compile_model=args.compile)
     res["loader_vs_step"] = loader_vs_step(res["loader"], res["train"], device)
     if device.type == "cuda":
         res["seed_preset"] = run_seed_preset(images, labels, device, sizes)

@@ -75,21 +75,32 @@ def test_quick_run_json_has_every_figure(quick_run):
             assert len(r["speedup"]) == kinds.count("baseline")
             assert all(_positive(v) for v in r["speedup"].values())
 
-    (m,) = res["train"]
-    assert "error" not in m, m
-    assert m["model"] == "fast_small" and m["params"] > 0
-    assert m["flops_per_image"]["train_step"] > 2 * m["flops_per_image"]["forward"] > 0
+    fp32, bf16 = res["train"]  # one row per precision, each from its own process
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    for m in (fp32, bf16):
+        assert "error" not in m, m
+        assert m["model"] == "fast_small" and m["params"] > 0
+        assert (m["recipe"], m["optimizer"], m["batch"]) == ("fast-cpu", "muon", 16)  # the step fit runs
+        assert m["flops_per_image"]["train_step"] > 2 * m["flops_per_image"]["forward"] > 0
+        for value in (
+            m["train"]["median_s"],
+            m["train_images_per_s"],
+            m["train_gflops"],
+            m["train_pct_of_matmul"],
+            m["train_memory"]["peak_mb"],
+        ):
+            assert _positive(value)
+    # inference is measured once, in the CPU's fp32
+    assert "inference" not in bf16
     for value in (
-        m["train"]["median_s"],
-        m["train_images_per_s"],
-        m["train_gflops"],
-        m["train_memory"]["peak_mb"],
-        m["latency"]["median_ms"],
-        m["inference"]["images_per_s"],
-        m["inference"]["gflops"],
-        m["inference_memory"]["peak_mb"],
+        fp32["latency"]["median_ms"],
+        fp32["inference"]["images_per_s"],
+        fp32["inference"]["gflops"],
+        fp32["inference"]["pct_of_matmul"],
+        fp32["inference_memory"]["peak_mb"],
     ):
         assert _positive(value)
+    assert [m["dtype"] for m in res["matmul"]] == ["float32", "bfloat16"]
 
     lvs = res["loader_vs_step"]
     assert "skipped" not in lvs and _positive(lvs["step_ms"]) and lvs["rows"]
@@ -165,6 +176,22 @@ def test_sizes_are_consistent(bench):
         assert s.batch <= s.loader_images and s.train_repeats >= 1 and s.latency_runs >= 1
         assert bench.STEP_REFERENCE[device] in s.models or quick
         assert dataclasses.asdict(s)["models"]
+        # the loader is timed at the batch of the reference model's step, so the two compare
+        reference = bench.recipe_config(
+            bench.STEP_REFERENCE[device], torch.device(device), "fp32", s.train_batch, False
+        )
+        assert s.batch == reference.batch_size, (device, quick)
+
+
+def test_the_training_rows_time_the_recipe_fit_runs(bench):
+    """A row of the `fast` net is the fast-cpu preset's step: same optimizer, loss, clipping and batch."""
+    from cifar_resnet.config import PRESETS
+
+    config = bench.recipe_config("fast", torch.device("cpu"), "bf16", None, False)
+    assert config == dataclasses.replace(PRESETS["fast-cpu"], precision="bf16", budget="none", device="cpu")
+    assert config.batch_size == 512 and config.optimizer == "muon"
+    seed = bench.recipe_config("seed_resnet", torch.device("cpu"), "fp32", 16, False)
+    assert (seed.optimizer, seed.grad_clip, seed.batch_size) == ("adam", PRESETS["seed"].grad_clip, 16)
 
 
 def test_step_variants_runs_every_variant(tmp_path, capsys):
