@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from cifar_resnet.config import upgrade_config
-from cifar_resnet.sweep import _difference, load_sweep, open_study
+from cifar_resnet.runtime import StopSignals
+from cifar_resnet.sweep import _difference, _open_and_queue, _run_trial, _take, load_sweep, open_study
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
 
@@ -92,9 +93,8 @@ def workers(*args, env=None, **kw) -> subprocess.Popen:
     """``cifar-resnet sweep run ARGS`` in a process of its own (its own session: signals reach only it)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "cifar_resnet", "sweep", "run", *map(str, args)]
-    return subprocess.Popen(
-        cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw
-    )
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.Popen(cmd, env=environment, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
@@ -348,6 +348,65 @@ def test_ctrl_c_stops_a_worker_after_its_step_and_the_trial_resumes(tmp_path, ti
     assert code == 0, out + err
     done = study_of(load_sweep(path)).trials[1]
     assert done.state == optuna.trial.TrialState.COMPLETE and done.user_attrs["resumed_after_epoch"] >= 1
+
+
+def test_a_stop_request_nested_stop_signals_pass_in_and_out():
+    """A sweep worker's StopSignals around fit's: a signal the worker got while setting a trial up
+    reaches fit's loop, and one fit got reaches the worker."""
+    with StopSignals() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert outer.received == signal.SIGTERM
+        with StopSignals() as inner:
+            assert inner.received == signal.SIGTERM
+    with StopSignals() as outer:
+        with StopSignals() as inner:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert inner.received == signal.SIGTERM
+        assert outer.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == outer._handle  # the outer handler is back
+    assert signal.getsignal(signal.SIGTERM) is not outer._handle
+
+
+def test_a_trial_stopped_before_training_is_queued_again_untouched(tmp_path, tiny_npz):
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, ONE_CELL))
+    study = _open_and_queue(spec, None)
+    trial = _take(study, spec)
+    stop = StopSignals()
+    stop.received = signal.SIGTERM  # as if SIGTERM had come while the worker took the trial
+    lines = []
+    assert _run_trial(study, trial, spec, "here", lines.append, stop) == 128 + signal.SIGTERM
+    first, queued = study_of(spec).trials
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs["error"] == "interrupted by SIGTERM before training began"
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["continues"] == 0
+    assert queued.user_attrs["attempt"] == 1  # a stop someone asked for is not a fault: no retry used
+    assert not (tmp_path / "s" / "trial-0000" / "last.pt").exists()  # nothing was trained
+
+
+def test_sigterm_stops_a_waiting_worker_at_once(tmp_path, tiny_npz):
+    """A worker with nothing left to start waits for other workers' trials; SIGTERM ends the wait."""
+    path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=30)
+    busy = workers(path)
+    try:
+        wait_for_epoch(tmp_path / "s" / "trial-0000", busy)
+        out_file = tmp_path / "waiting.txt"
+        with out_file.open("w") as out:
+            waiting = workers(path, stdout=out)
+        deadline = time.monotonic() + 60
+        while "nothing left to start" not in out_file.read_text():
+            assert waiting.poll() is None and time.monotonic() < deadline, out_file.read_text()
+            time.sleep(0.05)
+        sent = time.monotonic()
+        os.kill(waiting.pid, signal.SIGTERM)
+        assert waiting.wait(timeout=30) == 128 + signal.SIGTERM, out_file.read_text()
+        assert time.monotonic() - sent < 10
+        assert "stopped by SIGTERM between trials" in out_file.read_text()
+        assert busy.poll() is None  # the other worker's trial goes on
+        (trial,) = study_of(load_sweep(path)).trials
+        assert trial.state == optuna.trial.TrialState.RUNNING
+    finally:
+        busy.kill()
+        busy.communicate()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -190,6 +190,10 @@ class StopSignals:
     (``nohup cifar-resnet train ... &``) with SIGINT ignored, so that a Ctrl-C at the terminal stops the
     script and not the job. Outside the main thread, where Python cannot install handlers, this does
     nothing. The previous handlers come back on exit.
+
+    Nested inside another ``StopSignals`` (a sweep worker around ``fit``), a request the outer one had
+    already received counts as received here too, and one received here is passed out on exit: a
+    signal that arrives while the worker sets a trial up stops that trial after its first step.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -208,12 +212,26 @@ class StopSignals:
             for s in self.SIGNALS:
                 if signal.getsignal(s) is not signal.SIG_IGN:
                     self._previous[s] = signal.signal(s, self._handle)
+        outer = self._outer()
+        if outer is not None and self.received is None:
+            self.received = outer.received
         return self
 
     def __exit__(self, *exc) -> None:
+        outer = self._outer()
+        if outer is not None and outer.received is None:
+            outer.received = self.received
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+    def _outer(self) -> StopSignals | None:
+        """The ``StopSignals`` whose handler this one replaced, if any."""
+        for handler in self._previous.values():
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, StopSignals):
+                return owner
+        return None
 
     @property
     def name(self) -> str:

@@ -61,7 +61,7 @@ import torch
 from .checkpoint import RunDir, atomic_write_text
 from .config import PRESETS, TrainConfig, get_preset
 from .plots import plot_search_history, plot_sweep_variants
-from .runtime import cpu_model
+from .runtime import StopSignals, cpu_model
 from .train import TrainingInterrupted, fit
 
 __all__ = [
@@ -580,17 +580,19 @@ def _enqueue_start_points(study, spec: SweepSpec) -> None:
 
 class _Requeue:
     """Queue a continuation of a failed trial (stale heartbeat, or stopped by a signal): same parameters,
-    ``continues`` = its number; at most ``retries`` continuations in a row."""
+    ``continues`` = its number; at most ``retries`` continuations in a row after faults (a stop someone
+    asked for, ``reason="interrupted"``, is not a fault and does not count)."""
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
 
     def __call__(self, study, trial, reason: str = "its worker stopped sending heartbeats") -> int | None:
         attempt = int(trial.user_attrs.get("attempt", 1))
-        if attempt > self.retries:
+        fault = reason != "interrupted"
+        if fault and attempt > self.retries:
             return None
         params = {**(trial.system_attrs.get("fixed_params") or {}), **trial.params}
-        attrs = {"continues": trial.number, "attempt": attempt + 1, "reason": reason}
+        attrs = {"continues": trial.number, "attempt": attempt + fault, "reason": reason}
         if "cell" in trial.user_attrs:
             attrs["cell"] = trial.user_attrs["cell"]
         study.enqueue_trial(params, user_attrs=attrs)
@@ -665,12 +667,12 @@ def _take(study, spec: SweepSpec):
     return None
 
 
-def _next_trial(study, spec: SweepSpec, log: Callable[[str], None]):
-    """The next trial, or None when the study is finished. While nothing is left to take but other workers'
-    trials still run, wait: a worker that dies leaves its trial stale after the grace period, and this
-    worker takes it over (:class:`_Requeue` queues the continuation)."""
+def _next_trial(study, spec: SweepSpec, log: Callable[[str], None], stop: StopSignals):
+    """The next trial, or None when the study is finished (or ``stop`` received a signal). While nothing is
+    left to take but other workers' trials still run, wait: a worker that dies leaves its trial stale after
+    the grace period, and this worker takes it over (:class:`_Requeue` queues the continuation)."""
     waiting_said = False
-    while True:
+    while stop.received is None:
         _optuna().storages.fail_stale_trials(study)
         trial = _take(study, spec)
         if trial is not None:
@@ -684,7 +686,10 @@ def _next_trial(study, spec: SweepSpec, log: Callable[[str], None]):
                 f"whose worker stops (Ctrl-C to leave)"
             )
             waiting_said = True
-        time.sleep(spec.heartbeat)
+        deadline = time.monotonic() + spec.heartbeat
+        while stop.received is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, spec.heartbeat))
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -760,15 +765,21 @@ def work(
     study = _open_and_queue(spec, url)
     result = WorkerResult()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    while max_trials is None or result.completed + result.pruned + result.failed < max_trials:
-        trial = _next_trial(study, spec, log)
-        if trial is None:
-            break
-        outcome = _run_trial(study, trial, spec, worker, log)
-        if isinstance(outcome, int):  # stopped by a signal: its exit code
-            result.exit_code = outcome
-            break
-        setattr(result, outcome, getattr(result, outcome) + 1)
+    # Ctrl-C/SIGTERM between trials (waiting, taking one, setting one up) stops the worker there; during
+    # training, fit's own handler (nested in this one) stops the trial after its step, resumable
+    with StopSignals() as stop:
+        while max_trials is None or result.completed + result.pruned + result.failed < max_trials:
+            trial = _next_trial(study, spec, log, stop)
+            if trial is None:
+                break
+            outcome = _run_trial(study, trial, spec, worker, log, stop)
+            if isinstance(outcome, int):  # stopped by a signal: its exit code
+                result.exit_code = outcome
+                break
+            setattr(result, outcome, getattr(result, outcome) + 1)
+        if stop.received is not None and not result.exit_code:
+            log(f"stopped by {stop.name} between trials")
+            result.exit_code = 128 + stop.received
     return result
 
 
@@ -805,8 +816,9 @@ def _take_over(trial, spec: SweepSpec, run_dir: Path, log: Callable[[str], None]
         log(f"continues trial {before}, whose run directory {old} is not on this machine: starting afresh")
 
 
-def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], None]) -> str | int:
-    """Train one trial; returns "completed", "pruned" or "failed", or the exit code after a stop signal."""
+def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], None], stop: StopSignals) -> str | int:
+    """Train one trial; returns "completed", "pruned" or "failed", or the exit code after a stop signal
+    (``stop`` received one before training began: the trial is queued again, untouched)."""
     S = _states()
     number = trial.number
     run_dir = spec.directory / f"trial-{number:04d}"
@@ -843,6 +855,12 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
         if trial.should_prune():
             raise _optuna().TrialPruned(f"pruned after epoch {record['epoch']} at {record['val_top1']:.4f}")
 
+    if stop.received is not None:  # a signal while the trial was taken and set up: hand it back
+        trial.set_user_attr("error", f"interrupted by {stop.name} before training began")
+        study.tell(trial, state=S.FAIL)
+        _Requeue(spec.retries)(study, _frozen(study, trial), reason="interrupted")
+        say(f"interrupted by {stop.name} before training began; queued again")
+        return 128 + stop.received
     measured = _reset_peak_memory()
     t0 = time.perf_counter()
     with _Heartbeat(_storage_of(study), _trial_id(trial), spec.heartbeat) as beat:
@@ -853,12 +871,12 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
             say(str(e))
             study.tell(trial, state=S.PRUNED)
             return "pruned"
-        except TrainingInterrupted as stop:
-            trial.set_user_attr("error", f"interrupted by {stop.signal_name}: {stop}")
+        except TrainingInterrupted as stopped:
+            trial.set_user_attr("error", f"interrupted by {stopped.signal_name}: {stopped}")
             study.tell(trial, state=S.FAIL)
             _Requeue(spec.retries)(study, _frozen(study, trial), reason="interrupted")
-            say(f"interrupted by {stop.signal_name}; queued to resume from {RunDir(run_dir).last}")
-            return stop.exit_code
+            say(f"interrupted by {stopped.signal_name}; queued to resume from {RunDir(run_dir).last}")
+            return stopped.exit_code
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step, but the last one stands
             trial.set_user_attr("error", "interrupted (KeyboardInterrupt)")
             study.tell(trial, state=S.FAIL)
