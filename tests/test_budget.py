@@ -3,6 +3,7 @@ plans giving bit-identical runs, torchrun ranks agreeing on one plan, and the te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,16 @@ import torch
 
 from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet import train as train_module
-from cifar_resnet.budget import BudgetTooSmall, Measurement, Plan, make_plan, predict_seconds
+from cifar_resnet.budget import (
+    BudgetTooSmall,
+    Measurement,
+    Plan,
+    _splits,
+    follow_plan,
+    make_plan,
+    planned_config,
+    predict_seconds,
+)
 from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.config import get_preset
 from cifar_resnet.runtime import format_duration, parse_duration
@@ -72,11 +82,40 @@ def test_the_plan_takes_the_most_epochs_that_fit():
     config = TrainConfig(**TINY, epochs=40)
     for budget in (60.0, 200.0, 500.0, 1000.0):
         plan = make_plan(config, budget, FAKE, _steps)
-        fits = predict_seconds(config, plan.epochs, 10, FAKE) <= budget - FAKE.seconds
-        more = predict_seconds(config, plan.epochs + 1, 10, FAKE) <= budget - FAKE.seconds
+        planned = planned_config(config, plan)
+        assert planned.epochs == plan.epochs and planned.plan == plan.to_dict()
+        fits = predict_seconds(planned, plan.epochs, 10, FAKE) <= budget - FAKE.seconds
+        bigger = [dataclasses.replace(config, progressive=p) for p in _splits(config, plan.epochs + 1)]
+        more = any(predict_seconds(c, plan.epochs + 1, 10, FAKE) <= budget - FAKE.seconds for c in bigger)
         assert fits and not more, (budget, plan)
-        assert plan.predicted_s == pytest.approx(predict_seconds(config, plan.epochs, 10, FAKE))
+        assert plan.predicted_s == pytest.approx(predict_seconds(planned, plan.epochs, 10, FAKE))
         assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # as stored in config.json
+
+
+def test_the_plan_moves_a_full_size_epoch_down_rather_than_leave_the_budget_unused():
+    """180 s less 10 measuring: 5 epochs at the recipe's split (1, 1, 3 at 16, 24, 32 px) take 165 s and
+    6 (2, 1, 3) take 178; 6 with one full-size epoch at 24 px (2, 2, 2) take 158, at 16 px (3, 1, 2) 148:
+    the plan trains 6, keeping as much at full size as fits."""
+    config = TrainConfig(**TINY, epochs=40)
+    assert predict_seconds(dataclasses.replace(config, epochs=6), 6, 10, FAKE) == 178  # > 170 left
+    plan = make_plan(config, 180.0, FAKE, _steps)
+    planned = planned_config(config, plan)
+    assert plan.epochs == 6 and planned.train_sizes == [16, 16, 24, 24, None, None]
+    assert plan.predicted_s == predict_seconds(planned, 6, 10, FAKE) == 158
+    assert "6 epochs (2 at 16 px, 2 at 24 px, 2 at 32 px) of 10 steps" in plan.line(32)
+    # where the recipe's split fits, the plan keeps it
+    plan = make_plan(config, 140.0, FAKE, _steps)  # 130 s left: 4 epochs (1, 1, 2) 122 s; 5 at best 135
+    assert plan.epochs == 4 and plan.progressive == config.progressive
+    assert planned_config(config, plan).train_sizes == TrainConfig(**TINY, epochs=4).train_sizes
+
+
+def test_a_plan_from_before_the_split_keeps_the_config_s_phases():
+    config = TrainConfig(**TINY, epochs=40)
+    old = make_plan(config, 180.0, FAKE, _steps).to_dict()
+    del old["progressive"]  # plans written before the planner chose the split
+    followed = follow_plan(dataclasses.replace(config, plan=old))
+    assert followed.epochs == 6 and followed.progressive == config.progressive
+    assert Plan.from_dict(old).progressive is None
 
 
 def test_the_plan_stops_at_the_recipe_s_epochs():
@@ -126,8 +165,9 @@ def test_fit_trains_the_planned_epochs_and_stores_the_plan(synthetic, tmp_path, 
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["epochs"] == expected.epochs and Plan.from_dict(saved["plan"]) == expected
     assert load_checkpoint(tmp_path / "last.pt").config.plan == saved["plan"]
+    assert saved["progressive"] == expected.progressive  # the phases the plan chose
     out = capsys.readouterr().out
-    assert f"plan for a 3m budget: {expected.epochs} epochs of 10 steps" in out
+    assert expected.line(32) in out and f"plan for a 3m budget: {expected.epochs} epochs (" in out
     assert "1 s at 16 px, 2 s at 24 px, 4 s at 32 px a step, 3 s an evaluation" in out
     assert "the 3m budget: 10s measuring, then" in out
 

@@ -6,11 +6,14 @@ that will run, on a throwaway copy of the model and optimizer, with the random g
 afterwards), and one plain evaluation pass. From those it predicts how long N epochs take (the steps of
 each epoch at its size, the evaluation after each epoch, the test-time-augmented one after the last) and
 fixes the plan: the most epochs, up to the config's ``epochs``, that fit in the budget left after the
-measurement. The run is then an ordinary run of that many epochs (the learning-rate schedule and the
-progressive-resizing phases follow from it), so it ends where its schedule ends, unlike a run that is cut
-off. The plan is stored in the config (``plan``): a resumed run continues it without measuring, and two
-runs with the same plan and seed are bit-identical (the measurement picks the plan; the plan decides the
-run). Under torchrun every rank measures at once and the ranks agree on the slowest figures.
+measurement. With progressive resizing, when the next epoch does not fit at the recipe's split of low- and
+full-resolution epochs, the plan tries that many epochs with one full-size epoch trained at a lower size
+instead, so that the rounding of the phases does not leave most of an epoch of the budget unused. The run
+is then an ordinary run of that many epochs (the learning-rate schedule and the progressive-resizing
+phases follow from it), so it ends where its schedule ends, unlike a run that is cut off. The plan is
+stored in the config (``plan``): a resumed run continues it without measuring, and two runs with the same
+plan and seed are bit-identical (the measurement picks the plan; the plan decides the run). Under
+torchrun every rank measures at once and the ranks agree on the slowest figures.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "BudgetTooSmall",
     "Measurement",
     "Plan",
+    "follow_plan",
     "format_duration",
     "make_plan",
     "measure",
@@ -76,6 +80,9 @@ class Plan:
     steps_per_epoch: int
     eval_seconds: float
     measure_seconds: float
+    # the progressive-resizing phases the plan trains with (None: the config's own, as plans made before
+    # the planner could move an epoch to a lower size)
+    progressive: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -96,6 +103,9 @@ class Plan:
         )
         capped = " (the recipe's maximum)" if self.epochs == self.max_epochs else ""
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        if self.progressive:
+            counts = _size_counts(_sizes(self.epochs, self.progressive))
+            epochs += " (" + ", ".join(f"{n} at {size or full_size} px" for size, n in counts.items()) + ")"
         return (
             f"plan for a {format_duration(self.budget_s)} budget: {epochs}{capped} of "
             f"{self.steps_per_epoch} steps; measured {sizes} a step, {self.eval_seconds:.3g} s an evaluation; "
@@ -110,6 +120,54 @@ def _size_order(size: int) -> int:
 
 def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     return dataclasses.replace(config, epochs=epochs, plan={})
+
+
+def _sizes(epochs: int, progressive: str) -> list[int | None]:
+    return TrainConfig(epochs=epochs, progressive=progressive).train_sizes
+
+
+def _size_counts(sizes: list[int | None]) -> dict[int | None, int]:
+    """Epochs per training size, smallest first (None, full size, last)."""
+    counts: dict[int | None, int] = {}
+    for size in sorted(sizes, key=lambda s: _size_order(s or 0)):
+        counts[size] = counts.get(size, 0) + 1
+    return counts
+
+
+def _progressive_for(counts: dict[int | None, int]) -> str | None:
+    """The ``progressive`` text that trains ``counts`` epochs at each size, or None if its fractions,
+    rounded as ``TrainConfig.train_sizes`` rounds them, would not give those counts back."""
+    epochs = sum(counts.values())
+    text = ",".join(f"{size}:{n / epochs:.6g}" for size, n in counts.items() if size is not None and n)
+    try:
+        return text if _size_counts(_sizes(epochs, text)) == {k: v for k, v in counts.items() if v} else None
+    except ValueError:
+        return None
+
+
+def _splits(config: TrainConfig, epochs: int) -> list[str]:
+    """The ``progressive`` texts the plan may train ``epochs`` epochs with: the config's own first, then
+    (with progressive resizing and at least two full-size epochs) its split with one full-size epoch
+    trained at each lower size instead."""
+    default = _size_counts(_with_epochs(config, epochs).train_sizes)
+    out = [config.progressive]
+    if default.get(None, 0) < 2:
+        return out
+    for size in (s for s in default if s is not None):
+        moved = _progressive_for({**default, size: default[size] + 1, None: default[None] - 1})
+        if moved is not None and moved not in out:
+            out.append(moved)
+    return out
+
+
+def follow_plan(config: TrainConfig) -> TrainConfig:
+    """``config`` with its plan's epochs and progressive-resizing phases (unchanged without a plan)."""
+    if not config.plan:
+        return config
+    changes = {"epochs": config.plan["epochs"]}
+    if config.plan.get("progressive") is not None:
+        changes["progressive"] = config.plan["progressive"]
+    return dataclasses.replace(config, **changes)
 
 
 def _eval_passes(config: TrainConfig) -> int:
@@ -134,15 +192,23 @@ def make_plan(
     steps_for: Callable[[TrainConfig], list[int]],
 ) -> Plan:
     """The most epochs (up to ``config.epochs``) whose predicted time fits in ``budget_s`` less the time
-    spent measuring; ``steps_for(config)``: the steps of each epoch of a config (``--drop-easy`` shortens
-    the late ones). BudgetTooSmall when one epoch does not fit."""
+    spent measuring, at the config's progressive-resizing split or, where that does not fit, with one
+    full-size epoch moved to a lower size (:func:`_splits`; of those that fit, the one with the most
+    training at full size); ``steps_for(config)``: the steps of each epoch of a config (``--drop-easy``
+    shortens the late ones). BudgetTooSmall when one epoch does not fit."""
     left = budget_s - m.seconds
     best = None
     for epochs in range(1, config.epochs + 1):
-        predicted = predict_seconds(config, epochs, steps_for(_with_epochs(config, epochs)), m)
-        if predicted > left:
+        fitting = []
+        for progressive in _splits(config, epochs):
+            candidate = dataclasses.replace(_with_epochs(config, epochs), progressive=progressive)
+            predicted = predict_seconds(candidate, epochs, steps_for(candidate), m)
+            if predicted <= left:
+                fitting.append((predicted, progressive))
+        if not fitting:
             break
-        best = (epochs, predicted)
+        predicted, progressive = max(fitting)
+        best = (epochs, predicted, progressive)
     full_steps = steps_for(_with_epochs(config, 1))[0]
     if best is None:
         one = predict_seconds(config, 1, [full_steps], m)
@@ -152,7 +218,7 @@ def make_plan(
             f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
             "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
         )
-    epochs, predicted = best
+    epochs, predicted, progressive = best
     return Plan(
         budget_s=budget_s,
         epochs=epochs,
@@ -162,6 +228,7 @@ def make_plan(
         steps_per_epoch=full_steps,
         eval_seconds=m.eval_seconds,
         measure_seconds=m.seconds,
+        progressive=progressive if config.progressive else None,
     )
 
 
@@ -253,5 +320,5 @@ def _sync(dev: torch.device) -> None:
 
 
 def planned_config(config: TrainConfig, plan: Plan) -> TrainConfig:
-    """``config`` with the plan's epochs and the plan recorded."""
-    return dataclasses.replace(config, epochs=plan.epochs, plan=plan.to_dict())
+    """``config`` with the plan recorded, and its epochs and progressive-resizing phases."""
+    return follow_plan(dataclasses.replace(config, plan=plan.to_dict()))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .budget import Plan, make_plan, measure, planned_config
+from .budget import Plan, follow_plan, make_plan, measure, planned_config
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig, prepare_data
 from .data import CifarData, channel_stats
@@ -126,8 +126,7 @@ def fit(
         raise ValueError("fit needs a config, or a checkpoint to resume")
     elif device is not None:
         config = dataclasses.replace(config, device=device)
-    if config.plan and config.plan["epochs"] != config.epochs:  # a plan decides the number of epochs
-        config = dataclasses.replace(config, epochs=config.plan["epochs"])
+    config = follow_plan(config)  # a plan decides the number of epochs and the resizing phases
     for value, name in ((save_every, "--save-every"), (save_every_steps, "--save-every-steps")):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
@@ -452,7 +451,7 @@ def _resume_state(resume: str | Path, config: TrainConfig | None, device: str | 
     if device is not None:
         config = dataclasses.replace(config, device=device)
     if saved.plan and not config.plan:  # the same command again (--resume auto): the plan it made holds
-        config = dataclasses.replace(config, epochs=saved.epochs, plan=saved.plan)
+        config = follow_plan(dataclasses.replace(config, plan=saved.plan))
     if dataclasses.replace(saved, device=config.device) != config:
         changed = [
             f.name
