@@ -7,8 +7,9 @@ afterwards), and one plain evaluation pass. From those it predicts how long N ep
 each epoch at its size, the evaluation after each epoch, the test-time-augmented one after the last) and
 fixes the plan: the most epochs, up to the config's ``epochs``, that fit in the budget left after the
 measurement. With progressive resizing, when the next epoch does not fit at the recipe's split of low- and
-full-resolution epochs, the plan tries that many epochs with one full-size epoch trained at a lower size
-instead, so that the rounding of the phases does not leave most of an epoch of the budget unused. The run
+full-resolution epochs, the plan also considers that many epochs with one full-size epoch trained at a
+lower size instead, and takes whichever fills more of the budget, so that the rounding of the phases does
+not leave most of a full-size epoch of it unused. The run
 is then an ordinary run of that many epochs (the learning-rate schedule and the progressive-resizing
 phases follow from it), so it ends where its schedule ends, unlike a run that is cut off. The plan is
 stored in the config (``plan``): a resumed run continues it without measuring, and two runs with the same
@@ -191,24 +192,21 @@ def make_plan(
     m: Measurement,
     steps_for: Callable[[TrainConfig], list[int]],
 ) -> Plan:
-    """The most epochs (up to ``config.epochs``) whose predicted time fits in ``budget_s`` less the time
-    spent measuring, at the config's progressive-resizing split or, where that does not fit, with one
-    full-size epoch moved to a lower size (:func:`_splits`; of those that fit, the one with the most
-    training at full size); ``steps_for(config)``: the steps of each epoch of a config (``--drop-easy``
-    shortens the late ones). BudgetTooSmall when one epoch does not fit."""
+    """The plan that fills ``budget_s`` less the time spent measuring best: of every number of epochs up to
+    ``config.epochs``, at the config's progressive-resizing split or with one full-size epoch moved to a
+    lower size (:func:`_splits`), the one with the longest predicted time that fits (on a tie, the most
+    epochs, then the recipe's own split). Without a moved epoch that is the most epochs that fit; a moved
+    one is chosen only where it uses more of the budget. ``steps_for(config)``: the steps of each epoch of
+    a config (``--drop-easy`` shortens the late ones). BudgetTooSmall when one epoch does not fit."""
     left = budget_s - m.seconds
     best = None
     for epochs in range(1, config.epochs + 1):
-        fitting = []
-        for progressive in _splits(config, epochs):
+        for rank, progressive in enumerate(_splits(config, epochs)):
             candidate = dataclasses.replace(_with_epochs(config, epochs), progressive=progressive)
             predicted = predict_seconds(candidate, epochs, steps_for(candidate), m)
-            if predicted <= left:
-                fitting.append((predicted, progressive))
-        if not fitting:
-            break
-        predicted, progressive = max(fitting)
-        best = (epochs, predicted, progressive)
+            key = (predicted, epochs, -rank)
+            if predicted <= left and (best is None or key > best[0]):
+                best = (key, progressive)
     full_steps = steps_for(_with_epochs(config, 1))[0]
     if best is None:
         one = predict_seconds(config, 1, [full_steps], m)
@@ -218,7 +216,7 @@ def make_plan(
             f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
             "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
         )
-    epochs, predicted, progressive = best
+    (predicted, epochs, _), progressive = best
     return Plan(
         budget_s=budget_s,
         epochs=epochs,

@@ -56,12 +56,13 @@ class TrainConfig:
         "none",
         "training-time budget: 900s, 15m, 1h or none. Before the first epoch the run times its own step on "
         "this machine at each image size it trains at, then trains the most epochs (up to --epochs) whose "
-        "predicted time, evaluations included, fits; the schedule runs over them",
+        "predicted time, evaluations included, fits (or one more with a full-size epoch at a lower size, where "
+        "that fills more of the budget); the schedule runs over them",
     )
     plan: dict = _field(
         {},
         "the plan a --budget made (the run writes it into config.json and its checkpoints): given, the run "
-        "trains its epochs without measuring, as the run that made it did",
+        "trains its epochs and resizing phases without measuring, as the run that made it did",
     )
     batch_size: int = _field(128, "training batch size")
     optimizer: str = _field(
