@@ -96,6 +96,24 @@ GROUPS = [
             "evaluations; the budget includes them."
         ),
     ),
+    (
+        "Issue 17: a plan that fills the budget (a full-size epoch moved to a lower size)",
+        ["planner-.+"],
+        (
+            "The same 2 cores of an AMD EPYC (Zen 4), a later session, one run after another on the otherwise idle "
+            "machine, whose measured steps came out slower than the session before (bf16: 0.351-0.386 s at "
+            "16 px, 0.73-0.78 at 24, 1.28-1.31 at 32, against 0.346, 0.605, 1.2; fp32: 0.554, 1.26, 2.19 against "
+            "0.446, 1.07, 1.92). `planner-first-rule-*` ran with the planner's first rule (the most epochs, with "
+            "one full-size epoch moved to 16 or 24 px where the recipe's split did not fit): the main job "
+            "(bf16: 11 epochs, 3/4/4 at 16/24/32 px) and the main job with `--precision fp32` (7 epochs at 3/2/2, "
+            "less training than 6 at 2/1/3 would have been: the rule was changed to the longest predicted time that "
+            "fits). `planner-fill-no-headroom-main-job-bf16-2t`: the main job with that rule (10 epochs, 2/3/5), "
+            "which trained 6% longer than predicted (15m 37s against 14m 41s), so the plan then kept 3% spare: "
+            "`planner-headroom-3pct-main-job-bf16-2t` (12 epochs, 3/3/6) trained 10% longer than predicted "
+            "(15m 47s against 14m 18s), so a step's time became the mean of 5 timed steps (was the median of 3) "
+            "and the headroom 5%. `planner-main-job-bf16-2t` is the README's main job with all of these."
+        ),
+    ),
 ]
 
 
