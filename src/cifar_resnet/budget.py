@@ -6,16 +6,16 @@ that will run, on a throwaway copy of the model and optimizer, with the random g
 afterwards), and one plain evaluation pass. From those it predicts how long N epochs take (the steps of
 each epoch at its size, the evaluation after each epoch, the test-time-augmented one after the last) and
 fixes the plan: the most epochs, up to the config's ``epochs``, that fit in the budget left after the
-measurement, less a small headroom (:data:`HEADROOM`) for the loop's variation. With progressive
-resizing, when the next epoch does not fit at the recipe's split of low- and full-resolution epochs, the
-plan also considers that many epochs with one full-size epoch trained at a lower size instead, and takes
-whichever fills more of the budget, so that the rounding of the phases does not leave most of a
-full-size epoch of it unused. The run
-is then an ordinary run of that many epochs (the learning-rate schedule and the progressive-resizing
-phases follow from it), so it ends where its schedule ends, unlike a run that is cut off. The plan is
-stored in the config (``plan``): a resumed run continues it without measuring, and two runs with the same
-plan and seed are bit-identical (the measurement picks the plan; the plan decides the run). Under
-torchrun every rank measures at once and the ranks agree on the slowest figures.
+measurement (a step timed as the mean of five), less a small headroom (:data:`HEADROOM`) for the loop's
+variation. With progressive resizing, when the next epoch does not fit at the recipe's split of low- and
+full-resolution epochs, the plan also considers that many epochs with one full-size epoch trained at a
+lower size instead, and takes whichever fills more of the budget, so that the rounding of the phases does
+not leave most of a full-size epoch of it unused. The run is then an ordinary run of that many epochs
+at those phases (the learning-rate schedule follows from them), so it ends where its schedule ends,
+unlike a run that is cut off. The plan is stored in the config (``plan``): a resumed run continues it
+without measuring, and two runs with the same plan and seed are bit-identical (the measurement picks the
+plan; the plan decides the run). Under torchrun every rank measures at once and the ranks agree on the
+slowest figures.
 """
 
 from __future__ import annotations
