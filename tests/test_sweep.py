@@ -364,7 +364,7 @@ def test_a_stop_request_nested_stop_signals_pass_in_and_out():
             assert inner.received == signal.SIGTERM
         assert outer.received == signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) == outer._handle  # the outer handler is back
-    assert signal.getsignal(signal.SIGTERM) is not outer._handle
+    assert signal.getsignal(signal.SIGTERM) != outer._handle  # and the one from before it (bound methods: ==)
 
 
 def test_a_trial_stopped_before_training_is_queued_again_untouched(tmp_path, tiny_npz):

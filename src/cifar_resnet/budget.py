@@ -50,9 +50,10 @@ __all__ = [
 ]
 
 
-# The share of the budget left after measuring that the plan keeps spare: in nine 15-minute runs on 2
-# shared cores the training loop ran from 2% faster to 10% slower than the planner's measured steps
-# predicted (bf16 steps more often slower; docs/performance.md), so a plan that used it all overran.
+# The share of the budget left after measuring that the plan keeps spare: in the 15-minute runs in
+# docs/runs (2 shared cores of an AMD EPYC Zen 4) the training loop ran from 2% faster to 10% slower than
+# the planner's measured steps predicted, bf16 more often slower, and 15-19% slower where the host slowed
+# during the run (docs/performance.md); a plan that used it all overran.
 HEADROOM = 0.05
 WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
 TIMED_STEPS = 5  # their mean is the step's time: an epoch's time is a sum, slow steps included
