@@ -9,9 +9,12 @@ as many epochs as fit, beyond the preset's 17), one after another, never side by
 would slow each other and plan for a slower machine). Per run, the log, ``-config.json`` and ``-metrics.csv``
 land in ``docs/runs/budget-<precision>-<threads>t-<N>m*`` with a summary ``.json``: the plan (epochs,
 measured step times), the final validation top-1 (the last epoch, with the run's test-time augmentation),
-the minutes from measuring to the last evaluation, the CPU and thread count; a budget in which not even one
-epoch fits is a row saying so. ``--report`` draws ``docs/budget.png`` (top-1 against training minutes, one
-line per precision and thread count) and prints the markdown table that docs/performance.md shows.
+the minutes from measuring to the last evaluation, the CPU and thread count, the recipe (net and resizing
+schedule, as the plan chose it); a budget in which not even one epoch fits is a row saying so. A run made
+otherwise (``cifar-resnet train`` by hand) joins the table through ``write_summary(name, ..., command=...)``
+over its files in docs/runs. ``--report`` draws ``docs/budget.png`` (top-1 against training minutes, one
+line per precision and thread count; the seeds of one budget as their mean with the standard deviation as
+error bar) and prints the markdown table that docs/performance.md shows.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import csv
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,8 +73,11 @@ def run_point(data: str, minutes: float, precision: str, threads: int, seed: int
     return write_summary(name, minutes, precision, threads, seed, wall)
 
 
-def write_summary(name: str, minutes: float, precision: str, threads: int, seed: int, wall: float | None) -> dict:
-    """The summary of a finished point, from its files in docs/runs (log, config, metrics)."""
+def write_summary(
+    name: str, minutes: float, precision: str, threads: int, seed: int, wall: float | None, command: str | None = None
+) -> dict:
+    """The summary of a finished point, from its files in docs/runs (log, config, metrics); ``command``: the
+    command that made it (default: the log's first line, where this script writes it)."""
     log = (RUNS / f"{name}.log").read_text()
     config = json.loads((RUNS / f"{name}-config.json").read_text())
     with (RUNS / f"{name}-metrics.csv").open() as f:
@@ -83,15 +90,25 @@ def write_summary(name: str, minutes: float, precision: str, threads: int, seed:
         "threads": threads,
         "seed": seed,
         "epochs": config["epochs"],
+        "recipe": recipe(config),
         "plan": config["plan"],
         "val_top1": float(last["val_top1"]),
         "train_minutes": _trained_seconds(log) / 60,
         "wall_minutes": None if wall is None else wall / 60,
         "cpu": cpu_model(),
-        "command": log.splitlines()[0],
+        "command": command or log.splitlines()[0],
     }
     (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def recipe(config: dict) -> str:
+    """The net and resizing schedule of a run's config, e.g. ``fast 48/192/192, 16:0.5,24:0.3``."""
+    widths = config.get("model_kwargs", {}).get("widths")
+    net = config["model"] + (" " + "/".join(map(str, widths)) if widths else "")
+    return f"{net}, {config.get('progressive') or 'full size'}" + (
+        f", batch {config['batch_size']}" if config.get("batch_size", 512) != 512 else ""
+    )
 
 
 def _trained_seconds(log: str) -> float:
@@ -105,41 +122,53 @@ def _trained_seconds(log: str) -> float:
 
 def report(png: Path) -> str:
     """The markdown table of every summary in docs/runs, and the figure."""
-    rows = [
-        json.loads(p.read_text()) for p in sorted(RUNS.glob("budget-*.json")) if not p.name.endswith("-config.json")
-    ]
-    rows = [r for r in rows if "budget_min" in r]
+    rows = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json")) if not p.name.endswith("-config.json")]
+    rows = [r for r in rows if "budget_min" in r]  # the summaries (docs/runs has other .json files)
     if not rows:
-        raise SystemExit("budget.py: no docs/runs/budget-*.json yet; run some budgets first")
-    rows.sort(key=lambda r: (r["precision"], r["threads"], r["budget_min"]))
-    lines = [
-        "| precision | threads | budget | epochs | trained (min) | val top-1 | CPU |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        raise SystemExit("budget.py: no budget summaries in docs/runs yet; run some budgets first")
+    for r in rows:  # summaries written before they recorded the recipe: from the run's config, where kept
+        config = RUNS / f"{r['name']}-config.json"
+        r.setdefault("recipe", recipe(json.loads(config.read_text())) if config.exists() else "")
+    groups: dict[tuple, list[dict]] = {}  # the seeds of one point: precision, recipe, threads, budget, CPU
     for r in rows:
-        if not r["fits"]:
-            lines.append(
-                f"| {r['precision']} | {r['threads']} | {r['budget_min']:g} min | - | - | "
-                f"refused: {r['message'].split(': ', 3)[-1].split(' after')[0]} | {r['cpu']} |"
-            )
+        groups.setdefault((r["precision"], r["recipe"], r["threads"], r["budget_min"], r["cpu"]), []).append(r)
+    lines = [
+        "| precision | recipe | threads | budget | seeds | epochs | trained (min) | val top-1 | CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    points: dict[tuple, list[tuple[float, float, float]]] = {}  # (precision, recipe, threads, CPU) -> points
+    for (precision, net, threads, minutes, cpu), runs in sorted(groups.items(), key=lambda kv: kv[0]):
+        head = f"| {precision} | {net or '-'} | {threads} | {minutes:g} min"
+        fit = sorted((r for r in runs if r["fits"]), key=lambda r: r.get("seed", 0))
+        if not fit:
+            message = runs[0]["message"].split(": ", 3)[-1].split(" after")[0]
+            seeds = ", ".join(str(r.get("seed", 0)) for r in runs)
+            lines.append(f"{head} | {seeds} | - | - | refused: {message} | {cpu} |")
             continue
-        lines.append(
-            f"| {r['precision']} | {r['threads']} | {r['budget_min']:g} min | {r['epochs']} | "
-            f"{r['train_minutes']:.1f} | {100 * r['val_top1']:.2f}% | {r['cpu']} |"
-        )
+        top1 = [100 * r["val_top1"] for r in fit]
+        trained = [r["train_minutes"] for r in fit]
+        epochs = sorted({r["epochs"] for r in fit})
+        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        acc = f"{statistics.mean(top1):.2f}%" + (f" ± {sd:.2f} ({', '.join(f'{v:.2f}' for v in top1)})" if sd else "")
+        seeds = ", ".join(str(r.get("seed", 0)) for r in fit)
+        epochs_text = f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else str(epochs[0])
+        lines.append(f"{head} | {seeds} | {epochs_text} | {statistics.mean(trained):.1f} | {acc} | {cpu} |")
+        point = (statistics.mean(trained), statistics.mean(top1), sd)
+        points.setdefault((precision, net, threads, cpu), []).append(point)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key in sorted({(r["precision"], r["threads"], r["cpu"]) for r in rows if r["fits"]}):
-        pts = [r for r in rows if (r["precision"], r["threads"], r["cpu"]) == key and r["fits"]]
-        ax.plot(
-            [r["train_minutes"] for r in pts],
-            [100 * r["val_top1"] for r in pts],
-            "o-",
-            label=f"{key[0]}, {key[1]} thread{'s' if key[1] > 1 else ''} ({key[2]})",
+    for (precision, net, threads, cpu), pts in sorted(points.items()):
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            fmt="o-",
+            capsize=3,
+            label=f"{precision}, {net}, {threads} thread{'s' if threads > 1 else ''} ({cpu})",
         )
     ax.set_xlabel("training minutes (measuring, training, evaluating)")
     ax.set_ylabel("validation top-1 (%)")

@@ -80,13 +80,13 @@ GROUPS = [
     ),
     (
         "Issue 17: the main job under a training-time budget",
-        ["budget-main-job-.+", "budget-bf16-.+", "budget-progressive-.+", "budget-fp32-.+"],
+        ["budget-main-job-.+", "main-job-precision-.+", "budget-progressive-.+"],
         (
             "2 cores (or 1 thread, `-1t`) of an AMD EPYC (Zen 4: AVX-512 with bf16 instructions, no AMX), "
             "PyTorch 2.13.0 (CPU build), one run after another on the otherwise idle machine. The main job trained "
             "in fp32 there until `--precision auto` learned to choose bf16 on CPUs with AVX512_BF16: "
             "`budget-main-job-bf16-2t` is the README's main job since then (bf16, 11 epochs planned), "
-            "`budget-bf16-2t-15m` the main job with `--precision bf16` just before (12 planned; later epochs "
+            "`main-job-precision-bf16-2t` the main job with `--precision bf16` just before (12 planned; later epochs "
             "ran slower than measured, see docs/performance.md). `budget-fp32-2t-Nm` are "
             "`python benchmarks/budget.py --data ../shared/data/cifar100-train.npz --budgets N` "
             "(`--preset fast-cpu --budget Nm --epochs 100`), except `15m`, which is the README's main job itself "
@@ -112,6 +112,18 @@ GROUPS = [
             "`planner-headroom-3pct-main-job-bf16-2t` (12 epochs, 3/3/6) trained 10% longer than predicted "
             "(15m 47s against 14m 18s), so a step's time became the mean of 5 timed steps (was the median of 3) "
             "and the headroom 5%. `planner-main-job-bf16-2t` is the README's main job with all of these."
+        ),
+    ),
+    (
+        "Issue 17: fp32 recipes tried",
+        ["fp32-recipe-.+"],
+        (
+            "The same 2 cores of an AMD EPYC (Zen 4), a third session, fp32 (`--precision fp32`), seed 0, one run "
+            "after another on the otherwise idle machine: the main job with a narrower net, "
+            "`--model-kwargs '{\"widths\": [48, 192, 192]}'` (0.58x the FLOPs of `fast`'s 64/256/256), "
+            "with `--progressive 16:0.5,24:0.3` (`-lowres`: 16 epochs planned, 9/5/2 at 16/24/32 px) or with "
+            "`--batch-size 256` (`-b256`: twice the steps an epoch; 9 epochs, 3/2/4). Neither reached the fp32 "
+            "bar of 70%: see docs/performance.md."
         ),
     ),
 ]

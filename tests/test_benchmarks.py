@@ -291,7 +291,8 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     assert budget._trained_seconds(f"Epoch 7, ...\n{line}\n") == 21 + 13 * 60 + 46
     assert budget._trained_seconds("the 2m budget: 5s measuring, then 1m training and evaluating") == 65
     (tmp_path / "budget-fp32-2t-5m.log").write_text("-m cifar_resnet train --budget 5m\n" + line.replace("15m", "5m"))
-    (tmp_path / "budget-fp32-2t-5m-config.json").write_text(json.dumps({"epochs": 2, "plan": {"epochs": 2}}))
+    config = {"epochs": 2, "plan": {"epochs": 2}, "model": "fast", "progressive": "16:0.25,24:0.25", "batch_size": 512}
+    (tmp_path / "budget-fp32-2t-5m-config.json").write_text(json.dumps(config))
     (tmp_path / "budget-fp32-2t-5m-metrics.csv").write_text("epoch,val_top1\n1,0.2\n2,0.41\n")
     summary = budget.write_summary("budget-fp32-2t-5m", 5.0, "fp32", 2, 0, None)
     assert summary["val_top1"] == 0.41 and summary["epochs"] == 2 and summary["fits"]
@@ -300,5 +301,25 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     (tmp_path / "budget-fp32-2t-2m.json").write_text(json.dumps(refused))
     png = tmp_path / "budget.png"
     table = budget.report(png).splitlines()
-    assert len(table) == 4 and "refused: one epoch needs 3m" in table[2] and "| 41.00% |" in table[3]
+    assert (
+        len(table) == 4
+        and "refused: one epoch needs 3m" in table[2]
+        and "| fp32 | fast, 16:0.25,24:0.25 | 2 | 5 min | 0 | 2 | 14.1 | 41.00% |" in table[3]
+    )
     assert open_png(png).shape[0] > 100
+    # the seeds of one budget are one row: their mean, standard deviation and values
+    (tmp_path / "budget-fp32-2t-5m-seed1.log").write_text("x\n" + line.replace("15m", "5m").replace("46s", "58s"))
+    (tmp_path / "budget-fp32-2t-5m-seed1-config.json").write_text(json.dumps({**config, "epochs": 3}))
+    (tmp_path / "budget-fp32-2t-5m-seed1-metrics.csv").write_text("epoch,val_top1\n1,0.2\n3,0.43\n")
+    budget.write_summary("budget-fp32-2t-5m-seed1", 5.0, "fp32", 2, 1, None)
+    table = budget.report(png).splitlines()
+    assert len(table) == 4 and "| 2 | 5 min | 0, 1 | 2-3 | 14.2 | 42.00% ± 1.41 (41.00, 43.00) |" in table[3]
+    # another recipe at the same budget is a row of its own; a summary may name any run (its command given)
+    (tmp_path / "w48.log").write_text("fast (1,130,592 parameters) on cpu\n" + line.replace("15m", "5m"))
+    (tmp_path / "w48-config.json").write_text(json.dumps({**config, "model_kwargs": {"widths": [48, 192, 192]}}))
+    (tmp_path / "w48-metrics.csv").write_text("epoch,val_top1\n2,0.45\n")
+    assert budget.write_summary("w48", 5.0, "fp32", 2, 0, None, command="train ...")["command"] == "train ..."
+    table = budget.report(png).splitlines()
+    assert len(table) == 5 and any(
+        "| fast 48/192/192, 16:0.25,24:0.25 | 2 | 5 min | 0 | 2 | 14.1 | 45.00% |" in row for row in table
+    )
