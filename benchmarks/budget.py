@@ -9,8 +9,8 @@ as many epochs as fit, beyond the preset's 17), one after another, never side by
 would slow each other and plan for a slower machine). Per run, the log, ``-config.json`` and ``-metrics.csv``
 land in ``docs/runs/budget-<precision>-<threads>t-<N>m*`` with a summary ``.json``: the plan (epochs,
 measured step times), the final validation top-1 (the last epoch, with the run's test-time augmentation),
-the minutes from measuring to the last evaluation, the CPU and thread count, the recipe (net and resizing
-schedule, as the plan chose it); a budget in which not even one epoch fits is a row saying so. A run made
+the minutes from measuring to the last evaluation, the CPU and thread count, the recipe (the net's
+widths); a budget in which not even one epoch fits is a row saying so. A run made
 otherwise (``cifar-resnet train`` by hand) joins the table through ``write_summary(name, ..., command=...)``
 over its files in docs/runs. ``--report`` draws ``docs/budget.png`` (top-1 against training minutes, one
 line per precision and thread count; the seeds of one budget as their mean with the standard deviation as
@@ -103,12 +103,11 @@ def write_summary(
 
 
 def recipe(config: dict) -> str:
-    """The net and resizing schedule of a run's config, e.g. ``fast 48/192/192, 16:0.5,24:0.3``."""
+    """The net of a run's config, e.g. ``fast 48/192/192`` (and its batch where not 512): what tells the recipes
+    apart (their resizing splits are the plans', which vary with the measured speed)."""
     widths = config.get("model_kwargs", {}).get("widths")
     net = config["model"] + (" " + "/".join(map(str, widths)) if widths else "")
-    return f"{net}, {config.get('progressive') or 'full size'}" + (
-        f", batch {config['batch_size']}" if config.get("batch_size", 512) != 512 else ""
-    )
+    return net + (f", batch {config['batch_size']}" if config.get("batch_size", 512) != 512 else "")
 
 
 def _trained_seconds(log: str) -> float:

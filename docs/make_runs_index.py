@@ -87,13 +87,8 @@ GROUPS = [
             "in fp32 there until `--precision auto` learned to choose bf16 on CPUs with AVX512_BF16: "
             "`budget-main-job-bf16-2t` is the README's main job since then (bf16, 11 epochs planned), "
             "`main-job-precision-bf16-2t` the main job with `--precision bf16` just before (12 planned; later epochs "
-            "ran slower than measured, see docs/performance.md). `budget-fp32-2t-Nm` are "
-            "`python benchmarks/budget.py --data ../shared/data/cifar100-train.npz --budgets N` "
-            "(`--preset fast-cpu --budget Nm --epochs 100`), except `15m`, which is the README's main job itself "
-            "as it was then (`--preset fast-cpu`, fp32: `--budget 15m`, at most 17 epochs; 7 planned, as "
-            "`--epochs 100` plans); `budget-fp32-1t-15m` is the main job with `OMP_NUM_THREADS=1`; "
-            "`budget-progressive-*` the main job with `--progressive 16:0.5,24:0.3`. *Training s* excludes the "
-            "evaluations; the budget includes them."
+            "ran slower than measured, see docs/performance.md); `budget-progressive-*` the main job in fp32 with "
+            "`--progressive 16:0.5,24:0.3`. *Training s* excludes the evaluations; the budget includes them."
         ),
     ),
     (
@@ -118,12 +113,26 @@ GROUPS = [
         "Issue 17: fp32 recipes tried",
         ["fp32-recipe-.+"],
         (
-            "The same 2 cores of an AMD EPYC (Zen 4), a third session, fp32 (`--precision fp32`), seed 0, one run "
-            "after another on the otherwise idle machine: the main job with a narrower net, "
-            "`--model-kwargs '{\"widths\": [48, 192, 192]}'` (0.58x the FLOPs of `fast`'s 64/256/256), "
-            "with `--progressive 16:0.5,24:0.3` (`-lowres`: 16 epochs planned, 9/5/2 at 16/24/32 px) or with "
-            "`--batch-size 256` (`-b256`: twice the steps an epoch; 9 epochs, 3/2/4). Neither reached the fp32 "
-            "bar of 70%: see docs/performance.md."
+            "The same 2 cores of an AMD EPYC (Zen 4), a third session, fp32 (`--precision fp32`), one run after "
+            "another on the otherwise idle machine. `fp32-recipe-fast-2t-15m` (seeds 0, 1, 2): "
+            "`python benchmarks/budget.py --budgets 15 --precision fp32 --seed N` before `fast-cpu` had an fp32 "
+            "recipe, i.e. the `fast` net and the bf16 recipe's resizing (7 epochs). `fp32-recipe-w48-192-*`: the "
+            "main job with a narrower net, `--model-kwargs '{\"widths\": [48, 192, 192]}'` (0.58x the FLOPs "
+            "of 64/256/256), with `--progressive 16:0.5,24:0.3` (`-lowres`, seeds 0, 1, 2: 15-16 epochs; this "
+            "became the `fast-cpu-fp32` preset) or with `--batch-size 256` (`-b256`: twice the steps an epoch; "
+            '9 epochs). Each log\'s first line is its command; see docs/performance.md, "A recipe for fp32".'
+        ),
+    ),
+    (
+        "Issue 17: the main job over three seeds, and the budget figure",
+        ["budget-fp32-.+", "budget-bf16-.+"],
+        (
+            "`python benchmarks/budget.py --data ../shared/data/cifar100-train.npz --budgets N --precision P "
+            "--seed S [--threads 1]` (`train --preset fast-cpu --budget Nm --epochs 100`), on 2 cores (or 1 "
+            "thread, `-1t`) of the AMD EPYC (Zen 4). `budget-bf16-2t-15m-seed1/2` are the main job in bf16 "
+            "(its seed 0 is `planner-main-job-bf16-2t`); `budget-fp32-1t-15m` is the main job in fp32 on one "
+            "thread, from `fast-cpu-fp32`; `budget-fp32-2t-2m/5m/10m` are from the session before (the `fast` net, "
+            "the planner before it filled the budget). Each `.json` is budget.py's summary of its run."
         ),
     ),
 ]

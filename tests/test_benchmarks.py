@@ -304,7 +304,7 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     assert (
         len(table) == 4
         and "refused: one epoch needs 3m" in table[2]
-        and "| fp32 | fast, 16:0.25,24:0.25 | 2 | 5 min | 0 | 2 | 14.1 | 41.00% |" in table[3]
+        and "| fp32 | fast | 2 | 5 min | 0 | 2 | 14.1 | 41.00% |" in table[3]
     )
     assert open_png(png).shape[0] > 100
     # the seeds of one budget are one row: their mean, standard deviation and values
@@ -320,6 +320,4 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     (tmp_path / "w48-metrics.csv").write_text("epoch,val_top1\n2,0.45\n")
     assert budget.write_summary("w48", 5.0, "fp32", 2, 0, None, command="train ...")["command"] == "train ..."
     table = budget.report(png).splitlines()
-    assert len(table) == 5 and any(
-        "| fast 48/192/192, 16:0.25,24:0.25 | 2 | 5 min | 0 | 2 | 14.1 | 45.00% |" in row for row in table
-    )
+    assert len(table) == 5 and any("| fast 48/192/192 | 2 | 5 min | 0 | 2 | 14.1 | 45.00% |" in row for row in table)

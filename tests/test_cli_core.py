@@ -1,5 +1,7 @@
 """The core commands (train, data, models) end to end, and their one-line errors."""
 
+import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import pytest
 
 from cifar_resnet import cli as cli_module
 from cifar_resnet.cli import main
+from cifar_resnet.config import PRESETS, get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,3 +185,59 @@ def test_deprecated_amp_flags_are_hidden_from_help(capsys, command):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert "--precision" in out and "--cpu-amp" not in out and "--amp" not in out and "--no-amp" not in out
+
+
+@pytest.mark.parametrize(
+    "bf16, flags, preset, widths, progressive, precision",
+    [
+        (False, [], "fast-cpu-fp32", [48, 192, 192], "16:0.5,24:0.3", "auto"),  # a CPU without bf16: fp32 recipe
+        (True, [], "fast-cpu", {}, "16:0.25,24:0.25", "auto"),  # bf16 here: the preset as it is
+        (True, ["--precision", "fp32"], "fast-cpu-fp32", [48, 192, 192], "16:0.5,24:0.3", "fp32"),
+        (False, ["--precision", "bf16"], "fast-cpu", {}, "16:0.25,24:0.25", "bf16"),
+        # a flag given on the command line wins over the fp32 recipe's value
+        (False, ["--progressive", "16:0.25"], "fast-cpu-fp32", [48, 192, 192], "16:0.25", "auto"),
+        (False, ["--model-kwargs", '{"widths": [64, 128, 128]}'], "fast-cpu-fp32", [64, 128, 128], None, "auto"),
+        # every field the recipe changes set on the command line: the same run, and nothing to say
+        (False, ["--model-kwargs", "{}", "--progressive", "16:0.25"], "fast-cpu", {}, "16:0.25", "auto"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
+    monkeypatch, capsys, command, bf16, flags, preset, widths, progressive, precision
+):
+    if command == "lr-find" and "--progressive" in flags:
+        pytest.skip("lr-find has no --progressive (it trains at full size)")
+    configs = []
+
+    def fake_fit(config, **kwargs):
+        configs.append(config)
+        return SimpleNamespace(out_dir=None)
+
+    def fake_lr_find(config, **kwargs):
+        configs.append(config)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr(cli_module, "fit", fake_fit)
+    monkeypatch.setattr(cli_module, "lr_find_config", fake_lr_find)
+    before = copy.deepcopy(PRESETS["fast-cpu"])
+    main([command, "--preset", "fast-cpu", "--device", "cpu", *flags])
+    (config,) = configs
+    assert config.precision == precision and config.model == "fast" and config.budget == "15m"
+    assert config.model_kwargs == ({"widths": widths} if isinstance(widths, list) else widths)
+    if progressive is not None:
+        assert config.progressive == progressive
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "its fp32 recipe" in line]
+    if preset == "fast-cpu":
+        assert said == []
+    else:  # one line says which preset and what it changes, but not what the command line set itself
+        (line,) = said
+        assert line.startswith("fast-cpu trains in fp32 here (") and "preset fast-cpu-fp32: " in line
+        assert ("model_kwargs=" in line) == ("--model-kwargs" not in flags)
+        assert ("progressive=" in line) == ("--progressive" not in flags)
+    # the presets themselves never change, whatever the machine: a sweep naming fast-cpu runs it as written
+    assert PRESETS["fast-cpu"] == before and get_preset("fast-cpu") == before
+    assert PRESETS["fast-cpu-fp32"] == dataclasses.replace(
+        before, model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32"
+    )

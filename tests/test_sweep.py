@@ -4,6 +4,7 @@ failing trials and the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -512,3 +513,16 @@ def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded(variant
     config = spec.grid_config(variant, 0)[1].to_dict()
     differ = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
     assert differ == {}
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
+    """`train --preset fast-cpu` starts from fast-cpu-fp32 where it trains in fp32; a sweep's workers must
+    not: machines with and without bf16 instructions would run different trials of one study."""
+    from cifar_resnet.config import PRESETS
+    from cifar_resnet.sweep import build_config
+
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: bf16)
+    assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")
+    config = build_config("fast-cpu-fp32", {"model_kwargs.widths": [32, 128, 128]})
+    assert config.model_kwargs == {"widths": [32, 128, 128]} and config.precision == "fp32"

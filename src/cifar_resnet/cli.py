@@ -25,7 +25,7 @@ import torch
 
 from .calibration import calibrate
 from .checkpoint import Checkpoint, RunDir, load_checkpoint
-from .config import PRESETS, TrainConfig, get_preset
+from .config import PRESETS, TrainConfig, get_preset, preset_for_run
 from .data import DEFAULT_ROOT, describe, download, load_data
 from .engine import EvalOptions
 from .evaluate import evaluate_checkpoint, format_report
@@ -699,6 +699,22 @@ def _config_overrides(args, only: tuple[str, ...] | None = None) -> dict:
     }
 
 
+def _preset_config(name: str, overrides: dict, log) -> TrainConfig:
+    """The command's config: its preset (or the preset's fp32 recipe, where the run trains in fp32) with the
+    flags given on top; says so in one line when the fp32 recipe is taken."""
+    used, config = preset_for_run(name, overrides)
+    base, fp32 = get_preset(name).to_dict(), get_preset(used).to_dict()
+    changed = ", ".join(
+        f"{key}={json.dumps(value) if isinstance(value, dict) else value}"
+        for key, value in fp32.items()
+        if key not in ("precision", *overrides) and value != base[key]
+    )
+    if changed and log is not None:  # nothing to say where the command line set every field the recipe changes
+        why = "--precision fp32" if config.precision == "fp32" else "--precision auto: no bf16 on this device"
+        log(f"{name} trains in fp32 here ({why}), so from its fp32 recipe, preset {used}: {changed}")
+    return config
+
+
 def _warn(message: str) -> None:
     if _rank() == 0:
         print(message, file=sys.stderr)
@@ -707,7 +723,7 @@ def _warn(message: str) -> None:
 def cmd_lr_find(args) -> int:
     overrides = _config_overrides(args, LR_FIND_FIELDS)
     _legacy_precision(args, overrides, _warn)
-    config = dataclasses.replace(get_preset(args.preset), **overrides)
+    config = _preset_config(args.preset, overrides, None if args.json else print)
     result = lr_find_config(
         config,
         start_lr=args.start_lr,
@@ -757,7 +773,7 @@ def cmd_train(args) -> int:
                 raise ValueError(f"--resume continues a run as it was configured; drop {flags}")
             history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"), **options)
         else:
-            config = dataclasses.replace(get_preset(args.preset), **overrides)
+            config = _preset_config(args.preset, overrides, options["log"])
             out = args.out or RunDir.default(args.preset, config.model).path
             history = fit(config, out_dir=out, resume=args.resume, **options)
     except TrainingInterrupted as stop:

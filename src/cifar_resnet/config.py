@@ -13,9 +13,19 @@ from typing import Any
 
 from .augment import Augment
 from .data import CifarData, load_data, split_validation, subsample
-from .runtime import PRECISIONS, legacy_precision, parse_duration
+from .runtime import PRECISIONS, legacy_precision, parse_duration, resolve_device, resolve_precision
 
-__all__ = ["CLIP_MODES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig", "get_preset", "prepare_data"]
+__all__ = [
+    "CLIP_MODES",
+    "FP32_PRESETS",
+    "OPTIMIZERS",
+    "PRESETS",
+    "SCHEDULES",
+    "TrainConfig",
+    "get_preset",
+    "prepare_data",
+    "preset_for_run",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "muon")
 SCHEDULES = ("onecycle", "linear", "cosine", "constant")
@@ -286,12 +296,37 @@ PRESETS: dict[str, TrainConfig] = {
 }
 # the main job: at most 17 epochs, as many as 15 minutes of training allow on this machine
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17, budget="15m")
+# the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): there the
+# step of `fast` is 1.3-3.3x slower and 15 minutes fit about 7 epochs, so a narrower net (0.58x the FLOPs)
+# with half its epochs at 16 px and 30% at 24 fits 15-17 (docs/performance.md, "A recipe for fp32")
+PRESETS["fast-cpu-fp32"] = dataclasses.replace(
+    PRESETS["fast-cpu"], model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32"
+)
+# presets whose runs start from another preset where they train in fp32
+FP32_PRESETS = {"fast-cpu": "fast-cpu-fp32"}
 
 
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]
+
+
+def preset_for_run(name: str, overrides: dict) -> tuple[str, TrainConfig]:
+    """The preset a command line starts from, as ``(name, config)``: ``name``'s, or its fp32 recipe
+    (:data:`FP32_PRESETS`) where the run will train in fp32 (``precision`` ``fp32``, or ``auto`` on a device
+    where it resolves to fp32: a CPU without bf16 instructions), with the command's ``overrides`` on top,
+    so that a field given on the command line always wins. ``PRESETS[name]`` itself never changes: a sweep
+    or a script that names a preset gets the same run on every machine."""
+    config = get_preset(name)
+    fp32 = FP32_PRESETS.get(name)
+    if fp32 is not None:
+        precision = overrides.get("precision", config.precision)
+        device = resolve_device(overrides.get("device", config.device))
+        if resolve_precision(precision, device) == "fp32":
+            name, config = fp32, get_preset(fp32)
+            overrides = {**overrides, "precision": precision}  # auto stays auto: the run says why it is fp32
+    return name, dataclasses.replace(config, **overrides)
 
 
 def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download: bool = True) -> CifarData:
