@@ -46,9 +46,15 @@ BUDGETS = (2, 5, 10, 15, 30)
 _BUDGET_LINE = re.compile(r"the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training")
 
 
-def run_point(data: str, minutes: float, precision: str, threads: int, seed: int) -> dict:
+def point_name(minutes: float, precision: str, threads: int, seed: int, tag: str = "") -> str:
+    """The name of a run's files in docs/runs: ``budget-fp32-2t-15m``, ``budget-fp32-2t-15m-zen5-seed1``
+    (``tag``: a word that keeps another CPU's runs beside this one's)."""
+    return f"budget-{precision}-{threads}t-{minutes:g}m" + (f"-{tag}" if tag else "") + (f"-seed{seed}" if seed else "")
+
+
+def run_point(data: str, minutes: float, precision: str, threads: int, seed: int, tag: str = "") -> dict:
     """One training run at a budget of ``minutes``; its summary (also written next to its log)."""
-    name = f"budget-{precision}-{threads}t-{minutes:g}m" + (f"-seed{seed}" if seed else "")
+    name = point_name(minutes, precision, threads, seed, tag)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "cifar_resnet", "train", "--preset", "fast-cpu", "--data", data]
@@ -74,10 +80,18 @@ def run_point(data: str, minutes: float, precision: str, threads: int, seed: int
 
 
 def write_summary(
-    name: str, minutes: float, precision: str, threads: int, seed: int, wall: float | None, command: str | None = None
+    name: str,
+    minutes: float,
+    precision: str,
+    threads: int,
+    seed: int,
+    wall: float | None,
+    command: str | None = None,
+    recipe: str | None = None,
 ) -> dict:
     """The summary of a finished point, from its files in docs/runs (log, config, metrics); ``command``: the
-    command that made it (default: the log's first line, where this script writes it)."""
+    command that made it (default: the log's first line, where this script writes it); ``recipe``: what the
+    table calls it (default: the net, :func:`recipe_of`), e.g. to tell runs apart that differ elsewhere."""
     log = (RUNS / f"{name}.log").read_text()
     config = json.loads((RUNS / f"{name}-config.json").read_text())
     with (RUNS / f"{name}-metrics.csv").open() as f:
@@ -90,7 +104,7 @@ def write_summary(
         "threads": threads,
         "seed": seed,
         "epochs": config["epochs"],
-        "recipe": recipe(config),
+        "recipe": recipe or recipe_of(config),
         "plan": config["plan"],
         "val_top1": float(last["val_top1"]),
         "train_minutes": _trained_seconds(log) / 60,
@@ -102,7 +116,7 @@ def write_summary(
     return summary
 
 
-def recipe(config: dict) -> str:
+def recipe_of(config: dict) -> str:
     """The net of a run's config, e.g. ``fast 48/192/192`` (and its batch where not 512): what tells the recipes
     apart (their resizing splits are the plans', which vary with the measured speed)."""
     widths = config.get("model_kwargs", {}).get("widths")
@@ -127,7 +141,7 @@ def report(png: Path) -> str:
         raise SystemExit("budget.py: no budget summaries in docs/runs yet; run some budgets first")
     for r in rows:  # summaries written before they recorded the recipe: from the run's config, where kept
         config = RUNS / f"{r['name']}-config.json"
-        r.setdefault("recipe", recipe(json.loads(config.read_text())) if config.exists() else "")
+        r.setdefault("recipe", recipe_of(json.loads(config.read_text())) if config.exists() else "")
     groups: dict[tuple, list[dict]] = {}  # the seeds of one point: precision, recipe, threads, budget, CPU
     for r in rows:
         groups.setdefault((r["precision"], r["recipe"], r["threads"], r["budget_min"], r["cpu"]), []).append(r)
@@ -188,13 +202,14 @@ def main() -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="a word for the runs' names, e.g. the CPU (budget-fp32-2t-15m-TAG)")
     p.add_argument("--report", action="store_true", help="only draw docs/budget.png and print the table")
     args = p.parse_args()
     if not args.report:
         if not args.data:
             p.error("--data is needed to run budgets")
         for minutes in args.budgets:
-            s = run_point(args.data, minutes, args.precision, args.threads, args.seed)
+            s = run_point(args.data, minutes, args.precision, args.threads, args.seed, args.tag)
             if s["fits"]:
                 print(f"{s['name']}: {s['epochs']} epochs, {s['train_minutes']:.1f} min, top-1 {s['val_top1']:.4f}")
             else:

@@ -135,6 +135,21 @@ GROUPS = [
             "the planner before it filled the budget). Each `.json` is budget.py's summary of its run."
         ),
     ),
+    (
+        "Issue 17: on a Zen 5",
+        ["main-job-zen5-.+", "zen5-.+"],
+        (
+            "2 cores of an AMD EPYC (Zen 5, family 26 model 2: AVX-512 with bf16 instructions, no AMX), PyTorch "
+            "2.13.0 (CPU build), a fourth session, one run after another on the otherwise idle machine. "
+            "`main-job-zen5-bf16-2t`: the README's main job from a fresh clone, as written (5% spare, 16 epochs); "
+            "`zen5-fp32-recipe-2t` (seeds 0, 1, 2): `--precision fp32`, i.e. `fast-cpu-fp32` when it stopped at "
+            "17 epochs; `zen5-budget-fp32-2t-15m`: the same through `benchmarks/budget.py --epochs 100` (25 "
+            "epochs); `zen5-fp32-recipe30-2t` (seeds 0, 1, 2): `fast-cpu-fp32` as it is now (up to 30 epochs, "
+            "10% spare, freed memory kept); `zen5-main-job-2t`: the main job as it is now. Each log's first line is "
+            "its command (the main job's was run as `cifar-resnet`), the last its peak memory and page faults where "
+            "recorded; each `.json` is the summary budget.py's table reads."
+        ),
+    ),
 ]
 
 

@@ -287,6 +287,8 @@ def test_profile_step_prints_times_and_the_per_op_table(capsys):
 def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch, open_png):
     budget = _load("budget")
     monkeypatch.setattr(budget, "RUNS", tmp_path)
+    assert budget.point_name(15, "fp32", 2, 0) == "budget-fp32-2t-15m"
+    assert budget.point_name(2.5, "bf16", 1, 2, tag="zen5") == "budget-bf16-1t-2.5m-zen5-seed2"
     line = "the 15m budget: 21s measuring, then 13m 46s training and evaluating (predicted 13m 51s)"
     assert budget._trained_seconds(f"Epoch 7, ...\n{line}\n") == 21 + 13 * 60 + 46
     assert budget._trained_seconds("the 2m budget: 5s measuring, then 1m training and evaluating") == 65
@@ -321,3 +323,12 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     assert budget.write_summary("w48", 5.0, "fp32", 2, 0, None, command="train ...")["command"] == "train ..."
     table = budget.report(png).splitlines()
     assert len(table) == 5 and any("| fast 48/192/192 | 2 | 5 min | 0 | 2 | 14.1 | 45.00% |" in row for row in table)
+
+
+def test_malloc_step_times_both_settings_in_processes_of_their_own(capsys):
+    rc = _load("malloc_step").main(["--size", "16", "--batch", "16", "--steps", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "fast-cpu-fp32 (fp32, batch 16, 16 px)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| glibc", "| freed"))]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+    assert rows[1].split("|")[2].strip() == ("yes" if sys.platform.startswith("linux") else "no")

@@ -198,7 +198,14 @@ def test_deprecated_amp_flags_are_hidden_from_help(capsys, command):
         (False, ["--progressive", "16:0.25"], "fast-cpu-fp32", [48, 192, 192], "16:0.25", "auto"),
         (False, ["--model-kwargs", '{"widths": [64, 128, 128]}'], "fast-cpu-fp32", [64, 128, 128], None, "auto"),
         # every field the recipe changes set on the command line: the same run, and nothing to say
-        (False, ["--model-kwargs", "{}", "--progressive", "16:0.25"], "fast-cpu", {}, "16:0.25", "auto"),
+        (
+            False,
+            ["--model-kwargs", "{}", "--progressive", "16:0.25", "--epochs", "17"],
+            "fast-cpu",
+            {},
+            "16:0.25",
+            "auto",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["train", "lr-find"])
@@ -236,8 +243,9 @@ def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
         assert line.startswith("fast-cpu trains in fp32 here (") and "preset fast-cpu-fp32: " in line
         assert ("model_kwargs=" in line) == ("--model-kwargs" not in flags)
         assert ("progressive=" in line) == ("--progressive" not in flags)
+        assert ("epochs=30" in line) == ("--epochs" not in flags)
     # the presets themselves never change, whatever the machine: a sweep naming fast-cpu runs it as written
     assert PRESETS["fast-cpu"] == before and get_preset("fast-cpu") == before
     assert PRESETS["fast-cpu-fp32"] == dataclasses.replace(
-        before, model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32"
+        before, model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32", epochs=30
     )

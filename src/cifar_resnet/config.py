@@ -298,9 +298,15 @@ PRESETS: dict[str, TrainConfig] = {
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17, budget="15m")
 # the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): there the
 # step of `fast` is 1.3-3.3x slower and 15 minutes fit about 7 epochs, so a narrower net (0.58x the FLOPs)
-# with half its epochs at 16 px and 30% at 24 fits 15-17 (docs/performance.md, "A recipe for fp32")
+# with half its epochs at 16 px and 30% at 24 fits 15-17 on a Zen 4; up to 30, so that the budget, not the
+# bf16 recipe's 17, decides on a faster CPU (on a Zen 5, 17 epochs took 10-12 of the 15 minutes and
+# 25 gained a point: docs/performance.md, "A recipe for fp32")
 PRESETS["fast-cpu-fp32"] = dataclasses.replace(
-    PRESETS["fast-cpu"], model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32"
+    PRESETS["fast-cpu"],
+    model_kwargs={"widths": [48, 192, 192]},
+    progressive="16:0.5,24:0.3",
+    precision="fp32",
+    epochs=30,
 )
 # presets whose runs start from another preset where they train in fp32
 FP32_PRESETS = {"fast-cpu": "fast-cpu-fp32"}

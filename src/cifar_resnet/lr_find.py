@@ -42,7 +42,7 @@ from .data import CifarData, channel_stats
 from .engine import StepOptions, init_model, train_one_epoch, training_loader
 from .models import model_kwargs_names
 from .optim import build_optimizer
-from .runtime import progress_bar, resolve_device
+from .runtime import keep_freed_memory, progress_bar, resolve_device
 
 __all__ = ["LR_FIND_FIELDS", "LRFindResult", "lr_find", "lr_find_config"]
 
@@ -231,6 +231,7 @@ def lr_find_config(
     _check(start_lr, end_lr, num_steps, beta, diverge)
     model_kwargs_names(config.model)  # an unknown model name fails now, not after loading the data
     device = resolve_device(config.device)
+    keep_freed_memory()  # as fit does: the steps reuse their memory
     if data is None:
         data = prepare_data(config)
     mean, std = channel_stats(data.train.images)

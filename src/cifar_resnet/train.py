@@ -46,7 +46,15 @@ from .engine import (
 from .loader import CifarLoader
 from .metrics import basic_metrics, expected_calibration_error, fit_temperature
 from .optim import build_optimizer, build_scheduler
-from .runtime import StopSignals, format_duration, get_rng_state, progress_bar, resolve_device, set_rng_state
+from .runtime import (
+    StopSignals,
+    format_duration,
+    get_rng_state,
+    keep_freed_memory,
+    progress_bar,
+    resolve_device,
+    set_rng_state,
+)
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
@@ -140,6 +148,7 @@ def fit(
         say(f"{resume}: the run has finished ({state.epoch} of {config.epochs} epochs); nothing to do")
         return History(records=state.history, model=state.build_model(), seconds=0.0, out_dir=Path(resume).parent)
 
+    keep_freed_memory()  # each step reuses the last step's memory, not fresh pages (7-13% of a CPU step)
     dist, device_name = setup(config.device)
     try:
         run = _Run(
