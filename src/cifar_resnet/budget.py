@@ -51,7 +51,7 @@ __all__ = [
 
 
 # The share of the budget left after measuring that the plan keeps spare. In the 15-minute runs in
-# docs/runs, on 2 shared cores of AMD EPYCs (Zen 4, Zen 5), the training loop ran from 15% faster to 19%
+# docs/runs, on 2 shared cores of AMD EPYCs (Zen 4, Zen 5), the training loop ran from 15% faster to 20%
 # slower than the planner's measured steps predicted, as the host's other tenants came and went
 # (docs/performance.md, "When the machine slows down"); with 5% spare, runs 10-19% slower overran the
 # budget by 5-13%. 10% keeps a run 16% slower within 5% of the budget, for about one epoch in 17.
