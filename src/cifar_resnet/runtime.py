@@ -142,7 +142,6 @@ def cpu_model() -> str:
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_KEEP_FREED: bool | None = None
 
 
 def keep_freed_memory() -> bool:
@@ -153,20 +152,18 @@ def keep_freed_memory() -> bool:
     the kernel: 60,000-70,000 page faults a step at 32 px, and 0.93x the fp32 step time (0.87x in bf16)
     once turned off (``python benchmarks/malloc_step.py``, 2 cores of a Zen 5). Here both are turned off
     (``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 1 GiB): freed blocks stay in the heap for the next step; the
-    process's peak memory is unchanged (the same blocks are reused). Per process, idempotent; nothing
+    process's peak memory is unchanged (the same blocks are reused). Per process, idempotent (each call sets
+    the same two values); nothing
     elsewhere than Linux with glibc (musl's mallopt does nothing: False), nor with
     ``CIFAR_RESNET_MALLOC=default`` in the environment."""
-    global _KEEP_FREED
-    if _KEEP_FREED is None:
-        _KEEP_FREED = False
-        if sys.platform.startswith("linux") and os.environ.get("CIFAR_RESNET_MALLOC", "").lower() != "default":
-            try:
-                mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-            except (OSError, AttributeError):
-                return False
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _KEEP_FREED = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    return _KEEP_FREED
+    if not sys.platform.startswith("linux") or os.environ.get("CIFAR_RESNET_MALLOC", "").lower() == "default":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
