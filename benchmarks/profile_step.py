@@ -6,8 +6,10 @@ time under each precision and memory format (and, with ``--compile``, under ``to
     python benchmarks/profile_step.py --compile                # also inductor (compile time not counted)
 
 The step is the real one (``engine.train_step``: forward, label-smoothed loss, backward, the preset's
-optimizer and scheduler) on random images of the training size. Variants run interleaved, round after
-round, so that a slow spell of a shared machine falls on all alike; the table gives each one's median.
+optimizer and scheduler) on random images of the training size, with freed memory kept as ``fit`` keeps it
+(``runtime.keep_freed_memory``). Variants run interleaved, round after round, so that a slow spell of a
+shared machine falls on all alike; the table gives each one's median. Its heading names the CPU and its
+bf16 instructions (AMX, AVX512_BF16, or none: there bf16 is emulated, and its rows show the cost).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from cifar_resnet.config import PRESETS
 from cifar_resnet.engine import StepOptions, train_step
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
-from cifar_resnet.runtime import cpu_has_amx
+from cifar_resnet.runtime import cpu_has_amx, cpu_has_bf16, cpu_model, keep_freed_memory
 
 
 def build(config, model_name: str, kwargs: dict, channels_last: bool, compiled: bool, steps: int):
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=12, help="rows of the per-op table")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) variants")
     args = p.parse_args(argv)
+    kept = keep_freed_memory()  # as fit does: the step times are training's
     base = PRESETS[args.preset]
     model_name = args.model or base.model
     kwargs = json.loads(args.model_kwargs) or dict(base.model_kwargs)
@@ -104,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time.perf_counter() - t0)
         print(f"round {r + 1}/{steps}", file=sys.stderr, flush=True)
     first = statistics.median(times[next(iter(variants))])
+    bf16_units = "AMX" if cpu_has_amx() else "AVX512_BF16" if cpu_has_bf16() else "none (bf16 is emulated)"
     print(
         f"## Training step of `{model_name}` {kwargs or ''}, batch {batch}, {args.size}x{args.size} px, "
-        f"{torch.get_num_threads()} threads, AMX: {'yes' if cpu_has_amx() else 'no'}; median of {args.repeats} "
-        f"after {args.warmup} warm-up\n"
+        f"{cpu_model()}, {torch.get_num_threads()} threads, bf16 instructions: {bf16_units}, freed memory "
+        f"kept: {'yes' if kept else 'no'}; median of {args.repeats} after {args.warmup} warm-up\n"
     )
     print("| variant | step ms | images/s | ratio |\n| --- | --- | --- | --- |")
     for name, ts in times.items():

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from cifar_resnet.config import TrainConfig
+from cifar_resnet.runtime import keep_freed_memory
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -282,6 +283,9 @@ def test_profile_step_prints_times_and_the_per_op_table(capsys):
     assert rc == 0
     assert "| fp32, channels_last |" in out and "| bf16, contiguous |" in out
     assert out.count("Per-op self CPU time") == 2 and "Self CPU" in out
+    heading = out.splitlines()[0]  # names the CPU, its bf16 instructions, and that memory is kept as in fit
+    assert "bf16 instructions: " in heading and "threads" in heading
+    assert ("freed memory kept: yes" in heading) == keep_freed_memory()  # yes on Linux with glibc
 
 
 def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch, open_png):

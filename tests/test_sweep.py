@@ -250,6 +250,37 @@ def test_two_workers_on_sqlite_run_every_cell_once_and_the_report_has_its_table(
     assert (tmp_path / "s" / "report.md").read_text().startswith("# Sweep 's'")
 
 
+def test_a_worker_given_variants_takes_only_those_rows(tmp_path, tiny_npz, cli):
+    path = sweep_file(tmp_path, tiny_npz, GRID.replace("base = {}", "base = {}\nls05 = { label_smoothing = 0.05 }"))
+    study = lambda: study_of(load_sweep(path))
+    code, out, err = cli("sweep", "run", path, "--variants", "ls0")
+    assert code == 0, out + err
+    assert cells_done(study()) == [("ls0", 0), ("ls0", 1)]  # "ls0" is a name, not a prefix: ls05 waits
+    assert "no cell of ls0 is left; 4 cell(s) of other rows wait" in out
+    waiting = study().get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(
+        (t.system_attrs["fixed_params"]["variant"], t.system_attrs["fixed_params"]["seed"]) for t in waiting
+    ) == [("base", 0), ("base", 1), ("ls05", 0), ("ls05", 1)]
+    # a pattern: ls0* is ls0 (done) and ls05; the base row still waits for a worker that takes it
+    code, out, err = cli("sweep", "run", path, "--variants", "ls0*", "--max-trials", "1")
+    assert code == 0 and "1 complete" in out, out + err
+    assert cells_done(study()) == [("ls0", 0), ("ls0", 1), ("ls05", 0)]
+    code, out, err = cli("sweep", "run", path)  # every row: what is left, once
+    assert code == 0 and "3 complete" in out, out + err
+    assert len(cells_done(study())) == 6 and len(study().trials) == 6
+
+
+def test_variants_that_match_no_row_are_a_one_line_error(tmp_path, tiny_npz, cli, assert_one_line_error):
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    code, _, err = cli("sweep", "run", path, "--variants", "base", "fast-net*")
+    assert_one_line_error(code, err, str(path), "--variants 'fast-net*' matches no variant", "base, ls0")
+    body = "[search]\ntrials = 2\n[search.params]\nlr = { low = 0.1, high = 1.0 }\n"
+    search = sweep_file(tmp_path, tiny_npz, body, name="q")
+    code, _, err = cli("sweep", "run", search, "--variants", "base")
+    assert_one_line_error(code, err, str(search), "--variants picks rows of a grid")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "q").exists()  # nothing created
+
+
 def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, tiny_npz, cli):
     body = "[grid]\nseeds = [0]\n[grid.variants]\nok = {}\nbroken = { data = '/nonexistent/cifar.npz' }\n"
     path = sweep_file(tmp_path, tiny_npz, body)

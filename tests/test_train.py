@@ -184,3 +184,20 @@ def test_muon_group_peaks_at_muon_lr(schedule):
         opt.step()
         sched.step()
     assert peaks == [pytest.approx(0.4, rel=0.05), pytest.approx(0.05, rel=0.05)]
+
+
+@pytest.mark.parametrize(
+    "precision, has_bf16, note",
+    [
+        ("bf16", False, "on cpu (bf16, emulated: this CPU has no AMX or AVX512_BF16"),
+        ("bf16", True, "on cpu (bf16);"),
+        ("auto", False, "on cpu (fp32: no bf16 instructions, AMX or AVX512_BF16, on this CPU);"),
+        ("fp32", False, "on cpu;"),
+    ],
+)
+def test_the_first_line_says_when_bf16_is_emulated(tmp_path, synthetic, monkeypatch, precision, has_bf16, note):
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: has_bf16)
+    lines: list[str] = []
+    fit(tiny_config(epochs=1, precision=precision), synthetic(), tmp_path, log=lines.append, progress=False)
+    assert note in lines[0], lines[0]
+    assert ("emulated" in lines[0]) == (precision == "bf16" and not has_bf16)

@@ -38,7 +38,7 @@ from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
 from .runtime import PRECISIONS, legacy_precision
-from .sweep import load_sweep, report, run_workers, work
+from .sweep import load_sweep, report, run_workers, select_variants, work
 from .train import TrainingInterrupted, fit
 
 PROG = "cifar-resnet"
@@ -308,6 +308,15 @@ def _add_sweep_parsers(sub) -> None:
         help="start N worker processes here (default: one per GPU, else 1); on a CPU they share the cores",
     )
     p.add_argument("--max-trials", type=int, default=None, metavar="K", help="stop this worker after K trials")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="take only the cells of these grid rows: variant names or shell-style patterns ('fast-net*'); "
+        "e.g. the bf16 rows on machines with AMX or AVX512_BF16, where bf16 is not emulated, the others elsewhere "
+        "(default: every row)",
+    )
     p.set_defaults(func=cmd_sweep_run)
     p = ssub.add_parser(
         "report",
@@ -791,14 +800,17 @@ def cmd_sweep_run(args) -> int:
     for value, flag in ((args.workers, "--workers"), (args.max_trials, "--max-trials")):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    variants = select_variants(spec, args.variants)
     workers = args.workers if args.workers is not None else max(1, torch.cuda.device_count())
     if workers > 1:
         argv = ["sweep", "run", args.file, "--out", str(spec.directory)]
         for flag, value in (("--storage", args.storage), ("--data", args.data), ("--max-trials", args.max_trials)):
             if value is not None:
                 argv += [flag, str(value)]
+        if args.variants:
+            argv += ["--variants", *args.variants]
         return run_workers(spec, args.storage, workers, argv, log=_say)
-    result = work(spec, args.storage, log=_say, max_trials=args.max_trials)
+    result = work(spec, args.storage, log=_say, max_trials=args.max_trials, variants=variants)
     _say(
         f"worker done: {result.completed} complete, {result.pruned} pruned, {result.failed} failed; "
         f"report: {PROG} sweep report {args.file}"

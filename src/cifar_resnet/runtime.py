@@ -22,6 +22,7 @@ __all__ = [
     "PRECISIONS",
     "StopSignals",
     "autocast_for",
+    "bf16_is_emulated",
     "cpu_has_amx",
     "cpu_has_bf16",
     "cpu_model",
@@ -66,6 +67,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+def bf16_is_emulated(device: torch.device) -> bool:
+    """Whether bf16 on ``device`` is computed without bf16 instructions: a CPU with neither AMX nor
+    AVX512_BF16 (AVX2 only, as AMD Zen 3 and older Xeons), where PyTorch's kernels convert to fp32 and
+    back, and the fast nets' training step takes many times the fp32 one (benchmarks/profile_step.py; the
+    figures for an AMD Zen 3 are in docs/performance.md, "bf16 without bf16 instructions")."""
+    return device.type == "cpu" and not cpu_has_bf16()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

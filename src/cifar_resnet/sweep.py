@@ -29,7 +29,9 @@ trial's user attributes. Faults: a worker sends a heartbeat while it trains; a w
 failed and queues a continuation, which moves the run directory to its own number and resumes from its
 ``last.pt``. Ctrl-C (or SIGTERM) stops a worker after the step it is in, writes ``last.pt`` and queues the
 continuation at once. A trial that raises is recorded as failed with its one-line error and the worker goes
-on; a grid cell whose trials all failed is queued again the next time a worker starts.
+on; a grid cell whose trials all failed is queued again the next time a worker starts. A worker can take
+only some of a grid's rows (:func:`select_variants`, ``sweep run --variants``): the bf16 rows on machines
+that multiply bf16 natively, say, and the rest elsewhere.
 
 Optuna (the ``sweep`` extra) is imported only when a sweep runs or reports.
 """
@@ -37,6 +39,7 @@ Optuna (the ``sweep`` extra) is imported only when a sweep runs or reports.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -242,6 +245,25 @@ def _config_or_error(preset: str, overrides: dict, where: str) -> TrainConfig:
     if not config.val_split:
         raise SweepError(f"{where}: val_split is 0, so runs would be selected on the test split; hold out images")
     return config
+
+
+def select_variants(spec: SweepSpec, patterns: typing.Sequence[str] | None) -> frozenset[str] | None:
+    """The grid rows a worker takes (``sweep run --variants``): variant names or shell-style patterns
+    (``"fast-net*"``), each of which must match a variant of ``spec``. None (no patterns): every row."""
+    if not patterns:
+        return None
+    if spec.kind != "grid":
+        raise SweepError(f"{spec.path}: --variants picks rows of a grid, and this sweep is a search")
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = [v for v in spec.variants if fnmatch.fnmatchcase(v, pattern)]
+        if not matched:
+            raise SweepError(
+                f"{spec.path}: --variants {pattern!r} matches no variant of [grid.variants] "
+                f"(variants: {', '.join(spec.variants)})"
+            )
+        chosen.update(matched)
+    return frozenset(chosen)
 
 
 def load_sweep(path: str | Path, *, directory: str | Path | None = None, data: str | None = None) -> SweepSpec:
@@ -614,12 +636,23 @@ def _frozen(study, trial):
     return _storage_of(study).get_trial(_trial_id(trial))
 
 
-def _pop_waiting(study):
-    """Take a queued trial (atomically: a trial another worker took first is skipped), or None."""
+def _in_rows(trial, variants: frozenset[str] | None) -> bool:
+    """Whether ``trial`` (frozen) is a cell of one of ``variants`` (None: of any row)."""
+    if variants is None:
+        return True
+    cell = _cell(trial)
+    return cell is not None and cell["variant"] in variants
+
+
+def _pop_waiting(study, variants: frozenset[str] | None = None):
+    """Take a queued trial (atomically: a trial another worker took first is skipped), or None. With
+    ``variants``, only a cell of those grid rows."""
     optuna = _optuna()
     storage, S = _storage_of(study), _states()
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(S.WAITING,)):
+        if not _in_rows(t, variants):
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
             if storage.set_trial_state_values(trial_id, state=S.RUNNING):
@@ -647,11 +680,12 @@ def _counted(study) -> int:
     return sum(1 for t in trials if t.number not in replaced and "duplicate_of" not in t.user_attrs)
 
 
-def _take(study, spec: SweepSpec):
-    """The next trial for this worker, or None: a queued one (grid cells, continuations, start points),
-    else, in a search that has not reached its number of trials, TPE's next."""
+def _take(study, spec: SweepSpec, variants: frozenset[str] | None = None):
+    """The next trial for this worker, or None: a queued one (grid cells, continuations, start points; with
+    ``variants``, cells of those rows only), else, in a search that has not reached its number of trials,
+    TPE's next."""
     if spec.kind == "grid":
-        while (trial := _pop_waiting(study)) is not None:
+        while (trial := _pop_waiting(study, variants)) is not None:
             _storage_of(study).record_heartbeat(_trial_id(trial))  # from now on a dead worker's trial is stale
             cell = _cell(_frozen(study, trial))
             dup = _duplicate_of(study, trial.number, cell) if cell else None
@@ -667,18 +701,28 @@ def _take(study, spec: SweepSpec):
     return None
 
 
-def _next_trial(study, spec: SweepSpec, log: Callable[[str], None], stop: StopSignals):
+def _next_trial(
+    study, spec: SweepSpec, log: Callable[[str], None], stop: StopSignals, variants: frozenset[str] | None = None
+):
     """The next trial, or None when the study is finished (or ``stop`` received a signal). While nothing is
     left to take but other workers' trials still run, wait: a worker that dies leaves its trial stale after
-    the grace period, and this worker takes it over (:class:`_Requeue` queues the continuation)."""
+    the grace period, and this worker takes it over (:class:`_Requeue` queues the continuation). With
+    ``variants``, finished means: no cell of those rows waits or runs."""
     waiting_said = False
     while stop.received is None:
         _optuna().storages.fail_stale_trials(study)
-        trial = _take(study, spec)
+        trial = _take(study, spec, variants)
         if trial is not None:
             return trial
-        running = study.get_trials(deepcopy=False, states=(_states().RUNNING,))
+        running = [t for t in study.get_trials(deepcopy=False, states=(_states().RUNNING,)) if _in_rows(t, variants)]
         if not running:
+            if variants is not None:
+                others = study.get_trials(deepcopy=False, states=(_states().WAITING, _states().RUNNING))
+                if others:
+                    log(
+                        f"no cell of {', '.join(sorted(variants))} is left; {len(others)} cell(s) of other rows "
+                        f"wait or run for workers that take them"
+                    )
             return None
         if not waiting_said:
             log(
@@ -758,10 +802,16 @@ class WorkerResult:
 
 
 def work(
-    spec: SweepSpec, url: str | None = None, *, log: Callable[[str], None] = print, max_trials: int | None = None
+    spec: SweepSpec,
+    url: str | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    max_trials: int | None = None,
+    variants: frozenset[str] | None = None,
 ) -> WorkerResult:
     """One worker: take trials from the study until none is left (or ``max_trials`` were run), training
-    each in this process. Returns the counts; ``exit_code`` is 128 + the signal after Ctrl-C/SIGTERM."""
+    each in this process; with ``variants`` (:func:`select_variants`), only cells of those grid rows.
+    Returns the counts; ``exit_code`` is 128 + the signal after Ctrl-C/SIGTERM."""
     study = _open_and_queue(spec, url)
     result = WorkerResult()
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -769,7 +819,7 @@ def work(
     # training, fit's own handler (nested in this one) stops the trial after its step, resumable
     with StopSignals() as stop:
         while max_trials is None or result.completed + result.pruned + result.failed < max_trials:
-            trial = _next_trial(study, spec, log, stop)
+            trial = _next_trial(study, spec, log, stop, variants)
             if trial is None:
                 break
             outcome = _run_trial(study, trial, spec, worker, log, stop)

@@ -48,6 +48,7 @@ from .metrics import basic_metrics, expected_calibration_error, fit_temperature
 from .optim import build_optimizer, build_scheduler
 from .runtime import (
     StopSignals,
+    bf16_is_emulated,
     format_duration,
     get_rng_state,
     keep_freed_memory,
@@ -598,7 +599,10 @@ class _Run:
         procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
         precision = self.step_options.precision
         note = (
-            f" ({precision})"
+            " (bf16, emulated: this CPU has no AMX or AVX512_BF16, so a step takes many times the fp32 one; "
+            "--precision auto picks fp32 here)"
+            if precision == "bf16" and bf16_is_emulated(dev)
+            else f" ({precision})"
             if precision != "fp32"
             else " (fp32: no bf16 instructions, AMX or AVX512_BF16, on this CPU)"
             if dev.type == "cpu" and config.precision == "auto"
