@@ -173,7 +173,7 @@ def report(png: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for (precision, net, threads, cpu), pts in sorted(points.items()):
         ax.errorbar(
             [p[0] for p in pts],
@@ -187,10 +187,10 @@ def report(png: Path) -> str:
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("fast-cpu under --budget")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    # below the axes: one entry a recipe and CPU, however many there are, none over the points
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight")
     os.replace(tmp, png)
     return "\n".join(lines)
 

@@ -150,6 +150,18 @@ GROUPS = [
             "recorded; each `.json` is the summary budget.py's table reads."
         ),
     ),
+    (
+        "On a Zen 3: the main job without AVX-512 or bf16 instructions",
+        ["zen3-.+"],
+        (
+            "2 cores of an AMD EPYC (Zen 3, family 25 model 1: AVX2 only, no AVX-512, no bf16 instructions), "
+            "PyTorch 2.13.0 (CPU build), a fifth session, one run after another on the otherwise idle machine. "
+            "`zen3-main-job-2t`: the README's main job from a fresh clone, exactly as written (it trains "
+            "`fast-cpu-fp32` here: no bf16 instructions); `zen3-main-job-2t-seed1`, `-seed2`: the same command "
+            "with `--seed N`. Each log's first line is its command, the last the wall time; each `.json` is the "
+            "summary budget.py's table reads."
+        ),
+    ),
 ]
 
 
