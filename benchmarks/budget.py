@@ -174,12 +174,16 @@ def report(png: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for (precision, net, threads, cpu), pts in sorted(points.items()):
+    colours = plt.get_cmap("tab20").colors  # more series than the default cycle's 10 colours
+    cpus = sorted({key[3] for key in points})
+    markers = "osD^v<>"  # one a CPU
+    for i, ((precision, net, threads, cpu), pts) in enumerate(sorted(points.items())):
         ax.errorbar(
             [p[0] for p in pts],
             [p[1] for p in pts],
             yerr=[p[2] for p in pts],
-            fmt="o-",
+            fmt=markers[cpus.index(cpu) % len(markers)] + "-",
+            color=colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
             capsize=3,
             label=f"{precision}, {net}, {threads} thread{'s' if threads > 1 else ''} ({cpu})",
         )

@@ -158,7 +158,8 @@ GROUPS = [
             "PyTorch 2.13.0 (CPU build), a fifth session, one run after another on the otherwise idle machine. "
             "`zen3-main-job-2t`: the README's main job from a fresh clone, exactly as written (it trains "
             "`fast-cpu-fp32` here: no bf16 instructions); `zen3-main-job-2t-seed1`, `-seed2`: the same command "
-            "with `--seed N`. Each log's first line is its command, the last the wall time; each `.json` is the "
+            "with `--seed N`; `zen3-fp32-w32-128-2t`: the same with `--model-kwargs '{\"widths\": [32, 128, 128]}'` "
+            "(seed 0). Each log's first line is its command, the last the wall time; each `.json` is the "
             "summary budget.py's table reads."
         ),
     ),
