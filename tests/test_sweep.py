@@ -250,6 +250,26 @@ def test_two_workers_on_sqlite_run_every_cell_once_and_the_report_has_its_table(
     assert (tmp_path / "s" / "report.md").read_text().startswith("# Sweep 's'")
 
 
+def test_a_report_over_several_machines_says_which_ran_each_row(tmp_path, tiny_npz, cli, monkeypatch):
+    """Training seconds compare only within one machine: the report numbers the machines and each row says
+    which ran its cells."""
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU A")
+    code, out, err = cli("sweep", "run", path, "--max-trials", "3")  # rows first, seeds within: base 0, 1, ls0 0
+    assert code == 0, out + err
+    code, out, _ = cli("sweep", "report", path)
+    assert "CPU: CPU A." in out and "Machines:" not in out and "| n | val top-1 % |" in out
+    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU B")
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0 and "1 complete" in out, out + err
+    code, out, _ = cli("sweep", "report", path)
+    assert code == 0 and "Machines: 1 = CPU A; 2 = CPU B." in out and "| n | on | val top-1 % |" in out, out
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| ")]
+    assert {c[0]: c[3] for c in cells if c[0] in ("base", "ls0")} == {"base": "1", "ls0": "1, 2"}, out
+    assert 'column "on"' in out
+    assert json.loads((tmp_path / "s" / "report.json").read_text())["machines"] == ["CPU A", "CPU B"]
+
+
 def test_a_worker_given_variants_takes_only_those_rows(tmp_path, tiny_npz, cli):
     path = sweep_file(tmp_path, tiny_npz, GRID.replace("base = {}", "base = {}\nls05 = { label_smoothing = 0.05 }"))
     study = lambda: study_of(load_sweep(path))
@@ -279,6 +299,29 @@ def test_variants_that_match_no_row_are_a_one_line_error(tmp_path, tiny_npz, cli
     code, _, err = cli("sweep", "run", search, "--variants", "base")
     assert_one_line_error(code, err, str(search), "--variants picks rows of a grid")
     assert not (tmp_path / "s").exists() and not (tmp_path / "q").exists()  # nothing created
+
+
+def test_a_worker_leaves_bf16_rows_to_machines_with_bf16_instructions(tmp_path, tiny_npz, cli, monkeypatch):
+    """Started on a mixed cluster, a CPU that emulates bf16 (12x the fp32 step on a Zen 3) would hold bf16
+    cells for hours: by default its worker leaves them to others; --emulated-bf16 takes them."""
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: False)
+    rows = 'base = {}\nbf16 = { precision = "bf16" }\nauto = { precision = "auto" }'
+    path = sweep_file(tmp_path, tiny_npz, GRID.replace("base = {}\nls0 = { label_smoothing = 0.0 }", rows))
+    study = lambda: study_of(load_sweep(path))
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0 and "4 complete" in out, out + err
+    assert "bf16 is emulated on this CPU" in out and "leaves the cells of bf16 to workers" in out
+    assert "no cell of auto, base is left; 2 cell(s) of other rows wait" in out  # auto is fp32 here
+    assert cells_done(study()) == [("auto", 0), ("auto", 1), ("base", 0), ("base", 1)]
+    code, out, err = cli("sweep", "run", path, "--variants", "bf1*")  # asked for, and still left
+    assert code == 0 and "no row of" in out and len(cells_done(study())) == 4, out + err
+    code, out, err = cli("sweep", "run", path, "--emulated-bf16", "--max-trials", "1")
+    assert code == 0 and "1 complete" in out and "emulated on this CPU" not in out, out + err
+    assert ("bf16", 0) in cells_done(study())
+    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: True)  # a machine with bf16 instructions
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0 and "1 complete" in out and "emulated" not in out, out + err
+    assert len(cells_done(study())) == 6 and len(study().trials) == 6
 
 
 def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, tiny_npz, cli):
@@ -542,6 +585,9 @@ def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded(variant
     assert spec.seeds == (0, 1, 2) and spec.baseline == "base"
     recorded = upgrade_config(json.loads((DOCS / "runs" / f"ablation-{variant}-seed0-config.json").read_text()))
     config = spec.grid_config(variant, 0)[1].to_dict()
+    if recorded["precision"] == "auto":  # "auto" ran as what its first line says (bf16 on its AMX Xeon)
+        log = (DOCS / "runs" / f"ablation-{variant}-seed0.log").read_text().splitlines()[0]
+        recorded["precision"] = "bf16" if "on cpu (bf16)" in log else "fp32"
     differ = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
     assert differ == {}
 

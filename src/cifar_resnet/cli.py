@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
 from .runtime import PRECISIONS, legacy_precision
-from .sweep import load_sweep, report, run_workers, select_variants, work
+from .sweep import load_sweep, report, rows_with_emulated_bf16, run_workers, select_variants, work
 from .train import TrainingInterrupted, fit
 
 PROG = "cifar-resnet"
@@ -316,6 +317,12 @@ def _add_sweep_parsers(sub) -> None:
         help="take only the cells of these grid rows: variant names or shell-style patterns ('fast-net*'); "
         "e.g. the bf16 rows on machines with AMX or AVX512_BF16, where bf16 is not emulated, the others elsewhere "
         "(default: every row)",
+    )
+    p.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="take bf16 cells on a CPU without AMX or AVX512_BF16 too, where bf16 is emulated and a step takes "
+        "many times the fp32 one (default: leave them to workers on machines with bf16 instructions or a GPU)",
     )
     p.set_defaults(func=cmd_sweep_run)
     p = ssub.add_parser(
@@ -801,14 +808,29 @@ def cmd_sweep_run(args) -> int:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     variants = select_variants(spec, args.variants)
+    left = [] if args.emulated_bf16 else rows_with_emulated_bf16(spec, variants)
+    if left:
+        variants = (variants if variants is not None else frozenset(spec.variants)) - frozenset(left)
+        _say(
+            f"bf16 is emulated on this CPU (no AMX or AVX512_BF16: a step takes many times the fp32 one), so this "
+            f"worker leaves the cells of {', '.join(left)} to workers on machines with bf16 instructions or a GPU "
+            f"(--emulated-bf16 takes them here)"
+        )
+        if not variants:
+            _say(f"no row of {args.file} is left for this worker")
+            return 0
     workers = args.workers if args.workers is not None else max(1, torch.cuda.device_count())
     if workers > 1:
         argv = ["sweep", "run", args.file, "--out", str(spec.directory)]
         for flag, value in (("--storage", args.storage), ("--data", args.data), ("--max-trials", args.max_trials)):
             if value is not None:
                 argv += [flag, str(value)]
-        if args.variants:
+        if left:  # the rows decided here, each name matching only itself
+            argv += ["--variants", *(glob.escape(v) for v in sorted(variants)), "--emulated-bf16"]
+        elif args.variants:
             argv += ["--variants", *args.variants]
+        if args.emulated_bf16:
+            argv += ["--emulated-bf16"]
         return run_workers(spec, args.storage, workers, argv, log=_say)
     result = work(spec, args.storage, log=_say, max_trials=args.max_trials, variants=variants)
     _say(

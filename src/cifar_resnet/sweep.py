@@ -30,8 +30,9 @@ failed and queues a continuation, which moves the run directory to its own numbe
 ``last.pt``. Ctrl-C (or SIGTERM) stops a worker after the step it is in, writes ``last.pt`` and queues the
 continuation at once. A trial that raises is recorded as failed with its one-line error and the worker goes
 on; a grid cell whose trials all failed is queued again the next time a worker starts. A worker can take
-only some of a grid's rows (:func:`select_variants`, ``sweep run --variants``): the bf16 rows on machines
-that multiply bf16 natively, say, and the rest elsewhere.
+only some of a grid's rows (:func:`select_variants`, ``sweep run --variants``); on a CPU that would emulate
+bf16 it leaves the bf16 rows to machines with bf16 instructions (:func:`rows_with_emulated_bf16`). Each
+trial records the machine it ran on, and a report over several machines says which ran each row.
 
 Optuna (the ``sweep`` extra) is imported only when a sweep runs or reports.
 """
@@ -64,7 +65,7 @@ import torch
 from .checkpoint import RunDir, atomic_write_text
 from .config import PRESETS, TrainConfig, get_preset
 from .plots import plot_search_history, plot_sweep_variants
-from .runtime import StopSignals, cpu_model
+from .runtime import StopSignals, bf16_is_emulated, cpu_model, resolve_device, resolve_precision
 from .train import TrainingInterrupted, fit
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "SweepSpec",
     "load_sweep",
     "report",
+    "rows_with_emulated_bf16",
     "run_workers",
     "work",
 ]
@@ -264,6 +266,30 @@ def select_variants(spec: SweepSpec, patterns: typing.Sequence[str] | None) -> f
             )
         chosen.update(matched)
     return frozenset(chosen)
+
+
+def rows_with_emulated_bf16(spec: SweepSpec, variants: frozenset[str] | None) -> list[str]:
+    """The grid rows (of ``variants``; None: of all) that would train in bf16 here on a CPU without AMX or
+    AVX512_BF16, where bf16 is emulated and a step takes many times the fp32 one (12x on a Zen 3:
+    docs/performance.md). ``sweep run`` leaves their cells to workers on machines with bf16 instructions
+    (or a GPU) unless told ``--emulated-bf16``: started on a mixed cluster, the slow machines would
+    otherwise hold the bf16 cells for hours. A row whose device this machine lacks is not one of them (its
+    trial fails with that error, as any trial's would)."""
+    if spec.kind != "grid":
+        return []
+    rows = []
+    for name in spec.variants:
+        if variants is not None and name not in variants:
+            continue
+        config = spec.grid_config(name, spec.seeds[0])[1]
+        try:
+            device = resolve_device(config.device)
+            precision = resolve_precision(config.precision, device)
+        except ValueError:
+            continue
+        if precision == "bf16" and bf16_is_emulated(device):
+            rows.append(name)
+    return rows
 
 
 def load_sweep(path: str | Path, *, directory: str | Path | None = None, data: str | None = None) -> SweepSpec:
@@ -889,6 +915,7 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
         "run_dir": str(run_dir),
         "worker": worker,
         "cpu": cpu_model(),
+        "machine": _machine(config),
         "threads": torch.get_num_threads(),
     }.items():
         trial.set_user_attr(key, value)
@@ -940,6 +967,15 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
     study.tell(trial, value)
     say(f"{label}: validation top-1 {value:.4f} (trial {number} complete)")
     return "completed"
+
+
+def _machine(config: TrainConfig) -> str:
+    """What a trial's training seconds depend on: the GPU's name where it trains on CUDA, else the CPU's."""
+    try:
+        device = resolve_device(config.device)
+    except ValueError:
+        return cpu_model()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def _fail(study, trial, say: Callable[[str], None], message: str) -> str:
@@ -1061,10 +1097,14 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
     complete = [t for t in trials if t.state == S.COMPLETE]
     cpus = sorted({t.user_attrs.get("cpu", "") for t in complete} - {""})
     result["cpu"] = ", ".join(cpus)
+    machines = sorted({_machine_of(t) for t in complete} - {""})
+    result["machines"] = machines
     state_line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [f"# Sweep {spec.name!r} ({spec.kind}, {spec.path})", "", f"Trials: {state_line or 'none yet'}."]
-    if cpus:
-        lines.append(f"CPU: {', '.join(cpus)}.")
+    if len(machines) > 1:  # numbered: the grid's rows say which ran their cells
+        lines.append("Machines: " + "; ".join(f"{i} = {m}" for i, m in enumerate(machines, 1)) + ".")
+    elif machines:
+        lines.append(f"{'CPU' if machines == cpus else 'Machine'}: {machines[0]}.")
     failed = [t for t in trials if t.state == S.FAIL and t.number not in replaced]
     lines += [f"- trial {t.number} failed: {t.user_attrs.get('error', 'no error recorded')}" for t in failed]
     lines.append("")
@@ -1072,7 +1112,7 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
     if spec.kind == "grid":
         rows = _grid_rows(spec, complete)
         result["rows"] = rows
-        lines += _grid_table(spec, rows)
+        lines += _grid_table(spec, rows, machines)
         ran = [r for r in rows if r["n"]]
         if ran:
             plot_sweep_variants(
@@ -1118,16 +1158,22 @@ def _last_value(trial) -> float:
     return steps[max(steps)] if steps else math.nan
 
 
+def _machine_of(trial) -> str:
+    """The machine a finished trial ran on (trials recorded before "machine" name their CPU)."""
+    return trial.user_attrs.get("machine") or trial.user_attrs.get("cpu", "")
+
+
 def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
     by_variant: dict[str, dict[int, Any]] = {v: {} for v in spec.variants}
     for t in complete:
         cell = _cell(t)
         if cell and cell["variant"] in by_variant and "val_top1" in t.user_attrs:
-            by_variant[cell["variant"]][cell["seed"]] = t.user_attrs
+            by_variant[cell["variant"]][cell["seed"]] = {**t.user_attrs, "machine": _machine_of(t)}
     base = {s: a["val_top1"] for s, a in by_variant.get(spec.baseline, {}).items()}
     rows = []
     for vname, runs in by_variant.items():
         row: dict[str, Any] = {"variant": vname, "changes": spec.variants[vname], "n": len(runs), "seeds": sorted(runs)}
+        row["machines"] = sorted({a["machine"] for a in runs.values()} - {""})
         if runs:
             for key in ("val_top1", "val_top5", "train_seconds", "peak_mb"):
                 values = [a[key] for a in runs.values() if key in a]
@@ -1139,15 +1185,23 @@ def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
     return rows
 
 
-def _grid_table(spec: SweepSpec, rows: list[dict]) -> list[str]:
+def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[str]:
+    """The grid's table; where its cells ran on more than one machine, an "on" column numbers each row's
+    (as the report's "Machines:" line does), since training seconds compare only within one machine."""
+    several = len(machines) > 1
+    on_head, on_rule = (" on |", " --- |") if several else ("", "")
     lines = [
-        f"| variant | change | n | val top-1 % | val top-5 % | training s | peak MB | Δ top-1 vs {spec.baseline} |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        (
+            f"| variant | change | n |{on_head} val top-1 % | val top-5 % | training s | peak MB | "
+            f"Δ top-1 vs {spec.baseline} |"
+        ),
+        f"| --- | --- | --- |{on_rule} --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         change = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
+        on = f" {', '.join(str(machines.index(m) + 1) for m in r['machines'])} |" if several else ""
         if not r["n"]:
-            lines.append(f"| {r['variant']} | {change} | 0 | | | | | |")
+            lines.append(f"| {r['variant']} | {change} | 0 |{on} | | | | |")
             continue
         if r["variant"] == spec.baseline:
             diff = "baseline"
@@ -1158,18 +1212,17 @@ def _grid_table(spec: SweepSpec, rows: list[dict]) -> list[str]:
             diff = ""
         peak = _fmt(r["peak_mb"], r["peak_mb_sd"], 1, 0) if not math.isnan(r["peak_mb"]) else ""
         lines.append(
-            f"| {r['variant']} | {change} | {r['n']} | {_fmt(r['val_top1'], r['val_top1_sd'])} | "
+            f"| {r['variant']} | {change} | {r['n']} |{on} {_fmt(r['val_top1'], r['val_top1_sd'])} | "
             f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_fmt(r['train_seconds'], r['train_seconds_sd'], 1, 0)} | "
             f"{peak} | {diff} |"
         )
-    lines += [
-        "",
-        (
-            "Mean ± standard deviation over seeds; Δ is the difference of the means with its standard error "
-            "(paired over the seeds both rows ran: a seed fixes the split and the initialisation)."
-        ),
-    ]
-    return lines
+    note = (
+        "Mean ± standard deviation over seeds; Δ is the difference of the means with its standard error "
+        "(paired over the seeds both rows ran: a seed fixes the split and the initialisation)."
+    )
+    if several:
+        note += ' Training seconds compare only between cells run on one machine (column "on").'
+    return lines + ["", note]
 
 
 def _search_results(study, spec: SweepSpec, complete) -> tuple[list[dict], dict]:
