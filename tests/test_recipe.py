@@ -340,3 +340,34 @@ def test_freed_memory_is_kept_for_the_next_step_unless_the_environment_says_defa
         assert kept == ("True" if setting == "kept" else "False")
         faults[setting] = int(n)
     assert faults["default"] > 8 * 16_384 * 0.9 and faults["kept"] < faults["default"] / 3, faults
+
+
+_RELEASE = """
+from pathlib import Path
+import torch
+from cifar_resnet.runtime import keep_freed_memory, release_freed_memory
+from cifar_resnet.sweep import _peak_memory_mb, _reset_peak_memory
+
+def rss_mb():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+assert keep_freed_memory()
+base = rss_mb()
+torch.empty(64 * 2**20).fill_(1.0)  # 256 MB, freed at once: kept resident for the next step
+kept = rss_mb()
+assert release_freed_memory()
+released = rss_mb()
+torch.empty(64 * 2**20).fill_(1.0)
+assert _reset_peak_memory()  # a sweep's next trial: released first, so its peak is its own
+print(round(kept - base), round(released - base), round(_peak_memory_mb() - base))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
+def test_freed_memory_kept_by_one_trial_is_released_before_the_next_measures_its_peak():
+    """A sweep's worker runs trial after trial in one process: the 256 MB one trial freed stay resident
+    (kept for its next step) until released, and must not count in the next trial's peak."""
+    out = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True)
+    kept, released, peak = (int(v) for v in out.stdout.split())
+    assert kept > 200 and released < 50 and peak < 50, out.stdout
