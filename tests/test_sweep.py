@@ -227,7 +227,7 @@ def test_two_workers_on_sqlite_run_every_cell_once_and_the_report_has_its_table(
     path = sweep_file(tmp_path, tiny_npz, GRID.replace("[0, 1]", "[0, 1, 2]"))
     code, out = finish(workers(path, "--workers", "2"))
     assert code == 0, out
-    assert "2 workers (1 threads each)" in out
+    assert "2 workers (1 thread each)" in out
     spec = load_sweep(path)
     study = study_of(spec)
     expected = sorted((v, s) for v in ("base", "ls0") for s in (0, 1, 2))

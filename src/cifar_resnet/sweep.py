@@ -1044,7 +1044,7 @@ def run_workers(
         else:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         procs.append(subprocess.Popen([sys.executable, "-m", "cifar_resnet", *argv, "--workers", "1"], env=env))
-    where = f"{gpus} GPUs" if gpus else f"{threads} threads each"
+    where = f"{gpus} GPUs" if gpus else f"{threads} thread{'s' if threads > 1 else ''} each"
     log(f"{workers} workers ({where}) on study {spec.name!r}: pids {', '.join(str(p.pid) for p in procs)}")
     # Ctrl-C reaches the workers too (one process group); a SIGTERM sent to this process alone is passed on,
     # so that each worker stops after its step with its trial resumable
