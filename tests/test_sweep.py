@@ -18,13 +18,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from cifar_resnet.config import upgrade_config
 from cifar_resnet.runtime import StopSignals
-from cifar_resnet.sweep import _difference, _open_and_queue, _run_trial, _take, load_sweep, open_study
+from cifar_resnet.sweep import (
+    _difference,
+    _grid_rows,
+    _grid_table,
+    _open_and_queue,
+    _run_trial,
+    _take,
+    load_sweep,
+    open_study,
+)
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
 
@@ -268,6 +278,49 @@ def test_a_report_over_several_machines_says_which_ran_each_row(tmp_path, tiny_n
     assert {c[0]: c[3] for c in cells if c[0] in ("base", "ls0")} == {"base": "1", "ls0": "1, 2"}, out
     assert 'column "on"' in out
     assert json.loads((tmp_path / "s" / "report.json").read_text())["machines"] == ["CPU A", "CPU B"]
+
+
+def test_a_grid_report_names_the_row_each_variant_adds_to_and_counts_partial_columns(tmp_path, tiny_npz):
+    """Cumulative variants read as "parent + change"; a column that only some cells recorded (a peak measured
+    in a worker's shared process is not the trial's own) says over how many cells its mean is."""
+    body = """
+[grid]
+seeds = [0, 1]
+[grid.variants]
+base = {}
+bf16 = { precision = "bf16" }
+"bf16+ls0" = { precision = "bf16", label_smoothing = 0.0 }
+"bf16+ls0+e3" = { precision = "bf16", label_smoothing = 0.0, epochs = 3 }
+e3 = { epochs = 3 }
+"""
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, body))
+
+    def trial(variant, seed, **attrs):
+        attrs = {"val_top1": 0.5, "val_top5": 0.9, "train_seconds": 10.0, "machine": "M", **attrs}
+        return SimpleNamespace(
+            system_attrs={"fixed_params": {"variant": variant, "seed": seed}}, params={}, user_attrs=attrs
+        )
+
+    complete = [trial(v, s, peak_mb=100.0 + s) for v in spec.variants for s in (0, 1)]
+    complete[2].user_attrs.pop("peak_mb")  # bf16, seed 0
+    rows = _grid_rows(spec, complete)
+    assert {r["variant"]: r["extends"] for r in rows} == {
+        "base": None,  # nothing to add to: the baseline's overrides are empty
+        "bf16": None,
+        "bf16+ls0": "bf16",
+        "bf16+ls0+e3": "bf16+ls0",  # the largest row it contains, not bf16 or e3
+        "e3": None,
+    }
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in _grid_table(spec, rows, ["M"]) if line[:2] == "| "]
+    by_name = {c[0]: c for c in table[1:]}
+    assert by_name["bf16"][1] == "precision=bf16" and by_name["bf16"][6] == "101 (n=1)"
+    assert by_name["bf16+ls0"][1] == "bf16 + label_smoothing=0.0" and by_name["bf16+ls0"][6] == "100 ± 1"
+    assert by_name["bf16+ls0+e3"][1] == "bf16+ls0 + epochs=3"
+    assert by_name["e3"][1] == "epochs=3" and by_name["base"][1] == "-"
+    note = _grid_table(spec, rows, ["M"])[-1]
+    assert '"A + x=1" adds x=1' in note and '"(n=k)"' in note
+    rows = _grid_rows(spec, [trial("base", s, peak_mb=1.0) for s in (0, 1)])  # every cell has its peak
+    assert "(n=k)" not in _grid_table(spec, rows, ["M"])[-1]
 
 
 def test_a_worker_given_variants_takes_only_those_rows(tmp_path, tiny_npz, cli):

@@ -1183,16 +1183,47 @@ def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
     rows = []
     for vname, runs in by_variant.items():
         row: dict[str, Any] = {"variant": vname, "changes": spec.variants[vname], "n": len(runs), "seeds": sorted(runs)}
+        row["extends"] = _extends(spec.variants, vname)
         row["machines"] = sorted({a["machine"] for a in runs.values()} - {""})
         if runs:
             for key in ("val_top1", "val_top5", "train_seconds", "peak_mb"):
                 values = [a[key] for a in runs.values() if key in a]
                 row[key], row[key + "_sd"] = _mean_sd(values) if values else (math.nan, math.nan)
+                row[key + "_n"] = len(values)  # fewer than n where some cells did not record it
             if vname != spec.baseline and base:
                 d, se, how = _difference({s: a["val_top1"] for s, a in runs.items()}, base)
                 row.update(diff=d, diff_se=se, diff_kind=how)
         rows.append(row)
     return rows
+
+
+def _extends(variants: dict[str, dict], name: str) -> str | None:
+    """The row that ``name`` adds to: the variant whose overrides are the largest strict, non-empty subset of
+    its own (the first in the file on a tie), or None."""
+    own = variants[name]
+    best = None
+    for other, changes in variants.items():
+        if other == name or not changes or len(changes) >= len(own):
+            continue
+        subset = all(k in own and own[k] == v for k, v in changes.items())
+        if subset and (best is None or len(changes) > len(variants[best])):
+            best = other
+    return best
+
+
+def _change(spec: SweepSpec, row: dict) -> str:
+    """A row's change: its overrides, or the row it extends plus the rest ("bf16 + epochs=14")."""
+    changes, parent = row["changes"], row.get("extends")
+    if parent:
+        rest = {k: v for k, v in changes.items() if k not in spec.variants[parent]}
+        return f"{parent} + " + ", ".join(f"{k}={v}" for k, v in rest.items())
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "-"
+
+
+def _counted(text: str, row: dict, key: str) -> str:
+    """``text`` with "(n=k)" where only k of the row's n cells recorded ``key``."""
+    k = row.get(key + "_n", row["n"])
+    return f"{text} (n={k})" if text and k < row["n"] else text
 
 
 def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[str]:
@@ -1208,7 +1239,7 @@ def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[
         f"| --- | --- | --- |{on_rule} --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        change = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
+        change = _change(spec, r)
         on = f" {', '.join(str(machines.index(m) + 1) for m in r['machines'])} |" if several else ""
         if not r["n"]:
             lines.append(f"| {r['variant']} | {change} | 0 |{on} | | | | |")
@@ -1221,15 +1252,20 @@ def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[
         else:
             diff = ""
         peak = _fmt(r["peak_mb"], r["peak_mb_sd"], 1, 0) if not math.isnan(r["peak_mb"]) else ""
+        seconds = _fmt(r["train_seconds"], r["train_seconds_sd"], 1, 0) if not math.isnan(r["train_seconds"]) else ""
         lines.append(
             f"| {r['variant']} | {change} | {r['n']} |{on} {_fmt(r['val_top1'], r['val_top1_sd'])} | "
-            f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_fmt(r['train_seconds'], r['train_seconds_sd'], 1, 0)} | "
-            f"{peak} | {diff} |"
+            f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_counted(seconds, r, 'train_seconds')} | "
+            f"{_counted(peak, r, 'peak_mb')} | {diff} |"
         )
     note = (
         "Mean ± standard deviation over seeds; Δ is the difference of the means with its standard error "
         "(paired over the seeds both rows ran: a seed fixes the split and the initialisation)."
     )
+    if any(r.get("extends") for r in rows):
+        note += ' A change "A + x=1" adds x=1 to row A\'s.'
+    if any(r.get(f"{key}_n", r["n"]) < r["n"] for r in rows for key in ("train_seconds", "peak_mb")):
+        note += ' "(n=k)": over the k of the row\'s cells that recorded it.'
     if several:
         note += ' Training seconds compare only between cells run on one machine (column "on").'
     return lines + ["", note]
