@@ -34,6 +34,7 @@ from cifar_resnet.sweep import (
     _take,
     load_sweep,
     open_study,
+    report,
 )
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
@@ -442,6 +443,14 @@ def test_a_trial_whose_worker_is_killed_is_taken_over_and_resumed_from_its_last_
     first.communicate()
     spec = load_sweep(path)
     assert [t.state for t in study_of(spec).trials] == [optuna.trial.TrialState.RUNNING]  # left behind
+    (line,) = [line for line in report(spec)["markdown"].splitlines() if line.startswith("- trial")]
+    assert (
+        line.startswith(f"- trial 0 running: only/seed0 on {socket.gethostname()}:{first.pid}, ") and "started" in line
+    )
+    assert "no heartbeat" not in line  # the last heartbeat is fresh: nothing tells a dead worker yet
+    time.sleep(spec.grace + 1)
+    (running,) = report(spec)["running"]
+    assert running["stale"] and "no heartbeat for over 3 s" in running["text"], running
     code, out = finish(workers(path))  # another worker: waits out the grace period, then takes over
     assert code == 0, out
     assert "continues trial 0: trial-0000 -> trial-0001" in out and "resuming" in out

@@ -664,6 +664,15 @@ def _trial_id(trial) -> int:
     return trial._trial_id
 
 
+def _stale_trial_ids(study) -> set[int] | None:
+    """Ids of the study's running trials whose heartbeat is older than the grace period (None: unknown)."""
+    storage = _storage_of(study)
+    try:
+        return set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)))
+    except Exception:  # noqa: BLE001 - a storage without heartbeats, or another Optuna: say nothing
+        return None
+
+
 def _frozen(study, trial):
     """``trial`` as stored now, its queued parameters included."""
     return _storage_of(study).get_trial(_trial_id(trial))
@@ -1117,6 +1126,10 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
         lines.append(f"{'CPU' if machines == cpus else 'Machine'}: {machines[0]}.")
     failed = [t for t in trials if t.state == S.FAIL and t.number not in replaced]
     lines += [f"- trial {t.number} failed: {t.user_attrs.get('error', 'no error recorded')}" for t in failed]
+    running = [t for t in trials if t.state == S.RUNNING]
+    stale = _stale_trial_ids(study) if running else set()
+    result["running"] = [_running(t, stale, spec.grace) for t in running]
+    lines += [f"- trial {r['number']} running: {r['text']}" for r in result["running"]]
     lines.append("")
     figures = []
     if spec.kind == "grid":
@@ -1158,6 +1171,34 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
         json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1, default=str) + "\n",
     )
     return result
+
+
+def _running(trial, stale: set[int] | None, grace: int) -> dict:
+    """Where a running trial is: its cell, worker, machine, epochs done and last validation top-1, and whether
+    its worker has stopped sending heartbeats (the next worker to look takes it over)."""
+    attrs = trial.user_attrs
+    cell = _cell(trial)
+    label = f"{cell['variant']}/seed{cell['seed']}" if cell else ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    epochs = attrs.get("epochs_done", 0)
+    info = {
+        "number": trial.number,
+        "cell": label,
+        "worker": attrs.get("worker", ""),
+        "machine": _machine_of(trial),
+        "epochs_done": epochs,
+        "val_top1": _last_value(trial) if epochs else None,
+        "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        "stale": None if stale is None else _trial_id(trial) in stale,
+    }
+    parts = [label + (f" on {info['worker']}" if info["worker"] else "")]
+    parts += [info["machine"]] if info["machine"] else []
+    parts.append(f"epoch {epochs} done, val top-1 {info['val_top1'] * 100:.2f}%" if epochs else "in its first epoch")
+    parts += [f"started {trial.datetime_start:%Y-%m-%d %H:%M}"] if trial.datetime_start else []
+    text = ", ".join(parts)
+    if info["stale"]:
+        text += f"; no heartbeat for over {grace} s: its worker is gone, and the next worker takes it over"
+    info["text"] = text
+    return info
 
 
 def _last_value(trial) -> float:
