@@ -318,10 +318,14 @@ e3 = { epochs = 3 }
     assert by_name["bf16+ls0"][1] == "bf16 + label_smoothing=0.0" and by_name["bf16+ls0"][6] == "100 ± 1"
     assert by_name["bf16+ls0+e3"][1] == "bf16+ls0 + epochs=3"
     assert by_name["e3"][1] == "epochs=3" and by_name["base"][1] == "-"
-    note = _grid_table(spec, rows, ["M"])[-1]
+    note = _grid_table(spec, rows, ["M"])[-3]
     assert '"A + x=1" adds x=1' in note and '"(n=k)"' in note
-    rows = _grid_rows(spec, [trial("base", s, peak_mb=1.0) for s in (0, 1)])  # every cell has its peak
-    assert "(n=k)" not in _grid_table(spec, rows, ["M"])[-1]
+    rows = _grid_rows(
+        spec, [trial("base", s, peak_mb=1.0) for s in (0, 1)] + [trial("e3", 1, val_top1=0.25, peak_mb=1.0)]
+    )
+    table = _grid_table(spec, rows, ["M"])
+    assert "(n=k)" not in table[-3]  # every cell has its peak
+    assert table[-1] == "Validation top-1 %, seeds 0, 1: base 50.00, 50.00; e3 25.00 (seed 1)."
 
 
 def test_a_worker_given_variants_takes_only_those_rows(tmp_path, tiny_npz, cli):

@@ -1225,6 +1225,7 @@ def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
     for vname, runs in by_variant.items():
         row: dict[str, Any] = {"variant": vname, "changes": spec.variants[vname], "n": len(runs), "seeds": sorted(runs)}
         row["extends"] = _extends(spec.variants, vname)
+        row["val_top1_by_seed"] = {s: runs[s]["val_top1"] for s in sorted(runs)}
         row["machines"] = sorted({a["machine"] for a in runs.values()} - {""})
         if runs:
             for key in ("val_top1", "val_top5", "train_seconds", "peak_mb"):
@@ -1309,7 +1310,20 @@ def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[
         note += ' "(n=k)": over the k of the row\'s cells that recorded it.'
     if several:
         note += ' Training seconds compare only between cells run on one machine (column "on").'
-    return lines + ["", note]
+    return lines + ["", note, "", _by_seed(spec, rows)]
+
+
+def _by_seed(spec: SweepSpec, rows: list[dict]) -> str:
+    """Each row's validation top-1 seed by seed, naming the seeds where only some have run."""
+    every = list(spec.seeds)
+    parts = []
+    for r in rows:
+        if r["n"]:
+            by_seed = r["val_top1_by_seed"]
+            named = f" (seed{'s' * (len(by_seed) > 1)} {', '.join(map(str, by_seed))})"
+            which = "" if list(by_seed) == every else named
+            parts.append(f"{r['variant']} {', '.join(f'{v * 100:.2f}' for v in by_seed.values())}{which}")
+    return f"Validation top-1 %, seeds {', '.join(map(str, every))}: {'; '.join(parts)}." if parts else ""
 
 
 def _search_results(study, spec: SweepSpec, complete) -> tuple[list[dict], dict]:
