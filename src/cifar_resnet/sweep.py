@@ -1321,7 +1321,7 @@ def _by_seed(spec: SweepSpec, rows: list[dict]) -> str:
         if r["n"]:
             by_seed = r["val_top1_by_seed"]
             named = f" (seed{'s' * (len(by_seed) > 1)} {', '.join(map(str, by_seed))})"
-            which = "" if list(by_seed) == every else named
+            which = "" if set(by_seed) == set(every) else named
             parts.append(f"{r['variant']} {', '.join(f'{v * 100:.2f}' for v in by_seed.values())}{which}")
     return f"Validation top-1 %, seeds {', '.join(map(str, every))}: {'; '.join(parts)}." if parts else ""
 
