@@ -166,3 +166,22 @@ def test_confusion_matrix_figure_small_and_sorted(tmp_path, open_png):
     }
     with pytest.raises(ValueError, match="shape"):
         plots.plot_confusion(cm, ["a", "b"])
+
+
+def test_a_sweep_figure_with_long_variant_names_keeps_its_title_and_labels_inside():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = ["base", "bf16+plain-eval+progressive+label-smoothing-0.1", "fast-net+drop-easy"]
+    title = "ablation: validation top-1 over seeds (mean ± sd)"
+    fig = plots.plot_sweep_variants(
+        names, [0.65, 0.66, 0.73], [0.01, 0.02, 0.0], [3, 3, 2], baseline="base", title=title
+    )
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer, width = canvas.get_renderer(), fig.bbox.x1
+    heading = fig._suptitle or fig.axes[0].title  # over the figure or over the axes: it must fit either way
+    texts = [heading, *fig.axes[0].get_yticklabels()]  # the title and the variants' names
+    assert [t.get_text() for t in texts] == [title, *(f"{n} (n={k})" for n, k in zip(names, [3, 3, 2]))]
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width, (t.get_text(), box, width)

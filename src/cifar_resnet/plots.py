@@ -451,7 +451,10 @@ def plot_sweep_variants(
 ) -> Figure:
     """A grid sweep's variants: mean validation top-1 (%) as a dot with +-1 standard deviation over seeds
     as a bar, one row per variant in the sweep file's order, the baseline's mean as a dashed line."""
-    fig = Figure(figsize=(7.2, 0.9 + 0.42 * len(names)), layout="constrained")
+    labels = [f"{n} (n={k})" for n, k in zip(names, ns)]
+    # the labels take their width, and the data keep about 3.6 inches beside them
+    width = max(7.2, 3.6 + 0.075 * max(map(len, labels), default=0))
+    fig = Figure(figsize=(width, 0.9 + 0.42 * len(names)), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(names))[::-1]
     m = np.asarray(means, dtype=float) * 100
@@ -461,9 +464,9 @@ def plot_sweep_variants(
     ax.scatter(m, y, c=colours, zorder=3)
     if baseline in names:
         ax.axvline(m[list(names).index(baseline)], color=VAL_COLOUR, ls="--", lw=1, alpha=0.7)
-    ax.set_yticks(y, [f"{n} (n={k})" for n, k in zip(names, ns)])
+    ax.set_yticks(y, labels)
     ax.set_xlabel("validation top-1 (%), mean ± sd over seeds")
-    ax.set_title(title)
+    fig.suptitle(title)  # over the whole figure: over the axes alone, long labels push it off the edge
     ax.grid(True, axis="x", alpha=0.25)
     return _finish(fig, path)
 
