@@ -1262,7 +1262,7 @@ def _change(spec: SweepSpec, row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in changes.items()) or "-"
 
 
-def _counted(text: str, row: dict, key: str) -> str:
+def _with_n(text: str, row: dict, key: str) -> str:
     """``text`` with "(n=k)" where only k of the row's n cells recorded ``key``."""
     k = row.get(key + "_n", row["n"])
     return f"{text} (n={k})" if text and k < row["n"] else text
@@ -1297,8 +1297,8 @@ def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[
         seconds = _fmt(r["train_seconds"], r["train_seconds_sd"], 1, 0) if not math.isnan(r["train_seconds"]) else ""
         lines.append(
             f"| {r['variant']} | {change} | {r['n']} |{on} {_fmt(r['val_top1'], r['val_top1_sd'])} | "
-            f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_counted(seconds, r, 'train_seconds')} | "
-            f"{_counted(peak, r, 'peak_mb')} | {diff} |"
+            f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_with_n(seconds, r, 'train_seconds')} | "
+            f"{_with_n(peak, r, 'peak_mb')} | {diff} |"
         )
     note = (
         "Mean ± standard deviation over seeds; Δ is the difference of the means with its standard error "
