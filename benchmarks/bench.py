@@ -49,11 +49,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import PRESETS, TrainConfig
 from cifar_resnet.data import CifarData, Split, channel_stats, load_data, split_validation, subsample
+from cifar_resnet.device import autocast_for, cpu_model, resolve_precision
 from cifar_resnet.engine import StepOptions, grad_scaler, train_one_epoch, train_step
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
-from cifar_resnet.runtime import autocast_for, cpu_model, resolve_precision
 from cifar_resnet.train import fit
 
 CHILD_MARK = "BENCH_CHILD_RESULT "

@@ -40,7 +40,7 @@ except ImportError:  # a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
 from cifar_resnet.checkpoint import RunDir
-from cifar_resnet.runtime import cpu_model
+from cifar_resnet.device import cpu_model
 
 BUDGETS = (2, 5, 10, 15, 30)
 _BUDGET_LINE = re.compile(r"the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training")

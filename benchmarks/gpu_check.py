@@ -41,9 +41,9 @@ from cifar_resnet import load_checkpoint
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import CifarData, Split
+from cifar_resnet.device import autocast_for
 from cifar_resnet.loader import CifarLoader
 from cifar_resnet.models import create_model
-from cifar_resnet.runtime import autocast_for
 from cifar_resnet.train import fit
 
 MODELS = ("seed_resnet", "resnet18", "fast_small", "fast")

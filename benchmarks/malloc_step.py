@@ -1,4 +1,4 @@
-"""The training step with glibc's default malloc and with freed memory kept (``runtime.keep_freed_memory``).
+"""The training step with glibc's default malloc and with freed memory kept (``memory.keep_freed_memory``).
 
     python benchmarks/malloc_step.py                                   # fast-cpu-fp32's step, fp32, 32 px
     python benchmarks/malloc_step.py --preset fast-cpu --precision bf16 --size 24
@@ -40,9 +40,9 @@ def child(preset: str, precision: str, size: int, steps: int, batch: int) -> dic
 
     from cifar_resnet.config import get_preset
     from cifar_resnet.engine import StepOptions, train_step
+    from cifar_resnet.memory import keep_freed_memory
     from cifar_resnet.models import create_model
     from cifar_resnet.optim import build_optimizer, build_scheduler
-    from cifar_resnet.runtime import keep_freed_memory
 
     kept = keep_freed_memory()
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
                 raise SystemExit(f"malloc_step.py: the {mode} run failed: {last}")
             results[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    from cifar_resnet.runtime import cpu_model
+    from cifar_resnet.device import cpu_model
 
     threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
     print(

@@ -7,7 +7,7 @@ time under each precision and memory format (and, with ``--compile``, under ``to
 
 The step is the real one (``engine.train_step``: forward, label-smoothed loss, backward, the preset's
 optimizer and scheduler) on random images of the training size, with freed memory kept as ``fit`` keeps it
-(``runtime.keep_freed_memory``). Variants run interleaved, round after round, so that a slow spell of a
+(``memory.keep_freed_memory``). Variants run interleaved, round after round, so that a slow spell of a
 shared machine falls on all alike; the table gives each one's median. Its heading names the CPU and its
 bf16 instructions (AMX, AVX512_BF16, or none: there bf16 is emulated, and its rows show the cost).
 """
@@ -32,10 +32,11 @@ except ImportError:  # a checkout without an install
 from torch.profiler import ProfilerActivity, profile
 
 from cifar_resnet.config import PRESETS
+from cifar_resnet.device import cpu_has_amx, cpu_has_bf16, cpu_model
 from cifar_resnet.engine import StepOptions, train_step
+from cifar_resnet.memory import keep_freed_memory
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import build_optimizer, build_scheduler
-from cifar_resnet.runtime import cpu_has_amx, cpu_has_bf16, cpu_model, keep_freed_memory
 
 
 def build(config, model_name: str, kwargs: dict, channels_last: bool, compiled: bool, steps: int):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cifar_resnet.config import TrainConfig
-from cifar_resnet.runtime import keep_freed_memory
+from cifar_resnet.memory import keep_freed_memory
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -28,7 +28,7 @@ from cifar_resnet.budget import (
 )
 from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.config import get_preset
-from cifar_resnet.runtime import format_duration, parse_duration
+from cifar_resnet.console import format_duration, parse_duration
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -224,7 +224,7 @@ def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
         configs.append(config)
         raise ValueError("stopped here")
 
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: bf16)
     monkeypatch.setattr(cli_module, "fit", fake_fit)
     monkeypatch.setattr(cli_module, "lr_find_config", fake_lr_find)
     before = copy.deepcopy(PRESETS["fast-cpu"])

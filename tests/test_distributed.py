@@ -30,7 +30,7 @@ import torch
 from cifar_resnet import TrainConfig, engine, fit, load_checkpoint
 from cifar_resnet.checkpoint import CheckpointError, payload_checksum
 from cifar_resnet.cli import main
-from cifar_resnet.runtime import StopSignals
+from cifar_resnet.signals import StopSignals
 from cifar_resnet.train import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -71,7 +71,7 @@ def test_precision_and_batch_size_default_to_the_runs(monkeypatch):
     assert _options({"cpu_amp": "off"}).precision == "fp32"
     assert _options(None).precision == "fp32"  # no config: the fp32 of the oldest checkpoints
     for amx in (True, False):  # auto is resolved for the device it evaluates on
-        monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda amx=amx: amx)
+        monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda amx=amx: amx)
         assert _options({"precision": "auto"}).precision == ("bf16" if amx else "fp32")
     assert _options({"eval_batch_size": 123}).batch_size == 123 and _options(None).batch_size == 500
     assert _options({"eval_batch_size": 123}, batch_size=7).batch_size == 7

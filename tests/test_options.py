@@ -38,10 +38,10 @@ def test_options_come_from_the_config_and_resolve_precision(monkeypatch):
         eval_batch_size=64,
         precision="auto",
     )
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: False)
     assert StepOptions.from_config(config, CPU) == StepOptions(0.2, 0.5, "norm", "fp32")
     assert EvalOptions.from_config(config, CPU) == EvalOptions(True, 2, 64, "fp32")
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: True)
     assert StepOptions.from_config(config, CPU).precision == "bf16"
     assert EvalOptions.from_config(dataclasses.replace(config, precision="fp16"), CPU).precision == "fp16"
 

@@ -11,17 +11,10 @@ import torch
 from torch import nn
 
 from cifar_resnet import TrainConfig, fit, load_checkpoint
+from cifar_resnet.device import autocast_for, cpu_has_amx, cpu_has_bf16, cpu_model, legacy_precision, resolve_precision
 from cifar_resnet.engine import resize_batch
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import MuonSGD
-from cifar_resnet.runtime import (
-    autocast_for,
-    cpu_has_amx,
-    cpu_has_bf16,
-    cpu_model,
-    legacy_precision,
-    resolve_precision,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +71,7 @@ def test_resize_batch_downscales_whole_images():
 
 @pytest.mark.parametrize("amx", [True, False])
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monkeypatch, amx):
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: amx)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: amx)
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
     assert resolve_precision("auto", cuda) == "bf16" and resolve_precision("auto", mps) == "fp32"
@@ -158,7 +151,7 @@ def test_cpu_model_and_bf16_instructions_are_read_from_proc_cpuinfo(monkeypatch,
     def fake_open(file, *args, **kwargs):  # the module's open: /proc/cpuinfo is this text (or absent)
         return real_open(path if file == "/proc/cpuinfo" else file, *args, **kwargs)
 
-    monkeypatch.setattr("cifar_resnet.runtime.open", fake_open, raising=False)
+    monkeypatch.setattr("cifar_resnet.device.open", fake_open, raising=False)
     monkeypatch.setattr("platform.processor", lambda: "")
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     assert cpu_model() == (model or "aarch64")
@@ -319,7 +312,7 @@ def test_loader_subset_shuffles_only_the_kept_images(synthetic):
 
 _FAULTS = """
 import resource, sys, torch
-from cifar_resnet.runtime import keep_freed_memory
+from cifar_resnet.memory import keep_freed_memory
 kept = keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(8):  # 64 MB, freed each time: fresh pages every time, unless freed memory is kept
@@ -345,7 +338,7 @@ def test_freed_memory_is_kept_for_the_next_step_unless_the_environment_says_defa
 _RELEASE = """
 from pathlib import Path
 import torch
-from cifar_resnet.runtime import keep_freed_memory, release_freed_memory
+from cifar_resnet.memory import keep_freed_memory, release_freed_memory
 from cifar_resnet.sweep import _peak_memory_mb, _reset_peak_memory
 
 def rss_mb():

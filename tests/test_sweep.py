@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from cifar_resnet.config import upgrade_config
-from cifar_resnet.runtime import StopSignals
+from cifar_resnet.signals import StopSignals
 from cifar_resnet.sweep import (
     _difference,
     _grid_rows,
@@ -362,7 +362,7 @@ def test_variants_that_match_no_row_are_a_one_line_error(tmp_path, tiny_npz, cli
 def test_a_worker_leaves_bf16_rows_to_machines_with_bf16_instructions(tmp_path, tiny_npz, cli, monkeypatch):
     """Started on a mixed cluster, a CPU that emulates bf16 (12x the fp32 step on a Zen 3) would hold bf16
     cells for hours: by default its worker leaves them to others; --emulated-bf16 takes them."""
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: False)
     rows = 'base = {}\nbf16 = { precision = "bf16" }\nauto = { precision = "auto" }'
     path = sweep_file(tmp_path, tiny_npz, GRID.replace("base = {}\nls0 = { label_smoothing = 0.0 }", rows))
     study = lambda: study_of(load_sweep(path))
@@ -376,7 +376,7 @@ def test_a_worker_leaves_bf16_rows_to_machines_with_bf16_instructions(tmp_path, 
     code, out, err = cli("sweep", "run", path, "--emulated-bf16", "--max-trials", "1")
     assert code == 0 and "1 complete" in out and "emulated on this CPU" not in out, out + err
     assert ("bf16", 0) in cells_done(study())
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: True)  # a machine with bf16 instructions
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: True)  # a machine with bf16 instructions
     code, out, err = cli("sweep", "run", path)
     assert code == 0 and "1 complete" in out and "emulated" not in out, out + err
     assert len(cells_done(study())) == 6 and len(study().trials) == 6
@@ -665,7 +665,7 @@ def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
     from cifar_resnet.config import PRESETS
     from cifar_resnet.sweep import build_config
 
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: bf16)
     assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")
     config = build_config("fast-cpu-fp32", {"model_kwargs.widths": [32, 128, 128]})
     assert config.model_kwargs == {"widths": [32, 128, 128]} and config.precision == "fp32"

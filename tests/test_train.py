@@ -196,7 +196,7 @@ def test_muon_group_peaks_at_muon_lr(schedule):
     ],
 )
 def test_the_first_line_says_when_bf16_is_emulated(tmp_path, synthetic, monkeypatch, precision, has_bf16, note):
-    monkeypatch.setattr("cifar_resnet.runtime.cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: has_bf16)
     lines: list[str] = []
     fit(tiny_config(epochs=1, precision=precision), synthetic(), tmp_path, log=lines.append, progress=False)
     assert note in lines[0], lines[0]

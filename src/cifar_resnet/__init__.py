@@ -24,6 +24,7 @@ from .data import (
     split_validation,
     subsample,
 )
+from .device import resolve_device
 from .engine import EvalOptions, StepOptions, collect_logits
 from .evaluate import evaluate_checkpoint
 from .inference import Predictor, eval_options, run_checkpoint
@@ -34,7 +35,6 @@ from .metrics import basic_metrics, compute_report
 from .models import create_model, list_models, register_model
 from .plots import plot_run
 from .predict import predict
-from .runtime import resolve_device
 from .train import History, fit
 
 __version__ = "0.1.0"

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .console import format_duration, parse_duration
 from .distributed import Dist
 from .engine import EvalOptions, StepOptions, collect_logits, grad_scaler, resize_batch, train_step
 from .loader import CifarLoader
 from .optim import build_optimizer, build_scheduler
-from .runtime import format_duration, get_rng_state, parse_duration, set_rng_state
+from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "BudgetTooSmall",

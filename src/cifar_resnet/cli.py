@@ -5,7 +5,7 @@ run and the flags give, :func:`~cifar_resnet.inference.eval_options`), calls one
 prints what it returns; the figures and files are the library's. What is decided here is only how flags
 become arguments: one ``--field-name`` per :class:`~cifar_resnet.config.TrainConfig` field, and the
 deprecated ``--amp``/``--cpu-amp`` of ``train`` and ``lr-find`` mapped to ``--precision``
-(:func:`~cifar_resnet.runtime.legacy_precision`) with a warning.
+(:func:`~cifar_resnet.device.legacy_precision`) with a warning.
 
 User mistakes (``ValueError`` and file errors) print as one line on stderr with exit status 2; set
 ``CIFAR_RESNET_TRACEBACK=1`` (or pass ``--traceback``) to see the full traceback instead.
@@ -28,6 +28,7 @@ from .calibration import calibrate
 from .checkpoint import Checkpoint, RunDir, load_checkpoint
 from .config import PRESETS, TrainConfig, get_preset, preset_for_run
 from .data import DEFAULT_ROOT, describe, download, load_data
+from .device import PRECISIONS, legacy_precision
 from .engine import EvalOptions
 from .evaluate import evaluate_checkpoint, format_report
 from .export import export_model
@@ -38,7 +39,6 @@ from .lr_find import LR_FIND_FIELDS, lr_find_config
 from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
 from .predict import format_results, predict, show_results
-from .runtime import PRECISIONS, legacy_precision
 from .sweep import load_sweep, report, rows_with_emulated_bf16, run_workers, select_variants, work
 from .train import TrainingInterrupted, fit
 
@@ -101,7 +101,7 @@ def _legacy_precision(args, overrides: dict, warn) -> None:
     """Map the deprecated ``--amp``/``--no-amp``/``--cpu-amp`` given on the command line to ``precision`` in
     ``overrides`` (unless ``--precision`` was given too) and ``warn`` one line for each.
 
-    ``--cpu-amp`` alone or with ``--[no-]amp`` is :func:`~cifar_resnet.runtime.legacy_precision` (exact on
+    ``--cpu-amp`` alone or with ``--[no-]amp`` is :func:`~cifar_resnet.device.legacy_precision` (exact on
     the CPU); ``--no-amp`` alone is fp32; ``--amp`` alone (bf16 on CUDA, the old default) is ``auto``."""
     amp, cpu_amp = args.legacy_amp, args.legacy_cpu_amp
     given = [

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import Augment
+from .console import parse_duration
 from .data import CifarData, load_data, split_validation, subsample
-from .runtime import PRECISIONS, legacy_precision, parse_duration, resolve_device, resolve_precision
+from .device import PRECISIONS, legacy_precision, resolve_device, resolve_precision
 
 __all__ = [
     "CLIP_MODES",
@@ -226,7 +227,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """The config of ``d`` (``config.json``, a checkpoint's config); one written before ``precision``
-        existed has ``amp`` and ``cpu_amp`` instead, mapped by :func:`~cifar_resnet.runtime.legacy_precision`."""
+        existed has ``amp`` and ``cpu_amp`` instead, mapped by :func:`~cifar_resnet.device.legacy_precision`."""
         d = upgrade_config(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

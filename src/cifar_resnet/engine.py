@@ -22,9 +22,9 @@ from torch import nn
 
 from .config import CLIP_MODES, TrainConfig
 from .data import CifarData, Split
+from .device import autocast_for, resolve_precision
 from .loader import CifarLoader
 from .models import create_model
-from .runtime import autocast_for, resolve_precision
 
 __all__ = [
     "EvalOptions",

@@ -27,12 +27,13 @@ from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .config import TrainConfig, prepare_data
+from .console import progress_bar
 from .data import CifarData, DataError, Split, channel_stats, load_data
+from .device import resolve_device, resolve_precision
 from .engine import EvalOptions, collect_logits
 from .images import load_images
 from .loader import CifarLoader
 from .metrics import fine_to_coarse
-from .runtime import progress_bar, resolve_device, resolve_precision
 
 __all__ = [
     "CheckpointRun",
@@ -76,7 +77,7 @@ def eval_options(
     default a checkpoint is measured the way its training history was: its config's ``tta`` and
     ``tta_translate`` (0 for runs from before translate TTA existed), ``eval_batch_size`` and
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; resolved for ``device`` by
-    :func:`~cifar_resnet.runtime.resolve_precision`, so ``auto`` is bf16 on CUDA and on CPUs with AMX)."""
+    :func:`~cifar_resnet.device.resolve_precision`, so ``auto`` is bf16 on CUDA and on CPUs with AMX)."""
     run_tta, run_translate = ckpt.tta
     if batch_size is None:
         batch_size = int(ckpt.config_dict.get("eval_batch_size", TrainConfig.eval_batch_size))  # else the default

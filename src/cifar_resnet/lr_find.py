@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, prepare_data
+from .console import progress_bar
 from .data import CifarData, channel_stats
+from .device import resolve_device
 from .engine import StepOptions, init_model, train_one_epoch, training_loader
+from .memory import keep_freed_memory
 from .models import model_kwargs_names
 from .optim import build_optimizer
-from .runtime import keep_freed_memory, progress_bar, resolve_device
 
 __all__ = ["LR_FIND_FIELDS", "LRFindResult", "lr_find", "lr_find_config"]
 

@@ -64,15 +64,10 @@ import torch
 
 from .checkpoint import RunDir, atomic_write_text
 from .config import PRESETS, TrainConfig, get_preset
+from .device import bf16_is_emulated, cpu_model, resolve_device, resolve_precision
+from .memory import release_freed_memory
 from .plots import plot_search_history, plot_sweep_variants
-from .runtime import (
-    StopSignals,
-    bf16_is_emulated,
-    cpu_model,
-    release_freed_memory,
-    resolve_device,
-    resolve_precision,
-)
+from .signals import StopSignals
 from .train import TrainingInterrupted, fit
 
 __all__ = [
@@ -813,7 +808,7 @@ class _Heartbeat:
 def _reset_peak_memory() -> bool:
     """Reset the process's peak resident set size (Linux >= 4.0), so the next reading is this trial's. The
     memory an earlier trial of this worker freed is handed back first: training keeps freed memory for the
-    next step (``runtime.keep_freed_memory``), and kept, it would count in every later trial's peak."""
+    next step (``memory.keep_freed_memory``), and kept, it would count in every later trial's peak."""
     release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")

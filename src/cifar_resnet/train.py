@@ -30,7 +30,9 @@ from torch import nn
 from .budget import Plan, follow_plan, make_plan, measure, planned_config
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig, prepare_data
+from .console import format_duration, progress_bar
 from .data import CifarData, channel_stats
+from .device import bf16_is_emulated, resolve_device
 from .distributed import Dist, convert_sync_batchnorm, setup, teardown
 from .engine import (
     EvalOptions,
@@ -44,18 +46,11 @@ from .engine import (
     training_loader,
 )
 from .loader import CifarLoader
+from .memory import keep_freed_memory
 from .metrics import basic_metrics, expected_calibration_error, fit_temperature
 from .optim import build_optimizer, build_scheduler
-from .runtime import (
-    StopSignals,
-    bf16_is_emulated,
-    format_duration,
-    get_rng_state,
-    keep_freed_memory,
-    progress_bar,
-    resolve_device,
-    set_rng_state,
-)
+from .rng import get_rng_state, set_rng_state
+from .signals import StopSignals
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
