@@ -7,14 +7,14 @@
 Each point is ``cifar-resnet train --preset fast-cpu --budget Nm --epochs 100`` (the planner may then choose
 as many epochs as fit, beyond the preset's 17), one after another, never side by side (two runs on two cores
 would slow each other and plan for a slower machine). Per run, the log, ``-config.json`` and ``-metrics.csv``
-land in ``docs/runs/budget-<precision>-<threads>t-<N>m*`` with a summary ``.json``: the plan (epochs,
+land in ``experiments/budget/budget-<precision>-<threads>t-<N>m*`` with a summary ``.json``: the plan (epochs,
 measured step times), the final validation top-1 (the last epoch, with the run's test-time augmentation),
 the minutes from measuring to the last evaluation, the CPU and thread count, the recipe (the net's
 widths); a budget in which not even one epoch fits is a row saying so. A run made
 otherwise (``cifar-resnet train`` by hand) joins the table through ``write_summary(name, ..., command=...)``
-over its files in docs/runs. ``--report`` draws ``docs/budget.png`` (top-1 against training minutes, one
-line per precision and thread count; the seeds of one budget as their mean with the standard deviation as
-error bar) and prints the markdown table that docs/performance.md shows.
+over its files in experiments/budget. ``--report`` draws ``experiments/budget/budget.png`` (top-1 against
+training minutes, one line per precision and thread count; the seeds of one budget as their mean with the
+standard deviation as error bar) and prints the markdown table of experiments/budget/README.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "docs" / "runs"
+RUNS = ROOT / "experiments" / "budget"
 
 try:
     import cifar_resnet  # noqa: F401
@@ -47,7 +47,7 @@ _BUDGET_LINE = re.compile(r"the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then 
 
 
 def point_name(minutes: float, precision: str, threads: int, seed: int, tag: str = "") -> str:
-    """The name of a run's files in docs/runs: ``budget-fp32-2t-15m``, ``budget-fp32-2t-15m-zen5-seed1``
+    """The name of a run's files in experiments/budget: ``budget-fp32-2t-15m``, ``budget-fp32-2t-15m-zen5-seed1``
     (``tag``: a word that keeps another CPU's runs beside this one's)."""
     return f"budget-{precision}-{threads}t-{minutes:g}m" + (f"-{tag}" if tag else "") + (f"-seed{seed}" if seed else "")
 
@@ -68,7 +68,9 @@ def run_point(data: str, minutes: float, precision: str, threads: int, seed: int
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [""])[-1]
             if "error: --budget" not in last:
-                raise SystemExit(f"budget.py: {name} failed (exit {proc.returncode}); see docs/runs/{name}.log")
+                raise SystemExit(
+                    f"budget.py: {name} failed (exit {proc.returncode}), log: experiments/budget/{name}.log"
+                )
             summary = {"name": name, "budget_min": minutes, "precision": precision, "threads": threads}
             summary.update(seed=seed, fits=False, message=last, cpu=cpu_model(), command=" ".join(cmd[1:]))
             (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -89,7 +91,7 @@ def write_summary(
     command: str | None = None,
     recipe: str | None = None,
 ) -> dict:
-    """The summary of a finished point, from its files in docs/runs (log, config, metrics); ``command``: the
+    """The summary of a finished point, from its files in experiments/budget (log, config, metrics); ``command``: the
     command that made it (default: the log's first line, where this script writes it); ``recipe``: what the
     table calls it (default: the net, :func:`recipe_of`), e.g. to tell runs apart that differ elsewhere."""
     log = (RUNS / f"{name}.log").read_text()
@@ -134,11 +136,11 @@ def _trained_seconds(log: str) -> float:
 
 
 def report(png: Path) -> str:
-    """The markdown table of every summary in docs/runs, and the figure."""
+    """The markdown table of every summary in experiments/budget, and the figure."""
     rows = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json")) if not p.name.endswith("-config.json")]
-    rows = [r for r in rows if "budget_min" in r]  # the summaries (docs/runs has other .json files)
+    rows = [r for r in rows if "budget_min" in r]  # the summaries (the folder may hold other .json files)
     if not rows:
-        raise SystemExit("budget.py: no budget summaries in docs/runs yet; run some budgets first")
+        raise SystemExit("budget.py: no budget summaries in experiments/budget yet; run some budgets first")
     for r in rows:  # summaries written before they recorded the recipe: from the run's config, where kept
         config = RUNS / f"{r['name']}-config.json"
         r.setdefault("recipe", recipe_of(json.loads(config.read_text())) if config.exists() else "")
@@ -207,7 +209,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="a word for the runs' names, e.g. the CPU (budget-fp32-2t-15m-TAG)")
-    p.add_argument("--report", action="store_true", help="only draw docs/budget.png and print the table")
+    p.add_argument("--report", action="store_true", help="only draw experiments/budget/budget.png and print the table")
     args = p.parse_args()
     if not args.report:
         if not args.data:
@@ -218,7 +220,7 @@ def main() -> int:
                 print(f"{s['name']}: {s['epochs']} epochs, {s['train_minutes']:.1f} min, top-1 {s['val_top1']:.4f}")
             else:
                 print(f"{s['name']}: {s['message']}")
-    print(report(ROOT / "docs" / "budget.png"))
+    print(report(RUNS / "budget.png"))
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The documentation stays true: docs/cli.md is the parser's own --help, docs/runs/README.md indexes the run
-logs that are there, and every relative link of README.md and docs/ reaches an existing file (and heading).
+"""The documentation stays true: docs/cli.md is the parser's own --help, experiments/README.md indexes the
+experiments that are there, every relative link of README.md, docs/ and experiments/ reaches an existing file
+(and heading), docs/ holds only the guide, and no tracked text names an issue number.
 
 ``python tests/test_docs.py`` prints the broken links, one a line.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,16 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
-def _load(name: str):
-    """A script of docs/ as a module (docs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
+def _load(name: str, folder: str = "tools"):
+    """A script of tools/ (or experiments/) as a module (neither is a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def markdown_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "experiments").rglob("*.md"))]
 
 
 def _prose(text: str) -> str:
@@ -81,7 +83,7 @@ def broken_links(files: list[Path]) -> list[str]:
 def test_cli_reference_matches_the_parser():
     make = _load("make_cli_reference")
     committed = (ROOT / "docs" / "cli.md").read_text()
-    assert make.render() == committed, "docs/cli.md differs from --help: run python docs/make_cli_reference.py"
+    assert make.render() == committed, "docs/cli.md differs from --help: run python tools/make_cli_reference.py"
 
 
 def test_cli_reference_reaches_every_command():
@@ -103,18 +105,80 @@ def test_cli_reference_check_fails_on_a_stale_page(tmp_path, capsys):
     assert make.main(["--check", "--out", str(ROOT / "docs" / "cli.md")]) == 0
 
 
-def test_runs_index_is_current():
-    make = _load("make_runs_index")
-    committed = (ROOT / "docs" / "runs" / "README.md").read_text()
-    assert make.render() == committed, "docs/runs/README.md is out of date: run python docs/make_runs_index.py"
-    linked = set(LINK.findall(committed))
-    unlisted = [p.name for p in (ROOT / "docs" / "runs").iterdir() if p.name != "README.md" and p.name not in linked]
-    assert not unlisted, f"files of docs/runs missing from its index: {unlisted}"
+def test_experiments_index_is_current():
+    make = _load("make_index", "experiments")
+    committed = (ROOT / "experiments" / "README.md").read_text()
+    assert make.render() == committed, "experiments/README.md is out of date: run python experiments/make_index.py"
+    assert make.main(["--check"]) == 0
+
+
+def test_every_experiment_file_is_linked_and_every_readme_opens_with_its_claim():
+    """Each file of an experiment is reached from the index or from its folder's README (a sweep's study/
+    through its report), and each README's first line is a heading: the claim the index lists."""
+    index = (ROOT / "experiments" / "README.md").read_text()
+    linked = {(ROOT / "experiments" / target).resolve() for target in LINK.findall(index)}
+    unlisted = []
+    for folder in _load("make_index", "experiments").experiments():
+        readme = (folder / "README.md").read_text()
+        assert readme.startswith("# ") and len(readme.splitlines()[0]) > 20, f"{folder.name}: no claim on line 1"
+        linked |= {(folder / target.partition("#")[0]).resolve() for target in LINK.findall(readme)}
+        for path in folder.rglob("*"):
+            if path.is_file() and path.name != "README.md" and path.parent == folder and path.resolve() not in linked:
+                unlisted.append(str(path.relative_to(ROOT)))
+    assert not unlisted, f"experiment files linked from neither the index nor their README: {unlisted}"
+
+
+def test_docs_hold_only_the_guide():
+    """No run logs, metrics, study databases or scripts in docs/: the evidence is in experiments/."""
+    stray = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "docs").rglob("*")
+        if p.is_file() and p.suffix in {".log", ".csv", ".json", ".db", ".py", ".sh", ".toml"}
+    ]
+    assert not stray, f"not the user's guide, belongs in experiments/ or tools/: {stray}"
+
+
+ISSUE = re.compile(r"issue[ -]?#?\d+", re.IGNORECASE)
+BINARY = {".db", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".ico", ".pt", ".onnx", ".npz", ".ipynb_checkpoints"}
+
+
+def issue_references(root: Path = ROOT) -> list[str]:
+    """'path:line: text' for every line of a tracked text file that names an issue: the word, then its number.
+    A user cannot see the tracker: a page says what is, and an experiment's README how it was found.
+    Run logs (*.log) are left out: they are captured program output, which may quote anything."""
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for name in files:
+        path = root / name
+        if path.suffix in BINARY or path.suffix == ".log" or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:  # a binary file under another name
+            continue
+        found += [f"{name}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if ISSUE.search(line)]
+    return found
+
+
+def test_no_tracked_text_names_an_issue():
+    found = issue_references()
+    assert not found, "issue numbers in tracked files (say what is, without them):\n" + "\n".join(found)
+
+
+def test_the_issue_scan_sees_one(tmp_path):
+    word = "iss" + "ue"  # spelled apart, so that this file does not match itself
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "a.md").write_text(f"fine\nas {word.title()} 11 had it\n")
+    (tmp_path / "b.md").write_text(f"[x](#{word}-17-the-budget)\n")
+    (tmp_path / "c.log").write_text(f"{word} 3 in a captured log\n")
+    (tmp_path / "d.md").write_text(f"an {word} with 3 parts\n")
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    assert issue_references(tmp_path) == [f"a.md:2: as {word.title()} 11 had it", f"b.md:1: [x](#{word}-17-the-budget)"]
 
 
 def test_relative_links_resolve():
     files = markdown_files()
-    assert ROOT / "docs" / "performance.md" in files
+    assert ROOT / "docs" / "performance.md" in files and ROOT / "experiments" / "budget" / "README.md" in files
     broken = broken_links(files)
     assert not broken, "broken links:\n" + "\n".join(broken)
 

@@ -1,59 +1,10 @@
-"""The seed notebook's ResNet, reproduced as it is (quirks included).
+"""The seed notebook's ResNet, reproduced as it is (quirks included): 7,500,132 parameters for 100 classes.
 
-The notebook (a Jovian / "zero to GANs" style CIFAR-100 notebook with ``BaseModel``, ``conv_block``,
-``identity_block`` and a one-cycle ``fit``) was not found in any searchable source, so the details its
-description leaves open were solved for. Over conv bias on/off, bottleneck widths of 16..1024 per stage
-and five identity-block shapes (1x1-3x3, 3x3-1x1, 1x1-3x3-1x1, 3x3-3x3, 1x1-1x1), the only
-configurations with exactly 7,500,132 parameters are the one below and the same with the identity
-block's two convs swapped (identical count and cost). The strides then follow from the FLOPs: stage
-strides 1/2/2 give 0.997 GFLOP, against 0.78 for 2/1/2 and 0.46 for 2/2/1 (all three end at 4x4).
-
-Structure (32x32 input)::
-
-    stem    conv3x3(3->64, pad 1) + BN + ReLU + MaxPool(3, stride 2, no pad)     32x32 -> 15x15
-    stage1  ConvBlock(64  -> 64  -> 256,  stride 1)  + IdentityBlock(256, 64)  x3   15x15
-    stage2  ConvBlock(256 -> 128 -> 512,  stride 2)  + IdentityBlock(512, 128) x4    8x8
-    stage3  ConvBlock(512 -> 256 -> 1024, stride 2)  + IdentityBlock(1024, 256) x2   4x4
-    head    AvgPool2d(4) -> flatten -> Linear(1024, num_classes)
-
-    ConvBlock(in -> mid -> out, s):  relu( BN(conv3x3(mid->out)(relu(BN(conv1x1(in->mid, stride s)(x)))))
-                                           + BN(conv1x1(in->out, stride s)(x)) )
-    IdentityBlock(out, mid):         relu( BN(conv3x3(mid->out)(relu(BN(conv1x1(out->mid)(x))))) + x )
-
-The bottleneck width is a quarter of the stage's output (64/128/256, ResNet's expansion of 4), every
-convolution has a bias (``nn.Conv2d``'s default, which the notebook kept although BN follows each one),
-and the stride-2 1x1 convolutions take 15 -> 8 -> 4 so the map is 4x4 for the AvgPool(4).
-
-The two quirks are intentional and kept:
-
-* the max-pool on a 32x32 input (an ImageNet habit) leaves an odd 15x15 map;
-* each stage has ONE identity block whose module is called 3, 4 and 2 times in ``forward`` - the same
-  weights (and the same BN running statistics) reused, not 9 distinct blocks.
-
-Parameter count for 100 classes. Each conv is ``weight + bias``, each BN ``+ 2*channels`` (gamma and
-beta; running statistics are buffers, not parameters); a shared identity block counts once:
-
-=====================  =========  =================================================================
-part                   params     terms: branch 1x1 | branch 3x3 | shortcut 1x1
-=====================  =========  =================================================================
-stem                       1,920  3*64*9+64 + 128
-stage1 conv block        169,664  (64*64+64 + 128) | (64*256*9+256 + 512) | (64*256+256 + 512)
-stage1 identity block    164,800  (256*64+64 + 128) | (64*256*9+256 + 512)
-stage2 conv block        757,120  (256*128+128 + 256) | (128*512*9+512 + 1024) | (256*512+512 + 1024)
-stage2 identity block    657,280  (512*128+128 + 256) | (128*512*9+512 + 1024)
-stage3 conv block      3,021,568  (512*256+256 + 512) | (256*1024*9+1024 + 2048) | (512*1024+1024 + 2048)
-stage3 identity block  2,625,280  (1024*256+256 + 512) | (256*1024*9+1024 + 2048)
-fc                       102,500  1024*100+100
-total                  7,500,132
-=====================  =========  =================================================================
-
-(Without conv biases it would be 7,493,796. Of the two equivalent identity-block orders, 1x1-then-3x3
-is used because it mirrors the conv block.)
-
-Cost: ``torch.utils.flop_counter.FlopCounterMode`` reports 996,753,408 FLOPs per image forward, in its
-convention of 2 FLOPs per multiply-add (convolutions and the linear layer only; BN, ReLU, pooling and
-bias additions are not counted) - i.e. 0.498 G multiply-adds. The shared identity blocks are counted
-once per call: stage1 148 M, stage2 216 M and stage3 132 M multiply-adds.
+A stem conv3x3(64)+BN+ReLU+MaxPool(3, stride 2) takes 32x32 to 15x15; each of three stages opens with a
+bottleneck ``ConvBlock`` (1x1, then a 3x3 expanding to 256/512/1024, with a 1x1 shortcut) and then calls
+ONE ``IdentityBlock`` 3, 4 and 2 times with shared weights; AvgPool(4) and Linear(1024, num_classes) end it.
+How the structure was reconstructed from the notebook's description, the parameter count term by term and
+the cost (about 1.0 GFLOP per image forward): docs/models.md, "The seed network, reconstructed".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Rebuilds the README's figures (docs/figures/*.png) and its example evaluation table from a run directory
 # trained with the README's main-job command:
 #   cifar-resnet train --preset fast-cpu --data ../shared/data/cifar100-train.npz --val-split 5000 --out runs/demo
-# Usage: bash docs/make_figures.sh [RUN_DIR] [DATA]
+# Usage: bash tools/make_figures.sh [RUN_DIR] [DATA]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/demo}
