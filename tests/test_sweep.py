@@ -25,17 +25,10 @@ import pytest
 
 from cifar_resnet.config import upgrade_config
 from cifar_resnet.signals import StopSignals
-from cifar_resnet.sweep import (
-    _difference,
-    _grid_rows,
-    _grid_table,
-    _open_and_queue,
-    _run_trial,
-    _take,
-    load_sweep,
-    open_study,
-    report,
-)
+from cifar_resnet.sweep import build_config, load_sweep, open_study, report
+from cifar_resnet.sweep.report import _difference, _grid_rows, _grid_table
+from cifar_resnet.sweep.study import _open_and_queue, _take
+from cifar_resnet.sweep.worker import _run_trial
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
 
@@ -265,12 +258,12 @@ def test_a_report_over_several_machines_says_which_ran_each_row(tmp_path, tiny_n
     """Training seconds compare only within one machine: the report numbers the machines and each row says
     which ran its cells."""
     path = sweep_file(tmp_path, tiny_npz, GRID)
-    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU A")
+    monkeypatch.setattr("cifar_resnet.sweep.worker.cpu_model", lambda: "CPU A")
     code, out, err = cli("sweep", "run", path, "--max-trials", "3")  # rows first, seeds within: base 0, 1, ls0 0
     assert code == 0, out + err
     code, out, _ = cli("sweep", "report", path)
     assert "CPU: CPU A." in out and "Machines:" not in out and "| n | val top-1 % |" in out
-    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU B")
+    monkeypatch.setattr("cifar_resnet.sweep.worker.cpu_model", lambda: "CPU B")
     code, out, err = cli("sweep", "run", path)
     assert code == 0 and "1 complete" in out, out + err
     code, out, _ = cli("sweep", "report", path)
@@ -663,7 +656,6 @@ def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
     """`train --preset fast-cpu` starts from fast-cpu-fp32 where it trains in fp32; a sweep's workers must
     not: machines with and without bf16 instructions would run different trials of one study."""
     from cifar_resnet.config import PRESETS
-    from cifar_resnet.sweep import build_config
 
     monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: bf16)
     assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")
