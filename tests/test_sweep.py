@@ -627,27 +627,29 @@ def test_a_bad_storage_url_is_a_one_line_error(tmp_path, tiny_npz, cli, assert_o
 # the README's ablation as a sweep file
 # --------------------------------------------------------------------------------------------------
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ABLATION_RUNS = EXPERIMENTS / "ablation-xeon-amx"  # the seed-0 runs: each variant's config.json and log
+ABLATION_SWEEP = EXPERIMENTS / "ablation-sweep" / "ablation.toml"
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        p.name[len("ablation-") : -len("-seed0-config.json")]
-        for p in sorted((DOCS / "runs").glob("ablation-*-seed0-config.json"))
-    ],
-)
-def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded(variant):
-    """docs/sweeps/ablation.toml replaced benchmarks/ablation.py: each of its cells is the configuration that
-    script's seed-0 run recorded (every field it recorded but the machine-local data and device)."""
-    spec = load_sweep(DOCS / "sweeps" / "ablation.toml")
+def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded():
+    """Each cell of the ablation's sweep file is the configuration its recorded seed-0 run used (every field
+    the run recorded but the machine-local data and device)."""
+    configs = sorted(ABLATION_RUNS.glob("ablation-*-seed0-config.json"))
+    assert configs, f"no ablation-*-seed0-config.json in {ABLATION_RUNS}: nothing to check the sweep file against"
+    spec = load_sweep(ABLATION_SWEEP)
     assert spec.seeds == (0, 1, 2) and spec.baseline == "base"
-    recorded = upgrade_config(json.loads((DOCS / "runs" / f"ablation-{variant}-seed0-config.json").read_text()))
-    config = spec.grid_config(variant, 0)[1].to_dict()
-    if recorded["precision"] == "auto":  # "auto" ran as what its first line says (bf16 on its AMX Xeon)
-        log = (DOCS / "runs" / f"ablation-{variant}-seed0.log").read_text().splitlines()[0]
-        recorded["precision"] = "bf16" if "on cpu (bf16)" in log else "fp32"
-    differ = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
+    differ = {}
+    for path in configs:
+        variant = path.name[len("ablation-") : -len("-seed0-config.json")]
+        recorded = upgrade_config(json.loads(path.read_text()))
+        config = spec.grid_config(variant, 0)[1].to_dict()
+        if recorded["precision"] == "auto":  # "auto" ran as what the run's log says in its first line
+            log = (ABLATION_RUNS / f"ablation-{variant}-seed0.log").read_text().splitlines()[0]
+            recorded["precision"] = "bf16" if "on cpu (bf16)" in log else "fp32"
+        wrong = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
+        if wrong:
+            differ[variant] = wrong
     assert differ == {}
 
 
