@@ -172,6 +172,10 @@ def test_a_bad_sweep_file_is_a_one_line_error_naming_the_file_and_the_key(
         ("workers = 2", "[sweep] unknown key 'workers'"),
         ("heartbeat = 10\ngrace = 5", "grace (5 s) must be longer than heartbeat"),
         ("heartbeat = 0", "heartbeat must be an integer >= 1"),
+        ("grace = 'soon'", "grace: expected a duration such as 900s, 15m or 1h"),
+        ("grace = 'none'", "grace must be a whole number of seconds >= 1"),
+        ("heartbeat = '2.5s'", "heartbeat must be a whole number of seconds >= 1"),
+        ("heartbeat = '2m'\ngrace = 90", "grace (90 s) must be longer than heartbeat"),
         ("name = ''", "[sweep] name must be a non-empty string"),
     ],
 )
@@ -179,6 +183,13 @@ def test_bad_sweep_settings(tmp_path, tiny_npz, cli, assert_one_line_error, keys
     path = sweep_file(tmp_path, tiny_npz, GRID, sweep=keys)
     code, _, err = cli("sweep", "run", path)
     assert_one_line_error(code, err, str(path), fragment)
+
+
+def test_durations_in_the_sweep_file_take_the_one_grammar(tmp_path, tiny_npz):
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, GRID, sweep="heartbeat = '30s'\ngrace = '1m30s'"))
+    assert (spec.heartbeat, spec.grace) == (30, 90)
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, GRID, sweep="heartbeat = 20\ngrace = '3m'"))
+    assert (spec.heartbeat, spec.grace) == (20, 180)
 
 
 def test_a_missing_sweep_file_and_bad_worker_counts(tmp_path, tiny_npz, cli, assert_one_line_error):

@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from ..config import PRESETS, TrainConfig, get_preset
+from ..console import parse_duration
 from ..device import bf16_is_emulated, resolve_device, resolve_precision
 
 __all__ = [
@@ -182,6 +183,21 @@ def _int(table: dict, key: str, default: int, where: str, minimum: int) -> int:
     return value
 
 
+def _seconds(table: dict, key: str, default: int, where: str) -> int:
+    """A duration of the [sweep] table in whole seconds (>= 1): an integer, or a string in the grammar of
+    :func:`~cifar_resnet.console.parse_duration` (``"90s"``, ``"3m"``, ``"1h30m"``)."""
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        return _int(table, key, default, where, 1)
+    try:
+        seconds = parse_duration(value, flag=key)
+    except ValueError as e:
+        raise SweepError(f"{where}: {e}") from None
+    if seconds is None or seconds != int(seconds):
+        raise SweepError(f"{where}: {key} must be a whole number of seconds >= 1, got {value!r}")
+    return int(seconds)
+
+
 def _config_or_error(preset: str, overrides: dict, where: str) -> TrainConfig:
     try:
         config = build_config(preset, overrides)
@@ -268,8 +284,8 @@ def load_sweep(path: str | Path, *, directory: str | Path | None = None, data: s
         "storage": sweep.get("storage"),
         "preset": preset,
         "base": base,
-        "heartbeat": _int(sweep, "heartbeat", 60, f"{path}: [sweep]", 1),
-        "grace": _int(sweep, "grace", 180, f"{path}: [sweep]", 1),
+        "heartbeat": _seconds(sweep, "heartbeat", 60, f"{path}: [sweep]"),
+        "grace": _seconds(sweep, "grace", 180, f"{path}: [sweep]"),
         "retries": _int(sweep, "retries", 3, f"{path}: [sweep]", 0),
     }
     if common["grace"] <= common["heartbeat"]:
