@@ -16,6 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifar_resnet"
 # Inside the lowest layer the data package has an order of its own, lowest first: each of its modules may
 # import only modules of the package listed before it, and none of the layer's other modules.
 DATA_ORDER = [{"data.errors"}, {"data.unpickle", "data.download"}, {"data.sources"}, {"data.splits"}, {"data"}]
+# The sweep package likewise, in its layer: the sweep file, the study, then the worker and the report apart.
+SWEEP_ORDER = [{"sweep.spec"}, {"sweep.study"}, {"sweep.worker", "sweep.report"}, {"sweep"}]
+ORDERS = [DATA_ORDER, SWEEP_ORDER]
 
 # Each module may import only modules of a lower layer (the README's "How the code is laid out").
 LAYERS = [
@@ -37,7 +40,7 @@ LAYERS = [
     {"checkpoint", "engine"},
     {"budget"},
     {"plots", "inference", "train", "lr_find"},
-    {"evaluate", "interpret", "predict", "notebook", "calibration", "export", "serve.app", "sweep"},
+    {"evaluate", "interpret", "predict", "notebook", "calibration", "export", "serve.app", *set().union(*SWEEP_ORDER)},
     {"cli", "__init__", "serve"},
     {"__main__"},
 ]
@@ -49,7 +52,7 @@ FUNCTION_LEVEL_IMPORTS = {
     ("export", "onnx"),
     ("export", "onnxruntime"),
     ("inference", "onnxruntime"),
-    ("sweep", "optuna"),
+    ("sweep.study", "optuna"),
 }
 
 
@@ -87,15 +90,18 @@ def test_every_module_has_a_layer():
 def _upward_imports(imports: dict[str, set[str]]) -> list[str]:
     """The imports (module -> modules of the package it imports) that do not run downward."""
     layer_of = {m: i for i, layer in enumerate(LAYERS) for m in layer}
-    data_rank = {m: i for i, group in enumerate(DATA_ORDER) for m in group}
+    # (which order, rank in it) of the modules of a package with an order of its own
+    rank = {m: (k, i) for k, order in enumerate(ORDERS) for i, group in enumerate(order) for m in group}
     wrong = []
     for name, deps in imports.items():
         for dep in sorted(deps):
             assert dep in layer_of, f"{name} imports {dep}, which is not a module of the package"
             if layer_of[dep] < layer_of[name]:
                 continue
-            if layer_of[dep] == layer_of[name] and data_rank.get(dep, len(DATA_ORDER)) < data_rank.get(name, -1):
-                continue  # within the data package, from one of its earlier modules
+            if layer_of[dep] == layer_of[name] and name in rank and dep in rank:
+                (order, at), (dep_order, dep_at) = rank[name], rank[dep]
+                if order == dep_order and dep_at < at:
+                    continue  # within a package with an order, from one of its earlier modules
             wrong.append(f"{name} (layer {layer_of[name]}) imports {dep} (layer {layer_of[dep]})")
     return wrong
 
@@ -135,6 +141,30 @@ def test_the_checker_sees_an_import_against_the_data_order(tmp_path):
         ("augment", "data.errors"),
         ("data.sources", "loader"),
         ("data.splits", "data.splits"),
+    ]:
+        assert _upward_imports({name: {dep}}), f"{name} importing {dep} should be refused"
+
+
+def test_the_checker_sees_an_import_against_the_sweep_order():
+    """The sweep package's modules import one way: the sweep file, the study, then the worker and the report,
+    which do not import each other."""
+    allowed = {
+        "sweep.study": {"sweep.spec"},
+        "sweep.worker": {"sweep.spec", "sweep.study", "train"},
+        "sweep.report": {"sweep.spec", "sweep.study", "plots"},
+        "sweep": {"sweep.spec", "sweep.study", "sweep.worker", "sweep.report"},
+        "cli": {"sweep"},
+    }
+    assert _upward_imports(allowed) == []
+    for name, dep in [
+        ("sweep.spec", "sweep.study"),
+        ("sweep.study", "sweep.worker"),
+        ("sweep.worker", "sweep.report"),
+        ("sweep.report", "sweep.worker"),
+        ("sweep.worker", "sweep"),
+        ("sweep.spec", "evaluate"),
+        ("evaluate", "sweep.spec"),
+        ("data.splits", "sweep.spec"),
     ]:
         assert _upward_imports({name: {dep}}), f"{name} importing {dep} should be refused"
 

@@ -25,17 +25,10 @@ import pytest
 
 from cifar_resnet.config import upgrade_config
 from cifar_resnet.signals import StopSignals
-from cifar_resnet.sweep import (
-    _difference,
-    _grid_rows,
-    _grid_table,
-    _open_and_queue,
-    _run_trial,
-    _take,
-    load_sweep,
-    open_study,
-    report,
-)
+from cifar_resnet.sweep import build_config, load_sweep, open_study, report
+from cifar_resnet.sweep.report import _difference, _grid_rows, _grid_table
+from cifar_resnet.sweep.study import _open_and_queue, _take
+from cifar_resnet.sweep.worker import _run_trial
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
 
@@ -179,6 +172,10 @@ def test_a_bad_sweep_file_is_a_one_line_error_naming_the_file_and_the_key(
         ("workers = 2", "[sweep] unknown key 'workers'"),
         ("heartbeat = 10\ngrace = 5", "grace (5 s) must be longer than heartbeat"),
         ("heartbeat = 0", "heartbeat must be an integer >= 1"),
+        ("grace = 'soon'", "grace: expected a duration such as 900s, 15m or 1h"),
+        ("grace = 'none'", "grace must be a whole number of seconds >= 1"),
+        ("heartbeat = '2.5s'", "heartbeat must be a whole number of seconds >= 1"),
+        ("heartbeat = '2m'\ngrace = 90", "grace (90 s) must be longer than heartbeat"),
         ("name = ''", "[sweep] name must be a non-empty string"),
     ],
 )
@@ -186,6 +183,13 @@ def test_bad_sweep_settings(tmp_path, tiny_npz, cli, assert_one_line_error, keys
     path = sweep_file(tmp_path, tiny_npz, GRID, sweep=keys)
     code, _, err = cli("sweep", "run", path)
     assert_one_line_error(code, err, str(path), fragment)
+
+
+def test_durations_in_the_sweep_file_take_the_one_grammar(tmp_path, tiny_npz):
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, GRID, sweep="heartbeat = '30s'\ngrace = '1m30s'"))
+    assert (spec.heartbeat, spec.grace) == (30, 90)
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, GRID, sweep="heartbeat = 20\ngrace = '3m'"))
+    assert (spec.heartbeat, spec.grace) == (20, 180)
 
 
 def test_a_missing_sweep_file_and_bad_worker_counts(tmp_path, tiny_npz, cli, assert_one_line_error):
@@ -265,12 +269,12 @@ def test_a_report_over_several_machines_says_which_ran_each_row(tmp_path, tiny_n
     """Training seconds compare only within one machine: the report numbers the machines and each row says
     which ran its cells."""
     path = sweep_file(tmp_path, tiny_npz, GRID)
-    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU A")
+    monkeypatch.setattr("cifar_resnet.sweep.worker.cpu_model", lambda: "CPU A")
     code, out, err = cli("sweep", "run", path, "--max-trials", "3")  # rows first, seeds within: base 0, 1, ls0 0
     assert code == 0, out + err
     code, out, _ = cli("sweep", "report", path)
     assert "CPU: CPU A." in out and "Machines:" not in out and "| n | val top-1 % |" in out
-    monkeypatch.setattr("cifar_resnet.sweep.cpu_model", lambda: "CPU B")
+    monkeypatch.setattr("cifar_resnet.sweep.worker.cpu_model", lambda: "CPU B")
     code, out, err = cli("sweep", "run", path)
     assert code == 0 and "1 complete" in out, out + err
     code, out, _ = cli("sweep", "report", path)
@@ -634,27 +638,29 @@ def test_a_bad_storage_url_is_a_one_line_error(tmp_path, tiny_npz, cli, assert_o
 # the README's ablation as a sweep file
 # --------------------------------------------------------------------------------------------------
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ABLATION_RUNS = EXPERIMENTS / "ablation-xeon-amx"  # the seed-0 runs: each variant's config.json and log
+ABLATION_SWEEP = EXPERIMENTS / "ablation-sweep" / "ablation.toml"
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        p.name[len("ablation-") : -len("-seed0-config.json")]
-        for p in sorted((DOCS / "runs").glob("ablation-*-seed0-config.json"))
-    ],
-)
-def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded(variant):
-    """docs/sweeps/ablation.toml replaced benchmarks/ablation.py: each of its cells is the configuration that
-    script's seed-0 run recorded (every field it recorded but the machine-local data and device)."""
-    spec = load_sweep(DOCS / "sweeps" / "ablation.toml")
+def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded():
+    """Each cell of the ablation's sweep file is the configuration its recorded seed-0 run used (every field
+    the run recorded but the machine-local data and device)."""
+    configs = sorted(ABLATION_RUNS.glob("ablation-*-seed0-config.json"))
+    assert configs, f"no ablation-*-seed0-config.json in {ABLATION_RUNS}: nothing to check the sweep file against"
+    spec = load_sweep(ABLATION_SWEEP)
     assert spec.seeds == (0, 1, 2) and spec.baseline == "base"
-    recorded = upgrade_config(json.loads((DOCS / "runs" / f"ablation-{variant}-seed0-config.json").read_text()))
-    config = spec.grid_config(variant, 0)[1].to_dict()
-    if recorded["precision"] == "auto":  # "auto" ran as what its first line says (bf16 on its AMX Xeon)
-        log = (DOCS / "runs" / f"ablation-{variant}-seed0.log").read_text().splitlines()[0]
-        recorded["precision"] = "bf16" if "on cpu (bf16)" in log else "fp32"
-    differ = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
+    differ = {}
+    for path in configs:
+        variant = path.name[len("ablation-") : -len("-seed0-config.json")]
+        recorded = upgrade_config(json.loads(path.read_text()))
+        config = spec.grid_config(variant, 0)[1].to_dict()
+        if recorded["precision"] == "auto":  # "auto" ran as what the run's log says in its first line
+            log = (ABLATION_RUNS / f"ablation-{variant}-seed0.log").read_text().splitlines()[0]
+            recorded["precision"] = "bf16" if "on cpu (bf16)" in log else "fp32"
+        wrong = {k: (v, config[k]) for k, v in recorded.items() if k not in ("data", "device") and config[k] != v}
+        if wrong:
+            differ[variant] = wrong
     assert differ == {}
 
 
@@ -663,7 +669,6 @@ def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
     """`train --preset fast-cpu` starts from fast-cpu-fp32 where it trains in fp32; a sweep's workers must
     not: machines with and without bf16 instructions would run different trials of one study."""
     from cifar_resnet.config import PRESETS
-    from cifar_resnet.sweep import build_config
 
     monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: bf16)
     assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")

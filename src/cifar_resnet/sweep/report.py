@@ -1,0 +1,330 @@
+"""A sweep's report: for a grid, one row per variant (mean ± sd over seeds, the difference from the baseline
+with its standard error, training seconds and peak memory, the machines); for a search, the best trials and
+the parameters' importances; the trials running or failed; ``report.md``, ``report.json`` and a figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_text
+from ..plots import plot_search_history, plot_sweep_variants
+from .spec import SweepSpec
+from .study import _cell, _error_line, _optuna, _replaced, _stale_trial_ids, _states, _trial_id, open_study
+
+__all__ = ["report"]
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def _difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, str]:
+    """Mean of ``a`` minus mean of ``b`` (seed -> value) and its standard error: paired over the seeds both
+    have (same seed = same split and initialisation) when there are at least 2, else Welch's."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        d = [a[s] - b[s] for s in shared]
+        return statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d)), "paired"
+    diff = statistics.mean(a.values()) - statistics.mean(b.values())
+    if len(a) >= 2 and len(b) >= 2:
+        se = math.sqrt(statistics.variance(a.values()) / len(a) + statistics.variance(b.values()) / len(b))
+        return diff, se, "welch"
+    return diff, math.nan, ""
+
+
+def _fmt(mean: float, sd: float, scale: float = 100, digits: int = 2) -> str:
+    m = f"{mean * scale:.{digits}f}"
+    return m if math.isnan(sd) else f"{m} ± {sd * scale:.{digits}f}"
+
+
+def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None = None) -> dict:
+    """The sweep's report: a dict (``markdown``, ``rows`` or ``best``, ``figures``, trial counts), with
+    ``report.md``, ``report.json`` and the figures written to ``out_dir`` (default: the sweep's directory)."""
+    study = open_study(spec, url, create=False)
+    out_dir = Path(out_dir or spec.directory)
+    trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
+    complete = [t for t in trials if t.state == _states().COMPLETE]
+    result, lines = _summary(study, spec, trials, complete)
+    if spec.kind == "grid":
+        lines += _grid_section(spec, complete, result, out_dir)
+    else:
+        lines += _search_section(study, spec, trials, result, out_dir)
+    result["markdown"] = "\n".join(lines).rstrip() + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "report.md", result["markdown"])
+    atomic_write_text(
+        out_dir / "report.json",
+        json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1, default=str) + "\n",
+    )
+    return result
+
+
+def _summary(study, spec: SweepSpec, trials: list, complete: list) -> tuple[dict[str, Any], list[str]]:
+    """The report's head: trial counts, the machines, the failed and the running trials (as data and as
+    the first lines of the markdown)."""
+    S = _states()
+    replaced = _replaced(trials)
+    counts = {
+        state: sum(1 for t in trials if t.state.name.lower() == state and t.number not in replaced)
+        for state in ("complete", "pruned", "running", "waiting", "fail")
+    }
+    result: dict[str, Any] = {"study": spec.name, "kind": spec.kind, "trials": counts, "cpu": None}
+    cpus = sorted({t.user_attrs.get("cpu", "") for t in complete} - {""})
+    result["cpu"] = ", ".join(cpus)
+    machines = sorted({_machine_of(t) for t in complete} - {""})
+    result["machines"] = machines
+    state_line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [f"# Sweep {spec.name!r} ({spec.kind}, {spec.path})", "", f"Trials: {state_line or 'none yet'}."]
+    if len(machines) > 1:  # numbered: the grid's rows say which ran their cells
+        lines.append("Machines: " + "; ".join(f"{i} = {m}" for i, m in enumerate(machines, 1)) + ".")
+    elif machines:
+        lines.append(f"{'CPU' if machines == cpus else 'Machine'}: {machines[0]}.")
+    failed = [t for t in trials if t.state == S.FAIL and t.number not in replaced]
+    lines += [f"- trial {t.number} failed: {t.user_attrs.get('error', 'no error recorded')}" for t in failed]
+    running = [t for t in trials if t.state == S.RUNNING]
+    stale = _stale_trial_ids(study) if running else set()
+    result["running"] = [_running(t, stale, spec.grace) for t in running]
+    lines += [f"- trial {r['number']} running: {r['text']}" for r in result["running"]]
+    return result, [*lines, ""]
+
+
+def _grid_section(spec: SweepSpec, complete: list, result: dict, out_dir: Path) -> list[str]:
+    """A grid's table and figure (``accuracy.png``); sets ``result``'s ``rows`` and ``figures``."""
+    rows = _grid_rows(spec, complete)
+    result["rows"] = rows
+    lines = _grid_table(spec, rows, result["machines"])
+    figures = []
+    ran = [r for r in rows if r["n"]]
+    if ran:
+        plot_sweep_variants(
+            [r["variant"] for r in ran],
+            [r["val_top1"] for r in ran],
+            [r["val_top1_sd"] for r in ran],
+            [r["n"] for r in ran],
+            baseline=spec.baseline,
+            title=f"{spec.name}: validation top-1 over seeds (mean ± sd)",
+            path=out_dir / "accuracy.png",
+        )
+        figures.append(str(out_dir / "accuracy.png"))
+    result["figures"] = figures
+    return lines
+
+
+def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir: Path) -> list[str]:
+    """A search's best trials, importances and figure (``history.png``); sets ``result``'s ``best``,
+    ``importances`` and ``figures``."""
+    S = _states()
+    best, importances = _search_results(study, spec, [t for t in trials if t.state == S.COMPLETE])
+    result["best"], result["importances"] = best, importances
+    lines = _search_table(best, importances)
+    figures = []
+    finished = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
+    if finished:
+        plot_search_history(
+            [t.number for t in finished],
+            [_last_value(t) for t in finished],
+            [t.state.name.lower() for t in finished],
+            title=f"{spec.name}: validation top-1 by trial",
+            path=out_dir / "history.png",
+        )
+        figures.append(str(out_dir / "history.png"))
+    result["figures"] = figures
+    return lines
+
+
+def _running(trial, stale: set[int] | None, grace: int) -> dict:
+    """Where a running trial is: its cell, worker, machine, epochs done and last validation top-1, and whether
+    its worker has stopped sending heartbeats (the next worker to look takes it over)."""
+    attrs = trial.user_attrs
+    cell = _cell(trial)
+    label = f"{cell['variant']}/seed{cell['seed']}" if cell else ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    epochs = attrs.get("epochs_done", 0)
+    info = {
+        "number": trial.number,
+        "cell": label,
+        "worker": attrs.get("worker", ""),
+        "machine": _machine_of(trial),
+        "epochs_done": epochs,
+        "val_top1": _last_value(trial) if epochs else None,
+        "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        "stale": None if stale is None else _trial_id(trial) in stale,
+    }
+    parts = [label + (f" on {info['worker']}" if info["worker"] else "")]
+    parts += [info["machine"]] if info["machine"] else []
+    parts.append(f"epoch {epochs} done, val top-1 {info['val_top1'] * 100:.2f}%" if epochs else "in its first epoch")
+    parts += [f"started {trial.datetime_start:%Y-%m-%d %H:%M}"] if trial.datetime_start else []
+    text = ", ".join(parts)
+    if info["stale"]:
+        text += f"; no heartbeat for over {grace} s: its worker is gone, and the next worker takes it over"
+    info["text"] = text
+    return info
+
+
+def _last_value(trial) -> float:
+    """A finished trial's last validation top-1 (a pruned trial's: its last report)."""
+    if "val_top1" in trial.user_attrs:
+        return trial.user_attrs["val_top1"]
+    steps = trial.intermediate_values
+    return steps[max(steps)] if steps else math.nan
+
+
+def _machine_of(trial) -> str:
+    """The machine a finished trial ran on (a trial without a "machine" attribute names its CPU)."""
+    return trial.user_attrs.get("machine") or trial.user_attrs.get("cpu", "")
+
+
+def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
+    by_variant: dict[str, dict[int, Any]] = {v: {} for v in spec.variants}
+    for t in complete:
+        cell = _cell(t)
+        if cell and cell["variant"] in by_variant and "val_top1" in t.user_attrs:
+            by_variant[cell["variant"]][cell["seed"]] = {**t.user_attrs, "machine": _machine_of(t)}
+    base = {s: a["val_top1"] for s, a in by_variant.get(spec.baseline, {}).items()}
+    rows = []
+    for vname, runs in by_variant.items():
+        row: dict[str, Any] = {"variant": vname, "changes": spec.variants[vname], "n": len(runs), "seeds": sorted(runs)}
+        row["extends"] = _extends(spec.variants, vname)
+        row["val_top1_by_seed"] = {s: runs[s]["val_top1"] for s in sorted(runs)}
+        row["machines"] = sorted({a["machine"] for a in runs.values()} - {""})
+        if runs:
+            for key in ("val_top1", "val_top5", "train_seconds", "peak_mb"):
+                values = [a[key] for a in runs.values() if key in a]
+                row[key], row[key + "_sd"] = _mean_sd(values) if values else (math.nan, math.nan)
+                row[key + "_n"] = len(values)  # fewer than n where some cells did not record it
+            if vname != spec.baseline and base:
+                d, se, how = _difference({s: a["val_top1"] for s, a in runs.items()}, base)
+                row.update(diff=d, diff_se=se, diff_kind=how)
+        rows.append(row)
+    return rows
+
+
+def _extends(variants: dict[str, dict], name: str) -> str | None:
+    """The row that ``name`` adds to: the variant whose overrides are the largest strict, non-empty subset of
+    its own (the first in the file on a tie), or None."""
+    own = variants[name]
+    best = None
+    for other, changes in variants.items():
+        if other == name or not changes or len(changes) >= len(own):
+            continue
+        subset = all(k in own and own[k] == v for k, v in changes.items())
+        if subset and (best is None or len(changes) > len(variants[best])):
+            best = other
+    return best
+
+
+def _change(spec: SweepSpec, row: dict) -> str:
+    """A row's change: its overrides, or the row it extends plus the rest ("bf16 + epochs=14")."""
+    changes, parent = row["changes"], row.get("extends")
+    if parent:
+        rest = {k: v for k, v in changes.items() if k not in spec.variants[parent]}
+        return f"{parent} + " + ", ".join(f"{k}={v}" for k, v in rest.items())
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "-"
+
+
+def _with_n(text: str, row: dict, key: str) -> str:
+    """``text`` with "(n=k)" where only k of the row's n cells recorded ``key``."""
+    k = row.get(key + "_n", row["n"])
+    return f"{text} (n={k})" if text and k < row["n"] else text
+
+
+def _grid_table(spec: SweepSpec, rows: list[dict], machines: list[str]) -> list[str]:
+    """The grid's table; where its cells ran on more than one machine, an "on" column numbers each row's
+    (as the report's "Machines:" line does), since training seconds compare only within one machine."""
+    several = len(machines) > 1
+    on_head, on_rule = (" on |", " --- |") if several else ("", "")
+    lines = [
+        (
+            f"| variant | change | n |{on_head} val top-1 % | val top-5 % | training s | peak MB | "
+            f"Δ top-1 vs {spec.baseline} |"
+        ),
+        f"| --- | --- | --- |{on_rule} --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        change = _change(spec, r)
+        on = f" {', '.join(str(machines.index(m) + 1) for m in r['machines'])} |" if several else ""
+        if not r["n"]:
+            lines.append(f"| {r['variant']} | {change} | 0 |{on} | | | | |")
+            continue
+        if r["variant"] == spec.baseline:
+            diff = "baseline"
+        elif "diff" in r:
+            se = "" if math.isnan(r["diff_se"]) else f" ± {r['diff_se'] * 100:.2f}"
+            diff = f"{r['diff'] * 100:+.2f}{se}"
+        else:
+            diff = ""
+        peak = _fmt(r["peak_mb"], r["peak_mb_sd"], 1, 0) if not math.isnan(r["peak_mb"]) else ""
+        seconds = _fmt(r["train_seconds"], r["train_seconds_sd"], 1, 0) if not math.isnan(r["train_seconds"]) else ""
+        lines.append(
+            f"| {r['variant']} | {change} | {r['n']} |{on} {_fmt(r['val_top1'], r['val_top1_sd'])} | "
+            f"{_fmt(r['val_top5'], r['val_top5_sd'])} | {_with_n(seconds, r, 'train_seconds')} | "
+            f"{_with_n(peak, r, 'peak_mb')} | {diff} |"
+        )
+    note = (
+        "Mean ± standard deviation over seeds; Δ is the difference of the means with its standard error "
+        "(paired over the seeds both rows ran: a seed fixes the split and the initialisation)."
+    )
+    if any(r.get("extends") for r in rows):
+        note += ' A change "A + x=1" adds x=1 to row A\'s.'
+    if any(r.get(f"{key}_n", r["n"]) < r["n"] for r in rows for key in ("train_seconds", "peak_mb")):
+        note += ' "(n=k)": over the k of the row\'s cells that recorded it.'
+    if several:
+        note += ' Training seconds compare only between cells run on one machine (column "on").'
+    return lines + ["", note, "", _by_seed(spec, rows)]
+
+
+def _by_seed(spec: SweepSpec, rows: list[dict]) -> str:
+    """Each row's validation top-1 seed by seed, naming the seeds where only some have run."""
+    every = list(spec.seeds)
+    parts = []
+    for r in rows:
+        if r["n"]:
+            by_seed = r["val_top1_by_seed"]
+            named = f" (seed{'s' * (len(by_seed) > 1)} {', '.join(map(str, by_seed))})"
+            which = "" if set(by_seed) == set(every) else named
+            parts.append(f"{r['variant']} {', '.join(f'{v * 100:.2f}' for v in by_seed.values())}{which}")
+    return f"Validation top-1 %, seeds {', '.join(map(str, every))}: {'; '.join(parts)}." if parts else ""
+
+
+def _search_results(study, spec: SweepSpec, complete) -> tuple[list[dict], dict]:
+    best = sorted(complete, key=lambda t: t.value, reverse=True)[:10]
+    rows = [
+        {
+            "trial": t.number,
+            "val_top1": t.value,
+            "val_top5": t.user_attrs.get("val_top5"),
+            "epochs": t.user_attrs.get("epochs"),
+            "train_seconds": t.user_attrs.get("train_seconds"),
+            "params": t.params,
+        }
+        for t in best
+    ]
+    importances: dict = {}
+    if len(complete) >= 2:
+        try:
+            importances = dict(_optuna().importance.get_param_importances(study))
+        except (RuntimeError, ValueError, ImportError) as e:  # too few distinct trials to rank parameters
+            importances = {"(not computed)": _error_line(e)}
+    return rows, importances
+
+
+def _search_table(best: list[dict], importances: dict) -> list[str]:
+    lines = [
+        "| trial | val top-1 % | val top-5 % | epochs | training s | parameters |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in best:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        top5 = "" if r["val_top5"] is None else f"{r['val_top5'] * 100:.2f}"
+        secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['trial']} | {r['val_top1'] * 100:.2f} | {top5} | {r['epochs']} | {secs} | {params} |")
+    if importances:
+        lines += ["", "Parameter importances (Optuna's fANOVA, over the complete trials):", ""]
+        lines += [
+            f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+            for k, v in sorted(importances.items(), key=lambda kv: -kv[1] if isinstance(kv[1], float) else 0)
+        ]
+    return lines
