@@ -124,9 +124,7 @@ class Interpretation:
             self.confusion_matrix(),
             self.classes,
             path,
-            order=self.class_order(),
-            groups=self.coarse_map,
-            group_names=self.coarse_classes,
+            layout=plots.ClassLayout(self.class_order(), self.coarse_map, self.coarse_classes),
             title=title,
         )
 
