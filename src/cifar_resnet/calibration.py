@@ -1,13 +1,11 @@
 """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", section 4.2): one
 scalar T, fitted on held-out images by minimising the negative log-likelihood of ``softmax(logits / T)``,
-makes the probabilities a model prints match how often it is right, without changing any prediction
-(dividing all logits by the same T keeps their order).
+makes the probabilities match how often the model is right, without changing any prediction.
 
-``calibrate(checkpoint)`` fits T on the run's own validation split (the split ``cifar-resnet evaluate
---split val`` rebuilds), in the precision the run evaluated in unless told otherwise, stores it in the
-checkpoint (:meth:`Checkpoint.replace <cifar_resnet.checkpoint.Checkpoint.replace>`: everything else kept,
-the checksum renewed; written atomically) and reports ECE and NLL before and after; from then on
-``evaluate``, ``predict``, ``interpret``, ``serve`` and exported models divide the logits by it.
+``calibrate(checkpoint)`` fits T on the run's own validation split, in the precision the run evaluated in
+unless told otherwise, stores it in the checkpoint (:meth:`~cifar_resnet.checkpoint.Checkpoint.replace`,
+written atomically) and reports ECE and NLL before and after; from then on ``evaluate``, ``predict``,
+``interpret``, ``serve`` and exported models divide the logits by it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""A checkpoint plus images -> logits and probabilities: what ``evaluate``, ``interpret`` and ``predict``
-(and a server) share.
+"""A checkpoint plus images -> logits and probabilities: what evaluate, interpret, predict and serve share.
 
 A checkpoint needs nothing else: :func:`model_from_checkpoint` rebuilds the model, images are normalised
 with the checkpoint's mean/std through the loader training uses, and by default the evaluation is the
