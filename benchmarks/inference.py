@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cifar_resnet.export import export_model
-from cifar_resnet.inference import Predictor, load_predictor
+from cifar_resnet.inference import EvalOverrides, Predictor, load_predictor
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -73,9 +73,7 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             latency = _median_seconds(lambda e=engine: e.probabilities(one), args.repeats)
             per_batch = _median_seconds(
-                lambda e=engine: e.probabilities(
-                    batch, e.eval_options(tta=False, tta_translate=0, batch_size=args.batch, precision="fp32")
-                ),
+                lambda e=engine: e.probabilities(batch, e.eval_options(EvalOverrides(False, 0, args.batch, "fp32"))),
                 max(3, args.repeats // 6),
             )
         rows.append({"engine": name, "latency_ms": 1e3 * latency, "images_per_s": args.batch / per_batch})

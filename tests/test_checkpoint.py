@@ -1,10 +1,8 @@
-"""The checkpoint as one object: old configs (``amp``/``cpu_amp``) still load, with the right precision, and
-evaluate; :meth:`Checkpoint.replace` renews the checksum; and no module but ``checkpoint.py`` reads the
-checkpoint's dict by its keys."""
+"""The checkpoint as one object: what it keeps through its file, what the reader refuses, old configs
+(``amp``/``cpu_amp``) that still load with the right precision and evaluate, :meth:`Checkpoint.replace`
+renewing the checksum; and no module but ``checkpoint.py`` opens checkpoint files."""
 
-import ast
 import itertools
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from cifar_resnet import TrainConfig, evaluate_checkpoint, fit, load_checkpoint
-from cifar_resnet.checkpoint import OPTIONAL_STATE, REQUIRED, TRAINING_STATE, CheckpointError
+from cifar_resnet.checkpoint import REQUIRED, CheckpointError
 from cifar_resnet.config import upgrade_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,132 +97,90 @@ def test_replace_renews_the_checksum(run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# only checkpoint.py knows the checkpoint's keys
+# what a checkpoint keeps, what the reader refuses, and who reads the files
 # ------------------------------------------------------------------------------------------------
 
-# every key of the checkpoint dict
-CHECKPOINT_KEYS = frozenset(
-    {
-        *REQUIRED,
-        *TRAINING_STATE,
-        *OPTIONAL_STATE,
-        "coarse_classes",
-        "dataset",
-        "config",
-        "eval_split",
-        "epoch",
-        "history",
-        "checksum",
-        "temperature",
-        "calibration",
-        "best",
+
+def test_a_checkpoint_round_trips_through_its_file(run, tmp_path):
+    last = load_checkpoint(run / "last.pt", resumable=True)
+    last.save(tmp_path / "copy.pt")
+    copy = load_checkpoint(tmp_path / "copy.pt", resumable=True)
+    for name in ("model_name", "model_kwargs", "classes", "coarse_classes", "mean", "std", "epoch", "eval_split"):
+        assert getattr(copy, name) == getattr(last, name), name
+    assert copy.config == last.config and copy.config.data == last.data_source
+    assert copy.history == last.history and copy.checksum == last.checksum
+    assert copy.temperature == last.temperature and copy.calibration == last.calibration
+    assert copy.state_dict.keys() == last.state_dict.keys()
+    assert all(torch.equal(copy.state_dict[k], last.state_dict[k]) for k in last.state_dict)
+    assert copy.resumable and copy.optimizer_state.keys() == last.optimizer_state.keys()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copy.build_model().eval()(x), last.build_model().eval()(x))
+    # best.pt: the same description and weights (one epoch: the best is the last), no training state
+    best = load_checkpoint(run / "best.pt")
+    assert best.is_best and not best.resumable and not last.is_best
+    assert best.classes == last.classes and best.mean == last.mean and best.config == last.config
+    assert all(torch.equal(best.state_dict[k], last.state_dict[k]) for k in last.state_dict)
+    assert best.checksum == last.weights_only().checksum
+
+
+class NotData:  # what a weights-only load must refuse to unpickle
+    pass
+
+
+def _without(ckpt, *keys) -> dict:
+    return {k: v for k, v in ckpt.to_dict().items() if k not in (*keys, "checksum")}
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda run, p: p.mkdir(), "is a directory"),
+        (lambda run, p: None, "no such checkpoint"),
+        (lambda run, p: p.write_bytes(b"\x00not a checkpoint"), "is not a readable checkpoint"),
+        (lambda run, p: torch.save({"format": NotData()}, p), "is not a readable checkpoint"),
+        (lambda run, p: torch.save({"format": "other/1"}, p), "is not a cifar-resnet checkpoint"),
+        *(
+            (lambda run, p, key=key: torch.save(_without(load_checkpoint(run / "best.pt"), key), p), f"lacks {key}")
+            for key in REQUIRED
+            if key != "format"
+        ),
+        (lambda run, p: torch.save({**load_checkpoint(run / "best.pt").to_dict(), "epoch": 7}, p), "is corrupt"),
+    ],
+)
+def test_the_reader_refuses_what_is_not_a_whole_checkpoint(run, tmp_path, make, message):
+    path = tmp_path / "x.pt"
+    make(run, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_resume_and_rebuild_refuse_what_does_not_fit(run, tmp_path):
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        load_checkpoint(run / "best.pt", resumable=True)
+    torch.save(_without(load_checkpoint(run / "last.pt"), "config"), tmp_path / "no_config.pt")
+    with pytest.raises(CheckpointError, match="holds no training configuration"):
+        load_checkpoint(tmp_path / "no_config.pt", resumable=True)
+    best = load_checkpoint(run / "best.pt")
+    with pytest.raises(CheckpointError, match=f"holds a {best.model_name} model, not seed_resnet"):
+        best.build_model(expect_model="seed_resnet")
+    with pytest.raises(CheckpointError, match="was trained for 10 classes, but the data has 100"):
+        best.build_model(expect_classes=100)
+    wider = best.replace(model_kwargs={**best.model_kwargs, "stem_width": 16})
+    with pytest.raises(CheckpointError, match="weights do not fit") as info:
+        wider.build_model()
+    assert "\n" not in str(info.value)
+
+
+def test_only_checkpoint_py_opens_checkpoint_files():
+    """The checkpoint's dict has one owner: no other module loads a checkpoint file, computes its
+    checksum or reaches into a :class:`Checkpoint`'s dict (they use its accessors)."""
+    found = {
+        str(path.relative_to(SRC)): needle
+        for path in sorted(SRC.rglob("*.py"))
+        if path != SRC / "checkpoint.py"
+        for needle in ("torch.load(", "payload_checksum", "._data")
+        if needle in path.read_text()
     }
-)
-# names a checkpoint (or its dict) goes by
-CHECKPOINT_NAMES = re.compile(r"(^|_)(ckpt|checkpoint|state|payload)s?$")
-# keys that nothing but a checkpoint has, whatever the dict is called (reports and records have "temperature",
-# "eval_split", "model" or "epoch" too)
-ONLY_CHECKPOINT_KEYS = frozenset(
-    {"calibration", "checksum", "model_kwargs", "model_name", "coarse_classes", "example_loss"}
-)
-
-
-def _name(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    if isinstance(node, ast.Subscript):  # ckpt["partial"]["step"]: the outer name
-        return _name(node.value)
-    return ""
-
-
-def _string(node: ast.AST | None) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
-def _get_key(node: ast.AST) -> tuple[str | None, ast.AST | None]:
-    """``("key", receiver)`` of ``receiver.get("key", ...)`` (or ``pop``/``setdefault``)."""
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.args
-        and node.func.attr in ("get", "pop", "setdefault")
-    ):
-        return _string(node.args[0]), node.func.value
-    return None, None
-
-
-def checkpoint_dict_reads(source: str) -> list[str]:
-    """The places in ``source`` that read or write a checkpoint's dict by its keys, or load a checkpoint file
-    without :func:`load_checkpoint`:
-
-    * any key of the checkpoint on a name a checkpoint goes by: ``ckpt["classes"]``, ``state.get("epoch")``;
-    * a key only a checkpoint has, on any dict: ``payload["model_name"]``, ``body["checksum"] = ...``;
-    * a temperature stored into a dict by hand (``body["temperature"] = t``) or read with a default
-      (``x.get("temperature") or 1.0``: a copy of :attr:`Checkpoint.temperature`);
-    * ``torch.load``.
-    """
-    found = []
-    tree = ast.parse(source)
-    defaulted = {id(v) for node in ast.walk(tree) if isinstance(node, ast.BoolOp) for v in node.values[:-1]}
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "load"
-            and _name(node.func.value) == "torch"
-        ):
-            found.append(f"line {node.lineno}: torch.load")
-            continue
-        if isinstance(node, ast.Subscript):
-            key, receiver = _string(node.slice), node.value
-        else:
-            key, receiver = _get_key(node)
-        if key is None or key not in CHECKPOINT_KEYS:
-            continue
-        subscript = isinstance(node, ast.Subscript)
-        if (
-            CHECKPOINT_NAMES.search(_name(receiver))
-            or (subscript and key in ONLY_CHECKPOINT_KEYS)
-            or (key == "temperature" and (subscript and isinstance(node.ctx, ast.Store) or id(node) in defaulted))
-        ):
-            found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found
-
-
-def test_the_checker_sees_a_checkpoint_dict_being_read():
-    bad = """
-ckpt["classes"]
-checkpoint.get("epoch")
-state["partial"]["step"]
-self.ckpt.get("coarse_classes")
-body["temperature"] = t
-float(anything.get("temperature") or 1.0)
-data = torch.load(path, weights_only=True)
-"""
-    assert len(checkpoint_dict_reads(bad)) == 7, checkpoint_dict_reads(bad)
-    fine = """
-ckpt.classes
-ckpt.temperature
-state["momentum_buffer"]
-parse["error"]
-records[-1]["epoch"]
-rec["eval_split"]
-self.meta["classes"]
-report.get("temperature", 1.0)
-info.get("temperature")
-info.get("checksum")
-"""
-    assert checkpoint_dict_reads(fine) == []
-
-
-def test_no_module_but_checkpoint_py_reads_the_checkpoint_dict():
-    found = {}
-    for path in sorted(SRC.rglob("*.py")):
-        if path.name == "checkpoint.py" and path.parent == SRC:
-            continue
-        where = checkpoint_dict_reads(path.read_text())
-        if where:
-            found[str(path.relative_to(SRC))] = where
-    assert not found, f"read the checkpoint through Checkpoint's accessors instead: {found}"
+    assert not found, f"read checkpoints through load_checkpoint and Checkpoint's accessors: {found}"

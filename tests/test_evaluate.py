@@ -11,7 +11,7 @@ from cifar_resnet import TrainConfig, channel_stats, evaluate_checkpoint, fit, l
 from cifar_resnet.checkpoint import Checkpoint
 from cifar_resnet.data import CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, Split
 from cifar_resnet.engine import tta_logits
-from cifar_resnet.inference import eval_options, resolve_split
+from cifar_resnet.inference import EvalOverrides, eval_options, resolve_split
 from cifar_resnet.metrics import REPORT_KEYS, compute_report, expected_calibration_error, fine_to_coarse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +55,8 @@ def test_report_counts_a_prediction_in_the_right_superclass():
 
 
 def _options(config: dict | None, **overrides):
-    return eval_options(Checkpoint({"config": config} if config is not None else {}), "cpu", **overrides)
+    ckpt = Checkpoint({"config": config} if config is not None else {})
+    return eval_options(ckpt, "cpu", EvalOverrides(**overrides))
 
 
 def test_tta_defaults_to_what_the_run_evaluated_with():

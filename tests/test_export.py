@@ -19,7 +19,7 @@ from cifar_resnet.calibration import calibrate, fit_temperature
 from cifar_resnet.checkpoint import load_checkpoint
 from cifar_resnet.evaluate import evaluate_checkpoint
 from cifar_resnet.export import export_model
-from cifar_resnet.inference import OnnxPredictor, Predictor, load_predictor, resolve_split
+from cifar_resnet.inference import EvalData, OnnxPredictor, Predictor, load_predictor, resolve_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'cifar-resnet[onnx]'")
@@ -42,7 +42,7 @@ def best(real_run, tmp_path):
 
 
 def test_calibrate_stores_the_temperature_and_everything_uses_it(best, cli, open_png):
-    before = evaluate_checkpoint(best, split="val", progress=False)
+    before = evaluate_checkpoint(best, EvalData(split="val"), progress=False)
     code, out, _ = cli("calibrate", best, "--device", "cpu", "--no-progress", "--json")
     report = json.loads(out)
     assert code == 0 and report["written"] and report["split"] == "val" and report["n"] == 2000
@@ -51,7 +51,7 @@ def test_calibrate_stores_the_temperature_and_everything_uses_it(best, cli, open
     ckpt = load_checkpoint(best)  # the checksum was renewed: it loads
     assert ckpt.temperature == pytest.approx(report["temperature"]) and ckpt.calibration["n"] == 2000
     assert ckpt.calibration["precision"] == report["precision"] == before["precision"]
-    after = evaluate_checkpoint(best, split="val", progress=False)
+    after = evaluate_checkpoint(best, EvalData(split="val"), progress=False)
     assert after["temperature"] == pytest.approx(report["temperature"])
     assert after["top1"] == before["top1"] and after["top5"] == before["top5"]  # no prediction changes
     assert after["loss"] == pytest.approx(report["nll_after"], abs=1e-5)

@@ -152,7 +152,7 @@ def test_confusion_matrix_figure_small_and_sorted(tmp_path, open_png):
     cm = np.array([[5, 1, 0], [0, 3, 2], [1, 0, 4]])
     order = [2, 0, 1]
     fig = plots.plot_confusion(
-        cm, ["a", "b", "c"], tmp_path / "cm.png", order=order, groups=[1, 0, 0], group_names=["g0", "g1"]
+        cm, ["a", "b", "c"], tmp_path / "cm.png", layout=plots.ClassLayout(order, [1, 0, 0], ["g0", "g1"])
     )
     open_png(tmp_path / "cm.png", (520, 500))  # small: 3 classes (100 classes make 1487 x 1430)
     ax = fig.axes[0]

@@ -9,9 +9,9 @@ from PIL import Image
 
 from cifar_resnet import TrainConfig, evaluate_checkpoint, fit, load_checkpoint
 from cifar_resnet.images import ImageFileError, load_image, load_images, prepare_image
-from cifar_resnet.inference import Predictor, load_predictor, resolve_split
+from cifar_resnet.inference import EvalData, Predictor, load_predictor, resolve_split
 from cifar_resnet.plots import RIGHT, WRONG
-from cifar_resnet.predict import predict
+from cifar_resnet.predict import DatasetImages, predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -268,7 +268,7 @@ def test_predictions_are_made_in_the_precision_the_run_trained_in(tmp_path, synt
     assert not predictor.options.tta and predictor.options.tta_translate == 0  # one pass per image
     assert Predictor.from_checkpoint(best, "cpu", precision="fp32").info["precision"] == "fp32"
     # predict's right answers are evaluate's: the same split, normalisation and precision
-    result = predict(predictor, index=range(100), split="val", k=1)
+    result = predict(predictor, DatasetImages(EvalData(split="val"), index=range(100)), k=1)
     assert {r["precision"] for r in result.results} == {"bf16"} and result.options.precision == "bf16"
     report = evaluate_checkpoint(best, device="cpu", progress=False)
     assert report["precision"] == "bf16" and sum(r["correct"] for r in result.results) == round(report["top1"] * 100)

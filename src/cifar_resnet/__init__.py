@@ -27,14 +27,14 @@ from .data import (
 from .device import resolve_device
 from .engine import EvalOptions, StepOptions, collect_logits
 from .evaluate import evaluate_checkpoint
-from .inference import Predictor, eval_options, run_checkpoint
+from .inference import EvalData, EvalOverrides, Predictor, eval_options, run_checkpoint
 from .interpret import Interpretation
 from .loader import CifarLoader
 from .lr_find import lr_find, lr_find_config
 from .metrics import basic_metrics, compute_report
 from .models import create_model, list_models, register_model
 from .plots import plot_run
-from .predict import predict
+from .predict import DatasetImages, ImageFiles, predict
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -50,9 +50,13 @@ __all__ = [
     "CifarData",
     "CifarLoader",
     "DataError",
+    "DatasetImages",
     "EpochRecord",
+    "EvalData",
     "EvalOptions",
+    "EvalOverrides",
     "History",
+    "ImageFiles",
     "Interpretation",
     "Predictor",
     "RunDir",

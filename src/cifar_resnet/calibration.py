@@ -1,13 +1,11 @@
 """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", section 4.2): one
 scalar T, fitted on held-out images by minimising the negative log-likelihood of ``softmax(logits / T)``,
-makes the probabilities a model prints match how often it is right, without changing any prediction
-(dividing all logits by the same T keeps their order).
+makes the probabilities match how often the model is right, without changing any prediction.
 
-``calibrate(checkpoint)`` fits T on the run's own validation split (the split ``cifar-resnet evaluate
---split val`` rebuilds), in the precision the run evaluated in unless told otherwise, stores it in the
-checkpoint (:meth:`Checkpoint.replace <cifar_resnet.checkpoint.Checkpoint.replace>`: everything else kept,
-the checksum renewed; written atomically) and reports ECE and NLL before and after; from then on
-``evaluate``, ``predict``, ``interpret``, ``serve`` and exported models divide the logits by it.
+``calibrate(checkpoint)`` fits T on the run's own validation split, in the precision the run evaluated in
+unless told otherwise, stores it in the checkpoint (:meth:`~cifar_resnet.checkpoint.Checkpoint.replace`,
+written atomically) and reports ECE and NLL before and after; from then on ``evaluate``, ``predict``,
+``interpret``, ``serve`` and exported models divide the logits by it.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .engine import EvalOptions
-from .inference import run_checkpoint
+from .inference import EvalData, run_checkpoint
 from .metrics import expected_calibration_error, fit_temperature
 
 __all__ = ["CalibrationReport", "calibrate", "fit_temperature"]
@@ -53,24 +51,23 @@ def _ece_nll(logits: torch.Tensor, labels: torch.Tensor, t: float) -> tuple[floa
 
 def calibrate(
     checkpoint: str | Path | Checkpoint,
-    data=None,
-    split: str = "val",
-    *,
+    source: EvalData | None = None,
     options: EvalOptions | None = None,
+    *,
     device: str | torch.device = "auto",
     progress: bool | None = None,
     write: bool = True,
 ) -> tuple[CalibrationReport, torch.Tensor, torch.Tensor]:
-    """Fit the temperature of ``checkpoint`` (a path, or a :class:`Checkpoint` loaded from one) on ``split``
-    (default the run's validation images) and store it in the checkpoint file (unless ``write`` is false).
-    ``options``: test-time augmentation, batch size and precision (default: as the run evaluated, see
-    :func:`~cifar_resnet.inference.eval_options`). Returns the report and the raw logits and labels (for a
-    reliability diagram)."""
+    """Fit the temperature of ``checkpoint`` (a path, or a :class:`Checkpoint` loaded from one) on the split
+    ``source`` names (default the run's validation images) and store it in the checkpoint file (unless
+    ``write`` is false). ``options``: test-time augmentation, batch size and precision (default: as the run
+    evaluated, see :func:`~cifar_resnet.inference.eval_options`). Returns the report and the raw logits and
+    labels (for a reliability diagram)."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     path = Path(ckpt.source)
     if write and not path.is_file():
         raise ValueError(f"{ckpt.source} is not a checkpoint file to store the temperature in")
-    run = run_checkpoint(ckpt, data, split, options, device=device, progress=progress)
+    run = run_checkpoint(ckpt, source or EvalData(split="val"), options, device=device, progress=progress)
     t = fit_temperature(run.raw_logits, run.labels)
     ece_before, nll_before = _ece_nll(run.raw_logits, run.labels, 1.0)
     ece_after, nll_after = _ece_nll(run.raw_logits, run.labels, t)

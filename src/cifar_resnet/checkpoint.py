@@ -1,21 +1,12 @@
 """The checkpoint dict and every file of a run directory: one builder, one reader, one atomic write.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(..., weights_only=True)``: nothing in it is unpickled as code. It holds everything needed to
-rebuild and use the model (model name and arguments, class names, normalisation statistics, the config)
-and, for ``last.pt``, everything needed to resume training exactly (optimizer, scheduler, epoch, RNG
-state). :class:`Checkpoint` is the only code that knows the dict's keys: :meth:`Checkpoint.of_model` lays
-one out, :func:`load_checkpoint` reads one, the accessors answer what the readers need (model, classes,
-normalisation, temperature, test-time augmentation, precision, the run's config) and
-:meth:`Checkpoint.replace` writes an updated copy with a renewed checksum.
-
-A run directory (:class:`RunDir`) holds ``config.json``, ``history.json`` (the per-epoch records),
-``metrics.csv`` (the same as a table), ``last.pt`` (each epoch, enough to resume), ``best.pt`` (best
-validation top-1) and, when asked for, ``tensorboard/``, ``plots/``, ``interpret/`` and
-``reliability.png``; each epoch's line of ``history.json`` and ``metrics.csv`` is one
-:class:`EpochRecord`. Every file is written by
-:func:`atomic_write` (a temporary file in the same folder, then a rename), so a reader (``cifar-resnet
-plot`` of a run in progress, a crash, a full disk) never sees half a file.
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, loaded with
+``torch.load(..., weights_only=True)``. It holds what rebuilds and uses the model (name and arguments,
+classes, normalisation, config) and, in ``last.pt``, what resumes training exactly. :class:`Checkpoint`
+is the only code that knows the dict's keys: :meth:`Checkpoint.of_model` lays one out,
+:func:`load_checkpoint` reads one, :meth:`Checkpoint.replace` writes an updated copy with a new checksum.
+:class:`RunDir` knows a run directory's files (``config.json``, ``history.json``, ``metrics.csv``,
+``last.pt``, ``best.pt``, ...); each is written by :func:`atomic_write`, so no reader sees half a file.
 """
 
 from __future__ import annotations
@@ -36,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig, upgrade_config
+from .console import one_line
 from .models import create_model
 
 __all__ = [
@@ -298,7 +290,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
-            raise CheckpointError(f"{source}: weights do not fit {name}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(f"{source}: weights do not fit {name}: {one_line(e)}") from None
         return model
 
     def replace(self, **changes: Any) -> Checkpoint:
@@ -338,8 +330,7 @@ def load_checkpoint(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({one_line(e)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifar-resnet checkpoint (expected format {FORMAT!r})")
     missing = [k for k in REQUIRED if k not in data]
@@ -482,7 +473,7 @@ class RunDir:
         try:
             records = json.loads(self.history_json.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise ValueError(f"{self.history_json}: unreadable ({' '.join(str(e).split())})") from None
+            raise ValueError(f"{self.history_json}: unreadable ({one_line(e)})") from None
         if not isinstance(records, list) or not all(isinstance(r, dict) and "epoch" in r for r in records):
             raise ValueError(f"{self.history_json}: not a list of per-epoch records")
         if not records:

@@ -33,12 +33,12 @@ from .engine import EvalOptions
 from .evaluate import evaluate_checkpoint, format_report
 from .export import export_model
 from .images import RESIZE_MODES
-from .inference import eval_options, load_predictor
+from .inference import EvalData, EvalOverrides, eval_options, load_predictor
 from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
 from .lr_find import LR_FIND_FIELDS, lr_find_config
 from .models import create_model, list_models
 from .plots import plot_lr_find, plot_reliability, plot_run, save_figure
-from .predict import format_results, predict, show_results
+from .predict import DatasetImages, ImageFiles, format_results, predict, show_results
 from .sweep import load_sweep, report, rows_with_emulated_bf16, run_workers, select_variants, work
 from .train import TrainingInterrupted, fit
 
@@ -569,25 +569,21 @@ def _add_inspection_parsers(sub) -> None:
     p.set_defaults(func=cmd_lr_find)
 
 
+def _overrides(args) -> EvalOverrides:
+    """The evaluation options the flags give (``None`` each where the run's own stands)."""
+    return EvalOverrides(args.tta, args.tta_translate, args.batch_size, args.precision)
+
+
 def _evaluation(args) -> tuple[Checkpoint, EvalOptions]:
     """The checkpoint of ``args`` and how to evaluate it: the run's own options, overridden by the flags given."""
     ckpt = load_checkpoint(args.checkpoint)
-    options = eval_options(
-        ckpt,
-        args.device,
-        tta=args.tta,
-        tta_translate=args.tta_translate,
-        batch_size=args.batch_size,
-        precision=args.precision,
-    )
-    return ckpt, options
+    return ckpt, eval_options(ckpt, args.device, _overrides(args))
 
 
 def cmd_evaluate(args) -> int:
     ckpt, options = _evaluation(args)
-    report = evaluate_checkpoint(
-        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress
-    )
+    source = EvalData(args.data, args.split)
+    report = evaluate_checkpoint(ckpt, source, options, device=args.device, progress=args.progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report, per_class=args.per_class))
     return 0
 
@@ -600,22 +596,16 @@ def cmd_plot(args) -> int:
 
 def cmd_predict(args) -> int:
     predictor = load_predictor(args.checkpoint, args.device)
-    options = predictor.eval_options(
-        tta=args.tta, tta_translate=args.tta_translate, batch_size=args.batch_size, precision=args.precision
+    options = predictor.eval_options(_overrides(args))
+    from_data = args.index is not None or args.sample is not None
+    if args.images and from_data:
+        raise ValueError("give image files or --index/--sample (dataset images), not both")
+    images = (
+        DatasetImages(EvalData(args.data, args.split), args.index, args.sample, args.seed)
+        if from_data
+        else ImageFiles(args.images, args.resize)
     )
-    prediction = predict(
-        predictor,
-        args.images,
-        data=args.data,
-        split=args.split,
-        index=args.index,
-        sample=args.sample,
-        seed=args.seed,
-        k=args.top_k,
-        resize=args.resize,
-        options=options,
-        progress=args.progress,
-    )
+    prediction = predict(predictor, images, k=args.top_k, options=options, progress=args.progress)
     for message in prediction.errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     text = json.dumps(prediction.results, indent=1) if args.json else format_results(prediction.results)
@@ -631,9 +621,8 @@ def cmd_predict(args) -> int:
 def cmd_interpret(args) -> int:
     out = check_out_dir(args.out or RunDir.of_checkpoint(args.checkpoint).interpret)
     ckpt, options = _evaluation(args)
-    interp = Interpretation.from_checkpoint(
-        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress
-    )
+    source = EvalData(args.data, args.split)
+    interp = Interpretation.from_checkpoint(ckpt, source, options, device=args.device, progress=args.progress)
     result = write_report(interp, out, top_losses=args.top_losses, most_confused=args.most_confused)
     if args.json:
         print(result["files"]["report.json"].read_text(encoding="utf-8").rstrip())
@@ -644,8 +633,9 @@ def cmd_interpret(args) -> int:
 
 def cmd_calibrate(args) -> int:
     ckpt, options = _evaluation(args)
+    source = EvalData(args.data, args.split)
     report, logits, labels = calibrate(
-        ckpt, args.data, args.split, options=options, device=args.device, progress=args.progress, write=not args.dry_run
+        ckpt, source, options, device=args.device, progress=args.progress, write=not args.dry_run
     )
     plot = str(args.plot or RunDir.of_checkpoint(args.checkpoint).reliability_png)
     save_figure(
@@ -681,8 +671,7 @@ def cmd_export(args) -> int:
         args.out,
         fmt=args.fmt,
         input_kind=args.input_kind,
-        data=args.data,
-        split=args.split,
+        source=EvalData(args.data, args.split),
         log=None if args.json else print,
     )
     if args.json:

@@ -1,13 +1,12 @@
 """``cifar-resnet evaluate``: a checkpoint's report on a split, as data and as a text table.
 
-``evaluate_checkpoint(path, data, split)`` needs nothing but the checkpoint (see
+``evaluate_checkpoint(path, EvalData(data, split))`` needs nothing but the checkpoint (see
 :mod:`cifar_resnet.inference` for how the model and the run's own split are found again) and returns
 :func:`~cifar_resnet.metrics.compute_report`'s dict: top-1/top-5, loss, superclass accuracy, expected
 calibration error and per-class/per-superclass accuracy. ``format_report`` makes it a table.
 
-By default a checkpoint is evaluated as its run evaluated it: the same test-time augmentation, batch size
-and precision (a bf16 run in bf16, where the device runs bf16), so that its own split gives the numbers
-training recorded; ``--precision`` and the TTA flags change that, and the report says what was used.
+By default a checkpoint is evaluated as its run evaluated it (test-time augmentation, batch size,
+precision), so that its own split gives the numbers training recorded; the report says what was used.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .engine import EvalOptions
-from .inference import run_checkpoint
+from .inference import EvalData, run_checkpoint
 from .metrics import compute_report
 
 __all__ = ["evaluate_checkpoint", "format_report"]
@@ -26,10 +25,9 @@ __all__ = ["evaluate_checkpoint", "format_report"]
 
 def evaluate_checkpoint(
     checkpoint: str | Path | Checkpoint,
-    data=None,
-    split: str | None = None,
-    *,
+    source: EvalData | None = None,
     options: EvalOptions | None = None,
+    *,
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> dict:
@@ -41,7 +39,7 @@ def evaluate_checkpoint(
     ``split_description``, ``tta``, ``tta_translate``, ``precision``, ``model``, ``epoch``, ``checkpoint``,
     ``data``, ``temperature``.
     """
-    run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
+    run = run_checkpoint(checkpoint, source, options, device=device, progress=progress)
     report = compute_report(
         run.logits, run.labels, run.ckpt.classes, coarse_map=run.coarse_map, coarse_classes=run.coarse_classes
     )

@@ -1,21 +1,12 @@
 """A checkpoint as a file that runs without this package: ONNX (onnxruntime, any language) or
 ``torch.export`` (``.pt2``, PyTorch without the model's Python code).
 
-The exported model takes images as a user has them, uint8 NHWC ``(N, 32, 32, 3)`` RGB (``--input uint8``,
-the default) or float NCHW ``(N, 3, 32, 32)`` in [0, 1] (``--input float``), with a dynamic batch axis;
-the normalisation with the checkpoint's mean/std, the network, and the calibration temperature are inside,
-and it returns ``probabilities`` (N, C). What a consumer needs to read them travels in the file: class
-names, superclasses, normalisation, temperature, the input layout, and the SHA-256 of the source
-checkpoint file (ONNX ``metadata_props``; ``.pt2``: ``extra_files["cifar_resnet.json"]``).
-
-The exported graph computes in fp32, whatever precision the run was trained in (the ``precision`` entry
-of its metadata says so): it is portable, and a consumer's runtime may lower it further.
-
-Every export is checked before it is kept: the exported file is run (onnxruntime, or ``torch.export.load``)
-on real images of the run's data and compared with the checkpoint run by PyTorch in fp32 through the
-package's own inference path (not in the run's precision: an fp32 graph cannot match a bf16 forward to
-1e-4); when the largest difference of a probability is 1e-4 or more the export is refused and nothing is
-left on disk (the file is written under a temporary name and renamed only after the check).
+The exported model takes uint8 NHWC ``(N, 32, 32, 3)`` RGB images (``--input uint8``) or float NCHW in
+[0, 1] (``--input float``), with a dynamic batch axis; normalisation, network and calibration temperature
+are inside, it returns ``probabilities`` (N, C), and it computes in fp32. Class names, superclasses,
+normalisation, temperature, input layout and the checkpoint's SHA-256 travel in the file's metadata.
+Every export is run on real images of the run's data and compared with the checkpoint run by PyTorch in
+fp32; a probability 1e-4 or more apart refuses it, and nothing is left on disk.
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import Predictor, data_for_checkpoint, resolve_split
+from .inference import EvalData, Predictor, resolve_split
 from .metrics import fine_to_coarse
 
 __all__ = ["FORMATS", "INPUTS", "ExportReport", "export_model"]
@@ -116,13 +107,12 @@ def export_model(
     *,
     fmt: str = "onnx",
     input_kind: str = "uint8",
-    data=None,
-    split: str | None = None,
+    source: EvalData | None = None,
     log=print,
 ) -> ExportReport:
     """Export ``checkpoint`` to ``out`` as ``fmt`` ("onnx" or "pt2"), check it on up to 256 real images of
-    ``split`` of ``data`` (default: the run's own data and evaluation split) and keep it only when every
-    probability is within 1e-4 of PyTorch's in fp32."""
+    the split ``source`` names (default: the run's own data and evaluation split) and keep it only when
+    every probability is within 1e-4 of PyTorch's in fp32."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use onnx or pt2")
     if input_kind not in INPUTS:
@@ -133,8 +123,8 @@ def export_model(
     # the exported graph computes in fp32, so it is checked against PyTorch in fp32 (whatever the run
     # trained in: a bf16 forward differs from fp32 by far more than the tolerance)
     predictor = Predictor.from_checkpoint(checkpoint, "cpu", precision="fp32")
-    dataset = data_for_checkpoint(predictor.ckpt, data)
-    split_name, images_split, _ = resolve_split(predictor.ckpt, dataset, split)
+    source = source or EvalData()
+    split_name, images_split, _ = resolve_split(predictor.ckpt, source.load(predictor.ckpt), source.split)
     images = images_split.images[:CHECK_IMAGES]
     expected = predictor.probabilities(images).numpy()  # the package's own path: loader + model + temperature
 
@@ -150,9 +140,25 @@ def export_model(
         if input_kind == "uint8"
         else torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
     )
+    meta = _metadata(predictor, checkpoint, input_kind)
+    diff = _write_checked(wrapper, inputs, expected, out, fmt, meta)
+    report = ExportReport(out, fmt, input_kind, diff, len(images), split_name, out.stat().st_size)
+    if log:
+        log(
+            f"wrote {out} ({report.bytes / 1e6:.1f} MB, {fmt}, {input_kind} input); checked on {len(images)} "
+            f"{split_name} images: largest probability difference to PyTorch (fp32) {diff:.1e}"
+        )
+    return report
+
+
+def _write_checked(
+    wrapper: nn.Module, inputs: torch.Tensor, expected: np.ndarray, out: Path, fmt: str, meta: dict
+) -> float:
+    """Export ``wrapper`` as ``fmt`` under a temporary name beside ``out``, run the file on ``inputs`` and
+    rename it to ``out`` only when its probabilities are within the tolerance of ``expected``; returns
+    the largest difference."""
     example = inputs[:2]
     batch = torch.export.Dim("batch", min=1, max=65536)
-    meta = _metadata(predictor, checkpoint, input_kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.tmp-", suffix=f".{fmt}", dir=out.parent)
     os.close(fd)
@@ -176,13 +182,7 @@ def export_model(
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.data").unlink(missing_ok=True)  # an exporter's external weights, should it write them
-    report = ExportReport(out, fmt, input_kind, diff, len(images), split_name, out.stat().st_size)
-    if log:
-        log(
-            f"wrote {out} ({report.bytes / 1e6:.1f} MB, {fmt}, {input_kind} input); checked on {len(images)} "
-            f"{split_name} images: largest probability difference to PyTorch (fp32) {diff:.1e}"
-        )
-    return report
+    return diff
 
 
 @contextlib.contextmanager

@@ -1,13 +1,10 @@
-"""A checkpoint plus images -> logits and probabilities: what ``evaluate``, ``interpret`` and ``predict``
-(and a server) share.
+"""A checkpoint plus images -> logits and probabilities: what evaluate, interpret, predict and serve share.
 
-A checkpoint needs nothing else: :func:`model_from_checkpoint` rebuilds the model, images are
-normalised with the checkpoint's mean/std (never recomputed) through the same
-:class:`~cifar_resnet.loader.CifarLoader` path as training's batches, and by default the evaluation is
-the run's own (:func:`eval_options`: its test-time augmentation, evaluation batch size and precision).
+A checkpoint needs nothing else: :func:`model_from_checkpoint` rebuilds the model, images are normalised
+with the checkpoint's mean/std through the loader training uses, and by default the evaluation is the
+run's own (:func:`eval_options`, overridden by an :class:`EvalOverrides`).
 
-* :func:`run_checkpoint`: a checkpoint over one split of a data source (the run's own validation or
-  training images found again, see :func:`resolve_split`), giving a :class:`CheckpointRun`;
+* :func:`run_checkpoint`: a checkpoint over the split an :class:`EvalData` names (:func:`resolve_split`);
 * :class:`Predictor`: a loaded checkpoint that turns uint8 images or image files into probabilities
   and top-k class names.
 """
@@ -27,7 +24,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .config import TrainConfig, prepare_data
-from .console import progress_bar
+from .console import one_line, progress_bar
 from .data import CifarData, DataError, Split, channel_stats, load_data
 from .device import resolve_device, resolve_precision
 from .engine import EvalOptions, collect_logits
@@ -37,6 +34,8 @@ from .metrics import fine_to_coarse
 
 __all__ = [
     "CheckpointRun",
+    "EvalData",
+    "EvalOverrides",
     "OnnxPredictor",
     "Predictor",
     "check_classes",
@@ -64,28 +63,33 @@ def model_from_checkpoint(ckpt: Checkpoint, device: torch.device) -> nn.Module:
     return model.eval()
 
 
-def eval_options(
-    ckpt: Checkpoint,
-    device: str | torch.device,
-    *,
-    tta: bool | None = None,
-    tta_translate: int | None = None,
-    batch_size: int | None = None,
-    precision: str | None = None,
-) -> EvalOptions:
-    """How to evaluate ``ckpt`` on ``device``: each option as given, else as the run evaluated, so that by
-    default a checkpoint is measured the way its training history was: its config's ``tta`` and
+@dataclass(frozen=True)
+class EvalOverrides:
+    """Evaluation options asked for: each one given, or ``None`` for the run's own (:func:`eval_options`).
+    ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``, resolved for the device."""
+
+    tta: bool | None = None
+    tta_translate: int | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+
+
+def eval_options(ckpt: Checkpoint, device: str | torch.device, overrides: EvalOverrides | None = None) -> EvalOptions:
+    """How to evaluate ``ckpt`` on ``device``: each of ``overrides`` as given, else as the run evaluated, so
+    that by default a checkpoint is measured the way its training history was: its config's ``tta`` and
     ``tta_translate`` (0 for runs from before translate TTA existed), ``eval_batch_size`` and
-    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; resolved for ``device`` by
-    :func:`~cifar_resnet.device.resolve_precision`, so ``auto`` is bf16 on CUDA and on CPUs with AMX)."""
+    ``precision`` (resolved for ``device`` by :func:`~cifar_resnet.device.resolve_precision`, so ``auto``
+    is bf16 on CUDA and on CPUs with AMX)."""
+    asked = overrides or EvalOverrides()
     run_tta, run_translate = ckpt.tta
+    batch_size = asked.batch_size
     if batch_size is None:
         batch_size = int(ckpt.config_dict.get("eval_batch_size", TrainConfig.eval_batch_size))  # else the default
     return EvalOptions(
-        tta=run_tta if tta is None else bool(tta),
-        tta_translate=run_translate if tta_translate is None else int(tta_translate),
+        tta=run_tta if asked.tta is None else bool(asked.tta),
+        tta_translate=run_translate if asked.tta_translate is None else int(asked.tta_translate),
         batch_size=batch_size,
-        precision=resolve_precision(precision or ckpt.precision, resolve_device(device)),
+        precision=resolve_precision(asked.precision or ckpt.precision, resolve_device(device)),
     )
 
 
@@ -107,6 +111,20 @@ def check_classes(ckpt: Checkpoint, data: CifarData) -> None:
         n, m = ckpt.num_classes, data.num_classes
         detail = f"{n} classes vs {m}" if n != m else "the class names differ"
         raise ValueError(f"{ckpt.source} was trained on other classes than {data.source} has ({detail})")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Which images a checkpoint is evaluated on: ``data`` (a source for ``data.load_data`` or a
+    ``CifarData``; ``None``: the run's own, from the checkpoint's config) and its ``split`` ("train",
+    "val" or "test"; ``None``: the split the run evaluated on; see :func:`resolve_split`)."""
+
+    data: str | Path | CifarData | None = None
+    split: str | None = None
+
+    def load(self, ckpt: Checkpoint) -> CifarData:
+        """The data loaded (:func:`data_for_checkpoint`)."""
+        return data_for_checkpoint(ckpt, self.data)
 
 
 def _source_splits_like_run(ckpt: Checkpoint, data: CifarData) -> CifarData | None:
@@ -227,26 +245,25 @@ class CheckpointRun:
 
 def run_checkpoint(
     checkpoint: str | Path | Checkpoint,
-    data=None,
-    split: str | None = None,
+    source: EvalData | None = None,
     options: EvalOptions | None = None,
     *,
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> CheckpointRun:
-    """Run a checkpoint (a path or a loaded :class:`Checkpoint`) over a split of ``data`` (a source for
-    ``data.load_data`` or a ``CifarData``; default: the run's own source, from the checkpoint's config;
-    see :func:`resolve_split` for what the split names mean).
+    """Run a checkpoint (a path or a loaded :class:`Checkpoint`) over the split ``source`` names (default:
+    the run's own data and evaluation split).
 
     ``options``: test-time augmentation, batch size and precision, resolved for ``device`` (default: as
     the run evaluated, see :func:`eval_options`)."""
     ckpt = _checkpoint(checkpoint)
     dev = resolve_device(device)
     options = options or eval_options(ckpt, dev)
-    data = data_for_checkpoint(ckpt, data)
+    source = source or EvalData()
+    data = source.load(ckpt)
     model = model_from_checkpoint(ckpt, dev)
     check_classes(ckpt, data)
-    name, images, description = resolve_split(ckpt, data, split)
+    name, images, description = resolve_split(ckpt, data, source.split)
     logits, labels = split_logits(model, ckpt, images, options, progress, desc=f"evaluate {name}")
     coarse_map, coarse_names = fine_to_coarse(ckpt.classes, ckpt.coarse_classes or data.coarse_classes, images)
     return CheckpointRun(ckpt, data, name, images, description, options, logits, labels, coarse_map, coarse_names)
@@ -275,15 +292,8 @@ class _Predictions(abc.ABC):
     classes: list[str]
 
     @abc.abstractmethod
-    def eval_options(
-        self,
-        *,
-        tta: bool | None = None,
-        tta_translate: int | None = None,
-        batch_size: int | None = None,
-        precision: str | None = None,
-    ) -> EvalOptions:
-        """How this predictor evaluates: each option as given, else its model's default."""
+    def eval_options(self, overrides: EvalOverrides | None = None) -> EvalOptions:
+        """How this predictor evaluates: each of ``overrides`` as given, else its model's default."""
 
     @abc.abstractmethod
     def probabilities(
@@ -349,20 +359,11 @@ class Predictor(_Predictions):
         ckpt = _checkpoint(checkpoint)
         dev = resolve_device(device)
         model = model_from_checkpoint(ckpt, dev)
-        return cls(model, ckpt, dev, eval_options(ckpt, dev, precision=precision).plain())
+        return cls(model, ckpt, dev, eval_options(ckpt, dev, EvalOverrides(precision=precision)).plain())
 
-    def eval_options(
-        self,
-        *,
-        tta: bool | None = None,
-        tta_translate: int | None = None,
-        batch_size: int | None = None,
-        precision: str | None = None,
-    ) -> EvalOptions:
-        """Each option as given, else as the run evaluated (:func:`eval_options`), on this device."""
-        return eval_options(
-            self.ckpt, self.device, tta=tta, tta_translate=tta_translate, batch_size=batch_size, precision=precision
-        )
+    def eval_options(self, overrides: EvalOverrides | None = None) -> EvalOptions:
+        """Each of ``overrides`` as given, else as the run evaluated (:func:`eval_options`), on this device."""
+        return eval_options(self.ckpt, self.device, overrides)
 
     def probabilities(
         self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
@@ -450,7 +451,7 @@ class OnnxPredictor(_Predictions):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a foreign or corrupt file
-            raise ValueError(f"{path} is not a readable ONNX model ({str(e).strip()[:160]})") from None
+            raise ValueError(f"{path} is not a readable ONNX model ({one_line(e, 160)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("producer") != "cifar-resnet":
             raise ValueError(f"{path} was not exported by cifar-resnet (no class names in its metadata)")
@@ -482,21 +483,15 @@ class OnnxPredictor(_Predictions):
             "precision": "fp32",
         }
 
-    def eval_options(
-        self,
-        *,
-        tta: bool | None = None,
-        tta_translate: int | None = None,
-        batch_size: int | None = None,
-        precision: str | None = None,
-    ) -> EvalOptions:
+    def eval_options(self, overrides: EvalOverrides | None = None) -> EvalOptions:
         """One fp32 pass per image (the exported graph), ``batch_size`` images per call (default 256);
         ValueError for test-time augmentation or another precision."""
+        asked = overrides or EvalOverrides()
         options = EvalOptions(
-            tta=bool(tta),
-            tta_translate=tta_translate or 0,
-            batch_size=batch_size or 256,
-            precision="fp32" if precision in (None, "auto") else precision,
+            tta=bool(asked.tta),
+            tta_translate=asked.tta_translate or 0,
+            batch_size=asked.batch_size or 256,
+            precision="fp32" if asked.precision in (None, "auto") else asked.precision,
         )
         self._check(options)
         return options

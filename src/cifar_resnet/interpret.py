@@ -2,7 +2,7 @@
 (sorted by superclass for CIFAR-100), the most confused pairs, the images with the highest loss, and
 accuracy per superclass, all from one pass of a checkpoint over a split.
 
-    interp = Interpretation.from_checkpoint("runs/demo/best.pt", "data.npz", split="val")
+    interp = Interpretation.from_checkpoint("runs/demo/best.pt", EvalData("data.npz", "val"))
     interp.most_confused(10)          # [("maple_tree", "oak_tree", 17), ...]
     write_report(interp, "report/")   # confusion_matrix.png, top_losses.png, CSV tables, report.json
 """
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import plots
 from .checkpoint import Checkpoint, atomic_write_text
 from .engine import EvalOptions
-from .inference import run_checkpoint
+from .inference import EvalData, run_checkpoint
 from .metrics import compute_report
 
 __all__ = ["Interpretation", "check_out_dir", "format_interpretation", "write_report"]
@@ -50,18 +50,16 @@ class Interpretation:
     def from_checkpoint(
         cls,
         checkpoint: str | Path | Checkpoint,
-        data=None,
-        split: str | None = None,
-        *,
+        source: EvalData | None = None,
         options: EvalOptions | None = None,
+        *,
         device: str | torch.device = "auto",
         progress: bool | None = None,
     ) -> Interpretation:
-        """Run a checkpoint (path or :class:`Checkpoint`) over a split of ``data`` (a source or a
-        ``CifarData``); the split names mean what they mean for ``cifar-resnet evaluate`` (see
-        ``inference.resolve_split``), and ``options`` default to how the run evaluated (its test-time
-        augmentation and precision, see ``inference.eval_options``)."""
-        run = run_checkpoint(checkpoint, data, split, options, device=device, progress=progress)
+        """Run a checkpoint (path or :class:`Checkpoint`) over the split ``source`` names (default: the
+        run's own data and evaluation split; see ``inference.resolve_split``); ``options`` default to how
+        the run evaluated (its test-time augmentation and precision, see ``inference.eval_options``)."""
+        run = run_checkpoint(checkpoint, source, options, device=device, progress=progress)
         return cls(
             run.ckpt.classes,
             run.split.images,
@@ -126,9 +124,7 @@ class Interpretation:
             self.confusion_matrix(),
             self.classes,
             path,
-            order=self.class_order(),
-            groups=self.coarse_map,
-            group_names=self.coarse_classes,
+            layout=plots.ClassLayout(self.class_order(), self.coarse_map, self.coarse_classes),
             title=title,
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from .checkpoint import EpochRecord, RunDir, atomic_write
 
 __all__ = [
+    "ClassLayout",
     "draw_accuracy",
     "draw_loss",
     "draw_lr",
@@ -280,7 +282,6 @@ def plot_image_grid(
     wrong: Sequence[bool] | None = None,
     ncols: int | None = None,
     title: str | None = None,
-    fontsize: float = 7.5,
 ) -> Figure:
     """Images in a grid with a caption each; where ``wrong[i]`` the caption is red and the image framed
     in red (right ones in green); without ``wrong`` captions are black and frames plain."""
@@ -300,7 +301,7 @@ def plot_image_grid(
         if wrong is not None:
             colour = WRONG if wrong[i] else RIGHT
             _mark(ax, colour)
-        ax.set_title(titles[i], fontsize=fontsize, color=colour)
+        ax.set_title(titles[i], fontsize=7.5, color=colour)
     if title:
         fig.suptitle(title, fontsize=11)
     return _finish(fig, path)
@@ -324,29 +325,36 @@ def prediction_captions(true: Sequence[str | None], pred: Sequence[str], prob: S
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ClassLayout:
+    """How a confusion matrix lays out its classes: ``order`` permutes them (e.g. sorted by superclass);
+    ``groups`` gives each class's group (superclass) index, so that group boundaries are drawn, and
+    ``group_names`` are written on the top and right edges."""
+
+    order: Sequence[int] | None = None
+    groups: Sequence[int] | None = None
+    group_names: Sequence[str] | None = None
+
+
 def plot_confusion(
     cm: np.ndarray,
     classes: Sequence[str],
     path: str | Path | None = None,
     *,
-    order: Sequence[int] | None = None,
-    groups: Sequence[int] | None = None,
-    group_names: Sequence[str] | None = None,
+    layout: ClassLayout | None = None,
     title: str = "Confusion matrix",
     normalise: bool = True,
 ) -> Figure:
-    """Confusion matrix (rows: true class, columns: predicted) as a heat map.
-
-    ``order`` permutes the classes (e.g. sorted by superclass); ``groups`` gives each class's group
-    (superclass) index so that group boundaries are drawn and group names written on the top and right
-    edges. Rows are normalised to per-true-class fractions unless ``normalise`` is false. With up to 20
-    classes every cell carries its count.
+    """Confusion matrix (rows: true class, columns: predicted) as a heat map, its classes laid out as
+    ``layout`` says. Rows are normalised to per-true-class fractions unless ``normalise`` is false. With up
+    to 20 classes every cell carries its count.
     """
     cm = np.asarray(cm)
     n = len(classes)
     if cm.shape != (n, n):
         raise ValueError(f"confusion matrix of shape {cm.shape} for {n} classes")
-    order = np.arange(n) if order is None else np.asarray(order)
+    layout = layout or ClassLayout()
+    order = np.arange(n) if layout.order is None else np.asarray(layout.order)
     m = cm[np.ix_(order, order)].astype(np.float64)
     names = [classes[i] for i in order]
     if normalise:
@@ -363,41 +371,42 @@ def plot_confusion(
     ax.set_xlabel("predicted class", fontsize=10)
     ax.set_ylabel("true class", fontsize=10)
     ax.tick_params(length=1.5, pad=1)
-    if groups is not None:
-        g = np.asarray(groups)[order]
-        bounds = [i for i in range(1, n) if g[i] != g[i - 1]]
-        for b in bounds:
-            ax.axhline(b - 0.5, color="0.35", lw=0.6)
-            ax.axvline(b - 0.5, color="0.35", lw=0.6)
-        if group_names is not None:
-            starts = [0, *bounds]
-            ends = [*bounds, n]
-            centres = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
-            labels = [group_names[g[s]] if g[s] >= 0 else "?" for s in starts]
-            top = ax.secondary_xaxis("top")
-            top.set_xticks(centres, labels, rotation=90, fontsize=font + 1.3)
-            top.tick_params(length=0)
-            right = ax.secondary_yaxis("right")
-            right.set_yticks(centres, labels, fontsize=font + 1.3)
-            right.tick_params(length=0)
+    if layout.groups is not None:
+        _draw_groups(ax, np.asarray(layout.groups)[order], layout.group_names, font + 1.3)
     if not big:
-        for i in range(n):
-            for j in range(n):
-                count = int(cm[order[i], order[j]])
-                if count:
-                    ax.text(
-                        j,
-                        i,
-                        str(count),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if m[i, j] > 0.5 * m.max() else "black",
-                    )
+        _write_counts(ax, cm[np.ix_(order, order)], m)
     cbar = fig.colorbar(im, ax=ax, shrink=0.5, pad=0.01, aspect=30)
     cbar.set_label("fraction of the true class" if normalise else "images")
     ax.set_title(title, fontsize=12)
     return _finish(fig, path)
+
+
+def _draw_groups(ax, groups: np.ndarray, names: Sequence[str] | None, fontsize: float) -> None:
+    """Lines between the groups of the (ordered) classes, and the groups' names on the top and right edges."""
+    n = len(groups)
+    bounds = [i for i in range(1, n) if groups[i] != groups[i - 1]]
+    for b in bounds:
+        ax.axhline(b - 0.5, color="0.35", lw=0.6)
+        ax.axvline(b - 0.5, color="0.35", lw=0.6)
+    if names is None:
+        return
+    starts = [0, *bounds]
+    ends = [*bounds, n]
+    centres = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
+    labels = [names[groups[s]] if groups[s] >= 0 else "?" for s in starts]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(centres, labels, rotation=90, fontsize=fontsize)
+    top.tick_params(length=0)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(centres, labels, fontsize=fontsize)
+    right.tick_params(length=0)
+
+
+def _write_counts(ax, counts: np.ndarray, shown: np.ndarray) -> None:
+    """Each non-zero count in its cell, white on the dark cells of ``shown``."""
+    for i, j in zip(*np.nonzero(counts)):
+        colour = "white" if shown[i, j] > 0.5 * shown.max() else "black"
+        ax.text(int(j), int(i), str(int(counts[i, j])), ha="center", va="center", fontsize=7, color=colour)
 
 
 def plot_lr_find(

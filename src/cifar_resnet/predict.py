@@ -12,16 +12,16 @@ a file and the same pixels from the dataset get the same probabilities.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import plots
 from .engine import EvalOptions
-from .inference import OnnxPredictor, Predictor, check_classes, data_for_checkpoint, load_predictor, resolve_split
+from .inference import EvalData, OnnxPredictor, Predictor, check_classes, load_predictor, resolve_split
 
-__all__ = ["Prediction", "format_results", "predict", "show_results"]
+__all__ = ["DatasetImages", "ImageFiles", "Prediction", "format_results", "predict", "show_results"]
 
 
 @dataclass
@@ -40,23 +40,42 @@ class Prediction:
         return [r["error"] for r in self.results if "error" in r]
 
 
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image files to predict; ``resize``: how a non-square file becomes 32x32 (``crop`` or ``squash``)."""
+
+    paths: Sequence[str | Path]
+    resize: str = "crop"
+
+
+@dataclass(frozen=True)
+class DatasetImages:
+    """Images of a dataset split to predict: those at positions ``index``, or ``sample`` of them drawn at
+    random (seeded by ``seed``); ``source``: the data and split (default the run's)."""
+
+    source: EvalData = field(default_factory=EvalData)
+    index: Sequence[int] | None = None
+    sample: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.index is not None and self.sample is not None:
+            raise ValueError("--index and --sample exclude each other")
+        if self.index is None and self.sample is None:
+            raise ValueError("dataset images: give --index I or --sample N")
+
+
 def predict(
     model: str | Path | Predictor | OnnxPredictor,
-    files: Sequence[str] = (),
+    images: Sequence[str | Path] | ImageFiles | DatasetImages,
     *,
-    data=None,
-    split: str | None = None,
-    index: Sequence[int] | None = None,
-    sample: int | None = None,
-    seed: int = 0,
     k: int = 5,
-    resize: str = "crop",
     options: EvalOptions | None = None,
     device: str = "auto",
     progress: bool | None = False,
 ) -> Prediction:
-    """Predict image ``files``, or dataset images (``index`` / ``sample`` of ``split`` of ``data``,
-    default the run's data). An unreadable file gets an ``{"path", "error"}`` result while the readable
+    """Predict image files (a list of paths, or :class:`ImageFiles`) or dataset images
+    (:class:`DatasetImages`). An unreadable file gets an ``{"path", "error"}`` result while the readable
     ones are still predicted.
 
     ``model``: a checkpoint or exported ``.onnx`` file (loaded on ``device``) or a loaded predictor.
@@ -65,33 +84,40 @@ def predict(
     others)."""
     if k < 1:
         raise ValueError(f"--top-k must be >= 1, got {k}")
-    from_data = index is not None or sample is not None
-    if files and from_data:
-        raise ValueError("give image files or --index/--sample (dataset images), not both")
-    if not files and not from_data:
+    if not isinstance(images, (ImageFiles, DatasetImages)):
+        images = ImageFiles([images] if isinstance(images, (str, Path)) else list(images))
+    if isinstance(images, ImageFiles) and not images.paths:
         raise ValueError("nothing to predict: give image files, or --index I / --sample N with --data")
-    if index is not None and sample is not None:
-        raise ValueError("--index and --sample exclude each other")
+    from_data = isinstance(images, DatasetImages)
     predictor = model if isinstance(model, (Predictor, OnnxPredictor)) else load_predictor(model, device)
-    if isinstance(predictor, OnnxPredictor) and from_data:
+    if from_data and isinstance(predictor, OnnxPredictor):
         raise ValueError("an exported model predicts image files; use its checkpoint for --index/--sample")
     options = options or predictor.eval_options()
     if not from_data:
-        results, images = predictor.predict_files(files, k, resize=resize, options=options, progress=progress)
-        return Prediction(_with_precision(results, options), images, predictor, options)
+        results, stacked = predictor.predict_files(
+            images.paths, k, resize=images.resize, options=options, progress=progress
+        )
+        return Prediction(_with_precision(results, options), stacked, predictor, options)
+    return _predict_dataset(predictor, images, k, options, progress)
+
+
+def _predict_dataset(
+    predictor: Predictor, images: DatasetImages, k: int, options: EvalOptions, progress: bool | None
+) -> Prediction:
     ckpt = predictor.ckpt
-    dataset = data_for_checkpoint(ckpt, data)
+    dataset = images.source.load(ckpt)
     check_classes(ckpt, dataset)
-    name, images_split, _ = resolve_split(ckpt, dataset, split)
-    if sample is not None:
-        if not 1 <= sample <= len(images_split):
-            raise ValueError(f"--sample must be between 1 and {len(images_split)} (the {name} split's size)")
-        index = np.random.default_rng(seed).choice(len(images_split), sample, replace=False).tolist()
-    results = predictor.predict_split(images_split, index, k, options=options, progress=progress)
+    name, split, _ = resolve_split(ckpt, dataset, images.source.split)
+    index = images.index
+    if images.sample is not None:
+        if not 1 <= images.sample <= len(split):
+            raise ValueError(f"--sample must be between 1 and {len(split)} (the {name} split's size)")
+        index = np.random.default_rng(images.seed).choice(len(split), images.sample, replace=False).tolist()
+    results = predictor.predict_split(split, index, k, options=options, progress=progress)
     for r in results:
         r["split"] = name
     return Prediction(
-        _with_precision(results, options), images_split.images[np.asarray(index, dtype=np.int64)], predictor, options
+        _with_precision(results, options), split.images[np.asarray(index, dtype=np.int64)], predictor, options
     )
 
 
