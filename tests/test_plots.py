@@ -173,9 +173,8 @@ def test_a_sweep_figure_with_long_variant_names_keeps_its_title_and_labels_insid
 
     names = ["base", "bf16+plain-eval+progressive+label-smoothing-0.1", "fast-net+drop-easy"]
     title = "ablation: validation top-1 over seeds (mean ± sd)"
-    fig = plots.plot_sweep_variants(
-        names, [0.65, 0.66, 0.73], [0.01, 0.02, 0.0], [3, 3, 2], baseline="base", title=title
-    )
+    variants = list(zip(names, [0.65, 0.66, 0.73], [0.01, 0.02, 0.0], [3, 3, 2]))
+    fig = plots.plot_sweep_variants(variants, baseline="base", title=title)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer, width = canvas.get_renderer(), fig.bbox.x1

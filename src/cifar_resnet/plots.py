@@ -449,17 +449,16 @@ def plot_lr_find(
 
 
 def plot_sweep_variants(
-    names: Sequence[str],
-    means: Sequence[float],
-    sds: Sequence[float],
-    ns: Sequence[int],
+    variants: Sequence[tuple[str, float, float, int]],
     path=None,
     *,
     baseline: str | None = None,
     title: str = "Validation top-1 per variant",
 ) -> Figure:
-    """A grid sweep's variants: mean validation top-1 (%) as a dot with +-1 standard deviation over seeds
-    as a bar, one row per variant in the sweep file's order, the baseline's mean as a dashed line."""
+    """A grid sweep's variants, each ``(name, mean, sd, n)``: mean validation top-1 (%) as a dot with +-1
+    standard deviation over its n seeds as a bar, one row per variant in the sweep file's order, the
+    baseline's mean as a dashed line."""
+    names, means, sds, ns = zip(*variants) if variants else ((), (), (), ())
     labels = [f"{n} (n={k})" for n, k in zip(names, ns)]
     # the labels take their width, and the data keep about 3.6 inches beside them
     width = max(7.2, 3.6 + 0.075 * max(map(len, labels), default=0))

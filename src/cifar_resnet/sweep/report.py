@@ -101,10 +101,7 @@ def _grid_section(spec: SweepSpec, complete: list, result: dict, out_dir: Path) 
     ran = [r for r in rows if r["n"]]
     if ran:
         plot_sweep_variants(
-            [r["variant"] for r in ran],
-            [r["val_top1"] for r in ran],
-            [r["val_top1_sd"] for r in ran],
-            [r["n"] for r in ran],
+            [(r["variant"], r["val_top1"], r["val_top1_sd"], r["n"]) for r in ran],
             baseline=spec.baseline,
             title=f"{spec.name}: validation top-1 over seeds (mean ± sd)",
             path=out_dir / "accuracy.png",
