@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..console import one_line
 from .download import DATASETS, DEFAULT_ROOT, download
-from .errors import DataError, _one_line
+from .errors import DataError
 from .unpickle import _unpickle
 
 __all__ = [
@@ -215,7 +216,7 @@ def _batch_labels(batch: Mapping[str, Any], key: str, n: int, num: int, where: s
     try:
         labels = np.asarray(values)
     except Exception as e:  # ragged or odd contents
-        raise DataError(f"{where}: {key!r} is not a list of integers ({_one_line(e)})") from e
+        raise DataError(f"{where}: {key!r} is not a list of integers ({one_line(e)})") from e
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
         raise DataError(f"{where}: {key!r} must be {n} integers, got {labels.dtype} {labels.shape}")
     labels = labels.astype(np.int64)
@@ -287,7 +288,7 @@ def load_archive(path: str | Path) -> CifarData:
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # OSError covers gzip.BadGzipFile
-        raise DataError(f"{path}: not a readable CIFAR archive ({type(e).__name__}: {_one_line(e)})") from e
+        raise DataError(f"{path}: not a readable CIFAR archive ({type(e).__name__}: {one_line(e)})") from e
 
     present = [ds for ds in DATASETS if found[ds]]
     if len(present) != 1:
@@ -334,7 +335,7 @@ def load_folder(path: str | Path) -> CifarData:
             with open(folder / file, "rb") as f:
                 batches[file] = _unpickle(f, str(folder / file))
         except OSError as e:
-            raise DataError(f"{folder / file}: cannot read ({_one_line(e)})") from e
+            raise DataError(f"{folder / file}: cannot read ({one_line(e)})") from e
     return _assemble_official(name, batches, lambda f: str(folder / f), str(folder))
 
 
@@ -380,7 +381,7 @@ def load_npz(path: str | Path) -> CifarData:
     except DataError:
         raise
     except Exception as e:  # zip errors, bad headers, object arrays refused, truncation
-        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {_one_line(e)})") from e
+        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {one_line(e)})") from e
 
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing:
