@@ -367,9 +367,8 @@ def _npz_names(value: np.ndarray, where: str) -> tuple[str, ...]:
     return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.tolist())
 
 
-def load_npz(path: str | Path) -> CifarData:
-    """Load an ``.npz`` with ``x_train, y_train`` (and optionally test split, coarse labels, class names)."""
-    path = Path(path)
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of the ``.npz`` at ``path``, with ``x_train`` and ``y_train`` among them."""
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     try:
@@ -382,13 +381,16 @@ def load_npz(path: str | Path) -> CifarData:
         raise
     except Exception as e:  # zip errors, bad headers, object arrays refused, truncation
         raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {one_line(e)})") from e
-
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing {', '.join(missing)} (found keys: {', '.join(sorted(arrays)) or 'none'})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test must be given together")
+    return arrays
 
+
+def _npz_splits(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, dict, dict]:
+    """``(images, fine labels, coarse labels)`` of the splits (train, test) an .npz holds, checked."""
     images: dict[str, np.ndarray] = {}
     fine: dict[str, np.ndarray] = {}
     coarse: dict[str, np.ndarray] = {}
@@ -402,14 +404,19 @@ def load_npz(path: str | Path) -> CifarData:
         fine[split] = _npz_labels(arrays[f"y_{split}"], n, f"{path}: y_{split}")
         if f"y_{split}_coarse" in arrays:
             coarse[split] = _npz_labels(arrays[f"y_{split}_coarse"], n, f"{path}: y_{split}_coarse")
+    if not len(images["train"]):
+        raise DataError(f"{path}: x_train holds no images")
+    return images, fine, coarse
 
-    names = (
-        _npz_names(arrays["fine_label_names"], f"{path}: fine_label_names") if "fine_label_names" in arrays else None
-    )
-    coarse_names = (
-        _npz_names(arrays["coarse_label_names"], f"{path}: coarse_label_names")
-        if "coarse_label_names" in arrays
-        else None
+
+def load_npz(path: str | Path) -> CifarData:
+    """Load an ``.npz`` with ``x_train, y_train`` (and optionally test split, coarse labels, class names)."""
+    path = Path(path)
+    arrays = _read_npz(path)
+    images, fine, coarse = _npz_splits(arrays, path)
+    names, coarse_names = (
+        _npz_names(arrays[key], f"{path}: {key}") if key in arrays else None
+        for key in ("fine_label_names", "coarse_label_names")
     )
     # How many classes: the names say so; else coarse labels or any label >= 10 mean CIFAR-100.
     if names is not None:
