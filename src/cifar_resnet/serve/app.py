@@ -249,7 +249,7 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
             form.raise_error()
         parser.finalize()
     except MultipartParseError as e:
-        raise HTTPException(400, f"malformed multipart/form-data body ({e})") from None
+        raise HTTPException(400, f"malformed multipart/form-data body ({one_line(e)})") from None
     form.raise_error()
     if not form.ended:  # python-multipart's finalize() accepts a body cut short
         raise HTTPException(400, "malformed multipart/form-data body: it ends before its closing boundary")
@@ -450,7 +450,7 @@ def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
         try:
             probs = await queue.submit(images)  # no await since the block: counted exactly once
         except Exception as e:  # noqa: BLE001 - one failed forward pass answers 500; the server goes on
-            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {e}"}, 500)
+            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {one_line(e)}"}, 500)
         results = _results(uploads, decoded, probs, min(k, len(classes)), classes, superclasses)
         return {"model": info.get("model"), "temperature": info.get("temperature"), "results": results}
 
