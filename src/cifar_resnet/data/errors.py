@@ -7,4 +7,3 @@ __all__ = ["DataError"]
 
 class DataError(ValueError):
     """A problem with the user's data (missing, corrupt, malformed); the message is one line."""
-
