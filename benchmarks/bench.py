@@ -16,7 +16,6 @@ subprocess so that its peak memory is its own. See benchmarks/README.md for how 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import datetime
 import gc
@@ -46,6 +45,7 @@ except ImportError:  # run from a checkout without installing: use the src/ besi
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from cifar_resnet import memory
 from cifar_resnet.augment import Augment
 from cifar_resnet.config import PRESETS, TrainConfig
 from cifar_resnet.data import CifarData, Split, channel_stats, load_data, split_validation, subsample
@@ -603,10 +603,7 @@ def release_freed_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the resident set may keep freed memory
-        pass
+    memory.release_freed_memory()  # glibc only: elsewhere the resident set may keep freed memory
 
 
 def bench_inference(run: Callable, device: torch.device, sizes: Sizes, precision: str) -> dict:

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "src" / "cifar_resnet" / "serve" / "static" / "examples"
-# the README's screenshot: rewritten only when asked (docs/make_figures.sh sets it), so that running the
+# the README's screenshot: rewritten only when asked (tools/make_figures.sh sets it), so that running the
 # tests leaves the repository as it was
 README_SCREENSHOT = ROOT / "docs" / "figures" / "serve-page.png"
 UPDATE_FIGURES = os.environ.get("CIFAR_RESNET_UPDATE_FIGURES") == "1"

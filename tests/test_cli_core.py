@@ -12,7 +12,8 @@ import pytest
 
 from cifar_resnet import cli as cli_module
 from cifar_resnet.cli import main
-from cifar_resnet.config import PRESETS, get_preset
+from cifar_resnet.config import PRESETS, TrainConfig, get_preset
+from cifar_resnet.sweep import SweepError, load_sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -249,3 +250,46 @@ def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
     assert PRESETS["fast-cpu-fp32"] == dataclasses.replace(
         before, model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32", epochs=30
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# one duration grammar: the command line, a config and a sweep file agree
+# ------------------------------------------------------------------------------------------------
+
+GOOD_DURATIONS = [("900", 900.0), ("900s", 900.0), ("15m", 900.0), ("1h", 3600.0), ("1h30m", 5400.0)]
+GOOD_DURATIONS += [("2.5m", 150.0), ("none", None)]
+BAD_DURATIONS = ["abc", "0", "0s", "-5m", "15 minutes", "1x", "h", "1e3"]
+
+
+def _duration_three_ways(text, tmp_path, capsys) -> list:
+    """``text`` as ``train --save-every``, as ``TrainConfig(budget=...)`` and as a sweep file's ``budget``:
+    each its seconds (None for none), or ``("refused", why)``."""
+    out = []
+    try:
+        out.append(cli_module.get_args_parser().parse_args(["train", f"--save-every={text}"]).save_every)
+    except SystemExit:
+        out.append(("refused", capsys.readouterr().err.strip().splitlines()[-1]))
+    try:
+        out.append(TrainConfig(budget=text).budget_seconds)
+    except ValueError as e:
+        out.append(("refused", str(e)))
+    sweep = tmp_path / "durations.toml"
+    sweep.write_text(f'[base]\nbudget = "{text}"\n\n[grid.variants]\nbase = {{}}\n', encoding="utf-8")
+    try:
+        out.append(load_sweep(sweep).grid_config("base", 0)[1].budget_seconds)
+    except SweepError as e:
+        out.append(("refused", str(e)))
+    return out
+
+
+@pytest.mark.parametrize(("text", "seconds"), GOOD_DURATIONS)
+def test_a_duration_means_the_same_on_the_command_line_in_a_config_and_in_a_sweep_file(text, seconds, tmp_path, capsys):
+    assert _duration_three_ways(text, tmp_path, capsys) == [seconds] * 3
+
+
+@pytest.mark.parametrize("text", BAD_DURATIONS)
+def test_a_bad_duration_is_refused_alike_on_the_command_line_in_a_config_and_in_a_sweep_file(text, tmp_path, capsys):
+    results = _duration_three_ways(text, tmp_path, capsys)
+    assert all(isinstance(r, tuple) and r[0] == "refused" for r in results), results
+    why = results[1][1].removeprefix("--budget: ")  # the config's reason, without the flag it names
+    assert why != results[1][1] and all(why in message for _, message in results), results

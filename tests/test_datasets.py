@@ -711,6 +711,24 @@ def test_describe(synthetic) -> None:
     assert len(info["mean"]) == len(info["std"]) == 3 and info["num_coarse_classes"] is None
 
 
+def test_a_file_without_images_says_so(tmp_path, write_npz, cli, assert_one_line_error) -> None:
+    """An .npz whose x_train is empty is refused as such, naming the file (not as a bad --val-split)."""
+    empty = write_npz(tmp_path / "empty.npz", x_train=np.zeros((0, 32, 32, 3), np.uint8), y_train=np.zeros(0, int))
+    with pytest.raises(DataError, match=f"{empty}: x_train holds no images"):
+        ds.load_data(str(empty))
+    code, _, err = cli("data", "info", "--data", empty)
+    assert_one_line_error(code, err, str(empty), "x_train holds no images")
+    code, _, err = cli("train", "--data", empty, "--device", "cpu", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "x_train holds no images")
+    assert "between 0 and -1" not in err
+    no_train = CifarData(
+        "cifar10", Split(np.zeros((0, 32, 32, 3), np.uint8), []), None, None, CIFAR10_CLASSES, None, "mine"
+    )
+    for take in (ds.split_validation, ds.subsample):
+        with pytest.raises(DataError, match="mine: the training split holds no images"):
+            take(no_train, 5)
+
+
 # --------------------------------------------------------------------------------------------------
 # The real CIFAR-100 training split
 # --------------------------------------------------------------------------------------------------

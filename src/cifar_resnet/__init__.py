@@ -36,8 +36,7 @@ from .models import create_model, list_models, register_model
 from .plots import plot_run
 from .predict import DatasetImages, ImageFiles, predict
 from .train import History, fit
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__  # re-exported
 
 __all__ = [
     "CIFAR10_CLASSES",

@@ -65,15 +65,13 @@ class TrainConfig:
     epochs: int = _field(100, "number of epochs (with --budget: the most the plan may choose)")
     budget: str = _field(
         "none",
-        "training-time budget: 900s, 15m, 1h or none. Before the first epoch the run times its own step on "
-        "this machine at each image size it trains at, then trains the most epochs (up to --epochs) whose "
-        "predicted time, evaluations included, fits (or one more with a full-size epoch at a lower size, where "
-        "that fills more of the budget); the schedule runs over them",
+        "training-time budget (900s, 15m, 1h30m or none): the run times its own steps on this machine first, "
+        "then trains the most epochs (up to --epochs) that fit, evaluations included",
     )
     plan: dict = _field(
         {},
-        "the plan a --budget made (the run writes it into config.json and its checkpoints): given, the run "
-        "trains its epochs and resizing phases without measuring, as the run that made it did",
+        "the plan a --budget made, as written into config.json and the checkpoints: given, the run replays it "
+        "without measuring",
     )
     batch_size: int = _field(128, "training batch size")
     optimizer: str = _field(
@@ -136,10 +134,8 @@ class TrainConfig:
     device: str = _field("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
     precision: str = _field(
         "auto",
-        "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is "
-        "bf16 on CUDA and on CPUs with bf16 instructions, AMX or AVX512_BF16 (Xeon Sapphire "
-        "Rapids, AMD Zen 4 and later: 1.3-3.3x faster steps there, slower without), fp32 "
-        "elsewhere; fp16 scales the loss",
+        "auto | fp32 | bf16 | fp16: autocast of training and evaluation; auto is bf16 on CUDA and on CPUs "
+        "with bf16 instructions (AMX or AVX512_BF16), fp32 elsewhere; fp16 scales the loss",
     )
     channels_last: bool = _field(True, "channels_last memory format")
     compile: bool = _field(False, "torch.compile the model for training")
@@ -268,9 +264,8 @@ PRESETS: dict[str, TrainConfig] = {
     # a warm-up then linear decay, label smoothing 0.2, alternating flips, flip and 1-pixel translate
     # test-time augmentation, progressive resizing (a quarter of the epochs at 16 px, a quarter at 24: the
     # CIFAR-100 speedruns' trick), a plain evaluation after each epoch and the full TTA after the last.
-    # "fast-cpu" is the recipe on a 2-core CPU: the same net in bf16 where the CPU has AMX or AVX512_BF16 (the README's
-    # Performance section for what it reaches and docs/runs/ablation.md for how it got there); "fast" is the
-    # same on a GPU (bf16 there too), 16 epochs.
+    # "fast-cpu" below is the recipe on a CPU with bf16 instructions; "fast" is the same on a GPU, 16 epochs.
+    # Evidence for each change: experiments/ablation-sweep.
     "fast": TrainConfig(
         model="fast",
         whiten=True,
@@ -295,13 +290,11 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=512,
     ),
 }
-# the main job: at most 17 epochs, as many as 15 minutes of training allow on this machine
+# the main job: at most 17 epochs, as many as 15 minutes of training allow on the machine (experiments/budget)
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17, budget="15m")
-# the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): there the
-# step of `fast` is 1.3-3.3x slower and 15 minutes fit about 7 epochs, so a narrower net (0.58x the FLOPs)
-# with half its epochs at 16 px and 30% at 24 fits 15-17 on a Zen 4; up to 30, so that the budget, not the
-# bf16 recipe's 17, decides on a faster CPU (on a Zen 5, 17 epochs took 10-12 of the 15 minutes and
-# 25 gained a point: docs/performance.md, "A recipe for fp32")
+# the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): a narrower net
+# with more of its epochs at low resolution, and up to 30 epochs so that the budget decides how many
+# (experiments/fp32-recipe)
 PRESETS["fast-cpu-fp32"] = dataclasses.replace(
     PRESETS["fast-cpu"],
     model_kwargs={"widths": [48, 192, 192]},

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .console import one_line
+
 __all__ = ["RESIZE_MODES", "SIZE", "ImageFileError", "load_image", "load_images", "prepare_image"]
 
 SIZE = 32
@@ -77,10 +79,9 @@ def load_image(path: str | Path, resize: str = "crop") -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageFileError(f"{path}: not an image (PIL cannot identify the format)") from None
     except Image.DecompressionBombError as e:
-        raise ImageFileError(f"{path}: refused, too many pixels ({' '.join(str(e).split())[:120]})") from None
+        raise ImageFileError(f"{path}: refused, too many pixels ({one_line(e, 120)})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, bad headers, broken chunks
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise ImageFileError(f"{path}: unreadable or truncated image ({detail[:160]})") from None
+        raise ImageFileError(f"{path}: unreadable or truncated image ({one_line(e, 160)})") from None
 
 
 def load_images(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import DataError, _one_line
+from ..console import one_line
+from .errors import DataError
 
 __all__ = ["DATASETS", "DEFAULT_ROOT", "download"]
 
@@ -61,7 +62,7 @@ def download(
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{root}: cannot create folder ({_one_line(e)})") from e
+        raise DataError(f"{root}: cannot create folder ({one_line(e)})") from e
 
     fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{spec['filename']}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -86,7 +87,7 @@ def download(
                         received += len(chunk)
                         bar.update(len(chunk))
         except (OSError, ValueError) as e:  # URLError/HTTPError/timeouts are OSErrors; bad URLs ValueError
-            raise DataError(f"{url}: download failed ({type(e).__name__}: {_one_line(e)})") from e
+            raise DataError(f"{url}: download failed ({type(e).__name__}: {one_line(e)})") from e
         if total is not None and received != total:
             raise DataError(f"{url}: download incomplete ({received} of {total} bytes)")
         actual = digest.hexdigest()

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..console import one_line
 from .download import DATASETS, DEFAULT_ROOT, download
-from .errors import DataError, _one_line
+from .errors import DataError
 from .unpickle import _unpickle
 
 __all__ = [
@@ -215,7 +216,7 @@ def _batch_labels(batch: Mapping[str, Any], key: str, n: int, num: int, where: s
     try:
         labels = np.asarray(values)
     except Exception as e:  # ragged or odd contents
-        raise DataError(f"{where}: {key!r} is not a list of integers ({_one_line(e)})") from e
+        raise DataError(f"{where}: {key!r} is not a list of integers ({one_line(e)})") from e
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
         raise DataError(f"{where}: {key!r} must be {n} integers, got {labels.dtype} {labels.shape}")
     labels = labels.astype(np.int64)
@@ -287,7 +288,7 @@ def load_archive(path: str | Path) -> CifarData:
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # OSError covers gzip.BadGzipFile
-        raise DataError(f"{path}: not a readable CIFAR archive ({type(e).__name__}: {_one_line(e)})") from e
+        raise DataError(f"{path}: not a readable CIFAR archive ({type(e).__name__}: {one_line(e)})") from e
 
     present = [ds for ds in DATASETS if found[ds]]
     if len(present) != 1:
@@ -334,7 +335,7 @@ def load_folder(path: str | Path) -> CifarData:
             with open(folder / file, "rb") as f:
                 batches[file] = _unpickle(f, str(folder / file))
         except OSError as e:
-            raise DataError(f"{folder / file}: cannot read ({_one_line(e)})") from e
+            raise DataError(f"{folder / file}: cannot read ({one_line(e)})") from e
     return _assemble_official(name, batches, lambda f: str(folder / f), str(folder))
 
 
@@ -366,9 +367,8 @@ def _npz_names(value: np.ndarray, where: str) -> tuple[str, ...]:
     return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.tolist())
 
 
-def load_npz(path: str | Path) -> CifarData:
-    """Load an ``.npz`` with ``x_train, y_train`` (and optionally test split, coarse labels, class names)."""
-    path = Path(path)
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of the ``.npz`` at ``path``, with ``x_train`` and ``y_train`` among them."""
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     try:
@@ -380,14 +380,17 @@ def load_npz(path: str | Path) -> CifarData:
     except DataError:
         raise
     except Exception as e:  # zip errors, bad headers, object arrays refused, truncation
-        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {_one_line(e)})") from e
-
+        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {one_line(e)})") from e
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing {', '.join(missing)} (found keys: {', '.join(sorted(arrays)) or 'none'})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test must be given together")
+    return arrays
 
+
+def _npz_splits(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, dict, dict]:
+    """``(images, fine labels, coarse labels)`` of the splits (train, test) an .npz holds, checked."""
     images: dict[str, np.ndarray] = {}
     fine: dict[str, np.ndarray] = {}
     coarse: dict[str, np.ndarray] = {}
@@ -401,14 +404,19 @@ def load_npz(path: str | Path) -> CifarData:
         fine[split] = _npz_labels(arrays[f"y_{split}"], n, f"{path}: y_{split}")
         if f"y_{split}_coarse" in arrays:
             coarse[split] = _npz_labels(arrays[f"y_{split}_coarse"], n, f"{path}: y_{split}_coarse")
+    if not len(images["train"]):
+        raise DataError(f"{path}: x_train holds no images")
+    return images, fine, coarse
 
-    names = (
-        _npz_names(arrays["fine_label_names"], f"{path}: fine_label_names") if "fine_label_names" in arrays else None
-    )
-    coarse_names = (
-        _npz_names(arrays["coarse_label_names"], f"{path}: coarse_label_names")
-        if "coarse_label_names" in arrays
-        else None
+
+def load_npz(path: str | Path) -> CifarData:
+    """Load an ``.npz`` with ``x_train, y_train`` (and optionally test split, coarse labels, class names)."""
+    path = Path(path)
+    arrays = _read_npz(path)
+    images, fine, coarse = _npz_splits(arrays, path)
+    names, coarse_names = (
+        _npz_names(arrays[key], f"{path}: {key}") if key in arrays else None
+        for key in ("fine_label_names", "coarse_label_names")
     )
     # How many classes: the names say so; else coarse labels or any label >= 10 mean CIFAR-100.
     if names is not None:

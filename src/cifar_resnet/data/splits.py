@@ -13,11 +13,14 @@ from .sources import CifarData
 __all__ = ["channel_stats", "describe", "split_validation", "subsample"]
 
 
-def _check_count(n: Any, what: str, limit: int, source: str) -> int:
+def _check_count(n: Any, what: str, limit: int, data: CifarData) -> int:
+    """``n`` images to take from ``data``'s training split, checked to be an integer in 0..``limit``."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise DataError(f"{source}: {what} must be an integer, got {n!r}")
-    if n < 0 or n > limit:
-        raise DataError(f"{source}: {what} must be between 0 and {limit}, got {n}")
+        raise DataError(f"{data.source}: {what} must be an integer, got {n!r}")
+    if n > 0 and not len(data.train):
+        raise DataError(f"{data.source}: the training split holds no images")
+    if n < 0 or n > max(limit, 0):
+        raise DataError(f"{data.source}: {what} must be between 0 and {limit}, got {n}")
     return int(n)
 
 
@@ -53,7 +56,7 @@ def split_validation(data: CifarData, n_val: int, seed: int = 0) -> CifarData:
     The split depends only on the training labels, ``n_val`` and ``seed``; image order is preserved in
     both parts. ``n_val == 0`` returns ``data`` unchanged.
     """
-    n_val = _check_count(n_val, "the validation split (--val-split)", len(data.train) - 1, data.source)
+    n_val = _check_count(n_val, "the validation split (--val-split)", len(data.train) - 1, data)
     if n_val == 0:
         return data
     if data.val is not None:
@@ -70,7 +73,7 @@ def subsample(data: CifarData, n_train: int, seed: int = 0) -> CifarData:
     ``n_train == 0`` or ``n_train == len(data.train)`` returns ``data`` unchanged; test and validation
     splits are kept as they are.
     """
-    n_train = _check_count(n_train, "the training subset (--train-subset)", len(data.train), data.source)
+    n_train = _check_count(n_train, "the training subset (--train-subset)", len(data.train), data)
     if n_train in (0, len(data.train)):
         return data
     keep = _stratified_indices(data.train.labels, data.num_classes, n_train, np.random.default_rng(seed))

@@ -14,7 +14,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import DataError, _one_line
+from ..console import one_line
+from .errors import DataError
 
 try:  # numpy >= 2 moved the pickle helper; files written by numpy 1.x / python 2 name the old module
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -72,9 +73,9 @@ def _unpickle(file: IO[bytes], where: str) -> dict[str, Any]:
     except DataError:
         raise
     except (EOFError, OSError, zlib.error) as e:  # a truncated/damaged gzip stream surfaces here too
-        raise DataError(f"{where}: truncated or corrupt ({_one_line(e) or type(e).__name__})") from e
+        raise DataError(f"{where}: truncated or corrupt ({one_line(e)})") from e
     except Exception as e:  # any failure to parse is the file's fault, reported as such
-        raise DataError(f"{where}: not a valid CIFAR pickle ({type(e).__name__}: {_one_line(e)})") from e
+        raise DataError(f"{where}: not a valid CIFAR pickle ({type(e).__name__}: {one_line(e)})") from e
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}

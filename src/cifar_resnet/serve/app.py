@@ -33,7 +33,6 @@ import io
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +44,11 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..console import one_line
 from ..images import SIZE, ImageFileError, prepare_image
 from ..inference import load_predictor
+from ..serve_limits import MAX_PIXELS, ServeLimits
+from ..version import __version__
 from .batching import BatchQueue
 
 __all__ = [
@@ -68,9 +70,6 @@ EXAMPLES_DIR = STATIC_DIR / "examples"
 # (JPEG's opener also reads the MPO files of some cameras; AVIF only where this Pillow was built with it.)
 Image.init()
 IMAGE_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "PPM") if f in Image.OPEN)
-# Most pixels an upload may have: a 48-megapixel phone photo passes; a decompression bomb (a small file of
-# huge dimensions) is refused from its header, before PIL allocates anything for its pixels.
-MAX_PIXELS = 50_000_000
 FILE_FIELDS = ("files", "file")
 DEFAULT_TOP_K = 5
 MAX_FIELD_BYTES = 1024  # a form field that is not a file (top_k)
@@ -147,9 +146,86 @@ class _Part:
         self.data = bytearray()
 
 
-async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes, str | None]], dict[str, str]]:
-    """The image files (``(filename, bytes, declared type)``, fields ``files``/``file``) and the other fields
-    of a multipart/form-data request, read from the body stream into memory (never to disk)."""
+class _Form:
+    """The parts of a multipart/form-data body as python-multipart's callbacks hand them over: image files
+    (fields ``files``/``file``) and the other fields; the first refusal is kept in ``error``."""
+
+    CALLBACKS = (
+        "on_part_begin",
+        "on_header_field",
+        "on_header_value",
+        "on_header_end",
+        "on_headers_finished",
+        "on_part_data",
+        "on_part_end",
+        "on_end",
+    )
+
+    def __init__(self, max_files: int):
+        self.max_files = max_files
+        self.files: list[_Part] = []
+        self.fields: dict[str, str] = {}
+        self.part: _Part | None = None
+        self.field, self.value = b"", b""
+        self.error: tuple[int, str] | None = None
+        self.ended = False
+
+    def callbacks(self) -> dict:
+        return {name: getattr(self, name) for name in self.CALLBACKS}
+
+    def fail(self, status: int, detail: str) -> None:
+        if self.error is None:
+            self.error = (status, detail)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise HTTPException(*self.error)
+
+    def on_part_begin(self):
+        self.part = _Part()
+
+    def on_header_field(self, data, start, end):
+        self.field += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self.value += data[start:end]
+
+    def on_header_end(self):
+        self.part.headers[self.field.lower()] = self.value
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self):
+        part = self.part
+        _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        filename = disposition.get(b"filename")
+        part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        declared = part.headers.get(b"content-type")
+        part.content_type = None if declared is None else parse_options_header(declared)[0].decode("latin-1")
+        if part.filename is not None and part.name not in FILE_FIELDS:
+            self.fail(400, f"a file in the field {part.name!r}: send images in the field 'files' (or 'file')")
+        elif part.name in FILE_FIELDS:
+            self.files.append(part)
+            if len(self.files) > self.max_files:
+                self.fail(413, f"too many images in one request: the limit is {self.max_files} (--max-files)")
+
+    def on_part_data(self, data, start, end):
+        part = self.part
+        part.data += data[start:end]
+        if part.name not in FILE_FIELDS and len(part.data) > MAX_FIELD_BYTES:
+            self.fail(400, f"form field {part.name!r} is too long")
+
+    def on_part_end(self):
+        part = self.part
+        if part.name not in FILE_FIELDS and part.name:
+            self.fields[part.name] = part.data.decode("utf-8", "replace")
+
+    def on_end(self):
+        self.ended = True
+
+
+def _boundary(request: Request) -> bytes:
+    """The multipart boundary of ``request``; 415 when it is not multipart/form-data, 400 without one."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         shown = ctype.decode("latin-1") or "none"
@@ -159,84 +235,26 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary")
+    return boundary
 
-    files: list[_Part] = []
-    fields: dict[str, str] = {}
-    state = {"part": None, "field": b"", "value": b"", "error": None, "ended": False}
 
-    def fail(status: int, detail: str) -> None:
-        if state["error"] is None:
-            state["error"] = (status, detail)
-
-    def on_part_begin():
-        state["part"] = _Part()
-
-    def on_header_field(data, start, end):
-        state["field"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        state["value"] += data[start:end]
-
-    def on_header_end():
-        state["part"].headers[state["field"].lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
-
-    def on_headers_finished():
-        part = state["part"]
-        _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
-        part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        filename = disposition.get(b"filename")
-        part.filename = None if filename is None else filename.decode("utf-8", "replace")
-        declared = part.headers.get(b"content-type")
-        part.content_type = None if declared is None else parse_options_header(declared)[0].decode("latin-1")
-        if part.filename is not None and part.name not in FILE_FIELDS:
-            fail(400, f"a file in the field {part.name!r}: send images in the field 'files' (or 'file')")
-        elif part.name in FILE_FIELDS:
-            files.append(part)
-            if len(files) > max_files:
-                fail(413, f"too many images in one request: the limit is {max_files} (--max-files)")
-
-    def on_part_data(data, start, end):
-        part = state["part"]
-        part.data += data[start:end]
-        if part.name not in FILE_FIELDS and len(part.data) > MAX_FIELD_BYTES:
-            fail(400, f"form field {part.name!r} is too long")
-
-    def on_part_end():
-        part = state["part"]
-        if part.name not in FILE_FIELDS and part.name:
-            fields[part.name] = part.data.decode("utf-8", "replace")
-
-    def on_end():
-        state["ended"] = True
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_end": on_end,
-        },
-    )
+async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, bytes, str | None]], dict[str, str]]:
+    """The image files (``(filename, bytes, declared type)``, fields ``files``/``file``) and the other fields
+    of a multipart/form-data request, read from the body stream into memory (never to disk)."""
+    form = _Form(max_files)
+    parser = MultipartParser(_boundary(request), form.callbacks())
     try:
         async for chunk in request.stream():
             parser.write(chunk)
-            if state["error"] is not None:
-                raise HTTPException(*state["error"])
+            form.raise_error()
         parser.finalize()
     except MultipartParseError as e:
-        raise HTTPException(400, f"malformed multipart/form-data body ({e})") from None
-    if state["error"] is not None:
-        raise HTTPException(*state["error"])
-    if not state["ended"]:  # python-multipart's finalize() accepts a body cut short
+        raise HTTPException(400, f"malformed multipart/form-data body ({one_line(e)})") from None
+    form.raise_error()
+    if not form.ended:  # python-multipart's finalize() accepts a body cut short
         raise HTTPException(400, "malformed multipart/form-data body: it ends before its closing boundary")
-    uploads = [(p.filename or f"image{i}", bytes(p.data), p.content_type) for i, p in enumerate(files, 1)]
-    return uploads, fields
+    uploads = [(p.filename or f"image{i}", bytes(p.data), p.content_type) for i, p in enumerate(form.files, 1)]
+    return uploads, form.fields
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +285,7 @@ def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIX
     except Image.DecompressionBombError:
         raise ImageRejected(413, f"{filename}: refused, too many pixels (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, ImageFileError) as e:  # truncated data, bad headers or chunks
-        detail = " ".join(str(e).split())[:160] or type(e).__name__
-        raise ImageRejected(400, f"{filename}: unreadable or truncated image ({detail})") from None
+        raise ImageRejected(400, f"{filename}: unreadable or truncated image ({one_line(e, 160)})") from None
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -347,28 +364,6 @@ _PREDICT_OPENAPI = {
 }
 
 
-@dataclass(frozen=True)
-class ServeLimits:
-    """How a server batches and what it accepts (``cifar-resnet serve --max-batch ...``; the module
-    docstring says how each limit is enforced)."""
-
-    max_batch: int = 64  # most images in one forward pass
-    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
-    max_upload_mb: float = 8.0  # largest request body
-    max_files: int = 32  # most images in one request
-    max_pixels: int = MAX_PIXELS  # most pixels of one image, read from its header before decoding
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if int(self.max_files) < 1:
-            raise ValueError(f"max_files must be >= 1, got {self.max_files}")
-        if int(self.max_batch) < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if not self.max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-
-
 def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "auto") -> FastAPI:
     """The FastAPI app serving ``model`` within ``limits``: a checkpoint or exported model path (loaded
     here, once, on ``device`` with ``load_predictor``: a checkpoint runs in the precision its run was
@@ -380,12 +375,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
 
     queue = BatchQueue(run, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms, track_incoming=True)
     predictor = load_predictor(model, device) if isinstance(model, (str, os.PathLike)) else model
-    classes = list(predictor.classes)
-    superclasses = list(predictor.superclasses)
     info = dict(predictor.info)
-    max_files, max_bytes, max_pixels = int(limits.max_files), int(limits.max_upload_mb * 1e6), limits.max_pixels
-    decode_slots = asyncio.Semaphore(os.cpu_count() or 2)  # bounds the memory of images being decoded at once
-    started = time.monotonic()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -394,13 +384,24 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
 
     app = FastAPI(
         title="cifar-resnet",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
-        description=f"Image classification with {info.get('model')} ({len(classes)} classes).",
+        description=f"Image classification with {info.get('model')} ({len(predictor.classes)} classes).",
     )
     app.state.predictor, app.state.queue, app.state.info = predictor, queue, info
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=int(limits.max_upload_mb * 1e6))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_routes(app, limits)
+    return app
+
+
+def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
+    """The routes of ``app`` (its ``state`` holds the predictor, its batching queue and its info)."""
+    predictor, queue, info = app.state.predictor, app.state.queue, app.state.info
+    classes, superclasses = list(predictor.classes), list(predictor.superclasses)
+    max_files, max_bytes, max_pixels = int(limits.max_files), int(limits.max_upload_mb * 1e6), limits.max_pixels
+    decode_slots = asyncio.Semaphore(os.cpu_count() or 2)  # bounds the memory of images being decoded at once
+    started = time.monotonic()
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -449,24 +450,21 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
         try:
             probs = await queue.submit(images)  # no await since the block: counted exactly once
         except Exception as e:  # noqa: BLE001 - one failed forward pass answers 500; the server goes on
-            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {e}"}, 500)
-        k = min(k, len(classes))
-        results = []
-        for (filename, _, _), (_, size, url), row in zip(uploads, decoded, probs):
-            order = np.argsort(-row, kind="stable")[:k]
-            top = [{"class": classes[i], "prob": float(row[i]), "superclass": superclasses[i]} for i in order]
-            results.append(
-                {
-                    "filename": filename,
-                    "top": top,
-                    "superclass": top[0]["superclass"],
-                    "size": list(size),
-                    "input_png": url,
-                }
-            )
+            return JSONResponse({"detail": f"inference failed: {type(e).__name__}: {one_line(e)}"}, 500)
+        results = _results(uploads, decoded, probs, min(k, len(classes)), classes, superclasses)
         return {"model": info.get("model"), "temperature": info.get("temperature"), "results": results}
 
-    return app
+
+def _results(uploads, decoded, probs: np.ndarray, k: int, classes: list, superclasses: list) -> list[dict]:
+    """The answer for each image: its ``k`` most probable classes, its superclass, size and 32x32 PNG."""
+    results = []
+    for (filename, _, _), (_, size, url), row in zip(uploads, decoded, probs):
+        order = np.argsort(-row, kind="stable")[:k]
+        top = [{"class": classes[i], "prob": float(row[i]), "superclass": superclasses[i]} for i in order]
+        results.append(
+            {"filename": filename, "top": top, "superclass": top[0]["superclass"], "size": list(size), "input_png": url}
+        )
+    return results
 
 
 # ------------------------------------------------------------------------------------------------

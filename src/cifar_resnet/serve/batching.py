@@ -10,12 +10,10 @@ While a forward pass runs, new requests queue up, so under load batches fill wit
 ``track_incoming``, requests announce themselves while their bodies are read and their images decoded
 (:meth:`BatchQueue.incoming`), and the collector stops waiting as soon as none is on its way: a lone
 request is not delayed at all, and a few concurrent ones go together as soon as the last has arrived,
-rather than after ``max_wait_ms`` each time (benchmarks/serve_load.py, fast_small on 2 CPU cores,
-max_wait_ms 5: with 1 client the median latency fell from 9 to 4 ms, with 8 clients throughput rose
-from 534 to 616 requests/s). Without it, the collector waits the whole ``max_wait_ms`` for a batch that
-is not full. A request with more
-images than ``max_batch`` is cut into pieces of at most ``max_batch``; pieces of different requests are
-never split, so a request's images stay together in a batch. The sizes of the batches formed are counted
+rather than after ``max_wait_ms`` each time (``benchmarks/serve_load.py`` measures both). Without it, the
+collector waits the whole ``max_wait_ms`` for a batch that is not full. A request with more images than
+``max_batch`` is cut into pieces of at most ``max_batch``; pieces of different requests are never split,
+so a request's images stay together in a batch. The sizes of the batches formed are counted
 (:attr:`BatchQueue.stats`), which is what ``GET /health`` reports and the load benchmark reads.
 """
 
