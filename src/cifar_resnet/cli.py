@@ -1,13 +1,12 @@
 """The ``cifar-resnet`` command: one function per subcommand over the package's public functions.
 
-Each command loads what the call needs (a checkpoint and the evaluation options that its run and the flags
-give, :func:`~cifar_resnet.inference.eval_options`), calls one library function and prints what it
-returns; the figures and files are the library's. The flags are declared in :mod:`cifar_resnet.cli_parsers`;
-here the deprecated ``--amp``/``--cpu-amp`` of ``train`` and ``lr-find`` are mapped to ``--precision``
-(:func:`~cifar_resnet.device.legacy_precision`) with a warning.
-
-User mistakes (``ValueError`` and file errors) print as one line on stderr with exit status 2; set
-``CIFAR_RESNET_TRACEBACK=1`` (or pass ``--traceback``) to see the full traceback instead.
+Each command loads what the call needs (a checkpoint and the evaluation options its run and the flags give,
+:func:`~cifar_resnet.inference.eval_options`), calls one library function and prints what it returns; the
+figures and files are the library's. The flags are declared in :mod:`cifar_resnet.cli_parsers`; the deprecated
+``--amp``/``--cpu-amp`` of ``train`` and ``lr-find`` map to ``--precision``
+(:func:`~cifar_resnet.device.legacy_precision`) with a warning. User mistakes (``ValueError``, file errors)
+print as one line on stderr with exit status 2; ``--traceback`` or ``CIFAR_RESNET_TRACEBACK=1`` shows the
+full traceback.
 """
 
 from __future__ import annotations

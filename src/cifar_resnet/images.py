@@ -1,17 +1,10 @@
 """Image files (any size, mode and format) -> the 32x32 RGB uint8 images the models were trained on.
 
-How a file becomes 32x32 (:func:`prepare_image`):
-
-* the EXIF orientation is applied (phone photos are stored sideways with a rotation tag);
-* anything with transparency (RGBA, LA, palette with a transparent colour) is composited on white, the
-  usual background of web images; other modes (grayscale, palette, CMYK, 16-bit) convert to RGB;
-* the largest centred square is cropped, then downscaled. CIFAR's images were made by downscaling
-  web images to 32x32 and show their objects undistorted and roughly centred; squashing a 16:9 photo
-  to a square would distort shapes in a way the model never saw, while the centre crop loses only the
-  margins (``resize="squash"`` keeps the whole frame instead);
-* the downscale averages areas (PIL's box filter: each output pixel is the mean of the source pixels
-  it covers, as a camera sensor or a good downscaler does): no aliasing, no ringing or sharpening that
-  CIFAR's pixels would not have, and an image enlarged by an integer factor comes back exactly.
+:func:`prepare_image` makes a PIL image 32x32 as CIFAR's images were made: EXIF orientation applied,
+transparency composited on white, the centred square cropped (``resize="squash"`` keeps the whole frame,
+:data:`RESIZE_MODES`) and downscaled with PIL's box filter (area averaging). :func:`load_image` reads one
+file (:class:`ImageFileError` when it cannot), :func:`load_images` many, collecting the files it cannot read.
+Why each step is done so: docs/inspecting.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
 """CIFAR-100 / CIFAR-10 data: sources -> :class:`CifarData`, split and summarised.
 
-- ``errors``: :class:`DataError`, the one exception for a problem with the user's data.
-- ``unpickle``: the restricted unpickler that reads the official (pickled) files without running code.
-- ``download``: the official archives (:data:`DATASETS`: URL, md5, folder), :func:`download` with a progress
-  bar and an md5 check, the cache :data:`DEFAULT_ROOT`.
-- ``sources``: :class:`Split`, :class:`CifarData`, the class names, and the loaders (``.npz``, official
-  archive, extracted folder; :func:`load_data` picks one from a path or a dataset name).
-- ``splits``: :func:`split_validation`, :func:`subsample`, :func:`channel_stats`, :func:`describe`.
-
-Each module imports only those listed above it.
+Modules, each importing only those before it: ``errors`` (:class:`DataError`, the one exception for a problem
+with the user's data), ``unpickle`` (the restricted unpickler that reads the official pickled files without
+running code), ``download`` (:data:`DATASETS`: URL, md5, folder; :func:`download` with a progress bar and an
+md5 check; the cache :data:`DEFAULT_ROOT`), ``sources`` (:class:`Split`, :class:`CifarData`, the class names,
+the loaders of ``.npz``, official archive and extracted folder, and :func:`load_data`, which picks one from a
+path or a data set name) and ``splits`` (:func:`split_validation`, :func:`subsample`, :func:`channel_stats`,
+:func:`describe`). The sources are described in docs/data.md.
 """
 
 from .download import DATASETS, DEFAULT_ROOT, download

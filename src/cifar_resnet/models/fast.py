@@ -1,38 +1,11 @@
-"""A fast network for time-to-accuracy, after Keller Jordan's airbench (CIFAR-10), for 10 or 100 classes.
+"""``fast`` and ``fast_small``: an airbench-style network for time-to-accuracy, for 10 or 100 classes.
 
-Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (2024, arXiv:2404.00498) and the airbench
-repository. The network, for 32x32 inputs::
-
-    stem    conv2x2(3 -> 24, no padding)  + GELU                          32 -> 31
-    group1  conv3x3 -> MaxPool2d(2) -> BN -> GELU -> conv3x3 -> BN -> GELU   31 -> 15   (widths[0])
-    group2  (same)                                                          15 -> 7    (widths[1])
-    group3  (same)                                                           7 -> 3    (widths[2])
-    head    AdaptiveMaxPool2d(1) -> flatten -> Linear(widths[2], classes, bias=False) -> * logit_scale
-
-Choices taken from airbench, and why:
-
-* a 2x2 stem with 2 * 3 * 2 * 2 = 24 filters, which :meth:`FastNet.init_whiten` can set to the
-  +/- eigenvectors of the training patches' covariance (patch whitening, as in airbench and in
-  Page's cifar10-fast before it): the first layer then starts decorrelated, saving early epochs;
-* pooling *before* BN in each group (the pooled map is 4x smaller, so BN and GELU are cheaper);
-* 3x3 convs start with an identity (``dirac``) kernel in their first ``in_channels`` filters, so
-  the untrained net passes its input through, which airbench found speeds up early training;
-* logits multiplied by a fixed ``logit_scale`` (1/9): the unnormalised head otherwise produces
-  over-confident logits at the high learning rates this net trains with;
-* BN momentum 0.4 in PyTorch's convention (``running = (1 - m) * running + m * batch``), which is
-  airbench's "0.6" written in the other convention: fast-moving running statistics suit runs of a
-  few epochs. BN eps is PyTorch's 1e-5 rather than airbench's 1e-12: with eps that small a channel
-  with near-zero variance (dead after GELU, or a tiny batch) is amplified without bound, and the
-  difference is otherwise negligible. Unlike airbench the BN gamma is trainable (airbench freezes it
-  at 1): freezing by ``requires_grad`` is state a checkpoint does not keep, so resume would differ.
-
-The nonlinearity is GELU, as in airbench; ``act="relu"`` swaps in ReLU, whose training step is 12% faster
-on a 2-core CPU (``benchmarks/step_variants.py``), but which ended 0.7 points lower after a 6-epoch
-``fast-cpu`` run (58.76% against 59.44% validation top-1), so the presets keep GELU.
-
-Every convolution has no bias: BN follows each 3x3 conv, and the stem is a fixed linear map of
-patches (airbench's stem does carry a bias, trained only for the first epochs; it is left out here).
-Works in ``channels_last`` and under bf16 autocast.
+Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (2024, arXiv:2404.00498) and the airbench repository.
+:class:`FastNet`, for 32x32 inputs: a bias-free 2x2 stem of 24 filters (32 -> 31) that :meth:`FastNet.init_whiten`
+can set to whiten the training patches; three :class:`ConvGroup` (conv3x3 -> MaxPool2d(2) -> BN -> act -> conv3x3
+-> BN -> act, ``widths``; 31 -> 15 -> 7 -> 3); AdaptiveMaxPool2d(1) and a bias-free Linear whose logits are
+multiplied by ``logit_scale``. The activation is GELU unless ``act`` says ``"relu"`` or ``"silu"``.
+Works in ``channels_last`` and under bf16 autocast. Its design choices are explained in docs/models.md.
 """
 
 from __future__ import annotations

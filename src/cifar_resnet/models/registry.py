@@ -1,22 +1,12 @@
-"""The registry behind :func:`cifar_resnet.models.create_model`; import from ``cifar_resnet.models``.
+"""The model registry, after timm's ``register_model`` / ``create_model``; import from ``cifar_resnet.models``.
 
-Every network is built by name through :func:`create_model`.
-
-In the style of timm's ``register_model`` / ``create_model``: a family module decorates one function per
-model with :func:`register_model`; the function's name is the model's name, its keyword arguments (with
-their defaults) are the model's arguments, and ``num_classes`` is always one of them.
-
-:func:`create_model` checks the arguments against the function's signature *before* calling it, so a
-misspelt argument is a one-line ``ValueError`` naming it and the accepted ones, never a ``TypeError``
-from deep inside a constructor. Every model it returns carries ``model.model_name`` and
-``model.model_kwargs`` (every argument it was built with, defaults included, as JSON-ready values), so
-a checkpoint that stores those two can rebuild the network with
-``create_model(model_name, **model_kwargs)`` and nothing else.
-
-    >>> from cifar_resnet.models import create_model
-    >>> model = create_model("resnet18", num_classes=10)
-    >>> model.model_kwargs
-    {'num_classes': 10, 'zero_init_residual': False}
+A family module decorates one function per model with :func:`register_model`: the function's name is the
+model's name, its keyword arguments (``num_classes`` always among them) are the model's arguments.
+:func:`create_model` checks the arguments against that signature before calling it (a misspelt one is a
+``ValueError``) and sets ``model.model_name`` and ``model.model_kwargs`` on what it returns, so that
+``create_model(model.model_name, **model.model_kwargs)`` rebuilds the network. :func:`list_models`,
+:func:`is_model`, :func:`model_kwargs_names` and :func:`model_default_kwargs` answer questions about names.
+The contract is described in docs/models.md.
 """
 
 from __future__ import annotations

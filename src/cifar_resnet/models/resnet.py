@@ -1,21 +1,10 @@
-"""Standard ResNets for 32x32 images, in torchvision's shape with a CIFAR stem.
+"""``resnet18`` ... ``resnet152``: standard ResNets for 32x32 images, in torchvision's shape with a CIFAR stem.
 
-He et al., "Deep Residual Learning for Image Recognition" (2015), with the changes CIFAR practice
-(weiaicunzai/pytorch-cifar100, kuangliu/pytorch-cifar) makes to the ImageNet network:
-
-* the stem is a single 3x3 conv (64, stride 1) + BN + ReLU - no 7x7 stride-2 conv and NO max-pool,
-  which on 32x32 inputs would throw away three quarters of the image before the first block;
-* four stages of 64/128/256/512 planes at strides 1/2/2/2 (32 -> 32 -> 16 -> 8 -> 4), global average
-  pool, linear classifier;
-* convolutions have no bias (BN follows each one) and a shortcut is a 1x1 conv + BN projection only
-  where the shape changes (option B of the paper), else the identity;
-* the Bottleneck puts its stride on the 3x3 conv ("ResNet v1.5", as torchvision and pytorch-cifar100).
-
-For 100 classes: resnet18 11,220,132 parameters, resnet34 21,328,292, resnet50 23,705,252,
-resnet101 42,697,380, resnet152 58,341,028 - resnet18/50 match pytorch-cifar100 exactly.
-
-``zero_init_residual=True`` zeroes the last BN's gamma in every residual branch so that each block
-starts as the identity (Goyal et al., "Accurate, Large Minibatch SGD", 2017, section 5.1).
+He et al., "Deep Residual Learning for Image Recognition" (2015), as CIFAR practice adapts it
+(weiaicunzai/pytorch-cifar100, kuangliu/pytorch-cifar): :class:`CifarResNet` with a 3x3 stem and no max-pool,
+four stages of :class:`BasicBlock` or :class:`Bottleneck` (stride on the 3x3 conv, "v1.5") at 64/128/256/512
+planes, global average pool, linear classifier. ``zero_init_residual`` zeroes each residual branch's last BN
+(Goyal et al., "Accurate, Large Minibatch SGD", 2017). The design choices are described in docs/models.md.
 """
 
 from __future__ import annotations

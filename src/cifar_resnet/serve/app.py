@@ -1,27 +1,12 @@
-"""The HTTP service: a FastAPI app around one loaded model, and :func:`serve`, which runs it on uvicorn.
+"""The HTTP service: :func:`create_app`, a FastAPI app around one model, and :func:`serve`, which runs it on uvicorn.
 
-Routes: ``GET /`` the web page (static files of this package, no CDN), ``POST /predict`` (multipart images
-in the field ``files`` or ``file``, ``top_k`` in the query or the form), ``GET /health``, ``GET /classes``,
-``GET /examples`` (the example images of the page), and FastAPI's ``/docs`` and ``/openapi.json``.
-
-The model is loaded once, when the app is made. Nothing slow runs on the event loop: images are decoded
-in worker threads, and forward passes run in the batching queue's own thread
-(:class:`~cifar_resnet.serve.batching.BatchQueue`), which puts the images of concurrent requests in one
-batch.
-
-Bad input is refused with a JSON ``{"detail": ...}`` and the server goes on serving (the limits are a
-:class:`ServeLimits`):
-
-* a body over ``max_upload_mb``: 413, from the Content-Length header before any of the body is read, or,
-  without one (chunked), as soon as the bytes received pass the limit (:class:`BodyLimit`);
-* more than ``max_files`` images: 413, as soon as the part past the limit begins;
-* not multipart/form-data, a part declared as a non-image type, or a file PIL cannot identify as one of
-  :data:`IMAGE_FORMATS`: 415; a truncated or corrupt image, a malformed form, no image, a bad top_k: 400;
-* more than ``MAX_PIXELS`` pixels: 413, from the image header, before decoding (decompression bombs).
-
-Uploads never touch the disk: the request body is read as a stream and parsed here with python-multipart's
-low-level parser into ``bytearray``s in memory (Starlette's ``request.form()`` would spool each file over
-1 MB to a temporary file), and images are decoded from ``io.BytesIO``. Memory is bounded by the body limit.
+Routes: ``GET /`` (the web page), ``POST /predict``, ``GET /health``, ``GET /classes``, ``GET /examples``.
+The model is loaded once, when the app is made, and nothing slow runs on the event loop: uploads are parsed
+in memory from the request stream (:class:`BodyLimit` caps the body), images are decoded in worker threads by
+:func:`decode_image` (formats :data:`IMAGE_FORMATS`, at most :data:`MAX_PIXELS` pixels), and forward passes go
+through the batching queue (:class:`~cifar_resnet.serve.batching.BatchQueue`). Bad input is refused with a
+JSON ``{"detail": ...}`` and a 4xx status, and the server goes on serving; the limits are a :class:`ServeLimits`.
+The routes, limits, status codes and batching are described in docs/serving.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
-"""Concurrent requests -> one forward pass: the batching queue of the HTTP service.
+"""Concurrent requests -> one forward pass: :class:`BatchQueue`, the batching queue of the HTTP service.
 
-Each request hands :meth:`BatchQueue.submit` its images, (N, 32, 32, 3) uint8, and awaits their rows of
-probabilities. One collector task on the event loop takes the oldest waiting request, then waits for others
-until the batch holds ``max_batch`` images or the oldest has waited ``max_wait_ms`` (no wait at all once
-enough are queued), runs one forward pass for all of them in its own worker thread (the event loop keeps
-accepting and decoding requests meanwhile) and resolves each request's future with its own rows.
-
-While a forward pass runs, new requests queue up, so under load batches fill without any waiting. With
-``track_incoming``, requests announce themselves while their bodies are read and their images decoded
-(:meth:`BatchQueue.incoming`), and the collector stops waiting as soon as none is on its way: a lone
-request is not delayed at all, and a few concurrent ones go together as soon as the last has arrived,
-rather than after ``max_wait_ms`` each time (``benchmarks/serve_load.py`` measures both). Without it, the
-collector waits the whole ``max_wait_ms`` for a batch that is not full. A request with more images than
-``max_batch`` is cut into pieces of at most ``max_batch``; pieces of different requests are never split,
-so a request's images stay together in a batch. The sizes of the batches formed are counted
-(:attr:`BatchQueue.stats`), which is what ``GET /health`` reports and the load benchmark reads.
+Each request hands :meth:`BatchQueue.submit` its images, (N, 32, 32, 3) uint8, and awaits its rows of
+probabilities. A collector task on the event loop gathers waiting requests until the batch holds ``max_batch``
+images, the oldest has waited ``max_wait_ms`` or (with ``track_incoming``) no request announced by
+:meth:`BatchQueue.incoming` is still on its way, then runs ``run`` on the batch in its own worker thread and
+resolves each request's future with its rows. :class:`BatchStats` counts the batches formed
+(``GET /health`` reports them). The queue's behaviour is described in docs/serving.md.
 """
 
 from __future__ import annotations
