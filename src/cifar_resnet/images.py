@@ -28,7 +28,8 @@ class ImageFileError(ValueError):
 
 
 def prepare_image(img, resize: str = "crop") -> np.ndarray:
-    """A PIL image of any size and mode -> (32, 32, 3) uint8 RGB, as described in the module docstring."""
+    """A PIL image of any size and mode -> (32, 32, 3) uint8 RGB: EXIF orientation, transparency on white,
+    centre crop (or squash), box-filter downscale (docs/inspecting.md says why)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize!r}; use crop or squash")
     img = ImageOps.exif_transpose(img)

@@ -22,8 +22,8 @@ def _limit(default, help: str | None = None):
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """How a server batches and what it accepts (``cifar-resnet serve --max-batch ...``; the docstring of
-    :mod:`cifar_resnet.serve.app` says how each limit is enforced)."""
+    """How a server batches and what it accepts (``cifar-resnet serve --max-batch ...``;
+    docs/serving.md says how each limit is enforced)."""
 
     max_batch: int = _limit(64, "most images in one forward pass")
     max_wait_ms: float = _limit(5.0, "how long a request waits for others to share its batch, in ms")

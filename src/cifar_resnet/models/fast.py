@@ -51,7 +51,7 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    """airbench-style network; see the module docstring."""
+    """airbench-style network; its design and the reasons for it: docs/models.md."""
 
     def __init__(
         self,

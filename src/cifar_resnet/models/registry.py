@@ -102,7 +102,7 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     """Build registered model ``name`` for ``num_classes`` classes.
 
     Raises ``ValueError`` for an unknown name, an argument the model does not take, or fewer than two
-    classes. The model gets ``model_name`` and ``model_kwargs`` attributes (see the module docstring).
+    classes. The model gets ``model_name`` and ``model_kwargs`` attributes, from which a checkpoint rebuilds it.
     """
     fn = _get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

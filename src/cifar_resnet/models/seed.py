@@ -75,7 +75,7 @@ class SeedStage(nn.Module):
 
 
 class SeedResNet(nn.Module):
-    """The notebook's network; see the module docstring for its exact structure and counts."""
+    """The notebook's network; its structure and counts: docs/models.md."""
 
     def __init__(self, num_classes: int = 100) -> None:
         super().__init__()
