@@ -2,7 +2,7 @@
 
 ``fit`` sets the run up (:class:`_Run`), then runs :func:`~cifar_resnet.engine.train_step` for every step
 of every epoch; at each step boundary the ranks agree once (:class:`_StepChecks`) on whether to stop
-(SIGTERM, Ctrl-C), write a mid-epoch ``last.pt`` or give up because the run diverged (:class:`_Divergence`).
+(SIGTERM, Ctrl-C), write a mid-epoch ``last.pt`` or give up because the run diverged (:class:`Divergence`).
 After each epoch it evaluates (sharded over the processes), prints the notebook's epoch line and keeps
 the run directory (:class:`~cifar_resnet.checkpoint.RunDir`) up to date. ``fit(..., resume=path)``
 continues a run exactly where it stopped, mid-epoch included, under any number of processes.
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .budget import Plan, follow_plan, make_plan, measure, planned_config
@@ -29,6 +28,8 @@ from .console import format_duration, progress_bar
 from .data import CifarData, channel_stats
 from .device import bf16_is_emulated, resolve_device
 from .distributed import Dist, convert_sync_batchnorm, data_parallel, setup, teardown
+from .divergence import Divergence, TrainingDiverged
+from .drop_easy import HardExamples
 from .engine import (
     EpochStats,
     EvalOptions,
@@ -75,10 +76,6 @@ class TrainingInterrupted(Exception):
         where = f"epoch {epoch}" if step == steps else f"epoch {epoch}, step {step} of {steps}"
         saved = f"; {checkpoint} resumes it" if checkpoint else " (no run directory: nothing was saved)"
         super().__init__(f"stopped by {signal_name} after {where}{saved}")
-
-
-class TrainingDiverged(ValueError):
-    """The loss (or the weights) became non-finite; nothing was written after it happened."""
 
 
 @dataclass(frozen=True)
@@ -323,49 +320,10 @@ class _EpochStats(EpochStats):
         return self.means()
 
 
-class _HardExamples:
-    """``--drop-easy``: each training image's loss at its last training step (inf: not seen yet), and from
-    epoch ``config.drop_start`` on, the ``keep`` images of highest loss that the epoch trains on. Off
-    (every method a no-op) when ``config.drop_easy`` is 0."""
-
-    def __init__(self, config: TrainConfig, n_train: int, dist: Dist, dev: torch.device, state: Checkpoint | None):
-        self.on, self.start_epoch = bool(config.drop_easy), config.drop_start
-        self.keep = n_train - int(config.drop_easy * n_train)
-        self.kept: torch.Tensor | None = None
-        self.loss: torch.Tensor | None = None
-        if not self.on:
-            return
-        if dist.enabled:
-            raise ValueError("--drop-easy is for one process; it does not run under torchrun")
-        if self.keep // config.batch_size == 0:
-            raise ValueError(f"--drop-easy {config.drop_easy} keeps {self.keep} images, fewer than one batch")
-        saved = state.example_loss if state is not None else None
-        self.loss = saved.to(dev) if saved is not None else torch.full((n_train,), float("inf"), device=dev)
-
-    def steps(self, config: TrainConfig, full_steps: int) -> list[int]:
-        """The number of steps of each epoch (the schedule runs over their sum)."""
-        return [full_steps if e < self.start_epoch else self.keep // config.batch_size for e in range(config.epochs)]
-
-    def subset(self, epoch: int, resumed: dict | None) -> torch.Tensor | None:
-        """The images epoch ``epoch`` trains on (None: all); a resumed epoch keeps its own."""
-        self.kept = None
-        if self.on and epoch >= self.start_epoch:
-            self.kept = (
-                resumed["keep"].to(self.loss.device)
-                if resumed
-                else torch.topk(self.loss, self.keep).indices.sort().values
-            )
-        return self.kept
-
-    def record(self, indices: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        if self.loss is not None:
-            self.loss[indices] = F.cross_entropy(out.float(), y, reduction="none")
-
-
 class _StepChecks:
     """What happens at a step boundary: :meth:`after_step` agrees with the other ranks once on whether to
     stop (a signal), write a mid-epoch ``last.pt`` (``--save-every``/``--save-every-steps``) and, through
-    :class:`_Divergence`, whether the loss diverged (checked every ``check_every`` steps, at the epoch's
+    :class:`Divergence`, whether the loss diverged (checked every ``check_every`` steps, at the epoch's
     end and whenever this rank wants to stop or save: a check is a host synchronisation on a GPU)."""
 
     def __init__(self, options: _Options):
@@ -384,69 +342,6 @@ class _StepChecks:
 
     def saved(self) -> None:
         self.last_save = time.monotonic()
-
-
-class _Divergence:
-    """The one judge of a diverged run: this rank's losses since the last check and the model's weights,
-    checked when asked, agreed over the ranks in the same exchange as the loop's own flags, and
-    :class:`TrainingDiverged` raised naming the first bad step, its learning rate and the last good
-    checkpoint (written before it went bad: nothing is written after)."""
-
-    def __init__(self, dist: Dist, model: nn.Module, last_good: tuple[Path, str] | None):
-        self.dist, self.model = dist, model
-        self.last_good = last_good  # (path, "epoch e, step s") of the last checkpoint written
-        self.epoch, self.lrs, self.losses, self.unchecked_from = 0, [], [], 0
-
-    def start(self, epoch: int, stats: _EpochStats) -> None:
-        """A new epoch, from step ``stats.first_step`` on; ``stats.lrs``: each step's learning rate."""
-        self.epoch, self.lrs, self.losses, self.unchecked_from = epoch, stats.lrs, [], stats.first_step
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss)
-
-    def written(self, path: Path, where: str) -> None:
-        """A checkpoint was written at ``where`` (its weights were checked, or it ends an epoch)."""
-        self.last_good = (path, where)
-
-    def agree(self, *flags: bool, losses: bool = True, weights_at: int | None = None) -> tuple[bool, ...]:
-        """``flags`` agreed over the ranks (true on any rank: true) together with the checks: of the losses
-        since the last check (``losses``: a host synchronisation) and, with ``weights_at`` (the step just
-        taken), of the weights; raises :class:`TrainingDiverged` when any rank found one not finite."""
-        window_start = self.unchecked_from
-        bad = self._first_bad_loss() if losses else None
-        weights_bad = weights_at is not None and not self._weights_finite()
-        *agreed, loss_bad, weights_bad = self.dist.agree(*flags, bad is not None, weights_bad)
-        if loss_bad:  # another rank's bad loss: this rank names the first step of its unchecked window
-            raise self._error(window_start if bad is None else bad, "the loss is not finite")
-        if weights_bad:
-            raise self._error(weights_at, "the weights are not finite")
-        return tuple(agreed)
-
-    def _first_bad_loss(self) -> int | None:
-        """The first step since the last check whose loss is not finite; those steps are then checked."""
-        bad = None
-        if self.losses:
-            nonfinite = (~torch.isfinite(torch.stack(self.losses))).nonzero()
-            bad = self.unchecked_from + int(nonfinite[0]) if len(nonfinite) else None
-        self.unchecked_from += len(self.losses)
-        self.losses = []
-        return bad
-
-    def _weights_finite(self) -> bool:
-        """Every parameter and floating buffer (BN running statistics included) is finite."""
-        state = self.model.state_dict().values()
-        return all(bool(torch.isfinite(v).all()) for v in state if v.is_floating_point())
-
-    def _error(self, step: int, what: str) -> TrainingDiverged:
-        good = (
-            f"the last good checkpoint is {self.last_good[0]} ({self.last_good[1]})"
-            if self.last_good
-            else "no checkpoint was written"
-        )
-        return TrainingDiverged(
-            f"training diverged: {what} at epoch {self.epoch + 1}, step {step + 1} (lr {self.lrs[step]:.4g}); "
-            f"{good}; lower --lr or --grad-clip"
-        )
 
 
 def _tensorboard_writer(run_dir: RunDir | None):
@@ -524,7 +419,7 @@ class _Run:
         self.train_model = data_parallel(self.model, dist, dev)
         self.train_model = torch.compile(self.train_model) if self.config.compile else self.train_model
         self._open_run_dir()
-        self.divergence = _Divergence(dist, self.model, self._resumed_checkpoint(state))
+        self.divergence = Divergence(dist, self.model, self._resumed_checkpoint(state))
         self._announce(eval_split)
         self.t_loop = time.perf_counter()
 
@@ -540,7 +435,7 @@ class _Run:
         config, n_train = self.config, self.loader.num_images
 
         def steps_for(candidate: TrainConfig) -> list[int]:
-            hard = _HardExamples(candidate, n_train, self.dist, self.dev, None)
+            hard = HardExamples(candidate, n_train, self.dist, self.dev, None)
             return hard.steps(candidate, self.full_steps)
 
         measured = measure(config, self.model, self.loader, self.eval_loader, self.dist)
@@ -550,7 +445,7 @@ class _Run:
         """The --drop-easy state, the optimizer, its schedule over the run's steps, the step's and the
         evaluation's options and the fp16 loss scaler."""
         config, dev = self.config, self.dev
-        self.hard = _HardExamples(config, self.loader.num_images, self.dist, dev, state)
+        self.hard = HardExamples(config, self.loader.num_images, self.dist, dev, state.example_loss if state else None)
         self.optimizer = build_optimizer(config, self.model, dev)
         steps = sum(self.hard.steps(config, self.full_steps))
         self.scheduler = build_scheduler(config, self.optimizer, self.full_steps, total_steps=steps)
