@@ -135,10 +135,6 @@ def test_a_budget_too_small_for_one_epoch_says_what_to_do():
     assert "\n" not in msg and "--budget 40s" in msg and "one epoch" in msg and "43s" in msg and "--budget none" in msg
 
 
-def test_the_main_job_has_a_15_minute_budget():
-    assert get_preset("fast-cpu").budget_seconds == 900 and get_preset("fast").budget_seconds is None
-
-
 @pytest.fixture
 def fake_measure(monkeypatch):
     """fit measures nothing: every run sees FAKE; ``calls`` counts the measurements."""
@@ -150,6 +146,18 @@ def fake_measure(monkeypatch):
 
     monkeypatch.setattr(train_module, "measure", measure)
     return calls
+
+
+def test_the_main_job_plans_to_a_15_minute_budget_and_the_gpu_recipe_does_not_plan(
+    synthetic, tmp_path, fake_measure, capsys
+):
+    data = synthetic(n_train=200, n_val=40)
+    tiny = {k: v for k, v in TINY.items() if k not in ("progressive",)}
+    main_job = dataclasses.replace(get_preset("fast-cpu"), **tiny, epochs=2, tta_translate=0)
+    fit(main_job, data, tmp_path / "main", progress=False)
+    assert len(fake_measure) == 1 and "plan for a 15m budget" in capsys.readouterr().out
+    fit(dataclasses.replace(main_job, budget=get_preset("fast").budget), data, tmp_path / "gpu", progress=False)
+    assert len(fake_measure) == 1 and "budget" not in capsys.readouterr().out
 
 
 def _state(path) -> dict[str, torch.Tensor]:

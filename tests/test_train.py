@@ -7,6 +7,9 @@ import torch
 from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet.checkpoint import CheckpointError
 from cifar_resnet.config import PRESETS
+from cifar_resnet.engine import StepOptions, train_step
+from cifar_resnet.models import create_model
+from cifar_resnet.optim import build_optimizer, build_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,19 +27,28 @@ def tiny_config(**kw):
     return TrainConfig(**{**TINY, **kw})
 
 
-def test_seed_preset_is_the_notebook_recipe():
+def test_seed_preset_trains_as_the_notebook():
+    """The seed preset builds the notebook's run: its network, Adam with weight decay, a one-cycle schedule
+    stepped every batch over every epoch, gradients clipped by value."""
     c = PRESETS["seed"]
-    assert (c.model, c.optimizer, c.schedule, c.lr, c.grad_clip, c.grad_clip_mode, c.weight_decay, c.epochs) == (
-        "seed_resnet",
-        "adam",
-        "onecycle",
-        1e-3,
-        0.1,
-        "value",
-        1e-5,
-        100,
-    )
-    assert (c.crop_pad, c.flip) == (4, "random")
+    model = create_model(c.model, num_classes=100)
+    assert sum(p.numel() for p in model.parameters()) == 7_500_132  # the notebook's network
+    cpu = torch.device("cpu")
+    opt = build_optimizer(c, model, cpu)
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["weight_decay"] == 1e-5
+    sched = build_scheduler(c, opt, steps_per_epoch=3)
+    lrs = []
+    for _ in range(100 * 3):  # the notebook's 100 epochs
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and max(lrs) == pytest.approx(1e-3)
+    assert lrs[0] < 1e-4 and lrs[-1] < 1e-7  # one cycle: up from a small rate, down to nearly nothing
+    layer = torch.nn.Linear(4, 2)
+    sgd = torch.optim.SGD(layer.parameters(), lr=0.0)
+    x, y = 100 * torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+    train_step(layer, x, y, sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda i: 1.0), StepOptions.from_config(c, cpu))
+    assert layer.weight.grad.abs().max() == pytest.approx(0.1)  # large gradients clipped, each to 0.1
 
 
 def test_run_directory_contents(tmp_path, synthetic):

@@ -1,21 +1,11 @@
-"""A training-time budget: measure this machine, then fix a plan that fits.
+"""A training-time budget: measure this machine, then fix a plan of epochs that fits.
 
-``--budget 15m`` makes ``fit`` time the run's own training step before the first epoch, at each image size
-the recipe trains at (an untimed warm-up, then timed steps on real, augmented batches, in the precision
-that will run, on a throwaway copy of the model and optimizer, with the random generators restored
-afterwards), and one plain evaluation pass. From those it predicts how long N epochs take (the steps of
-each epoch at its size, the evaluation after each epoch, the test-time-augmented one after the last) and
-fixes the plan: the most epochs, up to the config's ``epochs``, that fit in the budget left after the
-measurement (a step timed as the mean of five), less a small headroom (:data:`HEADROOM`) for the loop's
-variation. With progressive resizing, when the next epoch does not fit at the recipe's split of low- and
-full-resolution epochs, the plan also considers that many epochs with one full-size epoch trained at a
-lower size instead, and takes whichever fills more of the budget, so that the rounding of the phases does
-not leave most of a full-size epoch of it unused. The run is then an ordinary run of that many epochs
-at those phases (the learning-rate schedule follows from them), so it ends where its schedule ends,
-unlike a run that is cut off. The plan is stored in the config (``plan``): a resumed run continues it
-without measuring, and two runs with the same plan and seed are bit-identical (the measurement picks the
-plan; the plan decides the run). Under torchrun every rank measures at once and the ranks agree on the
-slowest figures.
+``--budget 15m`` makes ``fit`` time its own training step at each image size the recipe trains at (on a
+throwaway copy of the model and optimizer, the random generators restored afterwards) and one evaluation
+pass (:func:`measure`), then fix the most epochs, up to the config's, whose predicted time fits in the
+budget less a headroom (:func:`make_plan`), moving a full-size epoch to a lower size where that fills
+more of it. The plan is stored in the config: a resumed run continues it without measuring, and two runs
+with the same plan and seed are bit-identical. Under torchrun the ranks agree on the slowest figures.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .console import format_duration, parse_duration
-from .distributed import Dist
+from .distributed import Dist, data_parallel
 from .engine import EvalOptions, StepOptions, collect_logits, grad_scaler, resize_batch, train_step
 from .loader import CifarLoader
 from .optim import build_optimizer, build_scheduler
@@ -51,11 +41,7 @@ __all__ = [
 ]
 
 
-# The share of the budget left after measuring that the plan keeps spare. In the 15-minute runs in
-# docs/runs, on 2 shared cores of AMD EPYCs (Zen 4, Zen 5), the training loop ran from 15% faster to 20%
-# slower than the planner's measured steps predicted, as the host's other tenants came and went
-# (docs/performance.md, "When the machine slows down"); with 5% spare, runs 10-19% slower overran the
-# budget by 5-13%. 10% keeps a run 16% slower within 5% of the budget, for about one epoch in 17.
+# the share of the budget left after measuring that the plan keeps spare (evidence: experiments/planner-zen4)
 HEADROOM = 0.10
 WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
 TIMED_STEPS = 5  # their mean is the step's time: an epoch's time is a sum, slow steps included
@@ -244,55 +230,21 @@ def measure(
     model: nn.Module,
     loader: CifarLoader,
     eval_loader: CifarLoader,
-    dev: torch.device,
     dist: Dist,
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Measurement:
     """Time this machine's training step at each image size of ``config`` and one plain evaluation pass
-    over ``eval_loader`` (a few batches, scaled to the whole pass); on a copy of ``model``, its own
-    optimizer and a copy of ``loader`` with its own generator, so the run itself is untouched (the global
-    random generators are restored). Under torchrun the ranks step together (DDP) and agree on the
-    slowest figures."""
+    over ``eval_loader`` (a few batches, scaled to the whole pass), on ``loader``'s device; on a copy of
+    ``model``, its own optimizer and a fork of ``loader`` (:meth:`~cifar_resnet.loader.CifarLoader.fork`),
+    so the run itself is untouched (the global random generators are restored). Under torchrun the ranks
+    step together (DDP) and agree on the slowest figures."""
     t0 = clock()
-    sizes = sorted({size or 0 for size in config.train_sizes}, key=_size_order)
     rng = get_rng_state()
     try:
         probe = copy.deepcopy(model)
-        optimizer = build_optimizer(config, probe, dev)
-        scheduler = build_scheduler(config, optimizer, len(loader))
-        step_model = (
-            nn.parallel.DistributedDataParallel(probe, device_ids=[dev.index] if dev.type == "cuda" else None)
-            if dist.enabled
-            else probe
-        )
-        options = StepOptions.from_config(config, dev)
-        scaler = grad_scaler(options, dev)
-        batches = copy.copy(loader)
-        batches._gen = torch.Generator(device=loader.device)
-        batches._gen.manual_seed(config.seed + 1)
-        batches.set_epoch(0)
-        stream = iter(batches)
-        step_model.train()
-        step_seconds = {}
-        for size in sizes:
-            times = []
-            for i in range(WARMUP_STEPS + TIMED_STEPS):
-                _sync(dev)
-                start = clock()  # the loader's work (augmentation) is part of a step's time
-                try:
-                    x, y = next(stream)
-                except StopIteration:
-                    stream = iter(batches)
-                    x, y = next(stream)
-                x = resize_batch(x, size or None)
-                loss, _, _ = train_step(step_model, x, y, optimizer, scheduler, options, scaler)
-                loss.item()  # wait for the step
-                _sync(dev)
-                if i >= WARMUP_STEPS:
-                    times.append(clock() - start)
-            step_seconds[size] = sum(times) / len(times)
-        eval_seconds = _eval_seconds(probe, eval_loader, EvalOptions.from_config(config, dev).plain(), dev, clock)
+        step_seconds = _step_seconds(config, probe, loader, dist, clock)
+        eval_seconds = _eval_seconds(probe, eval_loader, EvalOptions.from_config(config, loader.device).plain(), clock)
     finally:
         set_rng_state(rng)
     figures = torch.tensor([*step_seconds.values(), eval_seconds], dtype=torch.float64)
@@ -304,7 +256,42 @@ def measure(
     )
 
 
-def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, dev: torch.device, clock) -> float:
+def _step_seconds(config: TrainConfig, probe: nn.Module, loader: CifarLoader, dist: Dist, clock) -> dict[int, float]:
+    """Seconds of a training step of ``probe`` at each image size of ``config`` (``0``: full size): the mean
+    of :data:`TIMED_STEPS` after :data:`WARMUP_STEPS` untimed, on real, augmented batches, in the
+    precision that will run, the loader's work included."""
+    dev = loader.device
+    optimizer = build_optimizer(config, probe, dev)
+    scheduler = build_scheduler(config, optimizer, len(loader))
+    step_model = data_parallel(probe, dist, dev)
+    options = StepOptions.from_config(config, dev)
+    scaler = grad_scaler(options, dev)
+    batches = loader.fork()
+    batches.set_epoch(0)
+    stream = iter(batches)
+    step_model.train()
+    step_seconds = {}
+    for size in sorted({size or 0 for size in config.train_sizes}, key=_size_order):
+        times = []
+        for i in range(WARMUP_STEPS + TIMED_STEPS):
+            _sync(dev)
+            start = clock()  # the loader's work (augmentation) is part of a step's time
+            try:
+                x, y = next(stream)
+            except StopIteration:
+                stream = iter(batches)
+                x, y = next(stream)
+            x = resize_batch(x, size or None)
+            loss, _, _ = train_step(step_model, x, y, optimizer, scheduler, options, scaler)
+            loss.item()  # wait for the step
+            _sync(dev)
+            if i >= WARMUP_STEPS:
+                times.append(clock() - start)
+        step_seconds[size] = sum(times) / len(times)
+    return step_seconds
+
+
+def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, clock) -> float:
     """One plain pass over ``loader``, from the time of a few of its batches."""
     batches = []
     for i, batch in enumerate(loader):
@@ -313,10 +300,10 @@ def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, d
         batches.append(batch)
     collect_logits(model, batches[:1], options)  # untimed warm-up
     timed = batches[1:] or batches
-    _sync(dev)
+    _sync(loader.device)
     start = clock()
     collect_logits(model, timed, options)
-    _sync(dev)
+    _sync(loader.device)
     per_image = (clock() - start) / sum(len(y) for _, y in timed)
     return per_image * loader.num_images
 

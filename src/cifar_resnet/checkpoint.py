@@ -167,41 +167,33 @@ class Checkpoint:
 
     @classmethod
     def of_model(
-        cls,
-        model: nn.Module,
-        *,
-        classes,
-        coarse_classes,
-        dataset: str,
-        mean,
-        std,
-        config: dict,
-        eval_split: str,
-        epoch: int,
-        history: list[dict],
-        training_state: dict | None = None,
+        cls, model: nn.Module, data, stats: tuple, run: dict, training_state: dict | None = None
     ) -> Checkpoint:
-        """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments).
+        """The checkpoint of ``model`` (built by ``create_model``, so it knows its name and arguments),
+        trained on ``data`` (a :class:`~cifar_resnet.data.CifarData`: its classes, coarse classes and name)
+        with the normalisation ``stats`` (``(mean, std)``). ``run``: ``{"config", "eval_split", "epoch",
+        "history"}``, the run that made it (``config`` as a dict).
 
         ``training_state``: ``{"optimizer", "scheduler", "rng", "partial"}`` (and optionally ``scaler``,
         ``example_loss``) for a checkpoint that resumes (``last.pt``; ``partial``: how far into the epoch
         after ``epoch`` it was written, or None); without it the checkpoint is the weights and their
         description (``best.pt``)."""
         model = unwrap(model)
+        mean, std = stats
         data = {
             "format": FORMAT,
             "model_name": model.model_name,
             "model_kwargs": model.model_kwargs,
-            "classes": list(classes),
-            "coarse_classes": list(coarse_classes) if coarse_classes else None,
-            "dataset": dataset,
+            "classes": list(data.classes),
+            "coarse_classes": list(data.coarse_classes) if data.coarse_classes else None,
+            "dataset": data.name,
             "mean": list(mean),
             "std": list(std),
-            "config": config,
-            "eval_split": eval_split,
+            "config": run["config"],
+            "eval_split": run["eval_split"],
             "model": model.state_dict(),
-            "epoch": epoch,
-            "history": history,
+            "epoch": run["epoch"],
+            "history": run["history"],
         }
         if training_state is not None:
             missing = [k for k in TRAINING_STATE if k not in training_state]

@@ -1,16 +1,11 @@
 """Processes that train one model together: the process group, rank helpers and reductions.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup` joins the process group torchrun
-describes (NCCL on CUDA with one GPU per local rank, gloo on the CPU) and returns a :class:`Dist`; in a
-plain process it returns the one-process ``Dist`` and touches nothing. Every helper here is a no-op for
-one process, so the training loop calls them unconditionally.
-
-What the ranks must agree on (stop after this step? write a checkpoint now?) goes through a gloo group
-on the CPU (:meth:`Dist.agree`), so asking costs no host synchronisation of the GPU.
-
-``--sync-bn`` replaces every ``BatchNorm2d`` by :class:`SyncBatchNorm2d`, which normalises with the
-statistics of the global batch: PyTorch's ``nn.SyncBatchNorm`` runs on GPUs only, and the point of the
-option is that N processes compute what one process computes, on a CPU as well.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup` joins the process group (NCCL on CUDA, one GPU per
+local rank; gloo on the CPU) and returns a :class:`Dist`; in a plain process it returns the one-process
+``Dist`` and every helper is a no-op, so the training loop calls them unconditionally. Agreements between
+the ranks (:meth:`Dist.agree`) go through a gloo group on the CPU: asking costs no GPU synchronisation.
+:func:`data_parallel` wraps a model for training; ``--sync-bn`` (:class:`SyncBatchNorm2d`) normalises
+with the global batch's statistics, on a CPU as well (PyTorch's ``nn.SyncBatchNorm`` runs on GPUs only).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-__all__ = ["Dist", "SyncBatchNorm2d", "convert_sync_batchnorm", "setup", "teardown"]
+__all__ = ["Dist", "SyncBatchNorm2d", "convert_sync_batchnorm", "data_parallel", "setup", "teardown"]
 
 
 @dataclass
@@ -147,6 +142,14 @@ def teardown(dist: Dist) -> None:
     if dist.enabled and tdist.is_initialized():
         tdist.destroy_process_group()
     dist.control = None
+
+
+def data_parallel(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (gradients averaged over the ranks at each
+    backward pass); ``model`` itself in one process."""
+    if not dist.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -1,14 +1,11 @@
-"""What training and inference share: the model a run starts from, the training step, and the pass of a
-model over a loader, each with its options as one small frozen object.
+"""What training and inference share: the model a run starts from, the training step, an epoch's running
+statistics, and the pass of a model over a loader, each with its options as one small frozen object.
 
-* :func:`init_model` and :func:`training_loader` set a run up from its config (``fit`` and ``lr-find``
-  start from exactly the same model and batches);
-* :func:`train_step` is the one training step of the package (:class:`StepOptions`: loss, clipping,
-  precision). ``fit`` calls it step by step (it checks, checkpoints and stops between steps);
-  :func:`train_one_epoch` loops it over a loader for ``lr-find`` and the notebook's ``fit``;
-* :func:`collect_logits` runs a model over a loader once (:class:`EvalOptions`: test-time augmentation,
-  batch size, precision; :func:`tta_logits`) and returns logits and labels on the CPU, from which
-  :mod:`cifar_resnet.metrics` computes every number that is reported.
+:func:`init_model` and :func:`training_loader` set a run up from its config (``fit`` and ``lr-find`` start
+from the same model and batches); :func:`train_step` is the package's one training step
+(:class:`StepOptions`), which ``fit`` and ``lr-find`` call step by step and :func:`train_one_epoch` loops
+for the notebook's ``fit``; :class:`EpochStats` sums an epoch's loss and accuracy on the device;
+:func:`collect_logits` runs a model over a loader (:class:`EvalOptions`) for every reported number.
 """
 
 from __future__ import annotations
@@ -23,10 +20,12 @@ from torch import nn
 from .config import CLIP_MODES, TrainConfig
 from .data import CifarData, Split
 from .device import autocast_for, resolve_precision
+from .distributed import Dist
 from .loader import CifarLoader
 from .models import create_model
 
 __all__ = [
+    "EpochStats",
     "EvalOptions",
     "StepOptions",
     "collect_logits",
@@ -123,21 +122,22 @@ def grad_scaler(options: StepOptions, device: torch.device) -> torch.amp.GradSca
 def init_model(
     config: TrainConfig,
     data: CifarData,
-    mean,
-    std,
+    stats: tuple,
     device: torch.device,
     *,
     model: nn.Module | None = None,
     data_init: bool = True,
 ) -> nn.Module:
     """The model a run starts from: seeded initialisation of ``config.model`` (or ``model`` as given),
-    the optional patch-whitening of its stem from the training images, moved to ``device``."""
+    the optional patch-whitening of its stem from the training images (``stats``: their ``(mean, std)``),
+    moved to ``device``."""
     torch.manual_seed(config.seed)  # the model's initialisation
     if model is None:
         model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
     if config.whiten and data_init:
         if not hasattr(model, "init_whiten"):
             raise ValueError(f"--whiten: model {config.model} has no patch-whitening stem (use fast or fast_small)")
+        mean, std = stats
         model.init_whiten(data.train.images[:5000], mean=mean, std=std)
     model.to(device)
     if config.channels_last:
@@ -146,10 +146,12 @@ def init_model(
 
 
 def training_loader(
-    config: TrainConfig, split: Split, mean, std, device: torch.device, *, rank: int = 0, world_size: int = 1
+    config: TrainConfig, split: Split, stats: tuple, device: torch.device, dist: Dist | None = None
 ) -> CifarLoader:
-    """The shuffled, augmented batches of a run (this rank's slice of each global batch under torchrun);
-    ValueError when there is not one whole batch."""
+    """The shuffled, augmented batches of a run, normalised with ``stats`` (``(mean, std)``); under torchrun
+    (``dist``) this rank's slice of each global batch. ValueError when there is not one whole batch."""
+    dist = dist or Dist()
+    mean, std = stats
     loader = CifarLoader(
         split,
         config.batch_size,
@@ -159,8 +161,8 @@ def training_loader(
         train=True,
         aug=config.augment,
         seed=config.seed,
-        rank=rank,
-        world_size=world_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     if len(loader) == 0:
         raise ValueError(f"{len(split)} training images is fewer than one batch of {config.batch_size}")
@@ -203,28 +205,42 @@ def train_step(
     return loss.detach(), out.detach(), lr
 
 
+class EpochStats:
+    """An epoch's running training statistics, summed on the device (no host synchronisation per step):
+    the loss, the correct predictions, the images seen (``world_size`` processes' batches: the global
+    count) and the learning rate of each step."""
+
+    def __init__(self, device: torch.device, world_size: int = 1):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen, self.lrs, self.world_size = 0, [], world_size
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        self.lrs.append(lr)
+        self.loss_sum += loss * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.seen += len(y) * self.world_size
+
+    def means(self) -> tuple[float, float]:
+        """The mean loss and top-1 over the images seen (a host synchronisation)."""
+        return self.loss_sum.item() / self.seen, self.correct.item() / self.seen
+
+
 def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, options: StepOptions) -> dict:
     """:func:`train_step` over every batch of ``batches`` (``(images, labels)`` on the model's device);
-    returns the mean training loss and accuracy and the learning rate each step used. ``lr-find`` and
-    the notebook's ``fit`` use it; ``fit`` loops over :func:`train_step` itself (it checkpoints, checks
-    for divergence and stops on signals between steps)."""
+    returns the mean training loss and accuracy and the learning rate each step used (the notebook's
+    ``fit``; ``fit`` and ``lr-find`` loop over :func:`train_step` themselves)."""
     model.train()
     device = next(model.parameters()).device
     scaler = grad_scaler(options, device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    lrs = []
+    stats = EpochStats(device)
     for x, y in batches:
         loss, out, lr = train_step(model, x, y, optimizer, scheduler, options, scaler)
-        lrs.append(lr)
-        # accumulate on the device: no host synchronisation inside the step
-        loss_sum += loss * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
-    if seen == 0:
+        stats.add(loss, out, y, lr)
+    if stats.seen == 0:
         raise ValueError("the training loader yielded no batch")
-    return {"train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen, "lrs": lrs, "images": seen}
+    train_loss, train_top1 = stats.means()
+    return {"train_loss": train_loss, "train_top1": train_top1, "lrs": stats.lrs, "images": stats.seen}
 
 
 def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:

@@ -1,25 +1,17 @@
 """Batches on the training device, from one uint8 copy of the images.
 
-``CifarLoader`` keeps the images of one split on the target device as a single uint8 tensor (50,000 CIFAR
-images are 150 MB), shuffles with a device-side permutation, augments whole batches with the tensor ops of
-:mod:`cifar_resnet.augment`, and converts to floating point only batch by batch, with the normalisation
-fused into that conversion. There is never a float copy of the whole set and no worker process.
-
-Randomness is a pure function of ``(seed, epoch)``: the loader seeds its own generator at the start of each
-epoch, so a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run would have seen; and
-``set_epoch(e, step=k)`` starts at step ``k`` of epoch ``e`` with the same batches (the augmentation of the
-skipped steps is drawn, and dropped, to keep the generator where an uninterrupted epoch has it).
-``set_subset(indices)`` restricts the epochs that follow to some of the images (training on the examples
-the model still gets wrong); ``batch_indices`` says which images the last batch held.
-
-Several processes share one global batch (``rank``, ``world_size``): every process draws the same global
-batch from the same permutation with the same augmentation and keeps its own contiguous slice of
-``batch_size // world_size`` images, so global step ``k`` sees the same images, augmented the same way,
-however many processes share it.
+``CifarLoader`` keeps a split's images on the device as one uint8 tensor, shuffles with a device-side
+permutation, augments whole batches (:mod:`cifar_resnet.augment`) and converts to normalised floats batch
+by batch: no float copy of the whole set, no worker process. Its randomness is a function of
+``(seed, epoch)``, so ``set_epoch(e, step=k)`` resumes exactly the batches an uninterrupted run sees;
+``set_subset`` restricts the epochs that follow to some images (``--drop-easy``). Under torchrun every
+rank draws the same global batch and keeps its own contiguous slice of it (``rank``, ``world_size``), so
+global step ``k`` sees the same images, augmented the same way, however many processes share it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -117,6 +109,13 @@ class CifarLoader:
             ):
                 raise ValueError(f"subset indices must be a 1-d tensor of indices below {len(self.labels)}")
         self.subset = indices
+
+    def fork(self) -> CifarLoader:
+        """A copy that shares the images but draws from a random generator of its own: iterating it (a
+        budget's timing steps) leaves this loader's draws untouched."""
+        twin = copy.copy(self)
+        twin._gen = torch.Generator(device=self.device)
+        return twin
 
     @property
     def num_images(self) -> int:

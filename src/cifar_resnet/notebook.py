@@ -1,21 +1,11 @@
 """The seed notebook's Python API, as thin adapters over the package's engine.
 
-People paste notebook code; after ``from cifar_resnet.notebook import *`` it runs unchanged:
-
-    device = get_default_device()
-    model = to_device(ResNet(3, 100), device)        # or any BaseModel subclass of their own
-    history = [evaluate(model, test_dl)]
-    history += fit(epochs, train_dl, test_dl, model, torch.optim.Adam, max_lr, grad_clip, weight_decay,
-                   scheduler=torch.optim.lr_scheduler.OneCycleLR)
-    plot_loss(history)
-    predict_image(img, model)
-
-The names are the notebook's, so two of them repeat the package's own in another sense: this module's
-``fit(epochs, train_dl, ...)`` and ``evaluate(model, loader)`` are the notebook's, while
-:func:`cifar_resnet.fit` (``fit(config, data)``) and ``cifar-resnet evaluate`` are the package's. The
-notebook's ``fit`` runs :func:`cifar_resnet.engine.train_one_epoch` (the one training step of the
-package) and evaluates with :func:`cifar_resnet.engine.collect_logits`: nothing here is a second loop.
-``plot_loss`` is :func:`cifar_resnet.plots.plot_loss` itself.
+People paste notebook code; after ``from cifar_resnet.notebook import *`` it runs unchanged (``ResNet``,
+``BaseModel``, ``get_default_device``, ``to_device``, ``DeviceDataLoader``, ``evaluate``, ``fit``,
+``plot_loss``, ``predict_image``). The names are the notebook's: this module's ``fit(epochs, train_dl,
+...)`` and ``evaluate(model, loader)`` are not :func:`cifar_resnet.fit` (``fit(config, data)``) nor
+``cifar-resnet evaluate``. Its ``fit`` runs :func:`cifar_resnet.engine.train_one_epoch` and evaluates
+with :func:`cifar_resnet.engine.collect_logits`: nothing here is a second loop.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """Muon for the hidden convolution filters, Nesterov SGD for everything else, as one optimizer.
 
 Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks"; used by the airbench
-CIFAR-10 speedruns since ``airbench94_muon``) replaces each filter bank's momentum update by the nearest
-semi-orthogonal matrix (its "zeroth power", computed by a quintic Newton-Schulz iteration), so that every
-direction of the update moves at the same rate.
-
-Why not ``torch.optim.Muon``: it accepts 2-D parameters only (a convolution's weight is 4-D) and it has no
-projection of the weights to a fixed norm, which Muon needs on filters followed by batch normalisation:
-those layers are scale-invariant, so without it the weights' norm drifts and with it the effective step
-size. Here, as in airbench, each Muon-managed filter bank is rescaled to Frobenius norm ``sqrt(out)``
-(unit norm per filter on average) before its step, and the learning rate is then the relative size of
-the step. Weight decay is meaningless for such weights and is not applied to them.
-
-Which parameters get Muon (:func:`muon_parameters`): every parameter with two or more dimensions except
-the network's first (it reads pixels, not features) and last (the classifier), in registration order;
-the rest (the stem, the head, BN weights and biases) are updated by Nesterov SGD with weight decay. One
-optimizer with two parameter groups keeps one learning-rate schedule and one state dict, so that resume
-stays exact. The schedule scales both groups' learning rates by the same factor.
-
-:func:`build_optimizer` and :func:`build_scheduler` make the optimizer and the per-batch learning-rate
-schedule a :class:`~cifar_resnet.config.TrainConfig` asks for (training and ``lr-find`` share them).
+CIFAR-10 speedruns) replaces each filter bank's momentum update by the nearest semi-orthogonal matrix
+(:func:`zeropower`), so that every direction of the update moves at the same rate. :class:`MuonSGD` says
+why not ``torch.optim.Muon`` and which parameters get which rule. :func:`build_optimizer` and
+:func:`build_scheduler` make the optimizer and the per-batch learning-rate schedule a
+:class:`~cifar_resnet.config.TrainConfig` asks for (training and ``lr-find`` share them).
 """
 
 from __future__ import annotations
@@ -67,6 +53,13 @@ class MuonSGD(torch.optim.Optimizer):
     """Group 0: Nesterov SGD with weight decay; group 1: Muon (lr: the step's size relative to the weights);
     with ``bn_bias_lr`` != 1, group 2: the batch-norm biases, by Nesterov SGD at ``lr * bn_bias_lr`` and
     weight decay ``weight_decay / bn_bias_lr`` (the same decay per step; airbench trains them 64x faster).
+
+    Muon gets every parameter with two or more dimensions except the network's first (it reads pixels)
+    and last (the classifier) (:func:`muon_parameters`). Unlike ``torch.optim.Muon`` (2-D parameters
+    only), it takes convolution filters and rescales each bank to Frobenius norm ``sqrt(out)`` before its
+    step, as airbench does: filters followed by batch normalisation are scale-invariant, so without it
+    their norm, and with it the effective step size, would drift; weight decay is not applied to them.
+    One optimizer with two groups keeps one schedule and one state dict, so resume stays exact.
 
     ``MuonSGD(model, lr=..., momentum=..., weight_decay=..., muon_lr=..., muon_momentum=...)``.
     """

@@ -1,16 +1,11 @@
 """Training: ``fit(config, data, out_dir)``, the one loop for every model, read top to bottom.
 
-``fit`` sets the run up (:class:`_Run`: data, loaders, model, optimizer, schedule; under ``torchrun`` the
-process group, DistributedDataParallel and optionally SyncBatchNorm), then for every step of every epoch
-runs :func:`~cifar_resnet.engine.train_step` and, at each step boundary, agrees with the other ranks once
-(:class:`_StepChecks`) on whether to stop (SIGTERM, Ctrl-C), write a mid-epoch ``last.pt`` or give up
-because the loss diverged. After each epoch it evaluates (:func:`_evaluate_epoch`, sharded over the
-processes), prints the notebook's epoch line and keeps the run directory
-(:class:`~cifar_resnet.checkpoint.RunDir`) up to date: ``config.json``, ``history.json``,
-``metrics.csv``, ``last.pt`` (enough to resume exactly) and ``best.pt`` (best validation top-1).
-``fit(..., resume=path)`` continues a run where it stopped, under any number of processes: an epoch's
-running statistics (:class:`_EpochStats`) and the ``--drop-easy`` subset (:class:`_HardExamples`) are
-saved inside the epoch and picked up again.
+``fit`` sets the run up (:class:`_Run`), then runs :func:`~cifar_resnet.engine.train_step` for every step
+of every epoch; at each step boundary the ranks agree once (:class:`_StepChecks`) on whether to stop
+(SIGTERM, Ctrl-C), write a mid-epoch ``last.pt`` or give up because the run diverged (:class:`Divergence`).
+After each epoch it evaluates (sharded over the processes), prints the notebook's epoch line and keeps
+the run directory (:class:`~cifar_resnet.checkpoint.RunDir`) up to date. ``fit(..., resume=path)``
+continues a run exactly where it stopped, mid-epoch included, under any number of processes.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .budget import Plan, follow_plan, make_plan, measure, planned_config
@@ -33,8 +27,11 @@ from .config import TrainConfig, prepare_data
 from .console import format_duration, progress_bar
 from .data import CifarData, channel_stats
 from .device import bf16_is_emulated, resolve_device
-from .distributed import Dist, convert_sync_batchnorm, setup, teardown
+from .distributed import Dist, convert_sync_batchnorm, data_parallel, setup, teardown
+from .divergence import Divergence, TrainingDiverged
+from .drop_easy import HardExamples
 from .engine import (
+    EpochStats,
     EvalOptions,
     StepOptions,
     collect_logits,
@@ -81,8 +78,18 @@ class TrainingInterrupted(Exception):
         super().__init__(f"stopped by {signal_name} after {where}{saved}")
 
 
-class TrainingDiverged(ValueError):
-    """The loss (or the weights) became non-finite; nothing was written after it happened."""
+@dataclass(frozen=True)
+class _Options:
+    """``fit``'s keyword arguments about what the run writes, says and checks, as one object."""
+
+    out_dir: str | Path | None
+    save_every: float | None
+    save_every_steps: int | None
+    check_every: int
+    progress: bool | None
+    log: Callable[[str], None]
+    on_epoch_end: Callable[[dict], None] | None
+    tensorboard: bool
 
 
 def fit(
@@ -117,8 +124,26 @@ def fit(
     when the loss becomes non-finite.
     """
     t_start = time.perf_counter()
-    auto = resume == "auto"
-    if auto:
+    state, config, out_dir = _starting_point(config, out_dir, resume, device)
+    for value, name in ((save_every, "--save-every"), (save_every_steps, "--save-every-steps")):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    say = log or (lambda s: None)
+    if state is not None and state.epoch >= config.epochs:
+        return _finished(state, config, resume == "auto", say)
+    options = _Options(out_dir, save_every, save_every_steps, check_every, progress, say, on_epoch_end, tensorboard)
+    keep_freed_memory()  # each step reuses the memory the last step freed, not fresh pages
+    dist, device_name = setup(config.device)
+    try:
+        return _train(_Run(config, data, state, dist, resolve_device(device_name), options), t_start)
+    finally:
+        teardown(dist)
+
+
+def _starting_point(config: TrainConfig | None, out_dir, resume, device: str | None) -> tuple:
+    """``(state, config, out_dir)``: the checkpoint the run continues (None: a fresh run), the config it
+    runs with (its plan followed) and its run directory."""
+    if resume == "auto":
         if out_dir is None:
             raise ValueError("--resume auto needs the run directory (--out) to continue")
         resume = RunDir(out_dir).last if RunDir(out_dir).last.is_file() else None
@@ -131,97 +156,82 @@ def fit(
     elif device is not None:
         config = dataclasses.replace(config, device=device)
     config = follow_plan(config)  # a plan decides the number of epochs and the resizing phases
-    for value, name in ((save_every, "--save-every"), (save_every_steps, "--save-every-steps")):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    say = log or (lambda s: None)
-    if state is not None and state.epoch >= config.epochs:
-        if not auto:
-            raise ValueError(
-                f"{resume} is from a finished run ({state.epoch} of {config.epochs} epochs); nothing to resume"
-            )
-        # a job restarted after it finished (a requeue): done already
-        say(f"{resume}: the run has finished ({state.epoch} of {config.epochs} epochs); nothing to do")
-        return History(records=state.history, model=state.build_model(), seconds=0.0, out_dir=Path(resume).parent)
-
-    keep_freed_memory()  # each step reuses the last step's memory, not fresh pages (7-13% of a CPU step)
-    dist, device_name = setup(config.device)
-    try:
-        run = _Run(
-            config,
-            data,
-            out_dir,
-            state,
-            resume,
-            dist,
-            resolve_device(device_name),
-            log=say,
-            progress=progress,
-            tensorboard=tensorboard,
-        )
-        return _train(run, t_start, _StepChecks(check_every, save_every, save_every_steps), on_epoch_end)
-    finally:
-        teardown(dist)
+    return state, config, out_dir
 
 
-def _train(run: _Run, t_start: float, checks: _StepChecks, on_epoch_end: Callable[[dict], None] | None) -> History:
-    """The loop: epoch -> step -> checks -> save."""
-    config, dist, say = run.config, run.dist, run.say
+def _finished(state: Checkpoint, config: TrainConfig, auto: bool, say: Callable[[str], None]) -> History:
+    """A resume of a run that trained all its epochs: an error, but for ``--resume auto`` (a job restarted
+    after it finished, a requeue), which has nothing to do."""
+    path = state.source
+    done = f"{state.epoch} of {config.epochs} epochs"
+    if not auto:
+        raise ValueError(f"{path} is from a finished run ({done}); nothing to resume")
+    say(f"{path}: the run has finished ({done}); nothing to do")
+    return History(records=state.history, model=state.build_model(), seconds=0.0, out_dir=Path(path).parent)
+
+
+def _train(run: _Run, t_start: float) -> History:
+    """The loop: epoch -> steps (with their checks and saves) -> evaluation -> the run directory."""
+    config, dist = run.config, run.dist
+    checks = _StepChecks(run.options)
     with StopSignals() as stop:
         for epoch in range(run.start_epoch, config.epochs):
-            resumed = run.partial if epoch == run.start_epoch else None  # a mid-epoch last.pt's progress
-            stats = _EpochStats.start(resumed, run.dev, dist)
-            run.loader.set_subset(run.hard.subset(epoch, resumed))  # --drop-easy: the hardest images only
-            steps = len(run.loader)
-            run.loader.set_epoch(epoch, stats.first_step)
-            run.train_model.train()
-            with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", run.progress, unit="batch") as bar:
-                bar.update(stats.first_step)
-                for step, (x, y) in enumerate(run.loader, start=stats.first_step):
-                    x = resize_batch(x, config.train_sizes[epoch])  # progressive resizing (None: full size)
-                    loss, out, lr = train_step(
-                        run.train_model, x, y, run.optimizer, run.scheduler, run.step_options, run.scaler
-                    )
-                    run.hard.record(run.loader.batch_indices, out, y)
-                    stats.add(loss, out, y, lr, dist.world_size)
-                    if run.progress:
-                        bar.update(1)
-                        if step % 20 == 0:  # the one read-back, at logging points only
-                            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-                    done = step + 1
-                    stop_now, save_now = checks.after_step(run, stop, stats, epoch, done, steps)
-                    if (save_now or stop_now) and done < steps:
-                        checks.before_write(run, stats, epoch, step, lr)
-                        run.write_last(epoch, stats.partial(dist, done, run.hard.kept))
-                        checks.saved()
-                    if stop_now and done < steps:
-                        raise _interrupted(stop, run, epoch + 1, done, steps)
-
+            stats, steps = _train_epoch(run, epoch, checks, stop)
             record = _evaluate_epoch(run, epoch, stats, steps)
             run.records.append(record)
-            say(epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"], record["val_top1"]))
+            run.say(
+                epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"], record["val_top1"])
+            )
             run.write_epoch(epoch, record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+            if run.options.on_epoch_end is not None:
+                run.options.on_epoch_end(record)
             (stop_now,) = dist.agree(stop.received is not None)  # a signal during the evaluation
             if stop_now and epoch + 1 < config.epochs:
                 raise _interrupted(stop, run, epoch + 1, steps, steps)
     run.close()
     run.calibrate_best()
     seconds = time.perf_counter() - t_start
-    if run.records:
-        best = max(run.records, key=lambda r: r["val_top1"])
-        say(f"done in {seconds:.1f} s; best {run.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}")
-    if run.plan is not None:
-        loop = time.perf_counter() - run.t_loop
-        say(
-            f"the {format_duration(run.plan.budget_s)} budget: {format_duration(run.plan.measure_seconds)} "
-            f"measuring, then {format_duration(loop)} training and evaluating "
-            f"(predicted {format_duration(run.plan.predicted_s)})"
-        )
+    run.summarise(seconds)
     return History(
         records=run.records, model=run.model, seconds=seconds, out_dir=run.run_dir.path if run.run_dir else None
     )
+
+
+def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) -> tuple[_EpochStats, int]:
+    """The steps of one epoch (from where a mid-epoch ``last.pt`` left it), each followed by the checks;
+    returns the epoch's statistics and its number of steps."""
+    config, dist = run.config, run.dist
+    resumed = run.partial if epoch == run.start_epoch else None  # a mid-epoch last.pt's progress
+    stats = _EpochStats(run.dev, dist, resumed)
+    run.divergence.start(epoch, stats)
+    run.loader.set_subset(run.hard.subset(epoch, resumed))  # --drop-easy: the hardest images only
+    steps = len(run.loader)
+    run.loader.set_epoch(epoch, stats.first_step)
+    run.train_model.train()
+    with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", run.progress, unit="batch") as bar:
+        bar.update(stats.first_step)
+        for step, (x, y) in enumerate(run.loader, start=stats.first_step):
+            x = resize_batch(x, config.train_sizes[epoch])  # progressive resizing (None: full size)
+            loss, out, lr = train_step(
+                run.train_model, x, y, run.optimizer, run.scheduler, run.step_options, run.scaler
+            )
+            run.hard.record(run.loader.batch_indices, out, y)
+            stats.add(loss, out, y, lr)
+            run.divergence.add(loss)
+            if run.progress:
+                bar.update(1)
+                if step % 20 == 0:  # the one read-back, at logging points only
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
+            done = step + 1
+            stop_now, save_now = checks.after_step(run, stop, done, steps)
+            if (save_now or stop_now) and done < steps:
+                # another rank's reason to write: this rank's last losses are unchecked
+                run.divergence.agree(weights_at=step)
+                run.write_last(epoch, stats.partial(dist, done, run.hard.kept))
+                checks.saved()
+            if stop_now and done < steps:
+                raise _interrupted(stop, run, epoch + 1, done, steps)
+    return stats, steps
 
 
 def _interrupted(stop: StopSignals, run: _Run, epoch: int, step: int, steps: int) -> TrainingInterrupted:
@@ -238,9 +248,7 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
     the validation images (each rank its shard), plainly or with the full test-time augmentation."""
     config, dist = run.config, run.dist
     train_seconds = stats.seconds()
-    (weights_bad,) = dist.agree(not _weights_finite(run.model))
-    if weights_bad:
-        raise run.diverged(epoch, steps - 1, stats.lrs[-1], "the weights are not finite")
+    run.divergence.agree(losses=False, weights_at=steps - 1)
     train_loss, train_top1 = stats.finish(dist)
     run.train_seconds += train_seconds
     dist.broadcast_buffers(run.model)  # every rank evaluates rank 0's model
@@ -270,61 +278,22 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
     ).to_dict()
 
 
-class _EpochStats:
-    """One epoch's running training statistics, accumulated on the device (no host synchronisation per
-    step). A resumed epoch starts from the partial-epoch state of its ``last.pt``; :meth:`partial` writes
-    that state. The sums a resumed epoch starts from are rank 0's share, so that the sum over the ranks
-    is the whole epoch's."""
+class _EpochStats(EpochStats):
+    """One epoch's running training statistics (:class:`~cifar_resnet.engine.EpochStats`) and what a
+    resume needs of them. A resumed epoch starts from the partial-epoch state of its ``last.pt``;
+    :meth:`partial` writes that state. The sums a resumed epoch starts from are rank 0's share, so that
+    the sum over the ranks is the whole epoch's."""
 
-    def __init__(
-        self,
-        dev: torch.device,
-        first_step: int,
-        loss_sum: float,
-        correct: int,
-        seen: int,
-        lrs: list[float],
-        seconds_before: float,
-    ):
-        self.first_step, self.seen, self.lrs, self.seconds_before = first_step, seen, lrs, seconds_before
-        self.loss_sum = torch.tensor(loss_sum, device=dev)
-        self.correct = torch.tensor(correct, device=dev)
-        self.losses: list[torch.Tensor] = []  # this rank's losses since the last divergence check
-        self.unchecked_from = first_step  # the step of losses[0]
+    def __init__(self, dev: torch.device, dist: Dist, resumed: dict | None):
+        super().__init__(dev, dist.world_size)
+        self.first_step, self.seconds_before = 0, 0.0
+        if resumed is not None:
+            keep = dist.is_main
+            self.first_step, self.seen, self.lrs = resumed["step"], resumed["seen"], list(resumed["lrs"])
+            self.seconds_before = resumed["seconds"]
+            self.loss_sum = torch.tensor(resumed["loss_sum"] if keep else 0.0, device=dev)
+            self.correct = torch.tensor(resumed["correct"] if keep else 0, device=dev)
         self.t0 = time.perf_counter()
-
-    @classmethod
-    def start(cls, resumed: dict | None, dev: torch.device, dist: Dist) -> _EpochStats:
-        if resumed is None:
-            return cls(dev, 0, 0.0, 0, 0, [], 0.0)
-        keep = dist.is_main
-        return cls(
-            dev,
-            resumed["step"],
-            resumed["loss_sum"] if keep else 0.0,
-            resumed["correct"] if keep else 0,
-            resumed["seen"],
-            list(resumed["lrs"]),
-            resumed["seconds"],
-        )
-
-    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, lr: float, world_size: int) -> None:
-        self.lrs.append(lr)
-        self.loss_sum += loss * len(y)
-        self.correct += (out.argmax(1) == y).sum()
-        self.seen += len(y) * world_size
-        self.losses.append(loss)
-
-    def first_bad_step(self) -> int | None:
-        """The first step since the last check whose loss is not finite (a host synchronisation); the
-        steps are then checked."""
-        bad = None
-        if self.losses:
-            nonfinite = (~torch.isfinite(torch.stack(self.losses))).nonzero()
-            bad = self.unchecked_from + int(nonfinite[0]) if len(nonfinite) else None
-        self.unchecked_from += len(self.losses)
-        self.losses = []
-        return bad
 
     def seconds(self) -> float:
         """Training seconds of the epoch so far (before a resume included)."""
@@ -348,90 +317,31 @@ class _EpochStats:
         """The epoch's mean training loss and top-1, over every rank."""
         dist.sum(self.loss_sum)
         dist.sum(self.correct)
-        return self.loss_sum.item() / self.seen, self.correct.item() / self.seen
-
-
-class _HardExamples:
-    """``--drop-easy``: each training image's loss at its last training step (inf: not seen yet), and from
-    epoch ``config.drop_start`` on, the ``keep`` images of highest loss that the epoch trains on. Off
-    (every method a no-op) when ``config.drop_easy`` is 0."""
-
-    def __init__(self, config: TrainConfig, n_train: int, dist: Dist, dev: torch.device, state: Checkpoint | None):
-        self.on, self.start_epoch = bool(config.drop_easy), config.drop_start
-        self.keep = n_train - int(config.drop_easy * n_train)
-        self.kept: torch.Tensor | None = None
-        self.loss: torch.Tensor | None = None
-        if not self.on:
-            return
-        if dist.enabled:
-            raise ValueError("--drop-easy is for one process; it does not run under torchrun")
-        if self.keep // config.batch_size == 0:
-            raise ValueError(f"--drop-easy {config.drop_easy} keeps {self.keep} images, fewer than one batch")
-        saved = state.example_loss if state is not None else None
-        self.loss = saved.to(dev) if saved is not None else torch.full((n_train,), float("inf"), device=dev)
-
-    def steps(self, config: TrainConfig, full_steps: int) -> list[int]:
-        """The number of steps of each epoch (the schedule runs over their sum)."""
-        return [full_steps if e < self.start_epoch else self.keep // config.batch_size for e in range(config.epochs)]
-
-    def subset(self, epoch: int, resumed: dict | None) -> torch.Tensor | None:
-        """The images epoch ``epoch`` trains on (None: all); a resumed epoch keeps its own."""
-        self.kept = None
-        if self.on and epoch >= self.start_epoch:
-            self.kept = (
-                resumed["keep"].to(self.loss.device)
-                if resumed
-                else torch.topk(self.loss, self.keep).indices.sort().values
-            )
-        return self.kept
-
-    def record(self, indices: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        if self.loss is not None:
-            self.loss[indices] = F.cross_entropy(out.float(), y, reduction="none")
+        return self.means()
 
 
 class _StepChecks:
-    """What happens at a step boundary. :meth:`after_step` agrees with the other ranks once: stop (a
-    signal), write a mid-epoch ``last.pt`` (``--save-every``/``--save-every-steps``) and diverged (a
-    non-finite loss, checked every ``check_every`` steps, at the epoch's end and whenever this rank
-    wants to stop or save: a check is a host synchronisation on a GPU). Before a mid-epoch write,
-    :meth:`before_write` makes sure no rank holds an unchecked loss or non-finite weights."""
+    """What happens at a step boundary: :meth:`after_step` agrees with the other ranks once on whether to
+    stop (a signal), write a mid-epoch ``last.pt`` (``--save-every``/``--save-every-steps``) and, through
+    :class:`Divergence`, whether the loss diverged (checked every ``check_every`` steps, at the epoch's
+    end and whenever this rank wants to stop or save: a check is a host synchronisation on a GPU)."""
 
-    def __init__(self, check_every: int, save_every: float | None, save_every_steps: int | None):
-        self.check_every, self.save_every, self.save_every_steps = check_every, save_every, save_every_steps
+    def __init__(self, options: _Options):
+        self.check_every, self.save_every = options.check_every, options.save_every
+        self.save_every_steps = options.save_every_steps
         self.last_save = time.monotonic()
 
-    def after_step(
-        self, run: _Run, stop: StopSignals, stats: _EpochStats, epoch: int, done: int, steps: int
-    ) -> tuple[bool, bool]:
+    def after_step(self, run: _Run, stop: StopSignals, done: int, steps: int) -> tuple[bool, bool]:
         want_stop = stop.received is not None
         want_save = bool(self.save_every_steps and done % self.save_every_steps == 0) or bool(
             self.save_every and time.monotonic() - self.last_save >= self.save_every
         )
         check = done % self.check_every == 0 or done == steps or want_stop or want_save
-        window_start = stats.unchecked_from
-        bad = stats.first_bad_step() if check else None
-        stop_now, save_now, diverged = run.dist.agree(want_stop, want_save, bad is not None)
-        if diverged:
-            self._raise_diverged(run, stats, epoch, window_start if bad is None else bad)
+        stop_now, save_now = run.divergence.agree(want_stop, want_save, losses=check)
         return stop_now, save_now
-
-    def before_write(self, run: _Run, stats: _EpochStats, epoch: int, step: int, lr: float) -> None:
-        window_start = stats.unchecked_from
-        bad = stats.first_bad_step()  # another rank's reason to write: this rank's last losses are unchecked
-        loss_bad, weights_bad = run.dist.agree(bad is not None, not _weights_finite(run.model))
-        if loss_bad:
-            self._raise_diverged(run, stats, epoch, window_start if bad is None else bad)
-        if weights_bad:
-            raise run.diverged(epoch, step, lr, "the weights are not finite")
 
     def saved(self) -> None:
         self.last_save = time.monotonic()
-
-    @staticmethod
-    def _raise_diverged(run: _Run, stats: _EpochStats, epoch: int, bad: int) -> None:
-        # bad: the first step with a non-finite loss (another rank's: the first step of this rank's window)
-        raise run.diverged(epoch, bad, stats.lrs[bad], "the loss is not finite")
 
 
 def _tensorboard_writer(run_dir: RunDir | None):
@@ -470,109 +380,91 @@ def _resume_state(resume: str | Path, config: TrainConfig | None, device: str | 
     return state, config
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    """Every parameter and floating buffer (BN running statistics included) is finite."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+def _shared_data(config: TrainConfig, data: CifarData | None, dist: Dist) -> CifarData:
+    """``data``, or the config's data prepared by rank 0 first: a dataset to download is downloaded once."""
+    if data is not None:
+        return data
+    data = prepare_data(config) if dist.is_main else None
+    dist.barrier()
+    return data if data is not None else prepare_data(config)
 
 
 class _Run:
     """Everything the loop works with, set up once: the data and its loaders, the model (and its DDP /
     compiled wrapper for training), the optimizer, schedule and loss scaler, the step's and evaluation's
-    options, the --drop-easy state, the run directory and where a resumed run starts."""
+    options, the --drop-easy state, the divergence check, the run directory and where the run starts."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        data: CifarData | None,
-        out_dir,
-        state: Checkpoint | None,
-        resume,
-        dist: Dist,
-        dev: torch.device,
-        *,
-        log: Callable[[str], None],
-        progress: bool | None,
-        tensorboard: bool,
-    ):
-        self.config, self.dist, self.dev = config, dist, dev
-        self.say = log if dist.is_main else (lambda s: None)
-        self.progress = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-        if data is None:  # rank 0 first: a dataset that must be downloaded is downloaded once
-            data = prepare_data(config) if dist.is_main else None
-            dist.barrier()
-            if data is None:
-                data = prepare_data(config)
-        self.data = data
-        self.eval_name, eval_split = data.eval_split()
-        if state is not None and state.classes != list(data.classes):
-            raise CheckpointError(f"{resume} was trained on other classes than {data.source} has")
-
-        # normalisation statistics come from the training images (the checkpoint's when resuming)
-        self.mean, self.std = (state.mean, state.std) if state else channel_stats(data.train.images)
-        self.loader = training_loader(
-            config, data.train, self.mean, self.std, dev, rank=dist.rank, world_size=dist.world_size
-        )
-        full_steps = len(self.loader)
-        eval_shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
-        self.eval_loader = CifarLoader(eval_shard, config.eval_batch_size, mean=self.mean, std=self.std, device=dev)
-        self.model = init_model(config, data, self.mean, self.std, dev, data_init=state is None)
+    def __init__(self, config: TrainConfig, data, state: Checkpoint | None, dist: Dist, dev, options: _Options):
+        self.config, self.dist, self.dev, self.options = config, dist, dev, options
+        self.say = options.log if dist.is_main else (lambda s: None)
+        self.progress = dist.is_main and (sys.stderr.isatty() if options.progress is None else options.progress)
+        # data, and the normalisation statistics of its training images (the checkpoint's when resuming)
+        self.data = _shared_data(config, data, dist)
+        self.eval_name, eval_split = self.data.eval_split()
+        if state is not None and state.classes != list(self.data.classes):
+            raise CheckpointError(f"{state.source} was trained on other classes than {self.data.source} has")
+        self.mean, self.std = (state.mean, state.std) if state else channel_stats(self.data.train.images)
+        self._make_loaders(eval_split)
+        # model init
+        self.model = init_model(config, self.data, (self.mean, self.std), dev, data_init=state is None)
         if config.sync_bn and dist.enabled:
             convert_sync_batchnorm(self.model)
-        self.plan = None
-        if config.budget_seconds is not None and not config.plan:  # --budget: measure, then fix the epochs
-            self.plan = self._make_plan(config, full_steps)
-            self.config = config = planned_config(config, self.plan)
-        self.hard = _HardExamples(config, self.loader.num_images, dist, dev, state)
+        # --budget: measure, then fix the epochs
+        self.plan = self._make_plan() if config.budget_seconds is not None and not config.plan else None
+        if self.plan is not None:
+            self.config = planned_config(config, self.plan)
+        self._make_optimization(state)
+        self._start_from(state)
+        # wrap the model into DDP (under torchrun) and compile it: what the training steps run
+        self.train_model = data_parallel(self.model, dist, dev)
+        self.train_model = torch.compile(self.train_model) if self.config.compile else self.train_model
+        self._open_run_dir()
+        self.divergence = Divergence(dist, self.model, self._resumed_checkpoint(state))
+        self._announce(eval_split)
+        self.t_loop = time.perf_counter()
+
+    def _make_loaders(self, eval_split) -> None:
+        """The training batches (this rank's slice of each) and this rank's shard of the evaluation images."""
+        config, dist = self.config, self.dist
+        self.loader = training_loader(config, self.data.train, (self.mean, self.std), self.dev, dist)
+        self.full_steps = len(self.loader)  # steps of an epoch over all the training images
+        shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
+        self.eval_loader = CifarLoader(shard, config.eval_batch_size, mean=self.mean, std=self.std, device=self.dev)
+
+    def _make_plan(self) -> Plan:
+        config, n_train = self.config, self.loader.num_images
+
+        def steps_for(candidate: TrainConfig) -> list[int]:
+            hard = HardExamples(candidate, n_train, self.dist, self.dev, None)
+            return hard.steps(candidate, self.full_steps)
+
+        measured = measure(config, self.model, self.loader, self.eval_loader, self.dist)
+        return make_plan(config, config.budget_seconds, measured, steps_for)
+
+    def _make_optimization(self, state: Checkpoint | None) -> None:
+        """The --drop-easy state, the optimizer, its schedule over the run's steps, the step's and the
+        evaluation's options and the fp16 loss scaler."""
+        config, dev = self.config, self.dev
+        self.hard = HardExamples(config, self.loader.num_images, self.dist, dev, state.example_loss if state else None)
         self.optimizer = build_optimizer(config, self.model, dev)
-        self.scheduler = build_scheduler(
-            config, self.optimizer, full_steps, total_steps=sum(self.hard.steps(config, full_steps))
-        )
+        steps = sum(self.hard.steps(config, self.full_steps))
+        self.scheduler = build_scheduler(config, self.optimizer, self.full_steps, total_steps=steps)
         self.step_options = StepOptions.from_config(config, dev)
         self.eval_options = EvalOptions.from_config(config, dev)
         self.scaler = grad_scaler(self.step_options, dev)
 
+    def _start_from(self, state: Checkpoint | None) -> None:
+        """Where the run starts: epoch 0, or where the checkpoint ``state`` stopped (its weights, optimizer,
+        schedule, scaler, random generators, history and progress into an epoch)."""
         self.records: list[dict] = []
         self.last_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start_epoch, self.partial = 0, None
         if state is not None:
-            self._load(state, resume, full_steps)
+            self._load(state)
         self.best_top1 = max((r["val_top1"] for r in self.records), default=-1.0)
         self.train_seconds = self.records[-1].get("train_seconds", 0.0) if self.records else 0.0
-        self.train_model = (
-            nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-            if dist.enabled
-            else self.model
-        )
-        self.train_model = torch.compile(self.train_model) if config.compile else self.train_model
 
-        self.run_dir = RunDir(out_dir) if out_dir is not None else None
-        if self.run_dir is not None and dist.is_main:
-            self.run_dir.create().write_config(config.to_dict())
-        self.writer = _tensorboard_writer(self.run_dir) if tensorboard and dist.is_main else None
-        # where the last checkpoint with finite weights was written, for the message of a diverged run
-        self.last_good = None
-        if state is not None and self.run_dir is not None:
-            step = self.partial["step"] if self.partial else 0
-            self.last_good = (
-                self.run_dir.last,
-                f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}",
-            )
-        self._announce(eval_split, full_steps)
-        if self.plan is not None:
-            self.say(self.plan.line(data.train.images.shape[1]))
-        self.t_loop = time.perf_counter()
-
-    def _make_plan(self, config: TrainConfig, full_steps: int) -> Plan:
-        n_train = self.loader.num_images
-
-        def steps_for(candidate: TrainConfig) -> list[int]:
-            hard = _HardExamples(candidate, n_train, self.dist, self.dev, None)
-            return hard.steps(candidate, full_steps)
-
-        measured = measure(config, self.model, self.loader, self.eval_loader, self.dev, self.dist)
-        return make_plan(config, config.budget_seconds, measured, steps_for)
-
-    def _load(self, state: Checkpoint, resume, full_steps: int) -> None:
+    def _load(self, state: Checkpoint) -> None:
         self.model.load_state_dict(state.state_dict)
         self.optimizer.load_state_dict(state.optimizer_state)
         self.scheduler.load_state_dict(state.scheduler_state)
@@ -582,85 +474,99 @@ class _Run:
         self.records = state.history
         self.start_epoch, self.partial = state.epoch, state.partial
         step = self.partial["step"] if self.partial else 0
-        steps = self.hard.steps(self.config, full_steps)[self.start_epoch]
+        steps = self.hard.steps(self.config, self.full_steps)[self.start_epoch]
         self.say(
-            f"resuming {resume} at epoch {self.start_epoch + 1} of {self.config.epochs}"
+            f"resuming {state.source} at epoch {self.start_epoch + 1} of {self.config.epochs}"
             + (f", step {step + 1} of {steps}" if step else "")
         )
 
-    def _announce(self, eval_split, steps: int) -> None:
-        config, dev = self.config, self.dev
+    def _open_run_dir(self) -> None:
+        """The run directory (its config.json written by rank 0) and the TensorBoard writer, when asked for."""
+        self.run_dir = RunDir(self.options.out_dir) if self.options.out_dir is not None else None
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.create().write_config(self.config.to_dict())
+        self.writer = _tensorboard_writer(self.run_dir) if self.options.tensorboard and self.dist.is_main else None
+
+    def _resumed_checkpoint(self, state: Checkpoint | None) -> tuple[Path, str] | None:
+        """The checkpoint a resumed run started from, as the last good one (None for a fresh run)."""
+        if state is None or self.run_dir is None:
+            return None
+        step = self.partial["step"] if self.partial else 0
+        where = f"epoch {self.start_epoch + 1}, step {step}" if step else f"epoch {self.start_epoch}"
+        return self.run_dir.last, where
+
+    def _announce(self, eval_split) -> None:
+        config = self.config
         n_params = sum(p.numel() for p in self.model.parameters())
         procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
-        precision = self.step_options.precision
-        note = (
-            " (bf16, emulated: this CPU has no AMX or AVX512_BF16, so a step takes many times the fp32 one; "
-            "--precision auto picks fp32 here)"
-            if precision == "bf16" and bf16_is_emulated(dev)
-            else f" ({precision})"
-            if precision != "fp32"
-            else " (fp32: no bf16 instructions, AMX or AVX512_BF16, on this CPU)"
-            if dev.type == "cpu" and config.precision == "auto"
-            else ""
-        )
         self.say(
-            f"{config.model} ({n_params:,} parameters) on {dev}{note}{procs}; "
+            f"{config.model} ({n_params:,} parameters) on {self.dev}{self._precision_note()}{procs}; "
             f"{len(self.data.train)} training images, "
-            f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {steps} steps"
+            f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {self.full_steps} steps"
         )
+        if self.plan is not None:
+            self.say(self.plan.line(self.data.train.images.shape[1]))
+
+    def _precision_note(self) -> str:
+        """What the announcement says of the precision: nothing for fp32 chosen on purpose, why for fp32
+        chosen by ``auto`` on a CPU, a warning for bf16 emulated in software."""
+        precision = self.step_options.precision
+        if precision == "bf16" and bf16_is_emulated(self.dev):
+            return (
+                " (bf16, emulated: this CPU has no AMX or AVX512_BF16, so a step takes many times the fp32 one; "
+                "--precision auto picks fp32 here)"
+            )
+        if precision != "fp32":
+            return f" ({precision})"
+        if self.dev.type == "cpu" and self.config.precision == "auto":
+            return " (fp32: no bf16 instructions, AMX or AVX512_BF16, on this CPU)"
+        return ""
 
     def checkpoint(self, epoch: int, partial: dict | None) -> Checkpoint:
         """The run's checkpoint after ``epoch`` epochs (and ``partial``: the progress into the next)."""
-        data = self.data
-        return Checkpoint.of_model(
-            self.model,
-            classes=data.classes,
-            coarse_classes=data.coarse_classes,
-            dataset=data.name,
-            mean=self.mean,
-            std=self.std,
-            config=self.config.to_dict(),
-            eval_split=self.eval_name,
-            epoch=epoch,
-            history=self.records,
-            training_state={
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": get_rng_state(),
-                "partial": partial,
-                **({"example_loss": self.hard.loss.cpu()} if self.hard.loss is not None else {}),
-                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
-            },
-        )
+        run = {"config": self.config.to_dict(), "eval_split": self.eval_name, "epoch": epoch, "history": self.records}
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": get_rng_state(),
+            "partial": partial,
+            **({"example_loss": self.hard.loss.cpu()} if self.hard.loss is not None else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+        }
+        return Checkpoint.of_model(self.model, self.data, (self.mean, self.std), run, training_state)
 
     def write_last(self, epoch: int, partial: dict) -> None:
         """A mid-epoch ``last.pt`` (rank 0)."""
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.write_checkpoint(self.checkpoint(epoch, partial))
-            self.last_good = (self.run_dir.last, f"epoch {epoch + 1}, step {partial['step']}")
+            self.divergence.written(self.run_dir.last, f"epoch {epoch + 1}, step {partial['step']}")
 
     def write_epoch(self, epoch: int, record: dict) -> None:
         """After an epoch: ``last.pt``, ``best.pt`` when it is the best so far, the history, tensorboard."""
         top1 = record["val_top1"]
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.write_epoch(self.checkpoint(epoch + 1, None), best=top1 > self.best_top1)
-            self.last_good = (self.run_dir.last, f"epoch {epoch + 1}")
+            self.divergence.written(self.run_dir.last, f"epoch {epoch + 1}")
         self.best_top1 = max(self.best_top1, top1)
         if self.writer is not None:
             for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s"):
                 self.writer.add_scalar(key, record[key], epoch + 1)
             self.writer.flush()
 
-    def diverged(self, epoch: int, step: int, lr: float, what: str) -> TrainingDiverged:
-        good = (
-            f"the last good checkpoint is {self.last_good[0]} ({self.last_good[1]})"
-            if self.last_good
-            else "no checkpoint was written"
-        )
-        return TrainingDiverged(
-            f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); "
-            f"{good}; lower --lr or --grad-clip"
-        )
+    def summarise(self, seconds: float) -> None:
+        """The run's last lines: its best epoch and, under a budget, how the budget was spent."""
+        if self.records:
+            best = max(self.records, key=lambda r: r["val_top1"])
+            self.say(
+                f"done in {seconds:.1f} s; best {self.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}"
+            )
+        if self.plan is not None:
+            loop = time.perf_counter() - self.t_loop
+            self.say(
+                f"the {format_duration(self.plan.budget_s)} budget: {format_duration(self.plan.measure_seconds)} "
+                f"measuring, then {format_duration(loop)} training and evaluating "
+                f"(predicted {format_duration(self.plan.predicted_s)})"
+            )
 
     def close(self) -> None:
         if self.writer is not None:
