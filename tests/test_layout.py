@@ -194,3 +194,60 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     with ThreadPoolExecutor(2) as pool:
         failures = [(m, err) for m, code, err in pool.map(run, names) if code != 0]
     assert not failures, failures
+
+
+# The size of things: a newcomer reads any function in one screen and any module in one sitting.
+MAX_FILE_LINES = 700
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 6
+MAX_FUNCTIONS_WITH_MANY_PARAMETERS = 8  # the public surfaces that mirror a command or the notebook's API
+
+
+def _is_parser_declaration(node: ast.FunctionDef) -> bool:
+    """A function that only declares argparse options (``add_argument`` after ``add_argument``)."""
+    calls = [c for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)]
+    declared = sum(c.func.attr in ("add_argument", "add_parser", "add_argument_group") for c in calls)
+    return declared >= 10
+
+
+def _sizes(path: Path) -> tuple[int, list[tuple[str, int, int]]]:
+    """A module's line count, and (name, lines, parameters) of each function in it."""
+    text = path.read_text()
+    functions = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _is_parser_declaration(node):
+            a = node.args
+            params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+            params += ["*"] * bool(a.vararg) + ["**"] * bool(a.kwarg)
+            functions.append((f"{node.name} (line {node.lineno})", node.end_lineno - node.lineno + 1, len(params)))
+    return text.count("\n"), functions
+
+
+def _too_big(paths: dict[str, Path]) -> list[str]:
+    found, many = [], []
+    for name, path in sorted(paths.items()):
+        lines, functions = _sizes(path)
+        if lines > MAX_FILE_LINES:
+            found.append(f"{name}: {lines} lines")
+        found += [f"{name}.{f}: {n} lines" for f, n, _ in functions if n > MAX_FUNCTION_LINES]
+        many += [f"{name}.{f}: {p} parameters" for f, _, p in functions if p > MAX_PARAMETERS]
+    if len(many) > MAX_FUNCTIONS_WITH_MANY_PARAMETERS:
+        found += [f"{len(many)} functions take more than {MAX_PARAMETERS} parameters:", *many]
+    return found
+
+
+def test_no_module_or_function_outgrows_a_reading():
+    found = _too_big(_modules())
+    assert not found, "\n".join(found)
+
+
+def test_the_size_check_sees_a_long_function_and_a_long_parameter_list(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    wide = ", ".join(f"a{i}" for i in range(MAX_PARAMETERS + 1))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n" + "".join(f"def w{i}({wide}): ...\n" for i in range(9)))
+    found = _too_big({"m": tmp_path / "m.py"})
+    assert found[0].startswith("m.long (line 1): 61 lines")
+    assert "9 functions take more than 6 parameters:" in found
+    parser = "def p(s):\n" + "\n".join(f"    s.add_argument('--o{i}')" for i in range(70)) + "\n"
+    (tmp_path / "p.py").write_text(parser)
+    assert _too_big({"p": tmp_path / "p.py"}) == []

@@ -10,7 +10,7 @@ The notebook's own API (``fit(epochs, train_dl, ...)``, ``evaluate``, ``plot_los
 
 from .augment import Augment
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
-from .config import PRESETS, TrainConfig, get_preset, prepare_data
+from .config import PRESETS, TrainConfig, get_preset
 from .data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -25,7 +25,7 @@ from .data import (
     subsample,
 )
 from .device import resolve_device
-from .engine import EvalOptions, StepOptions, collect_logits
+from .engine import EvalOptions, StepOptions, collect_logits, prepare_data
 from .evaluate import evaluate_checkpoint
 from .inference import EvalData, EvalOverrides, Predictor, eval_options, run_checkpoint
 from .interpret import Interpretation

@@ -1,4 +1,4 @@
-"""What defines a training run: one frozen dataclass, its named presets, and the run's data set-up.
+"""What defines a training run: one frozen dataclass and its named presets.
 
 Each field of :class:`TrainConfig` carries its own help text (``dataclasses.field(metadata={"help": ...})``):
 the CLI makes one ``--field-name`` flag per field from it, so the help a user reads and the field it sets
@@ -13,7 +13,6 @@ from typing import Any
 
 from .augment import Augment
 from .console import parse_duration
-from .data import CifarData, load_data, split_validation, subsample
 from .device import PRECISIONS, legacy_precision, resolve_device, resolve_precision
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "SCHEDULES",
     "TrainConfig",
     "get_preset",
-    "prepare_data",
     "preset_for_run",
 ]
 
@@ -327,19 +325,3 @@ def preset_for_run(name: str, overrides: dict) -> tuple[str, TrainConfig]:
             name, config = fp32, get_preset(fp32)
             overrides = {**overrides, "precision": precision}  # auto stays auto: the run says why it is fp32
     return name, dataclasses.replace(config, **overrides)
-
-
-def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download: bool = True) -> CifarData:
-    """The run's data: ``config.data`` loaded (or ``data`` as given), with the validation split held out
-    (unless the source brings one) and the training subset taken, both seeded by ``config.seed``.
-
-    A dataset named by ``cifar100``/``cifar10`` that is not in the download cache yet is downloaded
-    (progress bar, md5 check) when ``download`` is true.
-    """
-    if data is None:
-        data = load_data(config.data, download_missing=download)
-    if config.val_split and data.val is None:
-        data = split_validation(data, config.val_split, seed=config.seed)
-    if config.train_subset:
-        data = subsample(data, config.train_subset, seed=config.seed)
-    return data

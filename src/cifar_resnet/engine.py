@@ -1,8 +1,8 @@
-"""What training and inference share: the model a run starts from, the training step, an epoch's running
-statistics, and the pass of a model over a loader, each with its options as one small frozen object.
+"""What training and inference share: the data and model a run starts from, the training step, an epoch's
+running statistics, and the pass of a model over a loader, each with its options as one small frozen object.
 
-:func:`init_model` and :func:`training_loader` set a run up from its config (``fit`` and ``lr-find`` start
-from the same model and batches); :func:`train_step` is the package's one training step
+:func:`prepare_data`, :func:`init_model` and :func:`training_loader` set a run up from its config
+(``fit`` and ``lr-find`` start from the same model and batches); :func:`train_step` is the package's one training step
 (:class:`StepOptions`), which ``fit`` and ``lr-find`` call step by step and :func:`train_one_epoch` loops
 for the notebook's ``fit``; :class:`EpochStats` sums an epoch's loss and accuracy on the device;
 :func:`collect_logits` runs a model over a loader (:class:`EvalOptions`) for every reported number.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIP_MODES, TrainConfig
-from .data import CifarData, Split
+from .data import CifarData, Split, load_data, split_validation, subsample
 from .device import autocast_for, resolve_precision
 from .distributed import Dist
 from .loader import CifarLoader
@@ -32,6 +32,7 @@ __all__ = [
     "epoch_line",
     "grad_scaler",
     "init_model",
+    "prepare_data",
     "resize_batch",
     "train_one_epoch",
     "train_step",
@@ -313,3 +314,19 @@ def collect_logits(
         model.train(was_training)
     # one device->host transfer at the end, not one per batch
     return torch.cat(outs).cpu(), torch.cat(labels).cpu()
+
+
+def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download: bool = True) -> CifarData:
+    """The run's data: ``config.data`` loaded (or ``data`` as given), with the validation split held out
+    (unless the source brings one) and the training subset taken, both seeded by ``config.seed``.
+
+    A dataset named by ``cifar100``/``cifar10`` that is not in the download cache yet is downloaded
+    (progress bar, md5 check) when ``download`` is true.
+    """
+    if data is None:
+        data = load_data(config.data, download_missing=download)
+    if config.val_split and data.val is None:
+        data = split_validation(data, config.val_split, seed=config.seed)
+    if config.train_subset:
+        data = subsample(data, config.train_subset, seed=config.seed)
+    return data

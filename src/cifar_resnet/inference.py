@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .config import TrainConfig, prepare_data
+from .config import TrainConfig
 from .console import one_line, progress_bar
 from .data import CifarData, DataError, Split, channel_stats, load_data
 from .device import resolve_device, resolve_precision
-from .engine import EvalOptions, collect_logits
+from .engine import EvalOptions, collect_logits, prepare_data
 from .images import load_images
 from .loader import CifarLoader
 from .metrics import fine_to_coarse
@@ -129,7 +129,7 @@ class EvalData:
 
 def _source_splits_like_run(ckpt: Checkpoint, data: CifarData) -> CifarData | None:
     """``data`` with the run's validation split held out and its training subset taken, exactly as
-    ``config.prepare_data`` did, or ``None`` when ``data`` is not the source the run was trained on.
+    ``engine.prepare_data`` did, or ``None`` when ``data`` is not the source the run was trained on.
 
     Whether it is the same source is checked, not assumed: the checkpoint's normalisation statistics
     were computed from the run's training images, so the re-split training images must reproduce them

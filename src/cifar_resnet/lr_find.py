@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig, prepare_data
+from .config import TrainConfig
 from .console import progress_bar
 from .data import CifarData, channel_stats
 from .device import resolve_device
-from .engine import StepOptions, grad_scaler, init_model, train_step, training_loader
+from .engine import StepOptions, grad_scaler, init_model, prepare_data, train_step, training_loader
 from .memory import keep_freed_memory
 from .models import model_kwargs_names
 from .optim import build_optimizer

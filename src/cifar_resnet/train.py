@@ -23,7 +23,7 @@ from torch import nn
 
 from .budget import Plan, follow_plan, make_plan, measure, planned_config
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
-from .config import TrainConfig, prepare_data
+from .config import TrainConfig
 from .console import format_duration, progress_bar
 from .data import CifarData, channel_stats
 from .device import bf16_is_emulated, resolve_device
@@ -38,6 +38,7 @@ from .engine import (
     epoch_line,
     grad_scaler,
     init_model,
+    prepare_data,
     resize_batch,
     train_step,
     training_loader,
