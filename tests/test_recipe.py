@@ -339,7 +339,7 @@ _RELEASE = """
 from pathlib import Path
 import torch
 from cifar_resnet.memory import keep_freed_memory, release_freed_memory
-from cifar_resnet.sweep import _peak_memory_mb, _reset_peak_memory
+from cifar_resnet.sweep.worker import peak_memory_mb, reset_peak_memory
 
 def rss_mb():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
@@ -352,8 +352,8 @@ kept = rss_mb()
 assert release_freed_memory()
 released = rss_mb()
 torch.empty(64 * 2**20).fill_(1.0)
-assert _reset_peak_memory()  # a sweep's next trial: released first, so its peak is its own
-print(round(kept - base), round(released - base), round(_peak_memory_mb() - base))
+assert reset_peak_memory()  # a sweep's next trial: released first, so its peak is its own
+print(round(kept - base), round(released - base), round(peak_memory_mb() - base))
 """
 
 

@@ -27,7 +27,7 @@ from cifar_resnet.config import upgrade_config
 from cifar_resnet.signals import StopSignals
 from cifar_resnet.sweep import build_config, load_sweep, open_study, report
 from cifar_resnet.sweep.report import _difference, _grid_rows, _grid_table
-from cifar_resnet.sweep.study import _open_and_queue, _take
+from cifar_resnet.sweep.study import _take, open_and_queue
 from cifar_resnet.sweep.worker import _run_trial
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (optuna) is not installed")
@@ -514,7 +514,7 @@ def test_a_stop_request_nested_stop_signals_pass_in_and_out():
 
 def test_a_trial_stopped_before_training_is_queued_again_untouched(tmp_path, tiny_npz):
     spec = load_sweep(sweep_file(tmp_path, tiny_npz, ONE_CELL))
-    study = _open_and_queue(spec, None)
+    study = open_and_queue(spec, None)
     trial = _take(study, spec)
     stop = StopSignals()
     stop.received = signal.SIGTERM  # as if SIGTERM had come while the worker took the trial

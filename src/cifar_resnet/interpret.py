@@ -134,7 +134,7 @@ class Interpretation:
         for i, loss in zip(idx, losses):
             t, p = self.classes[int(self.labels[i])], self.classes[int(self.preds[i])]
             titles.append(
-                f"{plots._short(p)} / {plots._short(t)}\n"
+                f"{plots.short_label(p)} / {plots.short_label(t)}\n"
                 f"loss {loss:.2f}, p(true) {100 * float(self.probs[i, self.labels[i]]):.1f}%"
             )
         return plots.plot_image_grid(

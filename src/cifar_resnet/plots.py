@@ -41,6 +41,7 @@ __all__ = [
     "plot_search_history",
     "plot_sweep_variants",
     "save_figure",
+    "short_label",
     "to_uint8",
 ]
 
@@ -307,7 +308,8 @@ def plot_image_grid(
     return _finish(fig, path)
 
 
-def _short(name: str, width: int = 16) -> str:
+def short_label(name: str, width: int = 16) -> str:
+    """``name`` cut to ``width`` characters (a dot marks the cut), for captions and tick labels."""
     return name if len(name) <= width else name[: width - 1] + "."
 
 
@@ -315,8 +317,8 @@ def prediction_captions(true: Sequence[str | None], pred: Sequence[str], prob: S
     """``pred (p%)`` captions, with ``true: ...`` above when the truth is known."""
     out = []
     for t, p, q in zip(true, pred, prob):
-        line = f"{_short(p)} {100 * q:.0f}%"
-        out.append(line if t is None else f"true: {_short(t)}\npred: {line}")
+        line = f"{short_label(p)} {100 * q:.0f}%"
+        out.append(line if t is None else f"true: {short_label(t)}\npred: {line}")
     return out
 
 

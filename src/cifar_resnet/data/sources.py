@@ -22,7 +22,7 @@ import numpy as np
 from ..console import one_line
 from .download import DATASETS, DEFAULT_ROOT, download
 from .errors import DataError
-from .unpickle import _unpickle
+from .unpickle import safe_unpickle
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -284,7 +284,7 @@ def load_archive(path: str | Path) -> CifarData:
                     continue
                 file = tar.extractfile(member)
                 assert file is not None  # regular files always have contents
-                found[key[0]][key[1]] = _unpickle(file, f"{path}[{member.name}]")
+                found[key[0]][key[1]] = safe_unpickle(file, f"{path}[{member.name}]")
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # OSError covers gzip.BadGzipFile
@@ -333,7 +333,7 @@ def load_folder(path: str | Path) -> CifarData:
     for file in _LAYOUT_FILES[name]:
         try:
             with open(folder / file, "rb") as f:
-                batches[file] = _unpickle(f, str(folder / file))
+                batches[file] = safe_unpickle(f, str(folder / file))
         except OSError as e:
             raise DataError(f"{folder / file}: cannot read ({one_line(e)})") from e
     return _assemble_official(name, batches, lambda f: str(folder / f), str(folder))

@@ -66,7 +66,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _unpickle(file: IO[bytes], where: str) -> dict[str, Any]:
+def safe_unpickle(file: IO[bytes], where: str) -> dict[str, Any]:
     """Read one official pickle (a dict) from ``file``; keys come back as str."""
     try:
         obj = _RestrictedUnpickler(file, where).load()

@@ -10,10 +10,6 @@ from .spec import Param, SweepError, SweepSpec, build_config, load_sweep, rows_w
 from .study import open_study
 from .worker import WorkerResult, run_workers, work
 
-# the worker's peak-memory helpers, for the tests that check them
-from .worker import _peak_memory_mb as _peak_memory_mb
-from .worker import _reset_peak_memory as _reset_peak_memory
-
 __all__ = [
     "Param",
     "SweepError",

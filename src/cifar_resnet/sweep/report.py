@@ -13,7 +13,16 @@ from typing import Any
 from ..checkpoint import atomic_write_text
 from ..plots import plot_search_history, plot_sweep_variants
 from .spec import SweepSpec
-from .study import _cell, _error_line, _optuna, _replaced, _stale_trial_ids, _states, _trial_id, open_study
+from .study import (
+    error_line,
+    import_optuna,
+    open_study,
+    replaced_trials,
+    stale_trial_ids,
+    trial_cell,
+    trial_id_of,
+    trial_states,
+)
 
 __all__ = ["report"]
 
@@ -47,7 +56,7 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
     study = open_study(spec, url, create=False)
     out_dir = Path(out_dir or spec.directory)
     trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
-    complete = [t for t in trials if t.state == _states().COMPLETE]
+    complete = [t for t in trials if t.state == trial_states().COMPLETE]
     result, lines = _summary(study, spec, trials, complete)
     if spec.kind == "grid":
         lines += _grid_section(spec, complete, result, out_dir)
@@ -66,8 +75,8 @@ def report(spec: SweepSpec, url: str | None = None, out_dir: str | Path | None =
 def _summary(study, spec: SweepSpec, trials: list, complete: list) -> tuple[dict[str, Any], list[str]]:
     """The report's head: trial counts, the machines, the failed and the running trials (as data and as
     the first lines of the markdown)."""
-    S = _states()
-    replaced = _replaced(trials)
+    S = trial_states()
+    replaced = replaced_trials(trials)
     counts = {
         state: sum(1 for t in trials if t.state.name.lower() == state and t.number not in replaced)
         for state in ("complete", "pruned", "running", "waiting", "fail")
@@ -86,7 +95,7 @@ def _summary(study, spec: SweepSpec, trials: list, complete: list) -> tuple[dict
     failed = [t for t in trials if t.state == S.FAIL and t.number not in replaced]
     lines += [f"- trial {t.number} failed: {t.user_attrs.get('error', 'no error recorded')}" for t in failed]
     running = [t for t in trials if t.state == S.RUNNING]
-    stale = _stale_trial_ids(study) if running else set()
+    stale = stale_trial_ids(study) if running else set()
     result["running"] = [_running(t, stale, spec.grace) for t in running]
     lines += [f"- trial {r['number']} running: {r['text']}" for r in result["running"]]
     return result, [*lines, ""]
@@ -114,7 +123,7 @@ def _grid_section(spec: SweepSpec, complete: list, result: dict, out_dir: Path) 
 def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir: Path) -> list[str]:
     """A search's best trials, importances and figure (``history.png``); sets ``result``'s ``best``,
     ``importances`` and ``figures``."""
-    S = _states()
+    S = trial_states()
     best, importances = _search_results(study, spec, [t for t in trials if t.state == S.COMPLETE])
     result["best"], result["importances"] = best, importances
     lines = _search_table(best, importances)
@@ -137,7 +146,7 @@ def _running(trial, stale: set[int] | None, grace: int) -> dict:
     """Where a running trial is: its cell, worker, machine, epochs done and last validation top-1, and whether
     its worker has stopped sending heartbeats (the next worker to look takes it over)."""
     attrs = trial.user_attrs
-    cell = _cell(trial)
+    cell = trial_cell(trial)
     label = f"{cell['variant']}/seed{cell['seed']}" if cell else ", ".join(f"{k}={v}" for k, v in trial.params.items())
     epochs = attrs.get("epochs_done", 0)
     info = {
@@ -148,7 +157,7 @@ def _running(trial, stale: set[int] | None, grace: int) -> dict:
         "epochs_done": epochs,
         "val_top1": _last_value(trial) if epochs else None,
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
-        "stale": None if stale is None else _trial_id(trial) in stale,
+        "stale": None if stale is None else trial_id_of(trial) in stale,
     }
     parts = [label + (f" on {info['worker']}" if info["worker"] else "")]
     parts += [info["machine"]] if info["machine"] else []
@@ -177,7 +186,7 @@ def _machine_of(trial) -> str:
 def _grid_rows(spec: SweepSpec, complete) -> list[dict]:
     by_variant: dict[str, dict[int, Any]] = {v: {} for v in spec.variants}
     for t in complete:
-        cell = _cell(t)
+        cell = trial_cell(t)
         if cell and cell["variant"] in by_variant and "val_top1" in t.user_attrs:
             by_variant[cell["variant"]][cell["seed"]] = {**t.user_attrs, "machine": _machine_of(t)}
     base = {s: a["val_top1"] for s, a in by_variant.get(spec.baseline, {}).items()}
@@ -302,9 +311,9 @@ def _search_results(study, spec: SweepSpec, complete) -> tuple[list[dict], dict]
     importances: dict = {}
     if len(complete) >= 2:
         try:
-            importances = dict(_optuna().importance.get_param_importances(study))
+            importances = dict(import_optuna().importance.get_param_importances(study))
         except (RuntimeError, ValueError, ImportError) as e:  # too few distinct trials to rank parameters
-            importances = {"(not computed)": _error_line(e)}
+            importances = {"(not computed)": error_line(e)}
     return rows, importances
 
 

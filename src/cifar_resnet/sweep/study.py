@@ -17,7 +17,7 @@ from .spec import SweepError, SweepSpec
 __all__ = ["open_study"]
 
 
-def _optuna():
+def import_optuna():
     try:
         import optuna
     except ImportError:
@@ -33,7 +33,7 @@ def _storage(spec: SweepSpec, url: str, attempts: int = 5):
     """The study's storage. Workers that start together on an empty database race to create Optuna's
     tables (the loser's CREATE TABLE fails on a unique key): a failed connection is tried again after a
     short random pause, by when the tables exist."""
-    optuna = _optuna()
+    optuna = import_optuna()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         spec.directory.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def _storage(spec: SweepSpec, url: str, attempts: int = 5):
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=spec.heartbeat,
                 grace_period=spec.grace,
-                heartbeat_stale_trial_callback=_Requeue(spec.retries),
+                heartbeat_stale_trial_callback=Requeue(spec.retries),
             )
         except ImportError as e:  # the database's driver
             raise SweepError(
@@ -67,7 +67,7 @@ def _safe_url(url: str) -> str:
 
 
 def _samplers(spec: SweepSpec):
-    optuna = _optuna()
+    optuna = import_optuna()
     if spec.kind == "grid":
         return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
     sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
@@ -83,7 +83,7 @@ def _samplers(spec: SweepSpec):
 def open_study(spec: SweepSpec, url: str | None = None, *, create: bool = True):
     """The sweep's Optuna study (created when ``create`` and it does not exist yet), checked against the
     file: a study begun from a different base, variants or ranges is an error."""
-    optuna = _optuna()
+    optuna = import_optuna()
     url = url or spec.storage_url
     if not create and url == spec.storage_url and not (spec.directory / "optuna.db").is_file():
         raise SweepError(
@@ -141,11 +141,11 @@ def _check_identity(study, spec: SweepSpec, url: str, create: bool) -> None:
             study.set_user_attr("sweep", {**theirs, "variants": {**theirs["variants"], **added}})
 
 
-def _states():
-    return _optuna().trial.TrialState
+def trial_states():
+    return import_optuna().trial.TrialState
 
 
-def _cell(trial) -> dict | None:
+def trial_cell(trial) -> dict | None:
     """A grid trial's cell (from its queued parameters, also before it has suggested them)."""
     fixed = trial.system_attrs.get("fixed_params") or {}
     params = {**fixed, **trial.params}
@@ -154,7 +154,7 @@ def _cell(trial) -> dict | None:
     return None
 
 
-def _replaced(trials) -> set[int]:
+def replaced_trials(trials) -> set[int]:
     """Numbers of the failed trials that a later trial continues."""
     return {t.user_attrs["continues"] for t in trials if "continues" in t.user_attrs}
 
@@ -162,10 +162,10 @@ def _replaced(trials) -> set[int]:
 def _enqueue_missing_cells(study, spec: SweepSpec) -> int:
     """Queue each grid cell that has no trial waiting, running or complete (new cells, cells whose trials
     all failed). Two workers starting at once may both queue a cell: the second to take it skips it."""
-    S = _states()
+    S = trial_states()
     present = set()
     for t in study.get_trials(deepcopy=False):
-        cell = _cell(t)
+        cell = trial_cell(t)
         if cell and t.state in (S.WAITING, S.RUNNING, S.COMPLETE):
             present.add((cell["variant"], cell["seed"]))
     queued = 0
@@ -182,7 +182,7 @@ def _enqueue_start_points(study, spec: SweepSpec) -> None:
         study.enqueue_trial({k: by_name[k].encode(v) for k, v in point.items()}, skip_if_exists=True)
 
 
-class _Requeue:
+class Requeue:
     """Queue a continuation of a failed trial (stale heartbeat, or stopped by a signal): same parameters,
     ``continues`` = its number; at most ``retries`` continuations in a row after faults (a stop someone
     asked for, ``reason="interrupted"``, is not a fault and does not count)."""
@@ -205,41 +205,41 @@ class _Requeue:
 
 # Two of Optuna's internals are used, in these helpers only: a Study's storage (the RDBStorage that
 # open_study made) and a Trial's id in it, which the storage's public methods take.
-def _storage_of(study):
+def storage_of(study):
     return study._storage
 
 
-def _trial_id(trial) -> int:
+def trial_id_of(trial) -> int:
     return trial._trial_id
 
 
-def _stale_trial_ids(study) -> set[int] | None:
+def stale_trial_ids(study) -> set[int] | None:
     """Ids of the study's running trials whose heartbeat is older than the grace period (None: unknown)."""
-    storage = _storage_of(study)
+    storage = storage_of(study)
     try:
         return set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)))
     except Exception:  # noqa: BLE001 - a storage without heartbeats, or another Optuna: say nothing
         return None
 
 
-def _frozen(study, trial):
+def frozen_trial(study, trial):
     """``trial`` as stored now, its queued parameters included."""
-    return _storage_of(study).get_trial(_trial_id(trial))
+    return storage_of(study).get_trial(trial_id_of(trial))
 
 
 def _in_rows(trial, variants: frozenset[str] | None) -> bool:
     """Whether ``trial`` (frozen) is a cell of one of ``variants`` (None: of any row)."""
     if variants is None:
         return True
-    cell = _cell(trial)
+    cell = trial_cell(trial)
     return cell is not None and cell["variant"] in variants
 
 
 def _pop_waiting(study, variants: frozenset[str] | None = None):
     """Take a queued trial (atomically: a trial another worker took first is skipped), or None. With
     ``variants``, only a cell of those grid rows."""
-    optuna = _optuna()
-    storage, S = _storage_of(study), _states()
+    optuna = import_optuna()
+    storage, S = storage_of(study), trial_states()
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(S.WAITING,)):
         if not _in_rows(t, variants):
@@ -255,9 +255,9 @@ def _pop_waiting(study, variants: frozenset[str] | None = None):
 
 def _duplicate_of(study, number: int, cell: dict) -> int | None:
     """An earlier or finished trial of the same grid cell, which makes trial ``number`` a duplicate."""
-    S = _states()
+    S = trial_states()
     for t in study.get_trials(deepcopy=False):
-        if t.number == number or _cell(t) != cell:
+        if t.number == number or trial_cell(t) != cell:
             continue
         if t.state == S.COMPLETE or (t.state in (S.RUNNING, S.WAITING) and t.number < number):
             return t.number
@@ -267,7 +267,7 @@ def _duplicate_of(study, number: int, cell: dict) -> int | None:
 def _counted(study) -> int:
     """Trials that count towards a search's ``trials``: all but the failures a continuation replaced."""
     trials = study.get_trials(deepcopy=False)
-    replaced = _replaced(trials)
+    replaced = replaced_trials(trials)
     return sum(1 for t in trials if t.number not in replaced and "duplicate_of" not in t.user_attrs)
 
 
@@ -277,38 +277,40 @@ def _take(study, spec: SweepSpec, variants: frozenset[str] | None = None):
     TPE's next."""
     if spec.kind == "grid":
         while (trial := _pop_waiting(study, variants)) is not None:
-            _storage_of(study).record_heartbeat(_trial_id(trial))  # from now on a dead worker's trial is stale
-            cell = _cell(_frozen(study, trial))
+            storage_of(study).record_heartbeat(trial_id_of(trial))  # from now on a dead worker's trial is stale
+            cell = trial_cell(frozen_trial(study, trial))
             dup = _duplicate_of(study, trial.number, cell) if cell else None
             if dup is None:
                 return trial
             trial.set_user_attr("duplicate_of", dup)
-            study.tell(trial, state=_states().FAIL)
+            study.tell(trial, state=trial_states().FAIL)
         return None
-    if study.get_trials(deepcopy=False, states=(_states().WAITING,)) or _counted(study) < spec.trials:
+    if study.get_trials(deepcopy=False, states=(trial_states().WAITING,)) or _counted(study) < spec.trials:
         trial = study.ask()  # a queued trial first (a continuation, a start point), else TPE's next
-        _storage_of(study).record_heartbeat(_trial_id(trial))
+        storage_of(study).record_heartbeat(trial_id_of(trial))
         return trial
     return None
 
 
-def _next_trial(
+def next_trial(
     study, spec: SweepSpec, log: Callable[[str], None], stop: StopSignals, variants: frozenset[str] | None = None
 ):
     """The next trial, or None when the study is finished (or ``stop`` received a signal). While nothing is
     left to take but other workers' trials still run, wait: a worker that dies leaves its trial stale after
-    the grace period, and this worker takes it over (:class:`_Requeue` queues the continuation). With
+    the grace period, and this worker takes it over (:class:`Requeue` queues the continuation). With
     ``variants``, finished means: no cell of those rows waits or runs."""
     waiting_said = False
     while stop.received is None:
-        _optuna().storages.fail_stale_trials(study)
+        import_optuna().storages.fail_stale_trials(study)
         trial = _take(study, spec, variants)
         if trial is not None:
             return trial
-        running = [t for t in study.get_trials(deepcopy=False, states=(_states().RUNNING,)) if _in_rows(t, variants)]
+        running = [
+            t for t in study.get_trials(deepcopy=False, states=(trial_states().RUNNING,)) if _in_rows(t, variants)
+        ]
         if not running:
             if variants is not None:
-                others = study.get_trials(deepcopy=False, states=(_states().WAITING, _states().RUNNING))
+                others = study.get_trials(deepcopy=False, states=(trial_states().WAITING, trial_states().RUNNING))
                 if others:
                     log(
                         f"no cell of {', '.join(sorted(variants))} is left; {len(others)} cell(s) of other rows "
@@ -327,7 +329,7 @@ def _next_trial(
     return None
 
 
-def _open_and_queue(spec: SweepSpec, url: str | None):
+def open_and_queue(spec: SweepSpec, url: str | None):
     """The study, with the grid's missing cells (or the search's start points) queued."""
     study = open_study(spec, url)
     if spec.kind == "grid":
@@ -337,7 +339,7 @@ def _open_and_queue(spec: SweepSpec, url: str | None):
     return study
 
 
-def _error_line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     """The error a trial records: ``"ValueError: its text"`` on one line (the type's name where it has none)."""
     name = type(e).__name__
     return f"{name}: {one_line(e, limit=498 - len(name))}" if str(e).strip() else name

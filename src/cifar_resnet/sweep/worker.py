@@ -28,15 +28,15 @@ from ..signals import StopSignals
 from ..train import TrainingInterrupted, fit
 from .spec import SweepSpec, build_config
 from .study import (
-    _error_line,
-    _frozen,
-    _next_trial,
-    _open_and_queue,
-    _optuna,
-    _Requeue,
-    _states,
-    _storage_of,
-    _trial_id,
+    Requeue,
+    error_line,
+    frozen_trial,
+    import_optuna,
+    next_trial,
+    open_and_queue,
+    storage_of,
+    trial_id_of,
+    trial_states,
 )
 
 __all__ = ["WorkerResult", "run_workers", "work"]
@@ -57,7 +57,7 @@ class _Heartbeat:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception as e:  # noqa: BLE001 - a database hiccup: the next beat tries again
                 self.failures += 1
-                self.error = _error_line(e)
+                self.error = error_line(e)
 
     def __enter__(self):
         self.storage.record_heartbeat(self.trial_id)
@@ -69,7 +69,7 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _reset_peak_memory() -> bool:
+def reset_peak_memory() -> bool:
     """Reset the process's peak resident set size (Linux >= 4.0), so the next reading is this trial's. The
     memory an earlier trial of this worker freed is handed back first: training keeps freed memory for the
     next step (``memory.keep_freed_memory``), and kept, it would count in every later trial's peak."""
@@ -81,7 +81,7 @@ def _reset_peak_memory() -> bool:
         return False
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -111,14 +111,14 @@ def work(
     """One worker: take trials from the study until none is left (or ``max_trials`` were run), training
     each in this process; with ``variants`` (:func:`select_variants`), only cells of those grid rows.
     Returns the counts; ``exit_code`` is 128 + the signal after Ctrl-C/SIGTERM."""
-    study = _open_and_queue(spec, url)
+    study = open_and_queue(spec, url)
     result = WorkerResult()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     # Ctrl-C/SIGTERM between trials (waiting, taking one, setting one up) stops the worker there; during
     # training, fit's own handler (nested in this one) stops the trial after its step, resumable
     with StopSignals() as stop:
         while max_trials is None or result.completed + result.pruned + result.failed < max_trials:
-            trial = _next_trial(study, spec, log, stop, variants)
+            trial = next_trial(study, spec, log, stop, variants)
             if trial is None:
                 break
             outcome = _run_trial(study, trial, spec, worker, log, stop)
@@ -175,7 +175,7 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
     try:
         overrides, config = _trial_config(trial, spec)
     except (ValueError, TypeError) as e:
-        return _fail(run, f"configuration rejected: {_error_line(e)}")
+        return _fail(run, f"configuration rejected: {error_line(e)}")
     label = _set_up(run, overrides, config, worker)
     if stop.received is not None:  # a signal while the trial was taken and set up: hand it back
         _hand_back(run, f"interrupted by {stop.name} before training began")
@@ -221,7 +221,7 @@ def _pruning_reporter(trial) -> Callable[[dict], None]:
         trial.report(record["val_top1"], record["epoch"])
         trial.set_user_attr("epochs_done", record["epoch"])
         if trial.should_prune():
-            raise _optuna().TrialPruned(f"pruned after epoch {record['epoch']} at {record['val_top1']:.4f}")
+            raise import_optuna().TrialPruned(f"pruned after epoch {record['epoch']} at {record['val_top1']:.4f}")
 
     return on_epoch_end
 
@@ -229,17 +229,17 @@ def _pruning_reporter(trial) -> Callable[[dict], None]:
 def _train(run: _TrialRun, config: TrainConfig, label: str) -> str | int:
     """Train the trial while a thread sends its heartbeats; record and tell its outcome (see _run_trial)."""
     study, trial, run_dir, say = run.study, run.trial, run.run_dir, run.say
-    measured = _reset_peak_memory()
+    measured = reset_peak_memory()
     t0 = time.perf_counter()
-    with _Heartbeat(_storage_of(study), _trial_id(trial), run.spec.heartbeat) as beat:
+    with _Heartbeat(storage_of(study), trial_id_of(trial), run.spec.heartbeat) as beat:
         try:
             history = fit(
                 config, out_dir=run_dir, resume="auto", log=say, progress=False, on_epoch_end=_pruning_reporter(trial)
             )
-        except _optuna().TrialPruned as e:
+        except import_optuna().TrialPruned as e:
             _record(trial, run_dir, t0, measured, None)
             say(str(e))
-            study.tell(trial, state=_states().PRUNED)
+            study.tell(trial, state=trial_states().PRUNED)
             return "pruned"
         except TrainingInterrupted as stopped:
             _hand_back(run, f"interrupted by {stopped.signal_name}: {stopped}")
@@ -249,7 +249,7 @@ def _train(run: _TrialRun, config: TrainConfig, label: str) -> str | int:
             _hand_back(run, "interrupted (KeyboardInterrupt)")
             return 130
         except Exception as e:  # noqa: BLE001 - a trial that raises is recorded as failed; the sweep goes on
-            return _fail(run, _error_line(e))
+            return _fail(run, error_line(e))
     if beat.failures:
         say(f"{beat.failures} heartbeat(s) did not reach the storage; the last: {beat.error}")
     value = _record(trial, run_dir, t0, measured, history)
@@ -262,8 +262,8 @@ def _hand_back(run: _TrialRun, error: str) -> None:
     """A trial stopped on request: recorded as failed with ``error``, and its continuation queued (a stop
     asked for is not a fault, so it does not count against the retries)."""
     run.trial.set_user_attr("error", error)
-    run.study.tell(run.trial, state=_states().FAIL)
-    _Requeue(run.spec.retries)(run.study, _frozen(run.study, run.trial), reason="interrupted")
+    run.study.tell(run.trial, state=trial_states().FAIL)
+    Requeue(run.spec.retries)(run.study, frozen_trial(run.study, run.trial), reason="interrupted")
 
 
 def _machine(config: TrainConfig) -> str:
@@ -277,7 +277,7 @@ def _machine(config: TrainConfig) -> str:
 
 def _fail(run: _TrialRun, message: str) -> str:
     run.trial.set_user_attr("error", message)
-    run.study.tell(run.trial, state=_states().FAIL)
+    run.study.tell(run.trial, state=trial_states().FAIL)
     run.say(f"failed: {message}")
     return "failed"
 
@@ -286,7 +286,7 @@ def _record(trial, run_dir: Path, t0: float, measured: bool, history) -> float |
     """Store the trial's final metrics as user attributes; returns its value (the last validation top-1)."""
     records = history.records if history is not None else RunDir(run_dir).read_history()[0]
     attrs: dict[str, Any] = {"wall_seconds": round(time.perf_counter() - t0, 2)}
-    attrs["peak_mb" if measured else "process_peak_mb"] = round(_peak_memory_mb(), 1)
+    attrs["peak_mb" if measured else "process_peak_mb"] = round(peak_memory_mb(), 1)
     if records:
         last = records[-1]
         attrs.update(
@@ -320,7 +320,7 @@ def run_workers(
     is this command's, without ``--workers``) and wait for them. On a machine with GPUs each worker gets one
     device (``CUDA_VISIBLE_DEVICES``); on a CPU each gets an equal share of the cores. Returns the worst exit
     code."""
-    _open_and_queue(spec, url)  # before the workers start: they find the cells queued, none twice
+    open_and_queue(spec, url)  # before the workers start: they find the cells queued, none twice
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = []
