@@ -314,6 +314,8 @@ _FAULTS = """
 import resource, sys, torch
 from cifar_resnet.memory import keep_freed_memory
 kept = keep_freed_memory()
+for _ in range(3):  # first the heap settles: where glibc places the first few blocks varies from run to run
+    torch.empty(16 * 2**20).fill_(1.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(8):  # 64 MB, freed each time: fresh pages every time, unless freed memory is kept
     torch.empty(16 * 2**20).fill_(1.0)
@@ -323,8 +325,8 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_memory_is_kept_for_the_next_step_unless_the_environment_says_default():
-    """8 allocations of 64 MB, each freed: with glibc's default each is 16,384 fresh pages; kept, the first
-    one's pages serve the other seven."""
+    """8 allocations of 64 MB, each freed, after a few that let the heap settle: with glibc's default each is
+    16,384 fresh pages; kept, the settled heap's pages serve all eight."""
     faults = {}
     for setting in ("default", "kept"):
         env = {**os.environ, "CIFAR_RESNET_MALLOC": setting}
@@ -332,7 +334,7 @@ def test_freed_memory_is_kept_for_the_next_step_unless_the_environment_says_defa
         kept, n = out.stdout.split()
         assert kept == ("True" if setting == "kept" else "False")
         faults[setting] = int(n)
-    assert faults["default"] > 8 * 16_384 * 0.9 and faults["kept"] < faults["default"] / 3, faults
+    assert faults["default"] > 8 * 16_384 * 0.9 and faults["kept"] < 16_384 / 2, faults
 
 
 _RELEASE = """
