@@ -1,17 +1,19 @@
-"""A training-time budget: measure this machine, then fix a plan of epochs that fits.
+"""A training-time budget the run fills: measured first, re-planned at every epoch boundary, traced.
 
-``--budget 15m`` makes ``fit`` time its own training step at each image size the recipe trains at (on a
-throwaway copy of the model and optimizer, the random generators restored afterwards) and one evaluation
-pass (:func:`measure`), then fix the most epochs, up to the config's, whose predicted time fits in the
-budget less a headroom (:func:`make_plan`), moving a full-size epoch to a lower size where that fills
-more of it. The plan is stored in the config: a resumed run continues it without measuring, and two runs
-with the same plan and seed are bit-identical. Under torchrun the ranks agree on the slowest figures.
+``--budget 15m`` makes ``fit`` time its own training step at each image size and one evaluation pass
+(:func:`measure`) and choose a first plan (:func:`decide`); after every epoch the :class:`Planner` compares
+the epoch's wall time with what the start-up figures predicted and chooses again the epochs that remain,
+their sizes and the length of the last one, so that training and evaluation end at the budget. Every
+decision goes into a :class:`Trace` (config.json and the checkpoints): given the trace, a run makes the
+same decisions without timing anything, and is bit-identical.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,23 +31,28 @@ from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "BudgetTooSmall",
+    "Decision",
     "Measurement",
-    "Plan",
+    "Planner",
+    "Trace",
+    "decide",
     "follow_plan",
     "format_duration",
-    "make_plan",
     "measure",
     "parse_duration",
-    "planned_config",
     "predict_seconds",
+    "replay_config",
 ]
 
 
-# the share of the budget left after measuring that the plan keeps spare (evidence: experiments/planner-zen4)
-HEADROOM = 0.10
 WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
 TIMED_STEPS = 5  # their mean is the step's time: an epoch's time is a sum, slow steps included
 EVAL_BATCHES = 2  # timed evaluation batches (after one untimed)
+# the spare kept for the last epoch, as a share of its predicted time: how far one epoch's speed has strayed
+# from the one before in this run (the mean of the last three), within these bounds, or the default before
+# two epochs have been timed
+VARIATION_DEFAULT, VARIATION_MIN, VARIATION_MAX = 0.05, 0.01, 0.15
+MIN_LAST_SHARE = 0.1  # the shortest last epoch a plan makes, as a share of a whole one
 
 
 class BudgetTooSmall(ValueError):
@@ -63,49 +70,126 @@ class Measurement:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """The plan a budget fixed: how many epochs, and the figures it was chosen from (stored in the run's
-    config as a dict, ``Plan.from_dict`` reads it back)."""
+class Decision:
+    """One plan, made when ``epoch`` epochs were done: what the clock said and what it chose.
+
+    ``elapsed_s``: budget seconds used by then (measuring included); ``ratio``: the wall time of the epoch
+    before over what the start-up figures predicted for it (1 for the first plan, which has none), by
+    which every predicted figure is scaled; ``variation``: the spread of those ratios this run, from which
+    ``spare_s`` is kept; ``epochs``: the run's epochs; ``sizes``: the image side of each epoch from now on
+    (0: full size), the recipe's resizing phases over the new number of epochs, never below the size of
+    the epoch before;
+    ``last_steps``: the steps of the last epoch (a last epoch may be shorter than the others, so that the
+    run ends at its budget); ``steps_left``: the steps the schedule is spread over from now on;
+    ``predicted_s``: when the run will end, in budget seconds."""
+
+    epoch: int
+    elapsed_s: float
+    ratio: float
+    variation: float
+    spare_s: float
+    epochs: int
+    sizes: list[int]
+    last_steps: int
+    steps_left: int
+    predicted_s: float
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A budget run's plans: what was measured before training and every :class:`Decision` since.
+    ``max_epochs``, ``progressive``: the recipe's (the most epochs a plan may choose, the phases it
+    starts from); ``replay``: the run follows the trace only and times nothing (``--replay``)."""
 
     budget_s: float
-    epochs: int
     max_epochs: int
-    predicted_s: float
-    step_seconds: dict[int, float]
+    progressive: str
     steps_per_epoch: int
+    step_seconds: dict[int, float]
     eval_seconds: float
     measure_seconds: float
-    # the progressive-resizing phases the plan trains with (None: the config's own, as plans made before
-    # the planner could move an epoch to a lower size)
-    progressive: str | None = None
+    decisions: tuple[Decision, ...] = ()
+    replay: bool = False
+
+    @property
+    def last(self) -> Decision:
+        return self.decisions[-1]
+
+    def at(self, epoch: int) -> Decision | None:
+        """The decision made when ``epoch`` epochs were done, if there is one."""
+        return next((d for d in self.decisions if d.epoch == epoch), None)
+
+    def with_decision(self, d: Decision) -> Trace:
+        return dataclasses.replace(self, decisions=(*(x for x in self.decisions if x.epoch < d.epoch), d))
+
+    def measurement(self) -> Measurement:
+        return Measurement(dict(self.step_seconds), self.eval_seconds, self.measure_seconds)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["step_seconds"] = {str(k): v for k, v in self.step_seconds.items()}  # JSON keys are strings
+        d["decisions"] = [asdict(x) for x in self.decisions]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Plan:
+    def from_dict(cls, d: dict) -> Trace:
         try:
-            return cls(**{**d, "step_seconds": {int(k): float(v) for k, v in d["step_seconds"].items()}})
+            return cls(
+                **{
+                    **d,
+                    "step_seconds": {int(k): float(v) for k, v in d["step_seconds"].items()},
+                    "decisions": tuple(Decision(**x) for x in d["decisions"]),
+                }
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"--plan: not a plan written by --budget ({e})") from None
+            raise ValueError(f"--plan: not a trace written by --budget ({e})") from None
 
-    def line(self, full_size: int) -> str:
+    def first_line(self, full_size: int) -> str:
         sizes = ", ".join(
             f"{self.step_seconds[size]:.3g} s at {size or full_size} px"
             for size in sorted(self.step_seconds, key=_size_order)
         )
-        capped = " (the recipe's maximum)" if self.epochs == self.max_epochs else ""
-        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-        if self.progressive:
-            counts = _size_counts(_sizes(self.epochs, self.progressive))
-            epochs += " (" + ", ".join(f"{n} at {size or full_size} px" for size, n in counts.items()) + ")"
+        if self.replay:
+            return (
+                f"replaying the {len(self.decisions)} plans of a {format_duration(self.budget_s)} budget run, "
+                f"timing nothing: {self.describe(self.decisions[0], full_size)}"
+            )
         return (
-            f"plan for a {format_duration(self.budget_s)} budget: {epochs}{capped} of "
-            f"{self.steps_per_epoch} steps; measured {sizes} a step, {self.eval_seconds:.3g} s an evaluation; "
-            f"predicted {format_duration(self.predicted_s)} of training and evaluation after "
-            f"{format_duration(self.measure_seconds)} measuring"
+            f"plan for a {format_duration(self.budget_s)} budget: {self.describe(self.decisions[0], full_size)}; "
+            f"measured {sizes} a step, {self.eval_seconds:.3g} s an evaluation in "
+            f"{format_duration(self.measure_seconds)}; re-planned after each epoch from its own time"
+        )
+
+    def describe(self, d: Decision, full_size: int) -> str:
+        """``9 epochs, 5 more (2 at 24 px, 3 at 32 px, the last 61 of 97 steps), ending at 14m 57s (100%)``:
+        the epochs, those still to train at each size, the last one's length and the predicted end."""
+        counts = _size_counts([s or None for s in d.sizes])
+        parts = [f"{n} at {size or full_size} px" for size, n in counts.items()]
+        if d.last_steps < self.steps_per_epoch:
+            parts.append(f"the last {d.last_steps} of {self.steps_per_epoch} steps")
+        capped = " (the recipe's maximum)" if d.epochs == self.max_epochs else ""
+        epochs = f"{d.epochs} epoch{'s' if d.epochs != 1 else ''}{capped}"
+        if d.epoch:
+            epochs += f", {d.epochs - d.epoch} more"
+        share = 100 * d.predicted_s / self.budget_s
+        return f"{epochs} ({', '.join(parts)}), ending at {format_duration(d.predicted_s)} ({share:.0f}%)"
+
+    @staticmethod
+    def changed(before: Decision, d: Decision) -> bool:
+        """Whether ``d`` trains otherwise than ``before``: other epochs, phases or last epoch."""
+        return (before.epochs, before.last_steps) != (d.epochs, d.last_steps) or (
+            before.sizes[d.epoch - before.epoch :] != d.sizes
+        )
+
+    def replan_line(self, before: Decision, d: Decision, full_size: int) -> str:
+        """What a re-plan changed and why, in one line."""
+        speed = f"epoch {d.epoch} ran at {d.ratio:.2f}x the start-up figures"
+        if before.ratio != 1.0 or before.epoch > 0:
+            speed += f" ({before.ratio:.2f}x before)"
+        return (
+            f"re-plan after epoch {d.epoch}, {format_duration(d.elapsed_s)} of {format_duration(self.budget_s)} "
+            f"used: {speed}, {100 * d.variation:.0f}% variation, {format_duration(d.spare_s)} spare -> "
+            f"{self.describe(d, full_size)}"
         )
 
 
@@ -156,13 +240,32 @@ def _splits(config: TrainConfig, epochs: int) -> list[str]:
 
 
 def follow_plan(config: TrainConfig) -> TrainConfig:
-    """``config`` with its plan's epochs and progressive-resizing phases (unchanged without a plan)."""
-    if not config.plan:
+    """``config`` with the epochs of its plan (its trace's last decision, whose sizes the run takes from the
+    trace), or the epochs and phases of an older release's fixed plan; unchanged without one."""
+    plan = config.plan
+    if not plan:
         return config
-    changes = {"epochs": config.plan["epochs"]}
-    if config.plan.get("progressive") is not None:
-        changes["progressive"] = config.plan["progressive"]
+    if "decisions" in plan:
+        return dataclasses.replace(config, epochs=plan["decisions"][-1]["epochs"])
+    changes = {"epochs": plan["epochs"]}
+    if plan.get("progressive") is not None:
+        changes["progressive"] = plan["progressive"]
     return dataclasses.replace(config, **changes)
+
+
+def replay_config(config: TrainConfig, source: str) -> TrainConfig:
+    """The config of a budget run (``config.json``) made to replay its trace: its recipe's epochs and
+    phases, the trace marked as a replay, which times nothing."""
+    if not is_trace(config.plan):
+        raise ValueError(f"--replay: {source} has no trace of a budget run (a run trained with --budget has one)")
+    trace = Trace.from_dict(config.plan)
+    plan = dataclasses.replace(trace, replay=True).to_dict()
+    return dataclasses.replace(config, plan=plan, epochs=trace.max_epochs)
+
+
+def is_trace(plan: dict) -> bool:
+    """Whether a config's ``plan`` is a trace (re-planned as it ran) rather than an older fixed plan."""
+    return bool(plan) and "decisions" in plan
 
 
 def _eval_passes(config: TrainConfig) -> int:
@@ -170,59 +273,222 @@ def _eval_passes(config: TrainConfig) -> int:
     return (2 if config.tta else 1) * (3 if config.tta_translate else 1)
 
 
+def _epoch_seconds(config: TrainConfig, m: Measurement, steps: int, size: int | None, last: bool) -> float:
+    """Predicted seconds of one epoch of ``steps`` steps at ``size``, its evaluation included (plain before
+    the last with ``--no-tta-every-epoch``, test-time-augmented otherwise)."""
+    full = config.tta_every_epoch or last
+    return steps * m.step_seconds[size or 0] + m.eval_seconds * (_eval_passes(config) if full else 1)
+
+
 def predict_seconds(config: TrainConfig, epochs: int, steps_per_epoch: list[int] | int, m: Measurement) -> float:
-    """Seconds ``epochs`` epochs of ``config`` take: each epoch's steps at its image size, the evaluation after
-    each (plain before the last with ``--no-tta-every-epoch``, test-time-augmented otherwise)."""
+    """Seconds ``epochs`` epochs of ``config`` take: each epoch's steps at its image size and its evaluation."""
     steps = [steps_per_epoch] * epochs if isinstance(steps_per_epoch, int) else steps_per_epoch
-    train = sum(n * m.step_seconds[size or 0] for n, size in zip(steps, _with_epochs(config, epochs).train_sizes))
-    full = m.eval_seconds * _eval_passes(config)
-    evals = full * epochs if config.tta_every_epoch else m.eval_seconds * (epochs - 1) + full
-    return train + evals
+    sizes = _with_epochs(config, epochs).train_sizes
+    return sum(_epoch_seconds(config, m, n, size, i == epochs - 1) for i, (n, size) in enumerate(zip(steps, sizes)))
 
 
-def make_plan(
-    config: TrainConfig,
-    budget_s: float,
-    m: Measurement,
+@dataclass(frozen=True)
+class _Clock:
+    """What a decision is made from: budget seconds used, the speed ratio, the variation."""
+
+    elapsed_s: float
+    ratio: float
+    variation: float
+
+
+def decide(
+    recipe: TrainConfig,
+    trace: Trace,
+    done: int,
+    clock: _Clock,
     steps_for: Callable[[TrainConfig], list[int]],
-) -> Plan:
-    """The plan that fills ``budget_s`` less the time spent measuring, less :data:`HEADROOM`, best: of
-    every number of epochs up to ``config.epochs``, at the config's progressive-resizing split or with one
-    full-size epoch moved to a lower size (:func:`_splits`), the one with the longest predicted time that
-    fits (on a tie, the most epochs, then the recipe's own split). Without a moved epoch that is the most
-    epochs that fit; a moved one is chosen only where it uses more of the budget. ``steps_for(config)``:
-    the steps of each epoch of a config (``--drop-easy`` shortens the late ones). BudgetTooSmall when one
-    epoch does not fit."""
-    left = (budget_s - m.seconds) * (1 - HEADROOM)
-    best = None
-    for epochs in range(1, config.epochs + 1):
-        for rank, progressive in enumerate(_splits(config, epochs)):
-            candidate = dataclasses.replace(_with_epochs(config, epochs), progressive=progressive)
-            predicted = predict_seconds(candidate, epochs, steps_for(candidate), m)
-            key = (predicted, epochs, -rank)
-            if predicted <= left and (best is None or key > best[0]):
-                best = (key, progressive)
-    full_steps = steps_for(_with_epochs(config, 1))[0]
-    if best is None:
-        one = predict_seconds(config, 1, [full_steps], m)
-        raise BudgetTooSmall(
-            f"--budget {format_duration(budget_s)}: one epoch of {full_steps} steps needs about "
-            f"{format_duration(one)} on this machine ({m.step_seconds[max(m.step_seconds, key=_size_order)]:.2f} s "
-            f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
-            "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
-        )
-    (predicted, epochs, _), progressive = best
-    return Plan(
-        budget_s=budget_s,
-        epochs=epochs,
-        max_epochs=config.epochs,
-        predicted_s=predicted,
-        step_seconds=dict(m.step_seconds),
-        steps_per_epoch=full_steps,
-        eval_seconds=m.eval_seconds,
-        measure_seconds=m.seconds,
-        progressive=progressive if config.progressive else None,
+    trained_size: int | None = 8,
+) -> Decision:
+    """The plan from ``done`` epochs on: of every total of epochs up to the recipe's, at the recipe's
+    resizing split or with one full-size epoch moved to a lower size (:func:`_splits`), with the last
+    epoch cut to what fits (but not below :data:`MIN_LAST_SHARE` of an epoch), the one predicted to end
+    latest within the budget less the spare, never going back to an image size below ``trained_size`` (the
+    last epoch's; None: full size); on a tie (within half a percent of the budget), the one that
+    trains the most steps, then the recipe's own split. Every predicted figure is the start-up one times
+    ``clock.ratio``. None fits: at the start, :class:`BudgetTooSmall`; later (the run is late), the
+    shortest end: one more epoch, of the shortest length."""
+    m = trace.measurement()
+    best, shortest, seen = None, None, set()
+    for epochs in range(done + 1, trace.max_epochs + 1):
+        for rank, progressive in enumerate(_splits(recipe, epochs)):
+            candidate = dataclasses.replace(_with_epochs(recipe, epochs), progressive=progressive)
+            sizes = [max(s or 0, trained_size or 0, key=_size_order) for s in candidate.train_sizes[done:]]
+            if (epochs, *sizes) in seen:
+                continue
+            seen.add((epochs, *sizes))
+            option = _fit_last(candidate, sizes, m, done, clock, steps_for(candidate), trace.budget_s)
+            if shortest is None:
+                shortest = option
+            if option.fits:
+                key = (round(option.end / (0.005 * trace.budget_s)), option.steps_total, -rank)
+                if best is None or key > best[0]:
+                    best = (key, option)
+    if best is None and done == 0:
+        raise _too_small(recipe, trace, m, steps_for)
+    chosen = best[1] if best is not None else shortest
+    return Decision(
+        epoch=done,
+        elapsed_s=clock.elapsed_s,
+        ratio=clock.ratio,
+        variation=clock.variation,
+        spare_s=chosen.spare,
+        epochs=chosen.epochs,
+        sizes=chosen.sizes,
+        last_steps=chosen.last_steps,
+        steps_left=chosen.steps_left,
+        predicted_s=chosen.end,
     )
+
+
+@dataclass(frozen=True)
+class _Option:
+    epochs: int
+    sizes: list[int]
+    last_steps: int
+    steps_left: int
+    steps_total: int
+    end: float
+    spare: float
+    fits: bool
+
+
+def _fit_last(candidate, sizes: list[int], m: Measurement, done: int, clock: _Clock, steps: list[int], budget):
+    """``candidate`` from epoch ``done`` on at ``sizes``, its last epoch as long as fits in ``budget`` (at
+    least :data:`MIN_LAST_SHARE` of it; ``fits`` says whether that fits)."""
+    epochs = candidate.epochs
+    sizes = [0] * done + list(sizes)
+    before = sum(_epoch_seconds(candidate, m, steps[i], sizes[i], False) for i in range(done, epochs - 1))
+    whole_last = _epoch_seconds(candidate, m, steps[-1], sizes[-1], True)
+    spare = clock.variation * whole_last * clock.ratio
+    step = m.step_seconds[sizes[-1] or 0]
+    eval_last = whole_last - steps[-1] * step
+    room = (budget - clock.elapsed_s - spare) / clock.ratio - before - eval_last
+    fitted = min(steps[-1], math.floor(room / step)) if room > 0 else 0
+    shortest = max(1, math.ceil(MIN_LAST_SHARE * steps[-1]))
+    last = max(fitted, shortest)
+    end = clock.elapsed_s + clock.ratio * (before + eval_last + last * step)
+    steps_left = sum(steps[done : epochs - 1]) + last
+    return _Option(
+        epochs=epochs,
+        sizes=sizes[done:],
+        last_steps=last,
+        steps_left=steps_left,
+        steps_total=sum(steps[: epochs - 1]) + last,
+        end=end,
+        spare=spare,
+        fits=fitted >= shortest,
+    )
+
+
+def _too_small(recipe: TrainConfig, trace: Trace, m: Measurement, steps_for) -> BudgetTooSmall:
+    one_config = _with_epochs(recipe, 1)
+    full_steps = steps_for(one_config)[0]
+    one = predict_seconds(one_config, 1, [full_steps], m)
+    return BudgetTooSmall(
+        f"--budget {format_duration(trace.budget_s)}: one epoch of {full_steps} steps needs about "
+        f"{format_duration(one)} on this machine ({m.step_seconds[max(m.step_seconds, key=_size_order)]:.2f} s "
+        f"a step at the largest size) after {format_duration(m.seconds)} measuring; raise --budget, train on fewer "
+        "images (--train-subset) or a smaller model, or turn the budget off (--budget none)"
+    )
+
+
+def _variation(ratios: list[float]) -> float:
+    """How far one epoch's speed strayed from the one before's, on average over the last three."""
+    if len(ratios) < 2:
+        return VARIATION_DEFAULT
+    steps = [abs(b / a - 1) for a, b in zip(ratios[-4:], ratios[-3:])]
+    return min(VARIATION_MAX, max(VARIATION_MIN, statistics.fmean(steps)))
+
+
+class Planner:
+    """A budget run's clock and its trace. :meth:`start` measures and makes the first plan (or takes a
+    given trace); :meth:`boundary` is called by every rank after each epoch and returns the decision for
+    the epochs that remain: the trace's own where it has one (a replay, or a resume inside the traced
+    part), otherwise a new one from the epoch's wall time (the slowest rank's), unless the trace is a
+    replay, which keeps its last."""
+
+    def __init__(self, trace: Trace, recipe: TrainConfig, dist: Dist, clock: Callable[[], float], elapsed: float):
+        self.trace, self.recipe, self.dist, self.clock = trace, recipe, dist, clock
+        self.t0 = clock() - elapsed  # budget seconds used before this process started (a resume)
+        # when the epoch being trained began: the last decision (unknown for one begun before a resume)
+        self.epoch_start: float | None = None
+
+    @classmethod
+    def start(cls, config: TrainConfig, dist: Dist, clock, do_measure: Callable[[], Measurement], steps_for):
+        """Measure this machine and make the first plan."""
+        t0 = clock()
+        m = do_measure()
+        recipe = config
+        trace = Trace(
+            budget_s=config.budget_seconds,
+            max_epochs=config.epochs,
+            progressive=config.progressive,
+            steps_per_epoch=steps_for(_with_epochs(config, 1))[0],
+            step_seconds=dict(m.step_seconds),
+            eval_seconds=m.eval_seconds,
+            measure_seconds=m.seconds,
+        )
+        first = decide(recipe, trace, 0, _Clock(m.seconds, 1.0, VARIATION_DEFAULT), steps_for)
+        planner = cls(trace.with_decision(first), recipe, dist, clock, 0.0)
+        planner.t0, planner.epoch_start = t0, clock()
+        return planner
+
+    @classmethod
+    def of_trace(cls, config: TrainConfig, dist: Dist, clock, elapsed: float) -> Planner:
+        """Follow a given or saved trace; ``elapsed``: the budget seconds it had used (a resume)."""
+        trace = Trace.from_dict(config.plan)
+        recipe = dataclasses.replace(config, epochs=trace.max_epochs, progressive=trace.progressive, plan={})
+        return cls(trace, recipe, dist, clock, elapsed)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+    def in_force(self, epoch: int) -> Decision:
+        """The decision epoch ``epoch`` trains by: the last one made before it started."""
+        return max((d for d in self.trace.decisions if d.epoch <= epoch), key=lambda d: d.epoch)
+
+    def config_for(self, config: TrainConfig, epoch: int) -> TrainConfig:
+        """``config`` with the trace, and the epochs of the decision in force at epoch ``epoch``."""
+        return dataclasses.replace(config, plan=self.trace.to_dict(), epochs=self.in_force(epoch).epochs)
+
+    def size(self, epoch: int) -> int | None:
+        """The image side epoch ``epoch`` trains at (None: full size), by the decision in force then."""
+        d = self.in_force(epoch)
+        return d.sizes[epoch - d.epoch] or None
+
+    def steps(self, epoch: int, steps: int) -> int:
+        """The steps of epoch ``epoch`` of ``steps`` batches: the last epoch's may be fewer."""
+        d = self.in_force(epoch)
+        return min(steps, d.last_steps) if epoch == d.epochs - 1 else steps
+
+    def boundary(self, done: int, steps: int, size: int | None, steps_for) -> Decision | None:
+        """The decision after ``done`` epochs, the last of which trained ``steps`` steps at ``size``;
+        None: the plan stands (a replay past its trace's end)."""
+        recorded = self.trace.at(done)
+        if recorded is not None:
+            return recorded
+        if self.trace.replay:
+            return None
+        now = self.clock()
+        seconds = now - self.epoch_start if self.epoch_start is not None else -1.0
+        self.epoch_start = now
+        figures = self.dist.max(torch.tensor([self.elapsed(), seconds], dtype=torch.float64))
+        elapsed, seconds = float(figures[0]), float(figures[1])
+        ratios = [d.ratio for d in self.trace.decisions if d.epoch > 0]
+        if seconds > 0:
+            predicted = _epoch_seconds(self.recipe, self.trace.measurement(), steps, size, False)
+            ratio = max(1e-6, seconds / predicted)
+        else:  # the epoch began before a resume: its time is not known
+            ratio = self.trace.last.ratio
+        clock = _Clock(elapsed, ratio, _variation([*ratios, ratio]))
+        decision = decide(self.recipe, self.trace, done, clock, steps_for, trained_size=size)
+        self.trace = self.trace.with_decision(decision)
+        return decision
 
 
 def measure(
@@ -311,8 +577,3 @@ def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, c
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def planned_config(config: TrainConfig, plan: Plan) -> TrainConfig:
-    """``config`` with the plan recorded, and its epochs and progressive-resizing phases."""
-    return follow_plan(dataclasses.replace(config, plan=plan.to_dict()))

@@ -49,9 +49,9 @@ FORMAT = "cifar-resnet/1"
 REQUIRED = ("format", "model_name", "model_kwargs", "classes", "mean", "std", "model")
 # what last.pt adds to the weights: enough to resume exactly ("partial": the epoch's progress when it was
 # written inside an epoch, else None); a run with --drop-easy adds "example_loss", each image's last loss,
-# and an fp16 run "scaler", the loss scaler's state
+# an fp16 run "scaler", the loss scaler's state, and a budget run "budget_elapsed", the budget seconds it had used
 TRAINING_STATE = ("optimizer", "scheduler", "rng", "partial")
-OPTIONAL_STATE = ("example_loss", "scaler")
+OPTIONAL_STATE = ("example_loss", "scaler", "budget_elapsed")
 
 
 class CheckpointError(ValueError):
@@ -263,6 +263,7 @@ class Checkpoint:
     scaler_state = property(lambda self: self._data.get("scaler"))
     partial = property(lambda self: self._data.get("partial"))
     example_loss = property(lambda self: self._data.get("example_loss"))
+    budget_elapsed = property(lambda self: float(self._data.get("budget_elapsed") or 0.0))
 
     @property
     def resumable(self) -> bool:

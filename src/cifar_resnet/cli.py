@@ -18,9 +18,11 @@ import json
 import os
 import sys
 import typing
+from pathlib import Path
 
 import torch
 
+from .budget import replay_config
 from .calibration import calibrate
 from .checkpoint import Checkpoint, RunDir, load_checkpoint
 from .cli_parsers import PROG, SERVE_LIMITS, build_parser
@@ -284,11 +286,19 @@ def cmd_train(args) -> int:
         "log": print if _rank() == 0 else None,
     }
     try:
-        if args.resume and args.resume != "auto":
+        if (args.resume and args.resume != "auto") or args.replay:
+            flag = "--replay reruns" if args.replay else "--resume continues"
             extra = sorted(set(overrides) - {"device"})
             if extra:
                 flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-                raise ValueError(f"--resume continues a run as it was configured; drop {flags}")
+                raise ValueError(f"{flag} a run as it was configured; drop {flags}")
+        if args.replay:
+            if args.resume:
+                raise ValueError("--replay starts a run afresh; --resume continues one: give one of them")
+            config = _replay_config(args.replay, overrides)
+            out = args.out or Path(args.replay).with_name(Path(args.replay).name + "-replay")
+            history = fit(config, out_dir=out, **options)
+        elif args.resume and args.resume != "auto":
             history = fit(None, out_dir=args.out, resume=args.resume, device=overrides.get("device"), **options)
         else:
             config = _preset_config(args.preset, overrides, options["log"])
@@ -302,6 +312,18 @@ def cmd_train(args) -> int:
     if history.out_dir is not None and _rank() == 0:
         print(f"run directory: {history.out_dir}")
     return 0
+
+
+def _replay_config(run_dir: str, overrides: dict) -> TrainConfig:
+    """The config of ``run_dir``'s budget run, set to replay its trace (on ``--device`` where given)."""
+    path = RunDir(run_dir).config_json
+    if not path.is_file():
+        raise ValueError(f"--replay {run_dir}: no config.json there (is it a run directory?)")
+    try:
+        config = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"--replay: {path} is not a run's config ({one_line(e)})") from None
+    return dataclasses.replace(replay_config(config, str(path)), **overrides)
 
 
 def cmd_sweep_run(args) -> int:

@@ -118,6 +118,13 @@ def _add_train_parser(sub, commands: dict) -> None:
         "requeued jobs; the preset and flags must then be the run's)",
     )
     p.add_argument(
+        "--replay",
+        default=None,
+        metavar="RUN_DIR",
+        help="train RUN_DIR's budget run again as it was configured, making the decisions its trace records "
+        "instead of timing anything: the same weights, bit for bit (only --device may change)",
+    )
+    p.add_argument(
         "--save-every",
         type=_duration,
         default=None,

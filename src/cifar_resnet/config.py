@@ -63,13 +63,14 @@ class TrainConfig:
     epochs: int = _field(100, "number of epochs (with --budget: the most the plan may choose)")
     budget: str = _field(
         "none",
-        "training-time budget (900s, 15m, 1h30m or none): the run times its own steps on this machine first, "
-        "then trains the most epochs (up to --epochs) that fit, evaluations included",
+        "training-time budget (900s, 15m, 1h30m or none): the run times its own steps first and plans its "
+        "epochs (up to --epochs), then plans again after each epoch from its own times, so that training and "
+        "evaluation end at the budget",
     )
     plan: dict = _field(
         {},
-        "the plan a --budget made, as written into config.json and the checkpoints: given, the run replays it "
-        "without measuring",
+        "the trace of a --budget run (every plan it made), as written into config.json and the checkpoints: "
+        "given, the run makes the same decisions without timing anything (train --replay RUN_DIR reads it)",
     )
     batch_size: int = _field(128, "training batch size")
     optimizer: str = _field(
@@ -173,7 +174,10 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
         parse_duration(self.budget)  # a one-line error naming --budget
-        if self.plan and not (isinstance(self.plan.get("epochs"), int) and self.plan["epochs"] >= 1):
+        if self.plan and "decisions" in self.plan:
+            if not (isinstance(self.plan["decisions"], list) and self.plan["decisions"]):
+                raise ValueError("--plan: not a trace written by --budget (it has no decisions)")
+        elif self.plan and not (isinstance(self.plan.get("epochs"), int) and self.plan["epochs"] >= 1):
             raise ValueError("--plan: not a plan written by --budget (it needs its number of epochs)")
         _ = self.augment  # builds an Augment, which validates the flip mode and sizes
         _ = self.train_sizes

@@ -5,7 +5,8 @@ CIFAR-10 speedruns) replaces each filter bank's momentum update by the nearest s
 (:func:`zeropower`), so that every direction of the update moves at the same rate. :class:`MuonSGD` says
 why not ``torch.optim.Muon`` and which parameters get which rule. :func:`build_optimizer` and
 :func:`build_scheduler` make the optimizer and the per-batch learning-rate schedule a
-:class:`~cifar_resnet.config.TrainConfig` asks for (training and ``lr-find`` share them).
+:class:`~cifar_resnet.config.TrainConfig` asks for (training and ``lr-find`` share them);
+:class:`ProgressSchedule` is the same schedule over a budget run's progress, whose length may change.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["MuonSGD", "build_optimizer", "build_scheduler", "muon_parameters", "zeropower"]
+__all__ = ["MuonSGD", "ProgressSchedule", "build_optimizer", "build_scheduler", "muon_parameters", "zeropower"]
 
 # The quintic's coefficients from the Muon write-up: they maximise the slope at zero, so that small
 # singular values grow fast, at the price of converging to roughly [0.7, 1.2] rather than exactly 1.
@@ -211,3 +212,79 @@ def build_scheduler(
             return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+class ProgressSchedule:
+    """The per-batch schedule of a run whose length a budget may change while it runs, defined over the
+    run's progress ``p`` (0 at the start, 1 at the end) rather than over a fixed number of steps.
+
+    Each step moves progress on by ``rate`` and takes the learning rate at the middle of its share; a
+    re-plan (:meth:`replan`) sets ``rate = (1 - p) / steps_left``, so what remains of the schedule is
+    stretched or shortened over the steps that remain and the learning rate carries on from where it
+    was (its slope changes, never its value). The shapes are :func:`build_scheduler`'s: ``linear`` and
+    ``cosine`` after a linear warm-up over ``config.warmup``, ``constant``, and ``onecycle`` (cosine up
+    from a 25th of the peak, down to a 25,000th, momentum cycled between 0.95 and 0.85 except for Muon,
+    as ``OneCycleLR``). Its state (progress, rate) is what a checkpoint keeps for an exact resume."""
+
+    def __init__(self, config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+        if config.schedule not in ("linear", "cosine", "constant", "onecycle"):
+            raise ValueError(f"unknown schedule {config.schedule!r}")
+        self.optimizer, self.schedule, self.warmup = optimizer, config.schedule, config.warmup
+        self.peaks = [g["lr"] for g in optimizer.param_groups]
+        self.cycle_momentum = config.schedule == "onecycle" and config.optimizer != "muon"
+        self.progress, self.rate = 0.0, 0.0
+        self.replan(total_steps)
+
+    def factor(self, p: float) -> float:
+        """The learning rate at progress ``p``, as a fraction of the peak."""
+        w = self.warmup
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "onecycle":
+            start = 1 / 25
+            if p < w:
+                return _cos_anneal(start, 1.0, p / w)
+            return _cos_anneal(1.0, start / 1e4, (p - w) / (1 - w))
+        if p < w:
+            return p / w
+        if self.schedule == "linear":
+            return max(0.0, (1 - p) / (1 - w))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - w) / (1 - w))))
+
+    def replan(self, steps_left: int) -> None:
+        """Spread what remains of the schedule over ``steps_left`` steps from here."""
+        if steps_left < 1:
+            raise ValueError(f"a schedule needs at least one step left, got {steps_left}")
+        self.rate = (1.0 - self.progress) / steps_left
+        self._apply()
+
+    def step(self) -> None:
+        self.progress = min(1.0, self.progress + self.rate)
+        self._apply()
+
+    def _apply(self) -> None:
+        p = min(1.0, self.progress + self.rate / 2)  # the middle of the step about to be taken
+        f = self.factor(p)
+        for group, peak in zip(self.optimizer.param_groups, self.peaks):
+            group["lr"] = peak * f
+            if self.cycle_momentum:
+                w = self.warmup
+                m = _cos_anneal(0.95, 0.85, p / w) if p < w else _cos_anneal(0.85, 0.95, (p - w) / (1 - w))
+                if "betas" in group:
+                    group["betas"] = (m, *group["betas"][1:])
+                else:
+                    group["momentum"] = m
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"progress": self.progress, "rate": self.rate}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.progress, self.rate = float(state["progress"]), float(state["rate"])
+        self._apply()

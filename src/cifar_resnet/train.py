@@ -16,12 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .budget import Plan, follow_plan, make_plan, measure, planned_config
+from .budget import Decision, Planner, follow_plan, is_trace, measure
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig
 from .console import format_duration, progress_bar
@@ -46,7 +47,7 @@ from .engine import (
 from .loader import CifarLoader
 from .memory import keep_freed_memory
 from .metrics import basic_metrics, expected_calibration_error, fit_temperature
-from .optim import build_optimizer, build_scheduler
+from .optim import ProgressSchedule, build_optimizer, build_scheduler
 from .rng import get_rng_state, set_rng_state
 from .signals import StopSignals
 
@@ -91,6 +92,7 @@ class _Options:
     log: Callable[[str], None]
     on_epoch_end: Callable[[dict], None] | None
     tensorboard: bool
+    clock: Callable[[], float]
 
 
 def fit(
@@ -107,6 +109,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     on_epoch_end: Callable[[dict], None] | None = None,
     tensorboard: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> History:
     """Train ``config.model`` on ``data`` (``prepare_data(config)`` when omitted: a dataset named by
     ``cifar100``/``cifar10`` is downloaded on first use).
@@ -118,7 +121,8 @@ def fit(
     (seconds) and ``save_every_steps``: also write ``last.pt`` inside an epoch. ``check_every``: steps
     between checks for a non-finite loss (a check is a host synchronisation on a GPU).
     ``on_epoch_end(record)`` is called after each epoch's files are written. ``tensorboard``: also write
-    the per-epoch scalars under ``out_dir/tensorboard`` (needs the ``tensorboard`` extra).
+    the per-epoch scalars under ``out_dir/tensorboard`` (needs the ``tensorboard`` extra). ``clock``: what
+    a budget run times itself with (tests pass a made-up one).
 
     Under ``torchrun`` every process calls ``fit`` with the same arguments; ``config.batch_size`` is the
     global batch. Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT and :class:`TrainingDiverged`
@@ -132,7 +136,9 @@ def fit(
     say = log or (lambda s: None)
     if state is not None and state.epoch >= config.epochs:
         return _finished(state, config, resume == "auto", say)
-    options = _Options(out_dir, save_every, save_every_steps, check_every, progress, say, on_epoch_end, tensorboard)
+    options = _Options(
+        out_dir, save_every, save_every_steps, check_every, progress, say, on_epoch_end, tensorboard, clock
+    )
     keep_freed_memory()  # each step reuses the memory the last step freed, not fresh pages
     dist, device_name = setup(config.device)
     try:
@@ -173,26 +179,31 @@ def _finished(state: Checkpoint, config: TrainConfig, auto: bool, say: Callable[
 
 def _train(run: _Run, t_start: float) -> History:
     """The loop: epoch -> steps (with their checks and saves) -> evaluation -> the run directory."""
-    config, dist = run.config, run.dist
+    dist = run.dist
     checks = _StepChecks(run.options)
     with StopSignals() as stop:
-        for epoch in range(run.start_epoch, config.epochs):
+        epoch = run.start_epoch
+        while epoch < run.config.epochs:  # a budget's re-plan may change the number of epochs
             stats, steps = _train_epoch(run, epoch, checks, stop)
             record = _evaluate_epoch(run, epoch, stats, steps)
             run.records.append(record)
             run.say(
                 epoch_line(record["epoch"], record["lr"], record["train_loss"], record["val_loss"], record["val_top1"])
             )
+            if epoch + 1 < run.config.epochs:
+                run.replan(epoch + 1, steps)  # before the checkpoint, which then holds the decision
             run.write_epoch(epoch, record)
             if run.options.on_epoch_end is not None:
                 run.options.on_epoch_end(record)
             (stop_now,) = dist.agree(stop.received is not None)  # a signal during the evaluation
-            if stop_now and epoch + 1 < config.epochs:
+            if stop_now and epoch + 1 < run.config.epochs:
                 raise _interrupted(stop, run, epoch + 1, steps, steps)
+            epoch += 1
     run.close()
+    used = run.planner.elapsed() if run.planner is not None else None  # the budget covers up to here
     run.calibrate_best()
     seconds = time.perf_counter() - t_start
-    run.summarise(seconds)
+    run.summarise(seconds, used)
     return History(
         records=run.records, model=run.model, seconds=seconds, out_dir=run.run_dir.path if run.run_dir else None
     )
@@ -206,13 +217,13 @@ def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) 
     stats = _EpochStats(run.dev, dist, resumed)
     run.divergence.start(epoch, stats)
     run.loader.set_subset(run.hard.subset(epoch, resumed))  # --drop-easy: the hardest images only
-    steps = len(run.loader)
+    steps = run.epoch_steps(epoch)  # a budget run's last epoch may stop before the loader's end
     run.loader.set_epoch(epoch, stats.first_step)
     run.train_model.train()
     with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", run.progress, unit="batch") as bar:
         bar.update(stats.first_step)
-        for step, (x, y) in enumerate(run.loader, start=stats.first_step):
-            x = resize_batch(x, config.train_sizes[epoch])  # progressive resizing (None: full size)
+        for step, (x, y) in enumerate(islice(run.loader, steps - stats.first_step), start=stats.first_step):
+            x = resize_batch(x, run.train_size(epoch))  # progressive resizing (None: full size)
             loss, out, lr = train_step(
                 run.train_model, x, y, run.optimizer, run.scheduler, run.step_options, run.scaler
             )
@@ -273,7 +284,7 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
         train_seconds=run.train_seconds,
         images_per_s=stats.seen / train_seconds,
         eval_tta=options.tta_name,
-        train_size=config.train_sizes[epoch] or run.data.train.images.shape[1],
+        train_size=run.train_size(epoch) or run.data.train.images.shape[1],
         train_images=stats.seen,
         lrs=stats.lrs,
     ).to_dict()
@@ -410,10 +421,10 @@ class _Run:
         self.model = init_model(config, self.data, (self.mean, self.std), dev, data_init=state is None)
         if config.sync_bn and dist.enabled:
             convert_sync_batchnorm(self.model)
-        # --budget: measure, then fix the epochs
-        self.plan = self._make_plan() if config.budget_seconds is not None and not config.plan else None
-        if self.plan is not None:
-            self.config = planned_config(config, self.plan)
+        # --budget: measure and plan (or follow a given or saved trace), re-planned after each epoch
+        self.planner = self._make_planner(state)
+        if self.planner is not None:
+            self.config = self.planner.config_for(config, state.epoch if state else 0)
         self._make_optimization(state)
         self._start_from(state)
         # wrap the model into DDP (under torchrun) and compile it: what the training steps run
@@ -432,15 +443,56 @@ class _Run:
         shard = eval_split.subset(range(len(eval_split))[dist.shard(len(eval_split))])
         self.eval_loader = CifarLoader(shard, config.eval_batch_size, mean=self.mean, std=self.std, device=self.dev)
 
-    def _make_plan(self) -> Plan:
-        config, n_train = self.config, self.loader.num_images
+    def _steps_for(self, candidate: TrainConfig) -> list[int]:
+        """The steps of each epoch of ``candidate`` (--drop-easy shortens the late ones)."""
+        hard = HardExamples(candidate, self.loader.num_images, self.dist, self.dev, None)
+        return hard.steps(candidate, self.full_steps)
 
-        def steps_for(candidate: TrainConfig) -> list[int]:
-            hard = HardExamples(candidate, n_train, self.dist, self.dev, None)
-            return hard.steps(candidate, self.full_steps)
+    def _make_planner(self, state: Checkpoint | None) -> Planner | None:
+        """A budget run's planner: a new one that measures and makes the first plan, or one that follows
+        the config's trace (given, or a resumed run's); None without a budget or with an older release's
+        fixed plan, which ``follow_plan`` has applied."""
+        config, clock = self.config, self.options.clock
+        if is_trace(config.plan):
+            return Planner.of_trace(config, self.dist, clock, state.budget_elapsed if state else 0.0)
+        if config.budget_seconds is None or config.plan:
+            return None
 
-        measured = measure(config, self.model, self.loader, self.eval_loader, self.dist)
-        return make_plan(config, config.budget_seconds, measured, steps_for)
+        def do_measure():
+            return measure(config, self.model, self.loader, self.eval_loader, self.dist, clock=clock)
+
+        return Planner.start(config, self.dist, clock, do_measure, self._steps_for)
+
+    def train_size(self, epoch: int) -> int | None:
+        """The image side epoch ``epoch`` trains at (None: full size): its budget plan's, or the config's."""
+        return self.planner.size(epoch) if self.planner is not None else self.config.train_sizes[epoch]
+
+    def epoch_steps(self, epoch: int) -> int:
+        """The steps epoch ``epoch`` trains: all its batches, but a budget run's last epoch its plan's."""
+        steps = self.hard.steps(self.config, self.full_steps)[epoch]
+        return self.planner.steps(epoch, steps) if self.planner is not None else steps
+
+    def replan(self, done: int, steps: int) -> None:
+        """After ``done`` epochs (the last of ``steps`` steps): a budget run plans the epochs that remain
+        again, spreads the rest of the schedule over their steps and records the decision."""
+        if self.planner is None:
+            return
+        before = max((d for d in self.planner.trace.decisions if d.epoch < done), key=lambda d: d.epoch)
+        decision = self.planner.boundary(done, steps, self.train_size(done - 1), self._steps_for)
+        if decision is None:
+            return
+        self._follow(decision)
+        if self.planner.trace.changed(before, decision):
+            self.say(self.planner.trace.replan_line(before, decision, self.data.train.images.shape[1]))
+
+    def _follow(self, decision: Decision) -> None:
+        """Take ``decision``'s epochs, phases and steps: the config, --drop-easy and the schedule follow."""
+        self.config = self.planner.config_for(self.config, decision.epoch)
+        if not self.hard.on or self.hard.start_epoch > decision.epoch:  # --drop-easy has not started yet
+            self.hard.start_epoch = self.config.drop_start
+        self.scheduler.replan(decision.steps_left)
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.write_config(self.config.to_dict())
 
     def _make_optimization(self, state: Checkpoint | None) -> None:
         """The --drop-easy state, the optimizer, its schedule over the run's steps, the step's and the
@@ -448,8 +500,13 @@ class _Run:
         config, dev = self.config, self.dev
         self.hard = HardExamples(config, self.loader.num_images, self.dist, dev, state.example_loss if state else None)
         self.optimizer = build_optimizer(config, self.model, dev)
-        steps = sum(self.hard.steps(config, self.full_steps))
-        self.scheduler = build_scheduler(config, self.optimizer, self.full_steps, total_steps=steps)
+        if self.planner is not None:  # a schedule over the run's progress: re-plans stretch what remains
+            # (a resumed run's progress is then loaded from its checkpoint)
+            steps = self.planner.in_force(0).steps_left
+            self.scheduler = ProgressSchedule(config, self.optimizer, steps)
+        else:
+            steps = sum(self.hard.steps(config, self.full_steps))
+            self.scheduler = build_scheduler(config, self.optimizer, self.full_steps, total_steps=steps)
         self.step_options = StepOptions.from_config(config, dev)
         self.eval_options = EvalOptions.from_config(config, dev)
         self.scaler = grad_scaler(self.step_options, dev)
@@ -463,6 +520,8 @@ class _Run:
         if state is not None:
             self._load(state)
         self.best_top1 = max((r["val_top1"] for r in self.records), default=-1.0)
+        if self.planner is not None and state is not None and not self.partial:
+            self.planner.epoch_start = self.options.clock()  # a resume at an epoch's start times that epoch
         self.train_seconds = self.records[-1].get("train_seconds", 0.0) if self.records else 0.0
 
     def _load(self, state: Checkpoint) -> None:
@@ -475,7 +534,7 @@ class _Run:
         self.records = state.history
         self.start_epoch, self.partial = state.epoch, state.partial
         step = self.partial["step"] if self.partial else 0
-        steps = self.hard.steps(self.config, self.full_steps)[self.start_epoch]
+        steps = self.epoch_steps(self.start_epoch)
         self.say(
             f"resuming {state.source} at epoch {self.start_epoch + 1} of {self.config.epochs}"
             + (f", step {step + 1} of {steps}" if step else "")
@@ -505,8 +564,8 @@ class _Run:
             f"{len(self.data.train)} training images, "
             f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {self.full_steps} steps"
         )
-        if self.plan is not None:
-            self.say(self.plan.line(self.data.train.images.shape[1]))
+        if self.planner is not None and self.start_epoch == 0 and self.partial is None:
+            self.say(self.planner.trace.first_line(self.data.train.images.shape[1]))
 
     def _precision_note(self) -> str:
         """What the announcement says of the precision: nothing for fp32 chosen on purpose, why for fp32
@@ -533,6 +592,7 @@ class _Run:
             "partial": partial,
             **({"example_loss": self.hard.loss.cpu()} if self.hard.loss is not None else {}),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"budget_elapsed": self.planner.elapsed()} if self.planner is not None else {}),
         }
         return Checkpoint.of_model(self.model, self.data, (self.mean, self.std), run, training_state)
 
@@ -554,19 +614,22 @@ class _Run:
                 self.writer.add_scalar(key, record[key], epoch + 1)
             self.writer.flush()
 
-    def summarise(self, seconds: float) -> None:
+    def summarise(self, seconds: float, used: float | None) -> None:
         """The run's last lines: its best epoch and, under a budget, how the budget was spent."""
         if self.records:
             best = max(self.records, key=lambda r: r["val_top1"])
             self.say(
                 f"done in {seconds:.1f} s; best {self.eval_name} top-1 {best['val_top1']:.4f} at epoch {best['epoch']}"
             )
-        if self.plan is not None:
-            loop = time.perf_counter() - self.t_loop
+        if self.planner is not None and self.planner.trace.replay:
+            self.say(f"replayed the {len(self.planner.trace.decisions)} plans of its trace")
+        elif self.planner is not None:
+            trace = self.planner.trace
+            replans = sum(1 for a, b in zip(trace.decisions, trace.decisions[1:]) if trace.changed(a, b))
             self.say(
-                f"the {format_duration(self.plan.budget_s)} budget: {format_duration(self.plan.measure_seconds)} "
-                f"measuring, then {format_duration(loop)} training and evaluating "
-                f"(predicted {format_duration(self.plan.predicted_s)})"
+                f"the {format_duration(trace.budget_s)} budget: {format_duration(used)} used "
+                f"({100 * used / trace.budget_s:.0f}%: {format_duration(trace.measure_seconds)} measuring, then "
+                f"training and evaluating; {replans} re-plan{'s' if replans != 1 else ''})"
             )
 
     def close(self) -> None:
