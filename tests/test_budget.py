@@ -4,6 +4,7 @@ plans giving bit-identical runs, torchrun ranks agreeing on one plan, and the te
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -16,19 +17,23 @@ import torch
 from cifar_resnet import TrainConfig, fit, load_checkpoint
 from cifar_resnet import train as train_module
 from cifar_resnet.budget import (
-    HEADROOM,
+    VARIATION_DEFAULT,
+    VARIATION_MAX,
+    VARIATION_MIN,
     BudgetTooSmall,
     Measurement,
-    Plan,
-    _splits,
+    Trace,
+    _Clock,
+    _variation,
+    decide,
     follow_plan,
-    make_plan,
-    planned_config,
     predict_seconds,
+    replay_config,
 )
 from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.config import get_preset
 from cifar_resnet.console import format_duration, parse_duration
+from cifar_resnet.optim import ProgressSchedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,60 +84,126 @@ def test_predict_counts_each_epoch_at_its_size_and_the_evaluations():
     assert predict_seconds(config, 8, 10, FAKE) == pytest.approx(train + evals)
 
 
-def test_the_plan_fills_the_budget_best():
-    """No number of epochs at any split the planner may use fits and uses more of the budget."""
+def _clock(elapsed: float, ratio: float = 1.0, variation: float = 0.05):
+    return _Clock(elapsed, ratio, variation)
+
+
+def _trace(config: TrainConfig, budget: float) -> Trace:
+    return Trace(budget, config.epochs, config.progressive, 10, dict(FAKE.step_seconds), FAKE.eval_seconds, 10.0)
+
+
+@pytest.mark.parametrize("budget", [60.0, 165.0, 190.0, 500.0, 1000.0])
+def test_the_first_plan_ends_at_the_budget_less_its_spare_with_a_fitted_last_epoch(budget):
     config = TrainConfig(**TINY, epochs=40)
-    for budget in (60.0, 165.0, 190.0, 200.0, 500.0, 1000.0):
-        left = (budget - FAKE.seconds) * (1 - HEADROOM)
-        plan = make_plan(config, budget, FAKE, _steps)
-        planned = planned_config(config, plan)
-        assert planned.epochs == plan.epochs and planned.plan == plan.to_dict()
-        assert plan.predicted_s == pytest.approx(predict_seconds(planned, plan.epochs, 10, FAKE))
-        assert plan.predicted_s <= left
-        for epochs in range(1, 41):
-            for progressive in _splits(config, epochs):
-                other = dataclasses.replace(config, epochs=epochs, progressive=progressive)
-                assert not plan.predicted_s < predict_seconds(other, epochs, 10, FAKE) <= left, (budget, other)
-        assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # as stored in config.json
+    d = decide(config, _trace(config, budget), 0, _clock(10.0), _steps)
+    last_step = FAKE.step_seconds[d.sizes[-1]]
+    assert budget - d.spare_s - last_step < d.predicted_s <= budget - d.spare_s
+    assert d.steps_left == 10 * (d.epochs - 1) + d.last_steps and 1 <= d.last_steps <= 10
+    assert len(d.sizes) == d.epochs and d.spare_s == pytest.approx(0.05 * (10 * last_step + 6 * 0 + 3.0))
+    # the predicted end is the sum of the epochs at their sizes, the last one cut to its steps
+    run = dataclasses.replace(config, epochs=d.epochs)
+    whole = predict_seconds(run, d.epochs, 10, FAKE) if d.sizes == [s or 0 for s in run.train_sizes] else None
+    if whole is not None:
+        assert d.predicted_s == pytest.approx(10.0 + whole - (10 - d.last_steps) * last_step)
 
 
-def test_the_plan_moves_a_full_size_epoch_down_where_that_fills_more_of_the_budget():
-    """145.8 s left (172 less 10 measuring, less 10% headroom): 4 epochs at the recipe's split (1, 1, 2 at
-    16, 24, 32 px) take 122 s and 5 (1, 1, 3) take 165; 5 with one full-size epoch at 24 px (1, 2, 2) take
-    145, at 16 px (2, 1, 2) 135; 6 take at least 148 (3, 1, 2): the plan trains 5 at (1, 2, 2)."""
+def test_a_slower_machine_gets_fewer_epochs_and_a_faster_one_more_up_to_the_recipe_s():
     config = TrainConfig(**TINY, epochs=40)
-    assert [predict_seconds(dataclasses.replace(config, epochs=e), e, 10, FAKE) for e in (4, 5)] == [122, 165]
-    assert HEADROOM == 0.10
-    plan = make_plan(config, 172.0, FAKE, _steps)
-    planned = planned_config(config, plan)
-    assert plan.epochs == 5 and planned.train_sizes == [16, 24, 24, None, None]
-    assert plan.predicted_s == predict_seconds(planned, 5, 10, FAKE) == 145
-    assert "5 epochs (1 at 16 px, 2 at 24 px, 2 at 32 px) of 10 steps" in plan.line(32)
-    # where no moved split fills more, the plan keeps the recipe's
-    plan = make_plan(config, 150.0, FAKE, _steps)  # 126 s left: 4 epochs (1, 1, 2) 122 s; 5 at best 135
-    assert plan.epochs == 4 and plan.progressive == config.progressive
-    assert planned_config(config, plan).train_sizes == TrainConfig(**TINY, epochs=4).train_sizes
+    trace = _trace(config, 600.0)
+    quiet = decide(config, trace, 2, _clock(60.0), _steps, trained_size=16)
+    slow = decide(config, trace, 2, _clock(60.0, ratio=2.0), _steps, trained_size=16)
+    fast = decide(config, trace, 2, _clock(60.0, ratio=0.05), _steps, trained_size=16)
+    assert slow.epochs < quiet.epochs < fast.epochs == 40
+    assert slow.predicted_s <= 600 - slow.spare_s and quiet.predicted_s <= 600 - quiet.spare_s
+    line = trace.with_decision(fast).describe(fast, 32)
+    assert "40 epochs (the recipe's maximum), 38 more" in line
 
 
-def test_a_plan_from_before_the_split_keeps_the_config_s_phases():
+def test_a_re_plan_never_goes_back_to_a_smaller_image_size():
+    """After an epoch at 32 px, a plan of more epochs keeps the rest at 32 px rather than the recipe's
+    phases over the new number, which would put epoch 7 back at 16 or 24 px."""
     config = TrainConfig(**TINY, epochs=40)
-    old = make_plan(config, 172.0, FAKE, _steps).to_dict()
-    del old["progressive"]  # plans written before the planner chose the split
-    followed = follow_plan(dataclasses.replace(config, plan=old))
-    assert followed.epochs == 5 and followed.progressive == config.progressive
-    assert Plan.from_dict(old).progressive is None
+    d = decide(config, _trace(config, 2000.0), 7, _clock(300.0, ratio=0.5), _steps, trained_size=None)
+    assert d.epochs > 14 and set(d.sizes) == {0}
+    d = decide(config, _trace(config, 2000.0), 7, _clock(300.0, ratio=0.5), _steps, trained_size=24)
+    assert d.sizes[0] == 24 and 16 not in d.sizes
+
+
+def test_a_late_run_still_ends_its_schedule_with_a_short_last_epoch():
+    """Past its budget, a re-plan cannot stop mid-schedule: it plans one more epoch, of the shortest length."""
+    config = TrainConfig(**TINY, epochs=40)
+    d = decide(config, _trace(config, 100.0), 5, _clock(120.0), _steps, trained_size=None)
+    assert d.epochs == 6 and d.last_steps == 1 and d.steps_left == 1 and d.predicted_s > 100
 
 
 def test_the_plan_stops_at_the_recipe_s_epochs():
-    plan = make_plan(TrainConfig(**TINY, epochs=5), 10_000.0, FAKE, _steps)
-    assert plan.epochs == plan.max_epochs == 5 and "the recipe's maximum" in plan.line(32)
+    config = TrainConfig(**TINY, epochs=5)
+    trace = _trace(config, 10_000.0)
+    d = decide(config, trace, 0, _clock(10.0), _steps)
+    assert d.epochs == 5 and d.last_steps == 10 and "the recipe's maximum" in trace.with_decision(d).first_line(32)
 
 
 def test_a_budget_too_small_for_one_epoch_says_what_to_do():
+    config = TrainConfig(**TINY, epochs=5)
     with pytest.raises(BudgetTooSmall) as e:
-        make_plan(TrainConfig(**TINY, epochs=5), 40.0, FAKE, _steps)  # one epoch: 40 s + 3 s, 30 s left
+        decide(config, _trace(config, 40.0), 0, _clock(10.0), _steps)  # one epoch: 40 s + 3 s, 30 s left
     msg = str(e.value)
     assert "\n" not in msg and "--budget 40s" in msg and "one epoch" in msg and "43s" in msg and "--budget none" in msg
+
+
+def test_the_spare_follows_how_much_this_run_s_speed_has_varied():
+    assert _variation([1.0]) == VARIATION_DEFAULT
+    assert _variation([1.0, 1.0, 1.0]) == VARIATION_MIN
+    assert _variation([1.0, 1.04, 1.0]) == pytest.approx((0.04 + 0.04 / 1.04) / 2)
+    assert _variation([1.0, 2.0]) == VARIATION_MAX
+
+
+def test_a_trace_survives_json_and_a_bad_one_is_a_one_line_error():
+    config = TrainConfig(**TINY, epochs=40)
+    trace = _trace(config, 300.0)
+    trace = trace.with_decision(decide(config, trace, 0, _clock(10.0), _steps))
+    assert Trace.from_dict(json.loads(json.dumps(trace.to_dict()))) == trace
+    with pytest.raises(ValueError, match="not a trace written by --budget"):
+        Trace.from_dict({"decisions": [{"epoch": 0}]})
+    with pytest.raises(ValueError, match="--plan"):
+        TrainConfig(**TINY, plan={"decisions": []})
+
+
+@pytest.mark.parametrize("schedule", ["linear", "onecycle", "cosine"])
+def test_the_learning_rate_is_continuous_across_a_re_plan(schedule):
+    """A re-plan that halves or doubles the steps left changes the schedule's slope, never its value: the
+    learning rate moves across it by no more than between two steps on either side; the last step ends the
+    schedule (progress 1) wherever the re-plans fell."""
+    model = torch.nn.Linear(3, 2)
+    config = TrainConfig(**TINY, schedule=schedule, warmup=0.2)
+    for steps_left in (30, 140):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sched = ProgressSchedule(config, opt, 100)
+        lrs = []
+        for _ in range(40):
+            lrs.append(opt.param_groups[0]["lr"])
+            sched.step()
+        sched.replan(steps_left)
+        for _ in range(steps_left):
+            lrs.append(opt.param_groups[0]["lr"])
+            sched.step()
+        jumps = [abs(b - a) for a, b in itertools.pairwise(lrs)]
+        around = max(jumps[38], jumps[40])  # the steps before and after the re-plan
+        assert jumps[39] <= 1.01 * around and max(lrs) <= 0.05
+        assert sched.progress == pytest.approx(1.0) and lrs[-1] < 0.05 * 0.05
+        restored = ProgressSchedule(config, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 7)
+        restored.load_state_dict(sched.state_dict())
+        assert restored.progress == sched.progress and restored.rate == sched.rate
+
+
+def test_an_older_release_s_fixed_plan_is_followed_without_measuring(synthetic, tmp_path, fake_measure):
+    data = synthetic(n_train=200, n_val=40)
+    old = {"budget_s": 180.0, "epochs": 3, "max_epochs": 40, "predicted_s": 100.0, "step_seconds": {"0": 1.0}}
+    old |= {"steps_per_epoch": 10, "eval_seconds": 1.0, "measure_seconds": 5.0, "progressive": "16:0.4"}
+    config = TrainConfig(**TINY, epochs=40, budget="3m", plan=old)
+    assert follow_plan(config).epochs == 3 and follow_plan(config).train_sizes == [16, None, None]
+    history = fit(config, data, tmp_path, progress=False, log=None)
+    assert not fake_measure and [r["train_size"] for r in history.records] == [16, 32, 32]
 
 
 @pytest.fixture
@@ -169,56 +240,142 @@ def _assert_same_weights(a, b):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_fit_trains_the_planned_epochs_and_stores_the_plan(synthetic, tmp_path, fake_measure, capsys):
-    data = synthetic(n_train=200, n_val=40)  # 10 steps of 20
-    config = TrainConfig(**TINY, epochs=40, budget="3m")
-    history = fit(config, data, tmp_path, progress=False)
-    expected = make_plan(config, 180.0, FAKE, _steps)
-    assert len(fake_measure) == 1 and len(history.records) == expected.epochs < 40
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["epochs"] == expected.epochs and Plan.from_dict(saved["plan"]) == expected
-    assert load_checkpoint(tmp_path / "last.pt").config.plan == saved["plan"]
-    assert saved["progressive"] == expected.progressive  # the phases the plan chose
+_TRAIN_STEP, _COLLECT_LOGITS = train_module.train_step, train_module.collect_logits
+
+
+class FakeMachine:
+    """A made-up clock that runs as FAKE says: each training step advances it by FAKE's time at the batch's
+    size and each evaluation pass by FAKE's (six passes with flip x translate TTA), times ``speed``, which
+    ``on_epoch_end`` changes after the epochs of ``speeds``. Measuring takes FAKE's 10 s. Nothing sleeps."""
+
+    def __init__(self, monkeypatch, speeds: dict[int, float] | None = None):
+        self.t, self.speed, self.speeds, self.measured = 0.0, 1.0, speeds or {}, 0
+        step, collect = _TRAIN_STEP, _COLLECT_LOGITS  # the real ones, whatever another FakeMachine patched
+
+        def timed_step(model, x, *args, **kwargs):
+            self.t += FAKE.step_seconds[0 if x.shape[-1] == 32 else x.shape[-1]] * self.speed
+            return step(model, x, *args, **kwargs)
+
+        def timed_collect(model, loader, options):
+            self.t += FAKE.eval_seconds * self.speed * (6 if options.tta else 1)
+            return collect(model, loader, options)
+
+        def measure(*args, **kwargs):
+            self.measured += 1
+            self.t += FAKE.seconds
+            return FAKE
+
+        monkeypatch.setattr(train_module, "train_step", timed_step)
+        monkeypatch.setattr(train_module, "collect_logits", timed_collect)
+        monkeypatch.setattr(train_module, "measure", measure)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def on_epoch_end(self, record: dict) -> None:
+        self.speed = self.speeds.get(record["epoch"], self.speed)
+        self.end = self.t  # after the last epoch: when training and evaluation ended (calibration comes after)
+
+
+BUDGETED = {**TINY, "epochs": 60, "budget": "10m", "tta": True, "tta_translate": 1, "tta_every_epoch": False}
+
+
+def _budget_run(machine, data, out, **kwargs):
+    return fit(
+        TrainConfig(**BUDGETED), data, out, progress=False, clock=machine, on_epoch_end=machine.on_epoch_end, **kwargs
+    )
+
+
+@pytest.mark.parametrize("speeds", [{}, {3: 2.0, 6: 0.5}], ids=["quiet", "2x-slower-at-3-then-2x-faster-at-6"])
+def test_a_budget_run_ends_between_95_and_100_percent_of_its_budget(synthetic, tmp_path, monkeypatch, capsys, speeds):
+    """Steps 2x slower from epoch 3, then 2x faster than at the start from epoch 6 (by the made-up clock): the
+    run re-plans, ends in the window, and its learning rate never jumps."""
+    machine = FakeMachine(monkeypatch, speeds)
+    history = _budget_run(machine, synthetic(n_train=200, n_val=40), tmp_path)
+    assert 0.95 * 600 <= machine.end <= 600 and machine.measured == 1
     out = capsys.readouterr().out
-    assert expected.line(32) in out and f"plan for a 3m budget: {expected.epochs} epochs (" in out
-    assert "1 s at 16 px, 2 s at 24 px, 4 s at 32 px a step, 3 s an evaluation" in out
-    assert "the 3m budget: 10s measuring, then" in out
+    trace = Trace.from_dict(json.loads((tmp_path / "config.json").read_text())["plan"])
+    assert len(history.records) == trace.last.epochs and trace.at(0) is not None
+    assert trace.last.last_steps == len(history.records[-1]["lrs"])
+    lrs = [lr for r in history.records for lr in r["lrs"]]
+    jumps = [abs(b - a) for a, b in itertools.pairwise(lrs)]
+    boundaries = list(itertools.accumulate(len(r["lrs"]) for r in history.records))[:-1]
+    for i in boundaries:  # across each re-plan the learning rate moves no more than on the steps around it
+        assert jumps[i - 1] <= 1.01 * max(jumps[i - 2], jumps[i]) + 1e-12, i
+    assert f"budget: {format_duration(machine.end)} used ({100 * machine.end / 600:.0f}%" in out
+    if speeds:
+        slow = trace.at(4)
+        assert slow.ratio == pytest.approx(2.0) and slow.epochs < trace.at(0).epochs
+        assert trace.at(7).ratio == pytest.approx(0.5) and trace.last.epochs > slow.epochs
+        assert "re-plan after epoch 4" in out and "epoch 4 ran at 2.00x the start-up figures (1.00x before)" in out
+        assert load_checkpoint(tmp_path / "last.pt").config.plan == trace.to_dict()
 
 
-def test_resume_continues_the_plan_without_measuring(synthetic, tmp_path, fake_measure):
+def test_a_resumed_budget_run_keeps_following_the_clock_and_matches_the_whole_run(synthetic, tmp_path, monkeypatch):
     data = synthetic(n_train=200, n_val=40)
-    config = TrainConfig(**TINY, epochs=40, budget="3m")
-    whole = tmp_path / "whole"
-    fit(config, data, whole, progress=False, log=None)
+    whole = FakeMachine(monkeypatch, {3: 2.0, 6: 0.5})
+    _budget_run(whole, data, tmp_path / "whole", log=None)
 
-    def stop_after_two(record):
-        if record["epoch"] == 2:
+    part = FakeMachine(monkeypatch, {3: 2.0, 6: 0.5})
+
+    def stop_after_five(record):
+        part.on_epoch_end(record)
+        if record["epoch"] == 5:
             raise KeyboardInterrupt
 
-    part = tmp_path / "part"
+    config, ends = TrainConfig(**BUDGETED), {"on_epoch_end": part.on_epoch_end}
     with pytest.raises(KeyboardInterrupt):
-        fit(config, data, part, progress=False, log=None, on_epoch_end=stop_after_two)
-    assert len(fake_measure) == 2
-    # the same command again (--resume auto: the config still says 40 epochs and no plan)
-    fit(config, data, part, resume="auto", progress=False, log=None)
-    assert len(fake_measure) == 2  # no third measurement
-    assert load_checkpoint(part / "last.pt").epoch == load_checkpoint(whole / "last.pt").epoch
-    _assert_same_weights(whole / "last.pt", part / "last.pt")
+        fit(config, data, tmp_path / "part", progress=False, log=None, clock=part, on_epoch_end=stop_after_five)
+    saved = Trace.from_dict(load_checkpoint(tmp_path / "part" / "last.pt").config.plan)
+    assert saved.last.epoch == 5
+    # the same command again (--resume auto): the trace so far holds, and the clock decides from there on
+    fit(config, data, tmp_path / "part", resume="auto", progress=False, log=None, clock=part, **ends)
+    assert part.measured == 1 and part.t == whole.t
+    done = Trace.from_dict(json.loads((tmp_path / "part" / "config.json").read_text())["plan"])
+    assert done.last.epoch > 5 and done == Trace.from_dict(
+        json.loads((tmp_path / "whole" / "config.json").read_text())["plan"]
+    )
+    _assert_same_weights(tmp_path / "whole" / "last.pt", tmp_path / "part" / "last.pt")
 
 
-def test_a_plan_decides_the_run_bit_for_bit(synthetic, tmp_path):
-    """A run that really measures (steps on a copy, generators restored) trains exactly as a run given its
-    plan and no budget, which measures nothing."""
+def test_a_replayed_trace_trains_the_same_weights_without_timing(synthetic, tmp_path, monkeypatch, cli, write_npz):
+    """A run on the real clock (which really measures, on copies, the generators restored) and its replay
+    from the trace it wrote, which times nothing: bit-identical weights; the same from the command line."""
     data = synthetic(n_train=200, n_val=40)
-    measured = tmp_path / "measured"
-    fit(TrainConfig(**TINY, epochs=6, budget="1h"), data, measured, progress=False, log=None)
-    plan = json.loads((measured / "config.json").read_text())["plan"]
-    assert plan["epochs"] == 6 and plan["step_seconds"]["0"] > 0
-    given = tmp_path / "given"
-    fit(TrainConfig(**TINY, epochs=40, plan=plan), data, given, progress=False, log=None)
-    assert load_checkpoint(given / "last.pt").epoch == 6
-    _assert_same_weights(measured / "last.pt", given / "last.pt")
-    _assert_same_weights(measured / "best.pt", given / "best.pt")
+    live = tmp_path / "live"
+    fit(TrainConfig(**TINY, epochs=40, budget="6s"), data, live, progress=False, log=None)
+    trace = Trace.from_dict(json.loads((live / "config.json").read_text())["plan"])
+    assert trace.step_seconds[0] > 0 and trace.last.epoch > 0
+    config = replay_config(TrainConfig.from_dict(json.loads((live / "config.json").read_text())), "config.json")
+
+    def no_clock():
+        raise AssertionError("a replay timed something")
+
+    monkeypatch.setattr(train_module, "measure", lambda *a, **k: no_clock())
+    fit(config, data, tmp_path / "replay", progress=False, log=None, clock=no_clock)
+    assert load_checkpoint(tmp_path / "replay" / "last.pt").epoch == trace.last.epochs
+    _assert_same_weights(live / "last.pt", tmp_path / "replay" / "last.pt")
+    _assert_same_weights(live / "best.pt", tmp_path / "replay" / "best.pt")
+
+
+def test_train_replay_reruns_a_run_directory(cli, write_npz, tmp_path, assert_one_line_error):
+    npz = write_npz(tmp_path / "d.npz", n=120)
+    flags = ["--data", npz, "--val-split", "20", "--model", "fast", "--model-kwargs", json.dumps(TINY["model_kwargs"])]
+    flags += ["--optimizer", "sgd", "--batch-size", "20", "--epochs", "30", "--no-progress", "--device", "cpu"]
+    code, out, err = cli("train", *flags, "--budget", "4s", "--out", tmp_path / "live")
+    assert code == 0, err
+    code, out, err = cli("train", "--replay", tmp_path / "live", "--no-progress")
+    assert code == 0, err
+    assert "replaying the" in out and "replayed the" in out and "plan for" not in out
+    _assert_same_weights(tmp_path / "live" / "last.pt", tmp_path / "live-replay" / "last.pt")
+    code, _, err = cli("train", "--replay", tmp_path / "live", "--lr", "0.1", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "--replay reruns a run as it was configured; drop --lr")
+    code, _, err = cli("train", "--replay", tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "no config.json")
+    code, _, err = cli("train", *flags, "--epochs", "1", "--out", tmp_path / "plain")
+    code, _, err = cli("train", "--replay", tmp_path / "plain", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "has no trace of a budget run")
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_run_with_a_validation_split_ends_calibrated(synthetic, tmp_path):
@@ -228,7 +385,30 @@ def test_a_run_with_a_validation_split_ends_calibrated(synthetic, tmp_path):
     assert best.temperature != 1.0 and best.calibration["split"] == "val" and best.calibration["n"] == 40
 
 
-def test_torchrun_ranks_agree_on_one_plan(real_data, tmp_path):
+TORCHRUN_SCRIPT = """
+import json, os, sys, time
+import torch
+from cifar_resnet import TrainConfig, fit
+
+rank = int(os.environ["RANK"])
+# rank 1's clock runs 3x fast: to it, every step and every evaluation takes 3x as long
+clock = (lambda: 3 * time.perf_counter()) if rank == 1 else time.perf_counter
+config = TrainConfig(**json.loads(sys.argv[1]), data=sys.argv[2])
+start = time.perf_counter()
+history = fit(config, None, sys.argv[3], progress=False, log=None, clock=clock)
+lrs = [lr for r in history.records for lr in r["lrs"]]
+weights = float(sum(p.double().sum() for p in history.model.parameters()))
+with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
+    json.dump({"lrs": lrs, "epochs": len(history.records), "weights": weights}, f)
+with open(os.path.join(sys.argv[3], f"seconds{rank}.json"), "w") as f:
+    json.dump(time.perf_counter() - start, f)
+"""
+
+
+def test_torchrun_ranks_decide_together_on_the_slowest_rank_s_times(real_data, tmp_path):
+    """Two processes, rank 1 with a clock 3x fast (a rank 3x slower, as far as the planner can tell, without
+    slowing the test): both keep one schedule (the same learning rates and weights, the same number of epochs),
+    planned from rank 1's times, so the run ends after about a third of its budget of real time."""
     npz = tmp_path / "small.npz"
     np.savez(
         npz,
@@ -236,12 +416,12 @@ def test_torchrun_ranks_agree_on_one_plan(real_data, tmp_path):
         y_train=real_data.train.labels[:1000],
         fine_label_names=np.array(real_data.classes),
     )
-    args = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--data", str(npz), "--val-split", "200"]
-    args += ["--model", "fast", "--model-kwargs", json.dumps(TINY["model_kwargs"]), "--optimizer", "sgd"]
-    args += ["--batch-size", "40", "--epochs", "50", "--budget", "40s", "--progressive", "16:0.25,24:0.25"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    config = {**TINY, "batch_size": 40, "epochs": 50, "budget": "25s", "val_split": 200}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
     proc = subprocess.run(
-        [*cmd, "-m", "cifar_resnet", *args],
+        [*cmd, json.dumps(config), str(npz), str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -249,7 +429,9 @@ def test_torchrun_ranks_agree_on_one_plan(real_data, tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = json.loads((tmp_path / "run" / "config.json").read_text())["plan"]
-    assert proc.stdout.count("plan for a 40s budget") == 1
-    assert f"{plan['epochs']} epochs" in proc.stdout
-    assert load_checkpoint(tmp_path / "run" / "last.pt").epoch == plan["epochs"]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    trace = Trace.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
+    assert ranks[0]["epochs"] == trace.last.epochs and len(trace.decisions) >= 2
+    real = json.loads((tmp_path / "run" / "seconds0.json").read_text())
+    assert trace.last.predicted_s > 0.9 * 25 and real < 0.6 * 25, (trace.last.predicted_s, real)

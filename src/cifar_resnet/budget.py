@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import statistics
 import time
@@ -359,7 +360,7 @@ class _Option:
 
 def _fit_last(candidate, sizes: list[int], m: Measurement, done: int, clock: _Clock, steps: list[int], budget):
     """``candidate`` from epoch ``done`` on at ``sizes``, its last epoch as long as fits in ``budget`` (at
-    least :data:`MIN_LAST_SHARE` of it; ``fits`` says whether that fits)."""
+    least :data:`MIN_LAST_SHARE` of it, all of it in a run of one epoch; ``fits`` says whether that fits)."""
     epochs = candidate.epochs
     sizes = [0] * done + list(sizes)
     before = sum(_epoch_seconds(candidate, m, steps[i], sizes[i], False) for i in range(done, epochs - 1))
@@ -369,7 +370,8 @@ def _fit_last(candidate, sizes: list[int], m: Measurement, done: int, clock: _Cl
     eval_last = whole_last - steps[-1] * step
     room = (budget - clock.elapsed_s - spare) / clock.ratio - before - eval_last
     fitted = min(steps[-1], math.floor(room / step)) if room > 0 else 0
-    shortest = max(1, math.ceil(MIN_LAST_SHARE * steps[-1]))
+    # a run of one epoch trains it whole: a part of one is no run
+    shortest = steps[-1] if epochs == 1 else max(1, math.ceil(MIN_LAST_SHARE * steps[-1]))
     last = max(fitted, shortest)
     end = clock.elapsed_s + clock.ratio * (before + eval_last + last * step)
     steps_left = sum(steps[done : epochs - 1]) + last
@@ -401,8 +403,13 @@ def _variation(ratios: list[float]) -> float:
     """How far one epoch's speed strayed from the one before's, on average over the last three."""
     if len(ratios) < 2:
         return VARIATION_DEFAULT
-    steps = [abs(b / a - 1) for a, b in zip(ratios[-4:], ratios[-3:])]
+    last = ratios[-4:]
+    steps = [abs(b / a - 1) for a, b in itertools.pairwise(last)]
     return min(VARIATION_MAX, max(VARIATION_MIN, statistics.fmean(steps)))
+
+
+def _no_time() -> float:
+    return 0.0
 
 
 class Planner:
@@ -413,6 +420,8 @@ class Planner:
     replay, which keeps its last."""
 
     def __init__(self, trace: Trace, recipe: TrainConfig, dist: Dist, clock: Callable[[], float], elapsed: float):
+        if trace.replay:  # a replay reads no clock: nothing it does depends on time
+            clock = _no_time
         self.trace, self.recipe, self.dist, self.clock = trace, recipe, dist, clock
         self.t0 = clock() - elapsed  # budget seconds used before this process started (a resume)
         # when the epoch being trained began: the last decision (unknown for one begun before a resume)

@@ -521,7 +521,7 @@ class _Run:
             self._load(state)
         self.best_top1 = max((r["val_top1"] for r in self.records), default=-1.0)
         if self.planner is not None and state is not None and not self.partial:
-            self.planner.epoch_start = self.options.clock()  # a resume at an epoch's start times that epoch
+            self.planner.epoch_start = self.planner.clock()  # a resume at an epoch's start times that epoch
         self.train_seconds = self.records[-1].get("train_seconds", 0.0) if self.records else 0.0
 
     def _load(self, state: Checkpoint) -> None:
