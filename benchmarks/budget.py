@@ -43,7 +43,14 @@ from cifar_resnet.checkpoint import RunDir
 from cifar_resnet.device import cpu_model
 
 BUDGETS = (2, 5, 10, 15, 30)
-_BUDGET_LINE = re.compile(r"the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training")
+# the run's last line about its budget: today's ("14m 52s used (99%: ...") and, in older logs, measuring and
+# training apart ("21s measuring, then 13m 46s training")
+_BUDGET_LINE = re.compile(
+    r"the [0-9hms ]+ budget: ([0-9hms ]+) used \("
+    r"|the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training"
+)
+    r"the [0-9hms ]+ budget: ([0-9hms ]+) used \(|the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training"
+)
 
 
 def point_name(minutes: float, precision: str, threads: int, seed: int, tag: str = "") -> str:
@@ -132,7 +139,8 @@ def _trained_seconds(log: str) -> float:
     if not m:
         raise SystemExit("budget.py: the run printed no budget line")
     units = {"h": 3600, "m": 60, "s": 1}
-    return sum(int(n) * units[u] for part in m.groups() for n, u in re.findall(r"(\d+)([hms])", part))
+    parts = [part for part in m.groups() if part]
+    return sum(int(n) * units[u] for part in parts for n, u in re.findall(r"(\d+)([hms])", part))
 
 
 def report(png: Path) -> str:

@@ -296,6 +296,7 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     line = "the 15m budget: 21s measuring, then 13m 46s training and evaluating (predicted 13m 51s)"
     assert budget._trained_seconds(f"Epoch 7, ...\n{line}\n") == 21 + 13 * 60 + 46
     assert budget._trained_seconds("the 2m budget: 5s measuring, then 1m training and evaluating") == 65
+    assert budget._trained_seconds("the 5m budget: 4m 57s used (99%: 12s measuring, then training") == 297
     (tmp_path / "budget-fp32-2t-5m.log").write_text("-m cifar_resnet train --budget 5m\n" + line.replace("15m", "5m"))
     config = {"epochs": 2, "plan": {"epochs": 2}, "model": "fast", "progressive": "16:0.25,24:0.25", "batch_size": 512}
     (tmp_path / "budget-fp32-2t-5m-config.json").write_text(json.dumps(config))

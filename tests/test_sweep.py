@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cifar_resnet.budget import Trace
 from cifar_resnet.config import upgrade_config
 from cifar_resnet.signals import StopSignals
 from cifar_resnet.sweep import build_config, load_sweep, open_study, report
@@ -384,6 +385,16 @@ def test_a_worker_leaves_bf16_rows_to_machines_with_bf16_instructions(tmp_path, 
     code, out, err = cli("sweep", "run", path)
     assert code == 0 and "1 complete" in out and "emulated" not in out, out + err
     assert len(cells_done(study())) == 6 and len(study().trials) == 6
+
+
+def test_a_budget_row_records_the_trace_of_its_plans(tmp_path, tiny_npz, cli):
+    body = "budget = '8s'\n[grid]\nseeds = [0]\n[grid.variants]\nonly = {}\n"
+    path = sweep_file(tmp_path, tiny_npz, body, epochs=30)
+    code, out, err = cli("sweep", "run", path)
+    assert code == 0, out + err
+    (trial,) = study_of(load_sweep(path)).trials
+    trace = Trace.from_dict(trial.user_attrs["budget_trace"])
+    assert trace.budget_s == 8 and trace.last.epochs == trial.user_attrs["epochs"]
 
 
 def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, tiny_npz, cli):

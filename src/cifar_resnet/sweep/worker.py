@@ -6,6 +6,7 @@ overrides, metrics, training seconds, peak memory and machine are stored as the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..budget import is_trace
 from ..checkpoint import RunDir
 from ..config import TrainConfig
 from ..device import cpu_model, resolve_device
@@ -283,7 +285,8 @@ def _fail(run: _TrialRun, message: str) -> str:
 
 
 def _record(trial, run_dir: Path, t0: float, measured: bool, history) -> float | None:
-    """Store the trial's final metrics as user attributes; returns its value (the last validation top-1)."""
+    """Store the trial's final metrics as user attributes (a budget run's trace among them: every plan its
+    clock made); returns its value (the last validation top-1)."""
     records = history.records if history is not None else RunDir(run_dir).read_history()[0]
     attrs: dict[str, Any] = {"wall_seconds": round(time.perf_counter() - t0, 2)}
     attrs["peak_mb" if measured else "process_peak_mb"] = round(peak_memory_mb(), 1)
@@ -296,6 +299,10 @@ def _record(trial, run_dir: Path, t0: float, measured: bool, history) -> float |
             epochs=last["epoch"],
             train_seconds=round(last["train_seconds"], 2),
         )
+    config_json = RunDir(run_dir).config_json
+    plan = json.loads(config_json.read_text(encoding="utf-8")).get("plan") if config_json.is_file() else None
+    if plan and is_trace(plan):
+        attrs["budget_trace"] = plan
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     return attrs.get("val_top1")
