@@ -49,8 +49,6 @@ _BUDGET_LINE = re.compile(
     r"the [0-9hms ]+ budget: ([0-9hms ]+) used \("
     r"|the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training"
 )
-    r"the [0-9hms ]+ budget: ([0-9hms ]+) used \(|the [0-9hms ]+ budget: ([0-9hms ]+) measuring, then ([0-9hms ]+) training"
-)
 
 
 def point_name(minutes: float, precision: str, threads: int, seed: int, tag: str = "") -> str:
