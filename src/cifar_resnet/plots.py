@@ -30,6 +30,7 @@ __all__ = [
     "draw_lr",
     "normalise_history",
     "plot_accuracy",
+    "plot_budget",
     "plot_confusion",
     "plot_image_grid",
     "plot_loss",
@@ -202,9 +203,60 @@ def plot_lr(history: Sequence[dict], path: str | Path | None = None, note: str |
     return _one_axes_figure(draw_lr, history, path, note)
 
 
+def plot_budget(
+    history: Sequence[dict], trace: dict, path: str | Path | None = None, note: str | None = None
+) -> Figure:
+    """How a budget run spent its clock: each epoch's mean step time and every step's learning rate against
+    the budget's seconds, the re-plans that changed the run marked, the budget drawn. ``trace``: the run's
+    config ``plan`` (its decisions); epoch ``e`` starts at the decision made after ``e`` epochs (the first
+    after measuring) and trains for its record's ``seconds``."""
+    decisions = {d["epoch"]: d for d in trace["decisions"]}
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    start = decisions[0]["elapsed_s"]
+    for r in normalise_history(history):
+        e = r["epoch"] - 1
+        start = decisions[e]["elapsed_s"] if e in decisions else start
+        lrs, seconds = r["lrs"], r.get("seconds") or 0.0
+        if not lrs or not seconds:
+            continue
+        ends = [(start + seconds * (i + 1) / len(lrs)) / 60 for i in range(len(lrs))]
+        top.plot([start / 60, start / 60 + seconds / 60], [seconds / len(lrs)] * 2, "-", color=TRAIN_COLOUR, lw=2)
+        bottom.plot(ends, lrs, "-", color=TRAIN_COLOUR)
+        start += seconds
+    previous = None
+    for d in trace["decisions"]:
+        shape = (d["epochs"], d["last_steps"], d["sizes"][-1])
+        if previous is not None and shape != previous:
+            for ax in (top, bottom):
+                ax.axvline(d["elapsed_s"] / 60, color="grey", ls=":", lw=1)
+            top.annotate(
+                f"{d['epochs']} ep.",
+                (d["elapsed_s"] / 60, 1),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                rotation=90,
+                va="top",
+                ha="right",
+                color="grey",
+            )
+        previous = shape
+    for ax in (top, bottom):
+        ax.axvline(trace["budget_s"] / 60, color=VAL_COLOUR, lw=1.5, label="budget")
+    top.set_ylabel("seconds a step (epoch mean)")
+    top.set_ylim(bottom=0)
+    top.set_title("Step time and learning rate against the budget's clock" + (f"\n{note}" if note else ""))
+    top.legend(loc="lower right")
+    bottom.set_ylabel("learning rate")
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlabel("minutes of the budget (re-plans that changed the run dotted)")
+    return _finish(fig, path)
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Loss, accuracy and learning-rate curves of a run directory as ``loss.png``, ``accuracy.png``
-    and ``lr.png`` in ``out_dir`` (default ``run_dir/plots``); returns ``{name: path}``."""
+    and ``lr.png`` in ``out_dir`` (default ``run_dir/plots``), and for a budget run ``budget.png`` (its
+    clock: :func:`plot_budget`); returns ``{name: path}``."""
     run = RunDir(run_dir)
     records, config = run.read_history()
     out = Path(out_dir) if out_dir is not None else run.plots
@@ -215,11 +267,15 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str
     loss_note = note
     if config.get("label_smoothing"):
         loss_note += f"; training loss includes label smoothing {config['label_smoothing']:g}"
-    return {
+    figures = {
         "loss": save_figure(plot_loss(records, note=loss_note), out / "loss.png"),
         "accuracy": save_figure(plot_accuracy(records, note=note), out / "accuracy.png"),
         "lr": save_figure(plot_lr(records, note=note), out / "lr.png"),
     }
+    plan = config.get("plan") or {}
+    if plan.get("decisions") and all(r.get("lrs") for r in records):
+        figures["budget"] = save_figure(plot_budget(records, plan, note=note), out / "budget.png")
+    return figures
 
 
 # --------------------------------------------------------------------------------------------------
