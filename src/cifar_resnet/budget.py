@@ -214,29 +214,21 @@ def _size_counts(sizes: list[int | None]) -> dict[int | None, int]:
     return counts
 
 
-def _progressive_for(counts: dict[int | None, int]) -> str | None:
-    """The ``progressive`` text that trains ``counts`` epochs at each size, or None if its fractions,
-    rounded as ``TrainConfig.train_sizes`` rounds them, would not give those counts back."""
-    epochs = sum(counts.values())
-    text = ",".join(f"{size}:{n / epochs:.6g}" for size, n in counts.items() if size is not None and n)
-    try:
-        return text if _size_counts(_sizes(epochs, text)) == {k: v for k, v in counts.items() if v} else None
-    except ValueError:
-        return None
-
-
-def _splits(config: TrainConfig, epochs: int) -> list[str]:
-    """The ``progressive`` texts the plan may train ``epochs`` epochs with: the config's own first, then
-    (with progressive resizing and at least two full-size epochs) its split with one full-size epoch
-    trained at each lower size instead."""
-    default = _size_counts(_with_epochs(config, epochs).train_sizes)
-    out = [config.progressive]
-    if default.get(None, 0) < 2:
-        return out
-    for size in (s for s in default if s is not None):
-        moved = _progressive_for({**default, size: default[size] + 1, None: default[None] - 1})
-        if moved is not None and moved not in out:
-            out.append(moved)
+def _phase_sizes(phases: list[tuple[int, float]], epochs: int, last_share: float) -> list[int]:
+    """The image side of each of ``epochs`` epochs (0: full size), the last one ``last_share`` of a whole
+    one long: the recipe's resizing phases laid over the run's length in epochs, each epoch at the phase
+    of its middle (so a short last epoch takes its share of the full-size phase, not all of it)."""
+    length = epochs - 1 + last_share
+    out = []
+    for i in range(epochs):
+        middle = i + 0.5 if i < epochs - 1 else length - last_share / 2
+        edge, size = 0.0, 0
+        for phase_size, fraction in phases:
+            edge += fraction * length
+            if middle < edge:
+                size = phase_size
+                break
+        out.append(size)
     return out
 
 
@@ -303,32 +295,27 @@ def decide(
     done: int,
     clock: _Clock,
     steps_for: Callable[[TrainConfig], list[int]],
-    trained_size: int | None = 8,
+    trained_size: int | None = None,
 ) -> Decision:
-    """The plan from ``done`` epochs on: of every total of epochs up to the recipe's, at the recipe's
-    resizing split or with one full-size epoch moved to a lower size (:func:`_splits`), with the last
-    epoch cut to what fits (but not below :data:`MIN_LAST_SHARE` of an epoch), the one predicted to end
-    latest within the budget less the spare, never going back to an image size below ``trained_size`` (the
-    last epoch's; None: full size); on a tie (within half a percent of the budget), the one that
-    trains the most steps, then the recipe's own split. Every predicted figure is the start-up one times
-    ``clock.ratio``. None fits: at the start, :class:`BudgetTooSmall`; later (the run is late), the
-    shortest end: one more epoch, of the shortest length."""
+    """The plan from ``done`` epochs on: of every total of epochs up to the recipe's, with the last epoch cut
+    to what fits (but not below :data:`MIN_LAST_SHARE` of an epoch) and the recipe's resizing phases laid
+    over that length (:func:`_phase_sizes`, never below ``trained_size``, the size of the epoch before;
+    None: full size), the one predicted to end latest within the budget less the spare; on a tie (within
+    half a percent of the budget), the one whose last epoch is longest, then the most steps. Every predicted figure is the
+    start-up one times ``clock.ratio``. None fits: at the start, :class:`BudgetTooSmall`; later (the run
+    is late), the shortest end: one more epoch, of the shortest length."""
     m = trace.measurement()
-    best, shortest, seen = None, None, set()
+    trained = (trained_size or 0) if done else None
+    best, shortest = None, None
     for epochs in range(done + 1, trace.max_epochs + 1):
-        for rank, progressive in enumerate(_splits(recipe, epochs)):
-            candidate = dataclasses.replace(_with_epochs(recipe, epochs), progressive=progressive)
-            sizes = [max(s or 0, trained_size or 0, key=_size_order) for s in candidate.train_sizes[done:]]
-            if (epochs, *sizes) in seen:
-                continue
-            seen.add((epochs, *sizes))
-            option = _fit_last(candidate, sizes, m, done, clock, steps_for(candidate), trace.budget_s)
-            if shortest is None:
-                shortest = option
-            if option.fits:
-                key = (round(option.end / (0.005 * trace.budget_s)), option.steps_total, -rank)
-                if best is None or key > best[0]:
-                    best = (key, option)
+        candidate = _with_epochs(recipe, epochs)
+        option = _fit_last(candidate, m, done, clock, steps_for(candidate), trace.budget_s, trained)
+        if shortest is None:
+            shortest = option
+        if option.fits:
+            key = (round(option.end / (0.005 * trace.budget_s)), option.last_share, option.steps_left)
+            if best is None or key > best[0]:
+                best = (key, option)
     if best is None and done == 0:
         raise _too_small(recipe, trace, m, steps_for)
     chosen = best[1] if best is not None else shortest
@@ -351,40 +338,55 @@ class _Option:
     epochs: int
     sizes: list[int]
     last_steps: int
+    last_share: float
     steps_left: int
-    steps_total: int
     end: float
     spare: float
     fits: bool
 
 
-def _fit_last(candidate, sizes: list[int], m: Measurement, done: int, clock: _Clock, steps: list[int], budget):
-    """``candidate`` from epoch ``done`` on at ``sizes``, its last epoch as long as fits in ``budget`` (at
-    least :data:`MIN_LAST_SHARE` of it, all of it in a run of one epoch; ``fits`` says whether that fits)."""
-    epochs = candidate.epochs
-    sizes = [0] * done + list(sizes)
-    before = sum(_epoch_seconds(candidate, m, steps[i], sizes[i], False) for i in range(done, epochs - 1))
-    whole_last = _epoch_seconds(candidate, m, steps[-1], sizes[-1], True)
-    spare = clock.variation * whole_last * clock.ratio
-    step = m.step_seconds[sizes[-1] or 0]
-    eval_last = whole_last - steps[-1] * step
-    room = (budget - clock.elapsed_s - spare) / clock.ratio - before - eval_last
-    fitted = min(steps[-1], math.floor(room / step)) if room > 0 else 0
+def _fit_last(candidate: TrainConfig, m: Measurement, done: int, clock: _Clock, steps: list[int], budget, trained):
+    """``candidate`` from epoch ``done`` on, its last epoch as long as fits in ``budget`` (at least
+    :data:`MIN_LAST_SHARE` of it, all of it in a run of one epoch; ``fits`` says whether that fits), its
+    sizes the recipe's phases over that length, none below ``trained`` (0: full size; None: no floor)."""
+    epochs, whole, phases = candidate.epochs, steps[-1], candidate.phases
     # a run of one epoch trains it whole: a part of one is no run
-    shortest = steps[-1] if epochs == 1 else max(1, math.ceil(MIN_LAST_SHARE * steps[-1]))
-    last = max(fitted, shortest)
-    end = clock.elapsed_s + clock.ratio * (before + eval_last + last * step)
-    steps_left = sum(steps[done : epochs - 1]) + last
-    return _Option(
-        epochs=epochs,
-        sizes=sizes[done:],
-        last_steps=last,
-        steps_left=steps_left,
-        steps_total=sum(steps[: epochs - 1]) + last,
-        end=end,
-        spare=spare,
-        fits=fitted >= shortest,
-    )
+    shortest = whole if epochs == 1 else max(1, math.ceil(MIN_LAST_SHARE * whole))
+
+    def option(last: int) -> _Option:
+        laid = _phase_sizes(phases, epochs, last / whole)[done:]
+        if trained is not None:  # never below the size of the epoch before
+            laid = [max(s, trained, key=_size_order) for s in laid]
+        sizes = [0] * done + laid
+        before = sum(_epoch_seconds(candidate, m, steps[i], sizes[i], False) for i in range(done, epochs - 1))
+        step = m.step_seconds[sizes[-1]]
+        eval_last = _epoch_seconds(candidate, m, 0, sizes[-1], True)
+        spare = clock.variation * clock.ratio * (whole * step + eval_last)
+        end = clock.elapsed_s + clock.ratio * (before + eval_last + last * step)
+        return _Option(
+            epochs=epochs,
+            sizes=sizes[done:],
+            last_steps=last,
+            last_share=last / whole,
+            steps_left=sum(steps[done : epochs - 1]) + last,
+            end=end,
+            spare=spare,
+            fits=end <= budget - spare,
+        )
+
+    last = whole
+    for _ in range(4):  # the sizes depend on the last epoch's length, which depends on its size: settle
+        o = option(last)
+        room = (budget - o.spare - o.end) / clock.ratio
+        fitted = max(shortest, min(whole, last + math.floor(room / m.step_seconds[o.sizes[-1]])))
+        if fitted == last:
+            break
+        last = fitted
+    o = option(last)
+    while not o.fits and last > shortest:
+        last -= 1
+        o = option(last)
+    return o
 
 
 def _too_small(recipe: TrainConfig, trace: Trace, m: Measurement, steps_for) -> BudgetTooSmall:

@@ -191,6 +191,16 @@ class TrainConfig:
     def train_sizes(self) -> list[int | None]:
         """The training image side of each epoch (None: full size), from ``progressive``: phase i ends at
         epoch ``round(epochs * (f_1 + ... + f_i))``, so the schedule scales with ``epochs``."""
+        sizes: list[int | None] = []
+        total = 0.0
+        for size, frac in self.phases:
+            total += frac
+            sizes += [size] * (round(self.epochs * total) - len(sizes))
+        return sizes + [None] * (self.epochs - len(sizes))
+
+    @property
+    def phases(self) -> list[tuple[int, float]]:
+        """``progressive`` as ``[(size, fraction), ...]``, the phases below full size in order."""
         phases = []
         for part in filter(None, (p.strip() for p in self.progressive.split(","))):
             try:
@@ -203,12 +213,7 @@ class TrainConfig:
             phases.append((size, frac))
         if sum(f for _, f in phases) >= 1:
             raise ValueError(f"progressive: the fractions {self.progressive!r} leave no epoch at full size")
-        sizes: list[int | None] = []
-        total = 0.0
-        for size, frac in phases:
-            total += frac
-            sizes += [size] * (round(self.epochs * total) - len(sizes))
-        return sizes + [None] * (self.epochs - len(sizes))
+        return phases
 
     @property
     def budget_seconds(self) -> float | None:

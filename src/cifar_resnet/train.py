@@ -433,7 +433,6 @@ class _Run:
         self._open_run_dir()
         self.divergence = Divergence(dist, self.model, self._resumed_checkpoint(state))
         self._announce(eval_split)
-        self.t_loop = time.perf_counter()
 
     def _make_loaders(self, eval_split) -> None:
         """The training batches (this rank's slice of each) and this rank's shard of the evaluation images."""
