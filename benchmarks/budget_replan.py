@@ -89,7 +89,7 @@ def run_one(args, name: str, seed: int, disturbed: bool, src: Path) -> dict:
         "name": name,
         "seed": seed,
         "condition": "disturbed" if disturbed else "quiet",
-        "checkout": "replan" if src == ROOT / "src" else "baseline",
+        "checkout": ("replan" if src == ROOT / "src" else "baseline") + (f" ({args.tag})" if args.tag else ""),
         "src": str(src),
         "budget_s": budget,
         "used_s": used,
@@ -120,7 +120,7 @@ def report(out_dir: Path) -> str:
         "|---|---|---|---|---|---|",
     ]
     for condition in ("quiet", "disturbed"):
-        for checkout in ("replan", "baseline"):
+        for checkout in sorted({r["checkout"] for r in rows}):
             group = [r for r in rows if r["condition"] == condition and r["checkout"] == checkout]
             if not group:
                 continue
@@ -142,6 +142,7 @@ def main() -> None:
     p.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src folder to compare")
     p.add_argument("--conditions", nargs="+", default=["quiet", "disturbed"], choices=["quiet", "disturbed"])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tag", default="", help="a word in the runs' names and their table rows (e.g. a commit)")
     p.add_argument("--report", action="store_true", help="only print the table and draw the figure")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train flags (last)")
     args = p.parse_args()
@@ -155,7 +156,7 @@ def main() -> None:
         for seed in args.seeds:
             for condition in args.conditions:
                 for checkout, src in sources:
-                    name = f"{condition}-{checkout}-seed{seed}"
+                    name = f"{condition}-{checkout}" + (f"-{args.tag}" if args.tag else "") + f"-seed{seed}"
                     summary = run_one(args, name, seed, condition == "disturbed", src)
                     print(
                         f"{name}: {summary['used_s']:.0f} s of {summary['budget_s']:.0f} "

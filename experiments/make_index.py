@@ -7,8 +7,9 @@ An experiment is a folder of experiments/ with a README.md whose first line is i
 heading: the figure, the machine, the command). The index lists each folder with that line, then one table
 per folder of the training runs it holds: every set of files sharing a stem, ``NAME.log`` (the command's
 output), ``NAME-config.json``, ``NAME-metrics.csv`` and a summary ``NAME.json`` (written by
-``benchmarks/budget.py``, or by the ablation script the sweep replaced). Accuracy and training seconds are
-read from the summary where there is one, else from the last row of the metrics, else from the log.
+``benchmarks/budget.py`` or ``benchmarks/budget_replan.py``, or by the ablation script the sweep
+replaced). Accuracy and training seconds are read from the summary where there is one, else from the last
+row of the metrics, else from the log.
 Standard library only: no torch, no package import.
 """
 
@@ -80,6 +81,11 @@ def _summary(files: dict[str, Path], reference: dict) -> dict:
         )
     elif "budget_min" in summary:  # benchmarks/budget.py
         what = f"`--budget {summary['budget_min']:g}m`: {summary['epochs']} epochs planned"
+    elif "condition" in summary:  # benchmarks/budget_replan.py
+        what = (
+            f"{summary['condition']}, {summary['checkout']}: {100 * summary['used_share']:.1f}% of the "
+            f"{summary['budget_s'] / 60:g}-minute budget used"
+        )
     elif summary:
         what = f"`{summary['name']}`: " + (
             ", ".join(f"{k}={v}" for k, v in summary["changes"].items()) or "the recipe the ablation starts from"

@@ -337,3 +337,31 @@ def test_malloc_step_times_both_settings_in_processes_of_their_own(capsys):
     rows = [line for line in out.splitlines() if line.startswith(("| glibc", "| freed"))]
     assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
     assert rows[1].split("|")[2].strip() == ("yes" if sys.platform.startswith("linux") else "no")
+
+
+def test_budget_replan_runs_quiet_and_disturbed_runs_and_tabulates_them(tmp_path, write_npz):
+    """Two short budget runs of a tiny net, one disturbed by a busy process, each from its own ``src`` (this
+    checkout's, and the same through a link, as a baseline checkout would be): their files, summaries, the
+    budget figure of this checkout's run and the table."""
+    bench = _load("budget_replan")
+    npz = write_npz(tmp_path / "d.npz", n=400)
+    (tmp_path / "src").symlink_to(bench.ROOT / "src")
+    flags = ["--val-split", "100", "--model-kwargs", '{"widths": [8, 16, 16], "stem_width": 8}']
+    flags += ["--batch-size", "50", "--eval-batch-size", "100", "--epochs", "12"]
+    args = bench.argparse.Namespace(
+        data=str(npz), budget="12s", disturb="1s-3s", busy=1, out=tmp_path / "out", extra=flags, tag=""
+    )
+    args.out.mkdir()
+    quiet = bench.run_one(args, "quiet-replan-seed0", 0, False, bench.ROOT / "src")
+    disturbed = bench.run_one(args, "disturbed-baseline-seed0", 0, True, tmp_path / "src")
+    assert quiet["checkout"] == "replan" and disturbed["checkout"] == "baseline" and disturbed["busy"] == 1
+    for s in (quiet, disturbed):
+        assert 0.5 < s["used_share"] <= 1.05 and 0 <= s["val_top1"] <= 1 and s["epochs"] >= 1
+    assert (args.out / "quiet-replan-seed0-budget.png").is_file()
+    assert not (args.out / "disturbed-baseline-seed0-budget.png").exists()
+    table = bench.report(args.out).splitlines()
+    assert len(table) == 4 and table[2].startswith("| quiet | replan | 0 |")
+    assert table[3].startswith("| disturbed | baseline | 0 |")
+    args.tag = "v2"
+    assert bench.run_one(args, "quiet-replan-v2-seed0", 0, False, bench.ROOT / "src")["checkout"] == "replan (v2)"
+    assert len(bench.report(args.out).splitlines()) == 5

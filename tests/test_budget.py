@@ -248,11 +248,15 @@ class FakeMachine:
     size and each evaluation pass by FAKE's (six passes with flip x translate TTA), times ``speed``, which
     ``on_epoch_end`` changes after the epochs of ``speeds``. Measuring takes FAKE's 10 s. Nothing sleeps."""
 
-    def __init__(self, monkeypatch, speeds: dict[int, float] | None = None):
+    def __init__(self, monkeypatch, speeds: dict[int, float] | None = None, at_step: tuple[int, float] = (0, 1.0)):
         self.t, self.speed, self.speeds, self.measured = 0.0, 1.0, speeds or {}, 0
+        self.steps, self.at_step = 0, at_step  # (n, s): from the n-th step on, speed s
         step, collect = _TRAIN_STEP, _COLLECT_LOGITS  # the real ones, whatever another FakeMachine patched
 
         def timed_step(model, x, *args, **kwargs):
+            self.steps += 1
+            if self.steps == self.at_step[0]:
+                self.speed = self.at_step[1]
             self.t += FAKE.step_seconds[0 if x.shape[-1] == 32 else x.shape[-1]] * self.speed
             return step(model, x, *args, **kwargs)
 
@@ -309,6 +313,26 @@ def test_a_budget_run_ends_between_95_and_100_percent_of_its_budget(synthetic, t
         assert trace.at(7).ratio == pytest.approx(0.5) and trace.last.epochs > slow.epochs
         assert "re-plan after epoch 4" in out and "epoch 4 ran at 2.00x the start-up figures (1.00x before)" in out
         assert load_checkpoint(tmp_path / "last.pt").config.plan == trace.to_dict()
+
+
+@pytest.mark.parametrize("speed", [2.0, 0.5])
+def test_the_last_epoch_fits_its_length_to_the_clock_as_it_runs(synthetic, tmp_path, monkeypatch, capsys, speed):
+    """Steps 2x slower (or faster) from a quarter into the last epoch on, which no plan made at its start could
+    know: the last epoch re-fits its length as it runs, and the run still ends in the window."""
+    data = synthetic(n_train=400, n_val=40)  # 20 steps an epoch: a re-fit every 2 steps of the last
+    probe = FakeMachine(monkeypatch)
+    _budget_run(probe, data, tmp_path / "probe", log=None)
+    history = load_checkpoint(tmp_path / "probe" / "last.pt").history  # where the last epoch starts
+    steps, last = sum(len(r["lrs"]) for r in history), len(history[-1]["lrs"])
+    machine = FakeMachine(monkeypatch, at_step=(steps - last + last // 4, speed))
+    _budget_run(machine, data, tmp_path / "run")
+    trace = Trace.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
+    refits = [d for d in trace.decisions if d.step]
+    assert refits and (refits[0].ratio > 1.2 if speed > 1 else refits[0].ratio < 0.8)
+    planned = [d for d in trace.decisions if not d.step][-1]  # the plan the last epoch started with
+    assert (refits[-1].last_steps < planned.last_steps) == (speed > 1)  # shorter when slower, else longer
+    assert 0.95 * 600 <= machine.end <= 600
+    assert "last epoch re-fitted after step" in capsys.readouterr().out
 
 
 def test_a_resumed_budget_run_keeps_following_the_clock_and_matches_the_whole_run(synthetic, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from .optim import build_optimizer, build_scheduler
 from .rng import get_rng_state, set_rng_state
 
 __all__ = [
+    "LAST_EPOCH_REFITS",
     "BudgetTooSmall",
     "Decision",
     "Measurement",
@@ -54,6 +55,7 @@ EVAL_BATCHES = 2  # timed evaluation batches (after one untimed)
 # two epochs have been timed
 VARIATION_DEFAULT, VARIATION_MIN, VARIATION_MAX = 0.05, 0.01, 0.15
 MIN_LAST_SHARE = 0.1  # the shortest last epoch a plan makes, as a share of a whole one
+LAST_EPOCH_REFITS = 10  # times the last epoch fits its length to the clock again as it runs
 
 
 class BudgetTooSmall(ValueError):
@@ -78,7 +80,7 @@ class Decision:
     before over what the start-up figures predicted for it (1 for the first plan, which has none), by
     which every predicted figure is scaled; ``variation``: the spread of those ratios this run, from which
     ``spare_s`` is kept; ``epochs``: the run's epochs; ``sizes``: the image side of each epoch from now on
-    (0: full size), the recipe's resizing phases over the new number of epochs, never below the size of
+    (0: full size), the recipe's resizing phases laid over the run's new length, never below the size of
     the epoch before;
     ``last_steps``: the steps of the last epoch (a last epoch may be shorter than the others, so that the
     run ends at its budget); ``steps_left``: the steps the schedule is spread over from now on;
@@ -94,6 +96,7 @@ class Decision:
     last_steps: int
     steps_left: int
     predicted_s: float
+    step: int = 0  # steps into epoch ``epoch`` (0: at its start; later: the last epoch re-fitting its length)
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,13 @@ class Trace:
     def last(self) -> Decision:
         return self.decisions[-1]
 
-    def at(self, epoch: int) -> Decision | None:
-        """The decision made when ``epoch`` epochs were done, if there is one."""
-        return next((d for d in self.decisions if d.epoch == epoch), None)
+    def at(self, epoch: int, step: int = 0) -> Decision | None:
+        """The decision made when ``epoch`` epochs (and ``step`` steps of the next) were done, if any."""
+        return next((d for d in self.decisions if (d.epoch, d.step) == (epoch, step)), None)
 
     def with_decision(self, d: Decision) -> Trace:
-        return dataclasses.replace(self, decisions=(*(x for x in self.decisions if x.epoch < d.epoch), d))
+        kept = (x for x in self.decisions if (x.epoch, x.step) < (d.epoch, d.step))
+        return dataclasses.replace(self, decisions=(*kept, d))
 
     def measurement(self) -> Measurement:
         return Measurement(dict(self.step_seconds), self.eval_seconds, self.measure_seconds)
@@ -180,6 +184,15 @@ class Trace:
         """Whether ``d`` trains otherwise than ``before``: other epochs, phases or last epoch."""
         return (before.epochs, before.last_steps) != (d.epochs, d.last_steps) or (
             before.sizes[d.epoch - before.epoch :] != d.sizes
+        )
+
+    def refit_line(self, before: Decision, d: Decision, whole: int) -> str:
+        """What a re-fit of the last epoch changed and why, in one line."""
+        return (
+            f"last epoch re-fitted after step {d.step}, {format_duration(d.elapsed_s)} of "
+            f"{format_duration(self.budget_s)} used: a step took {d.ratio:.2f}x the start-up figure in it -> "
+            f"{d.last_steps} of {whole} steps (was {before.last_steps}), ending at {format_duration(d.predicted_s)} "
+            f"({100 * d.predicted_s / self.budget_s:.0f}%)"
         )
 
     def replan_line(self, before: Decision, d: Decision, full_size: int) -> str:
@@ -301,9 +314,11 @@ def decide(
     to what fits (but not below :data:`MIN_LAST_SHARE` of an epoch) and the recipe's resizing phases laid
     over that length (:func:`_phase_sizes`, never below ``trained_size``, the size of the epoch before;
     None: full size), the one predicted to end latest within the budget less the spare; on a tie (within
-    half a percent of the budget), the one whose last epoch is longest, then the most steps. Every predicted figure is the
-    start-up one times ``clock.ratio``. None fits: at the start, :class:`BudgetTooSmall`; later (the run
-    is late), the shortest end: one more epoch, of the shortest length."""
+    half a percent of the budget), the one with the most steps (more epochs: more re-plans), then the
+    longest last epoch. Every
+    predicted figure is the start-up one times ``clock.ratio``. None fits: at the start,
+    :class:`BudgetTooSmall`; later (the run is late), the shortest end: one more epoch, of the shortest
+    length."""
     m = trace.measurement()
     trained = (trained_size or 0) if done else None
     best, shortest = None, None
@@ -313,7 +328,7 @@ def decide(
         if shortest is None:
             shortest = option
         if option.fits:
-            key = (round(option.end / (0.005 * trace.budget_s)), option.last_share, option.steps_left)
+            key = (round(option.end / (0.005 * trace.budget_s)), option.steps_left, option.last_share)
             if best is None or key > best[0]:
                 best = (key, option)
     if best is None and done == 0:
@@ -428,6 +443,7 @@ class Planner:
         self.t0 = clock() - elapsed  # budget seconds used before this process started (a resume)
         # when the epoch being trained began: the last decision (unknown for one begun before a resume)
         self.epoch_start: float | None = None
+        self.steps_t0, self.steps_k0 = 0.0, 10**9  # when and from which step the epoch's steps are timed
 
     @classmethod
     def start(cls, config: TrainConfig, dist: Dist, clock, do_measure: Callable[[], Measurement], steps_for):
@@ -459,9 +475,10 @@ class Planner:
     def elapsed(self) -> float:
         return self.clock() - self.t0
 
-    def in_force(self, epoch: int) -> Decision:
-        """The decision epoch ``epoch`` trains by: the last one made before it started."""
-        return max((d for d in self.trace.decisions if d.epoch <= epoch), key=lambda d: d.epoch)
+    def in_force(self, epoch: int, step: int = 10**9) -> Decision:
+        """The decision epoch ``epoch`` trains by after ``step`` of its steps (default: the latest one)."""
+        made = (d for d in self.trace.decisions if (d.epoch, d.step) <= (epoch, step))
+        return max(made, key=lambda d: (d.epoch, d.step))
 
     def config_for(self, config: TrainConfig, epoch: int) -> TrainConfig:
         """``config`` with the trace, and the epochs of the decision in force at epoch ``epoch``."""
@@ -472,10 +489,51 @@ class Planner:
         d = self.in_force(epoch)
         return d.sizes[epoch - d.epoch] or None
 
-    def steps(self, epoch: int, steps: int) -> int:
-        """The steps of epoch ``epoch`` of ``steps`` batches: the last epoch's may be fewer."""
-        d = self.in_force(epoch)
+    def steps(self, epoch: int, steps: int, step: int = 10**9) -> int:
+        """The steps of epoch ``epoch`` of ``steps`` batches, as planned after ``step`` of them: the last
+        epoch's may be fewer."""
+        d = self.in_force(epoch, step)
         return min(steps, d.last_steps) if epoch == d.epochs - 1 else steps
+
+    def steps_started(self, step: int) -> None:
+        """The epoch's steps start (from ``step``): the last epoch's re-fits time them from here."""
+        self.steps_t0, self.steps_k0 = self.clock(), step
+
+    def refit(self, epoch: int, step: int, size: int | None, whole: int) -> Decision | None:
+        """In the last epoch, after ``step`` of its steps (of ``whole``): its length again, from the time a
+        step has taken since the last re-fit (the slowest rank's), so that it ends at the budget; the
+        trace's own decision where it has one; None when the length stays."""
+        recorded = self.trace.at(epoch, step)
+        if recorded is not None or self.trace.replay or step <= self.steps_k0:
+            return recorded
+        now = self.clock()
+        figures = torch.tensor([self.elapsed(), now - self.steps_t0], dtype=torch.float64)
+        elapsed, seconds = (float(v) for v in self.dist.max(figures))
+        rate = seconds / (step - self.steps_k0)  # since the last re-fit: the speed now, not the epoch's mean
+        self.steps_t0, self.steps_k0 = now, step
+        before, m = self.in_force(epoch, step), self.trace.measurement()
+        ratio = max(1e-6, rate / m.step_seconds[size or 0])
+        eval_last = ratio * _epoch_seconds(self.recipe, m, 0, size, True)
+        spare = before.variation * (eval_last + rate * (before.last_steps - step))
+        fitted = step + math.floor((self.trace.budget_s - elapsed - eval_last - spare) / rate)
+        last = max(step + 1, min(whole, fitted))
+        if last == before.last_steps:
+            return None
+        end = elapsed + rate * (last - step) + eval_last
+        decision = dataclasses.replace(
+            before,
+            step=step,
+            elapsed_s=elapsed,
+            ratio=ratio,
+            spare_s=spare,
+            sizes=[size or 0],
+            last_steps=last,
+            steps_left=last - step,
+            predicted_s=end,
+            epoch=epoch,
+        )
+        self.trace = self.trace.with_decision(decision)
+        return decision
 
     def boundary(self, done: int, steps: int, size: int | None, steps_for) -> Decision | None:
         """The decision after ``done`` epochs, the last of which trained ``steps`` steps at ``size``;

@@ -209,8 +209,8 @@ def plot_budget(
     """How a budget run spent its clock: each epoch's mean step time and every step's learning rate against
     the budget's seconds, the re-plans that changed the run marked, the budget drawn. ``trace``: the run's
     config ``plan`` (its decisions); epoch ``e`` starts at the decision made after ``e`` epochs (the first
-    after measuring) and trains for its record's ``seconds``."""
-    decisions = {d["epoch"]: d for d in trace["decisions"]}
+    after measuring) and trains for its record's ``seconds``; the last epoch's re-fits are marked too."""
+    decisions = {d["epoch"]: d for d in trace["decisions"] if not d.get("step")}  # each epoch's start
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     start = decisions[0]["elapsed_s"]
@@ -226,7 +226,7 @@ def plot_budget(
         start += seconds
     previous = None
     for d in trace["decisions"]:
-        shape = (d["epochs"], d["last_steps"], d["sizes"][-1])
+        shape = (d["epochs"], d["last_steps"], d["sizes"][-1], d.get("step", 0))
         if previous is not None and shape != previous:
             for ax in (top, bottom):
                 ax.axvline(d["elapsed_s"] / 60, color="grey", ls=":", lw=1)

@@ -16,13 +16,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .budget import Decision, Planner, follow_plan, is_trace, measure
+from .budget import LAST_EPOCH_REFITS, Decision, Planner, follow_plan, is_trace, measure
 from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
 from .config import TrainConfig
 from .console import format_duration, progress_bar
@@ -220,9 +219,13 @@ def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) 
     steps = run.epoch_steps(epoch)  # a budget run's last epoch may stop before the loader's end
     run.loader.set_epoch(epoch, stats.first_step)
     run.train_model.train()
+    if run.planner is not None:
+        run.planner.steps_started(stats.first_step)
     with progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", run.progress, unit="batch") as bar:
         bar.update(stats.first_step)
-        for step, (x, y) in enumerate(islice(run.loader, steps - stats.first_step), start=stats.first_step):
+        batches, step = iter(run.loader), stats.first_step
+        while step < steps:
+            x, y = next(batches)
             x = resize_batch(x, run.train_size(epoch))  # progressive resizing (None: full size)
             loss, out, lr = train_step(
                 run.train_model, x, y, run.optimizer, run.scheduler, run.step_options, run.scaler
@@ -235,6 +238,7 @@ def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) 
                 if step % 20 == 0:  # the one read-back, at logging points only
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
             done = step + 1
+            steps = run.refit(epoch, done, steps)  # a budget run's last epoch fits its length to the clock
             stop_now, save_now = checks.after_step(run, stop, done, steps)
             if (save_now or stop_now) and done < steps:
                 # another rank's reason to write: this rank's last losses are unchecked
@@ -243,6 +247,7 @@ def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) 
                 checks.saved()
             if stop_now and done < steps:
                 raise _interrupted(stop, run, epoch + 1, done, steps)
+            step = done
     return stats, steps
 
 
@@ -484,6 +489,22 @@ class _Run:
         if self.planner.trace.changed(before, decision):
             self.say(self.planner.trace.replan_line(before, decision, self.data.train.images.shape[1]))
 
+    def refit(self, epoch: int, done: int, steps: int) -> int:
+        """The steps of epoch ``epoch`` after ``done`` of them: a budget run's last epoch fits its length to
+        the clock :data:`~cifar_resnet.budget.LAST_EPOCH_REFITS` times as it runs; ``steps`` otherwise."""
+        if self.planner is None or epoch != self.config.epochs - 1 or done >= steps:
+            return steps
+        whole = self.hard.steps(self.config, self.full_steps)[epoch]
+        if done % max(1, whole // LAST_EPOCH_REFITS):
+            return steps
+        before = self.planner.in_force(epoch, done)
+        decision = self.planner.refit(epoch, done, self.train_size(epoch), whole)
+        if decision is None:
+            return steps
+        self._follow(decision)
+        self.say(self.planner.trace.refit_line(before, decision, whole))
+        return decision.last_steps
+
     def _follow(self, decision: Decision) -> None:
         """Take ``decision``'s epochs, phases and steps: the config, --drop-easy and the schedule follow."""
         self.config = self.planner.config_for(self.config, decision.epoch)
@@ -501,7 +522,7 @@ class _Run:
         self.optimizer = build_optimizer(config, self.model, dev)
         if self.planner is not None:  # a schedule over the run's progress: re-plans stretch what remains
             # (a resumed run's progress is then loaded from its checkpoint)
-            steps = self.planner.in_force(0).steps_left
+            steps = self.planner.trace.at(0).steps_left
             self.scheduler = ProgressSchedule(config, self.optimizer, steps)
         else:
             steps = sum(self.hard.steps(config, self.full_steps))
