@@ -335,6 +335,23 @@ def test_the_last_epoch_fits_its_length_to_the_clock_as_it_runs(synthetic, tmp_p
     assert "last epoch re-fitted after step" in capsys.readouterr().out
 
 
+def test_a_last_epoch_with_time_for_more_plans_more_epochs_after_it(synthetic, tmp_path, monkeypatch, capsys):
+    """3x slower from epoch 4, so a re-plan leaves one epoch; then 6x faster in it: the last epoch trains
+    whole and the run plans more epochs after it, as at an epoch boundary, and ends in the window."""
+    data = synthetic(n_train=400, n_val=40)
+    probe = FakeMachine(monkeypatch, {3: 3.0})
+    _budget_run(probe, data, tmp_path / "probe", log=None)
+    history = load_checkpoint(tmp_path / "probe" / "last.pt").history
+    start = sum(len(r["lrs"]) for r in history[:-1])  # where the probe's last epoch starts
+    machine = FakeMachine(monkeypatch, {3: 3.0}, at_step=(start + 1, 0.5))
+    run = _budget_run(machine, data, tmp_path / "run")
+    trace = Trace.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
+    grown = [d for d in trace.decisions if d.step and d.epochs > len(history)]
+    assert grown and len(run.records) > len(history) and grown[0].sizes[0] == history[-1]["train_size"] % 32
+    assert "it trains whole, then more" in capsys.readouterr().out
+    assert 0.95 * 600 <= machine.end <= 600
+
+
 def test_a_resumed_budget_run_keeps_following_the_clock_and_matches_the_whole_run(synthetic, tmp_path, monkeypatch):
     data = synthetic(n_train=200, n_val=40)
     whole = FakeMachine(monkeypatch, {3: 2.0, 6: 0.5})

@@ -186,11 +186,15 @@ class Trace:
             before.sizes[d.epoch - before.epoch :] != d.sizes
         )
 
-    def refit_line(self, before: Decision, d: Decision, whole: int) -> str:
+    def refit_line(self, before: Decision, d: Decision, whole: int, full_size: int) -> str:
         """What a re-fit of the last epoch changed and why, in one line."""
-        return (
+        head = (
             f"last epoch re-fitted after step {d.step}, {format_duration(d.elapsed_s)} of "
             f"{format_duration(self.budget_s)} used: a step took {d.ratio:.2f}x the start-up figure in it -> "
+        )
+        if d.epochs != before.epochs:
+            return head + f"it trains whole, then more: {self.describe(d, full_size)}"
+        return head + (
             f"{d.last_steps} of {whole} steps (was {before.last_steps}), ending at {format_duration(d.predicted_s)} "
             f"({100 * d.predicted_s / self.budget_s:.0f}%)"
         )
@@ -324,7 +328,7 @@ def decide(
     best, shortest = None, None
     for epochs in range(done + 1, trace.max_epochs + 1):
         candidate = _with_epochs(recipe, epochs)
-        option = _fit_last(candidate, m, done, clock, steps_for(candidate), trace.budget_s, trained)
+        option = _fit_last(candidate, trace, done, clock, steps_for(candidate), trained)
         if shortest is None:
             shortest = option
         if option.fits:
@@ -360,11 +364,12 @@ class _Option:
     fits: bool
 
 
-def _fit_last(candidate: TrainConfig, m: Measurement, done: int, clock: _Clock, steps: list[int], budget, trained):
-    """``candidate`` from epoch ``done`` on, its last epoch as long as fits in ``budget`` (at least
+def _fit_last(candidate: TrainConfig, trace: Trace, done: int, clock: _Clock, steps: list[int], trained):
+    """``candidate`` from epoch ``done`` on, its last epoch as long as fits in the budget (at least
     :data:`MIN_LAST_SHARE` of it, all of it in a run of one epoch; ``fits`` says whether that fits), its
     sizes the recipe's phases over that length, none below ``trained`` (0: full size; None: no floor)."""
     epochs, whole, phases = candidate.epochs, steps[-1], candidate.phases
+    m, budget = trace.measurement(), trace.budget_s
     # a run of one epoch trains it whole: a part of one is no run
     shortest = whole if epochs == 1 else max(1, math.ceil(MIN_LAST_SHARE * whole))
 
@@ -475,21 +480,23 @@ class Planner:
     def elapsed(self) -> float:
         return self.clock() - self.t0
 
-    def in_force(self, epoch: int, step: int = 10**9) -> Decision:
-        """The decision epoch ``epoch`` trains by after ``step`` of its steps (default: the latest one)."""
+    def in_force(self, epoch: int, step: int) -> Decision:
+        """The decision epoch ``epoch`` trains by after ``step`` of its steps (a replay's trace holds later
+        ones too: they take over when their step comes)."""
         made = (d for d in self.trace.decisions if (d.epoch, d.step) <= (epoch, step))
         return max(made, key=lambda d: (d.epoch, d.step))
 
-    def config_for(self, config: TrainConfig, epoch: int) -> TrainConfig:
-        """``config`` with the trace, and the epochs of the decision in force at epoch ``epoch``."""
-        return dataclasses.replace(config, plan=self.trace.to_dict(), epochs=self.in_force(epoch).epochs)
+    def config_for(self, config: TrainConfig, epoch: int, step: int = 0) -> TrainConfig:
+        """``config`` with the trace, and the epochs of the decision in force after ``step`` steps of epoch
+        ``epoch``."""
+        return dataclasses.replace(config, plan=self.trace.to_dict(), epochs=self.in_force(epoch, step).epochs)
 
     def size(self, epoch: int) -> int | None:
         """The image side epoch ``epoch`` trains at (None: full size), by the decision in force then."""
-        d = self.in_force(epoch)
+        d = self.in_force(epoch, 0)
         return d.sizes[epoch - d.epoch] or None
 
-    def steps(self, epoch: int, steps: int, step: int = 10**9) -> int:
+    def steps(self, epoch: int, steps: int, step: int) -> int:
         """The steps of epoch ``epoch`` of ``steps`` batches, as planned after ``step`` of them: the last
         epoch's may be fewer."""
         d = self.in_force(epoch, step)
@@ -499,10 +506,11 @@ class Planner:
         """The epoch's steps start (from ``step``): the last epoch's re-fits time them from here."""
         self.steps_t0, self.steps_k0 = self.clock(), step
 
-    def refit(self, epoch: int, step: int, size: int | None, whole: int) -> Decision | None:
+    def refit(self, epoch: int, step: int, size: int | None, whole: int, steps_for) -> Decision | None:
         """In the last epoch, after ``step`` of its steps (of ``whole``): its length again, from the time a
-        step has taken since the last re-fit (the slowest rank's), so that it ends at the budget; the
-        trace's own decision where it has one; None when the length stays."""
+        step has taken since the last re-fit (the slowest rank's), so that it ends at the budget, or, where
+        the rest of the budget holds more than the whole epoch, a plan of more epochs after it (as at an
+        epoch boundary); the trace's own decision where it has one; None when the plan stays."""
         recorded = self.trace.at(epoch, step)
         if recorded is not None or self.trace.replay or step <= self.steps_k0:
             return recorded
@@ -516,6 +524,11 @@ class Planner:
         eval_last = ratio * _epoch_seconds(self.recipe, m, 0, size, True)
         spare = before.variation * (eval_last + rate * (before.last_steps - step))
         fitted = step + math.floor((self.trace.budget_s - elapsed - eval_last - spare) / rate)
+        if fitted > whole and before.epochs < self.trace.max_epochs:
+            decision = self._more_epochs(before, (epoch, step, size, whole), (elapsed, rate, ratio), steps_for)
+            if decision is not None:
+                self.trace = self.trace.with_decision(decision)
+                return decision
         last = max(step + 1, min(whole, fitted))
         if last == before.last_steps:
             return None
@@ -558,6 +571,26 @@ class Planner:
         decision = decide(self.recipe, self.trace, done, clock, steps_for, trained_size=size)
         self.trace = self.trace.with_decision(decision)
         return decision
+
+    def _more_epochs(self, before: Decision, at: tuple, now: tuple, steps_for) -> Decision | None:
+        """The plan, made ``step`` steps into the last epoch (``at``: epoch, step, size, whole steps), that
+        trains it whole and more epochs after it, as decided at the boundary it would reach at this speed
+        (``now``: budget seconds used, seconds a step, speed ratio); None where none would fit."""
+        (epoch, step, size, whole), (elapsed, rate, ratio) = at, now
+        m = self.trace.measurement()
+        rest = (whole - step) * rate + ratio * _epoch_seconds(self.recipe, m, 0, size, False)
+        clock = _Clock(elapsed + rest, ratio, before.variation)
+        later = decide(self.recipe, self.trace, epoch + 1, clock, steps_for, trained_size=size)
+        if later.predicted_s + later.spare_s > self.trace.budget_s:
+            return None
+        return dataclasses.replace(
+            later,
+            epoch=epoch,
+            step=step,
+            elapsed_s=elapsed,
+            sizes=[size or 0, *later.sizes],
+            steps_left=whole - step + later.steps_left,
+        )
 
 
 def measure(

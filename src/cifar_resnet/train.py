@@ -216,7 +216,7 @@ def _train_epoch(run: _Run, epoch: int, checks: _StepChecks, stop: StopSignals) 
     stats = _EpochStats(run.dev, dist, resumed)
     run.divergence.start(epoch, stats)
     run.loader.set_subset(run.hard.subset(epoch, resumed))  # --drop-easy: the hardest images only
-    steps = run.epoch_steps(epoch)  # a budget run's last epoch may stop before the loader's end
+    steps = run.epoch_steps(epoch, stats.first_step)  # a budget run's last epoch may stop before the end
     run.loader.set_epoch(epoch, stats.first_step)
     run.train_model.train()
     if run.planner is not None:
@@ -429,7 +429,8 @@ class _Run:
         # --budget: measure and plan (or follow a given or saved trace), re-planned after each epoch
         self.planner = self._make_planner(state)
         if self.planner is not None:
-            self.config = self.planner.config_for(config, state.epoch if state else 0)
+            at = (state.epoch, state.partial["step"] if state.partial else 0) if state else (0, 0)
+            self.config = self.planner.config_for(config, *at)
         self._make_optimization(state)
         self._start_from(state)
         # wrap the model into DDP (under torchrun) and compile it: what the training steps run
@@ -471,17 +472,18 @@ class _Run:
         """The image side epoch ``epoch`` trains at (None: full size): its budget plan's, or the config's."""
         return self.planner.size(epoch) if self.planner is not None else self.config.train_sizes[epoch]
 
-    def epoch_steps(self, epoch: int) -> int:
-        """The steps epoch ``epoch`` trains: all its batches, but a budget run's last epoch its plan's."""
+    def epoch_steps(self, epoch: int, step: int) -> int:
+        """The steps epoch ``epoch`` trains, as planned after ``step`` of them: all its batches, but a budget
+        run's last epoch its plan's."""
         steps = self.hard.steps(self.config, self.full_steps)[epoch]
-        return self.planner.steps(epoch, steps) if self.planner is not None else steps
+        return self.planner.steps(epoch, steps, step) if self.planner is not None else steps
 
     def replan(self, done: int, steps: int) -> None:
         """After ``done`` epochs (the last of ``steps`` steps): a budget run plans the epochs that remain
         again, spreads the rest of the schedule over their steps and records the decision."""
         if self.planner is None:
             return
-        before = max((d for d in self.planner.trace.decisions if d.epoch < done), key=lambda d: d.epoch)
+        before = self.planner.in_force(done - 1, 10**9)  # the latest before this boundary
         decision = self.planner.boundary(done, steps, self.train_size(done - 1), self._steps_for)
         if decision is None:
             return
@@ -495,19 +497,19 @@ class _Run:
         if self.planner is None or epoch != self.config.epochs - 1 or done >= steps:
             return steps
         whole = self.hard.steps(self.config, self.full_steps)[epoch]
-        if done % max(1, whole // LAST_EPOCH_REFITS):
+        if done % max(1, steps // LAST_EPOCH_REFITS):  # a re-fit every tenth of the planned length
             return steps
-        before = self.planner.in_force(epoch, done)
-        decision = self.planner.refit(epoch, done, self.train_size(epoch), whole)
+        before = self.planner.in_force(epoch, done - 1)
+        decision = self.planner.refit(epoch, done, self.train_size(epoch), whole, self._steps_for)
         if decision is None:
             return steps
         self._follow(decision)
-        self.say(self.planner.trace.refit_line(before, decision, whole))
-        return decision.last_steps
+        self.say(self.planner.trace.refit_line(before, decision, whole, self.data.train.images.shape[1]))
+        return self.epoch_steps(epoch, done)
 
     def _follow(self, decision: Decision) -> None:
         """Take ``decision``'s epochs, phases and steps: the config, --drop-easy and the schedule follow."""
-        self.config = self.planner.config_for(self.config, decision.epoch)
+        self.config = self.planner.config_for(self.config, decision.epoch, decision.step)
         if not self.hard.on or self.hard.start_epoch > decision.epoch:  # --drop-easy has not started yet
             self.hard.start_epoch = self.config.drop_start
         self.scheduler.replan(decision.steps_left)
@@ -554,7 +556,7 @@ class _Run:
         self.records = state.history
         self.start_epoch, self.partial = state.epoch, state.partial
         step = self.partial["step"] if self.partial else 0
-        steps = self.epoch_steps(self.start_epoch)
+        steps = self.epoch_steps(self.start_epoch, step)
         self.say(
             f"resuming {state.source} at epoch {self.start_epoch + 1} of {self.config.epochs}"
             + (f", step {step + 1} of {steps}" if step else "")
