@@ -89,7 +89,7 @@ def run_one(args, name: str, seed: int, disturbed: bool, src: Path) -> dict:
         "name": name,
         "seed": seed,
         "condition": "disturbed" if disturbed else "quiet",
-        "checkout": ("replan" if src == ROOT / "src" else "baseline") + (f" ({args.tag})" if args.tag else ""),
+        "checkout": f"replan ({args.tag})" if src == ROOT / "src" and args.tag else _checkout(src),
         "src": str(src),
         "budget_s": budget,
         "used_s": used,
@@ -103,6 +103,10 @@ def run_one(args, name: str, seed: int, disturbed: bool, src: Path) -> dict:
     }
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _checkout(src: Path) -> str:
+    return "replan" if src == ROOT / "src" else "baseline"
 
 
 def _spread(values: list[float], scale: float, digits: int) -> str:
@@ -141,8 +145,11 @@ def main() -> None:
     p.add_argument("--busy", type=int, default=2, help="CPU-bound processes that disturb the run")
     p.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src folder to compare")
     p.add_argument("--conditions", nargs="+", default=["quiet", "disturbed"], choices=["quiet", "disturbed"])
+    p.add_argument(
+        "--checkouts", nargs="+", default=["replan", "baseline"], choices=["replan", "baseline"], help="which to run"
+    )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tag", default="", help="a word in the runs' names and their table rows (e.g. a commit)")
+    p.add_argument("--tag", default="", help="a word in this checkout's runs' names and table rows (e.g. a commit)")
     p.add_argument("--report", action="store_true", help="only print the table and draw the figure")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train flags (last)")
     args = p.parse_args()
@@ -150,13 +157,14 @@ def main() -> None:
     if not args.report:
         if not args.data:
             raise SystemExit("budget_replan.py: --data is needed to run")
-        sources = [("replan", ROOT / "src")] + (
-            [("baseline", args.baseline_src.resolve())] if args.baseline_src else []
-        )
+        sources = [("replan", ROOT / "src")] if "replan" in args.checkouts else []
+        if args.baseline_src and "baseline" in args.checkouts:
+            sources.append(("baseline", args.baseline_src.resolve()))
         for seed in args.seeds:
             for condition in args.conditions:
                 for checkout, src in sources:
-                    name = f"{condition}-{checkout}" + (f"-{args.tag}" if args.tag else "") + f"-seed{seed}"
+                    tag = f"-{args.tag}" if args.tag and checkout == "replan" else ""
+                    name = f"{condition}-{checkout}{tag}-seed{seed}"
                     summary = run_one(args, name, seed, condition == "disturbed", src)
                     print(
                         f"{name}: {summary['used_s']:.0f} s of {summary['budget_s']:.0f} "
