@@ -7,9 +7,9 @@ An experiment is a folder of experiments/ with a README.md whose first line is i
 heading: the figure, the machine, the command). The index lists each folder with that line, then one table
 per folder of the training runs it holds: every set of files sharing a stem, ``NAME.log`` (the command's
 output), ``NAME-config.json``, ``NAME-metrics.csv`` and a summary ``NAME.json`` (written by
-``benchmarks/budget.py`` or ``benchmarks/budget_replan.py``, or by the ablation script the sweep
-replaced). Accuracy and training seconds are read from the summary where there is one, else from the last
-row of the metrics, else from the log.
+``benchmarks/budget.py``, ``benchmarks/budget_replan.py`` or ``benchmarks/fine_tune.py``, or by the
+ablation script the sweep replaced). Accuracy and training seconds are read from the summary where there
+is one, else from the last row of the metrics, else from the log.
 Standard library only: no torch, no package import.
 """
 
@@ -70,7 +70,9 @@ def _summary(files: dict[str, Path], reference: dict) -> dict:
     epochs = [(int(m[1]), float(m[2])) for m in epochs if m]
     trial = re.match(r"(\S+)/seed(\d+): starting", log[0]) if log else None  # a sweep's trial
     first = log[1] if trial and len(log) > 1 else (log[0] if log else "")
-    model = config.get("model") or (first.split(" ", 1)[0] if first else "")
+    # the model: from the config, else the log's announcement ("fast (1,130,592 parameters) on cpu ...")
+    announced = next((m[1] for m in (re.match(r"(\S+) \([\d,]+ parameters\)", line) for line in log) if m), "")
+    model = config.get("model") or announced or (first.split(" ", 1)[0] if first else "")
     if config.get("model_kwargs"):
         model += " " + json.dumps(config["model_kwargs"])
 
@@ -86,6 +88,9 @@ def _summary(files: dict[str, Path], reference: dict) -> dict:
             f"{summary['condition']}, {summary['checkout']}: {100 * summary['used_share']:.1f}% of the "
             f"{summary['budget_s'] / 60:g}-minute budget used"
         )
+    elif "init" in summary:  # benchmarks/fine_tune.py
+        what = f"fine-tuned from `{Path(summary['init']).name}`" if summary["init"] else "from scratch"
+        what += f", `--budget {summary['budget']}`"
     elif summary:
         what = f"`{summary['name']}`: " + (
             ", ".join(f"{k}={v}" for k, v in summary["changes"].items()) or "the recipe the ablation starts from"

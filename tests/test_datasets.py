@@ -430,7 +430,11 @@ def test_npz_inference_and_layouts(tmp_path: Path, write_npz) -> None:
             r"y_train \(cifar100\) must lie in 0\.\.99",
         ),
         ({"x_train": "x", "y_train": np.array([0, 1, 2, 3, 4, -1])}, r"must lie in 0\.\.9"),
-        ({"x_train": "x", "y_train": "y", "fine_label_names": np.array(["a", "b"])}, "expected 10 or 100"),
+        ({"x_train": "x", "y_train": "y", "fine_label_names": np.array(["a"])}, "at least 2 classes"),
+        (
+            {"x_train": "x", "y_train": np.array([0, 1, 2, 0, 1, 2]), "fine_label_names": np.array(["a", "b"])},
+            r"must lie in 0\.\.1",
+        ),
         (
             {"x_train": "x", "y_train": "y", "y_train_coarse": np.full(6, 20)},
             r"y_train_coarse must lie in 0\.\.19",

@@ -27,6 +27,7 @@ from .data import (
 from .device import resolve_device
 from .engine import EvalOptions, StepOptions, collect_logits, prepare_data
 from .evaluate import evaluate_checkpoint
+from .hub import export_hub, from_pretrained
 from .inference import EvalData, EvalOverrides, Predictor, eval_options, run_checkpoint
 from .interpret import Interpretation
 from .loader import CifarLoader
@@ -70,7 +71,9 @@ __all__ = [
     "download",
     "eval_options",
     "evaluate_checkpoint",
+    "export_hub",
     "fit",
+    "from_pretrained",
     "get_preset",
     "list_models",
     "load_checkpoint",

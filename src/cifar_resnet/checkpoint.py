@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import TrainConfig, upgrade_config
 from .console import one_line
+from .model_folder import ModelFolderError, is_model_folder, read_folder, write_folder
 from .models import create_model
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "atomic_write_text",
+    "init_weights",
     "load_checkpoint",
     "payload_checksum",
     "unwrap",
@@ -194,6 +196,8 @@ class Checkpoint:
             "model": model.state_dict(),
             "epoch": run["epoch"],
             "history": run["history"],
+            # where the run trained, and the weights it started from (--init): for its model card
+            **{k: run[k] for k in ("machine", "init") if run.get(k)},
         }
         if training_state is not None:
             missing = [k for k in TRAINING_STATE if k not in training_state]
@@ -255,6 +259,8 @@ class Checkpoint:
         return float(self._data.get("temperature") or 1.0)
 
     calibration = property(lambda self: self._data.get("calibration"))
+    machine = property(lambda self: self._data.get("machine"))
+    init = property(lambda self: self._data.get("init"))
 
     # -- what a resumed run continues from ---------------------------------------------------------
     optimizer_state = property(lambda self: self._data["optimizer"])
@@ -308,16 +314,86 @@ class Checkpoint:
         """The dict that is saved (not a copy: do not change it, use :meth:`replace`)."""
         return self._data
 
+    # -- as a model folder (model.safetensors + config.json, read without pickle) -------------------
+    def write_folder(self, folder: str | Path, dtype: str = "fp32", extra: dict | None = None) -> dict:
+        """Write the weights and what uses them (no training state) into ``folder`` as a model folder, with
+        ``extra`` entries in its config.json; returns the config as written."""
+        d = self._data
+        config = {
+            "library_name": "cifar-resnet",
+            "architecture": self.model_name,
+            "model_args": self.model_kwargs,
+            "num_classes": self.num_classes,
+            "label_names": self.classes,
+            "coarse_label_names": self.coarse_classes,
+            "pretrained_cfg": {"mean": list(self.mean), "std": list(self.std)},
+            "temperature": self.temperature,
+            "calibration": self.calibration,
+            "tta": {"flip": self.tta[0], "translate": self.tta[1]},
+            "dataset": self.dataset,
+            "eval_split": self.eval_split,
+            "epoch": self.epoch,
+            "history": [{k: v for k, v in r.items() if k != "lrs"} for r in self.history],
+            "training": d.get("config") or {},
+            "machine": self.machine,
+            "init": self.init,
+            **(extra or {}),
+        }
+        return write_folder(folder, self.state_dict, config, dtype)
+
+    @classmethod
+    def of_folder(cls, folder: str | Path) -> Checkpoint:
+        """The checkpoint a model folder describes (weights only, as ``best.pt``); no pickle is read."""
+        try:
+            tensors, config = read_folder(folder)
+        except ModelFolderError as e:
+            raise CheckpointError(str(e)) from None
+        where = Path(folder) / "config.json"
+        names, args = config.get("label_names"), config.get("model_args")
+        cfg = config.get("pretrained_cfg") or {}
+        if not isinstance(names, list) or not isinstance(args, dict) or not {"mean", "std"} <= set(cfg):
+            raise CheckpointError(f"{where} lacks label_names, model_args or pretrained_cfg's mean and std")
+        for what, n in (
+            ("num_classes", config.get("num_classes")),
+            ("model_args' num_classes", args.get("num_classes")),
+        ):
+            if n is not None and n != len(names):
+                raise CheckpointError(f"{where} is inconsistent: {what} is {n} but it names {len(names)} classes")
+        data = {
+            "format": FORMAT,
+            "model_name": config.get("architecture"),
+            "model_kwargs": args,
+            "classes": names,
+            "coarse_classes": config.get("coarse_label_names"),
+            "dataset": config.get("dataset"),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "config": config.get("training") or {},
+            "eval_split": config.get("eval_split"),
+            "model": tensors,
+            "epoch": int(config.get("epoch") or 0),
+            "history": list(config.get("history") or []),
+            "best": True,
+            **{k: config[k] for k in ("temperature", "calibration", "machine", "init") if config.get(k) is not None},
+        }
+        data["checksum"] = payload_checksum(data)
+        return cls(data, str(folder))
+
 
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", *, resumable: bool = False
 ) -> Checkpoint:
-    """Load and validate a checkpoint written by this package (never unpickles arbitrary objects).
+    """Load and validate a checkpoint written by this package (never unpickles arbitrary objects), or a
+    model folder (``model.safetensors`` and ``config.json``: no pickle at all, see :meth:`Checkpoint.of_folder`).
 
     ``resumable``: also require the training state that ``last.pt`` carries (a ``best.pt`` is refused)."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+        if not is_model_folder(path):
+            raise CheckpointError(f"{path} is a directory, neither a checkpoint file nor a model folder")
+        if resumable:
+            raise CheckpointError(f"{path} is a model folder (weights only); resume from a run's last.pt")
+        return Checkpoint.of_folder(path)
     if not path.exists():
         raise CheckpointError(f"no such checkpoint: {path}")
     try:
@@ -339,6 +415,41 @@ def load_checkpoint(
         if not data.get("config"):
             raise CheckpointError(f"{path} holds no training configuration")
     return ckpt
+
+
+def init_weights(model: nn.Module, init: Checkpoint, classes: list[str]) -> dict:
+    """Load ``init``'s weights into ``model`` to fine-tune them: every tensor must fit, but for the
+    classifier's (the model's last linear layer), which is kept only when ``init`` was trained on the same
+    ``classes`` and is left as initialised otherwise. Returns what the run records of where it started."""
+    model = unwrap(model)
+    name = getattr(model, "model_name", type(model).__name__)
+    if init.model_name != name:
+        raise CheckpointError(f"--init: {init.source} holds a {init.model_name} model, but the run trains {name}")
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = {f"{linears[-1]}.{k}" for k in ("weight", "bias")} if linears else set()
+    new_head = list(init.classes) != list(classes)
+    weights = {}
+    for key, tensor in model.state_dict().items():
+        given = init.state_dict.get(key)
+        if given is None:
+            raise CheckpointError(f"--init: {init.source} has no {key}: not weights of this {name}")
+        if key in head and new_head:
+            continue
+        if given.shape != tensor.shape:
+            raise CheckpointError(
+                f"--init: {init.source}'s {key} is {tuple(given.shape)} but the run's {name} needs "
+                f"{tuple(tensor.shape)} (other model arguments?)"
+            )
+        weights[key] = given
+    model.load_state_dict(weights, strict=False)
+    return {
+        "source": init.source,
+        "checksum": init.checksum,
+        "model": init.model_name,
+        "dataset": init.dataset,
+        "classes": init.num_classes,
+        "classifier": "new" if new_head else "kept",
+    }
 
 
 # --------------------------------------------------------------------------------------------------

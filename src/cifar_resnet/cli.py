@@ -33,6 +33,7 @@ from .device import legacy_precision
 from .engine import EvalOptions
 from .evaluate import evaluate_checkpoint, format_report
 from .export import export_model
+from .hub import export_hub, pull, push
 from .inference import EvalData, EvalOverrides, eval_options, load_predictor
 from .interpret import Interpretation, check_out_dir, format_interpretation, write_report
 from .lr_find import LR_FIND_FIELDS, lr_find_config
@@ -81,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
             "lr-find": cmd_lr_find,
             "calibrate": cmd_calibrate,
             "export": cmd_export,
+            "push": cmd_push,
+            "pull": cmd_pull,
             "serve": cmd_serve,
             "sweep run": cmd_sweep_run,
             "sweep report": cmd_sweep_report,
@@ -185,6 +188,18 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.fmt == "hub":
+        report = export_hub(
+            args.checkpoint,
+            args.out,
+            dtype=args.weights_dtype,
+            source=EvalData(args.data, args.split),
+            license=args.license,
+            log=None if args.json else print,
+        )
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=1))
+        return 0
     report = export_model(
         args.checkpoint,
         args.out,
@@ -195,6 +210,17 @@ def cmd_export(args) -> int:
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+def cmd_push(args) -> int:
+    commit = push(args.folder, args.repo_id, private=args.private, message=args.message)
+    print(f"pushed {args.folder} to {getattr(commit, 'commit_url', args.repo_id)}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    print(pull(args.repo_id, args.revision))
     return 0
 
 

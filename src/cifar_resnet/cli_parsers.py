@@ -42,6 +42,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     _add_inspection_parsers(sub, commands)
     _add_model_use_parsers(sub, commands)
     _add_serve_parser(sub, commands)
+    _add_share_parsers(sub, commands)
     _add_sweep_parsers(sub, commands)
     return parser
 
@@ -196,17 +197,31 @@ def _add_model_use_parsers(sub, commands: dict) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX or torch.export (.pt2), checked against PyTorch",
+        help="export a checkpoint to ONNX, torch.export (.pt2) or a model folder to share, checked against PyTorch",
         description="Export a checkpoint as a model that takes images and returns calibrated probabilities: "
         "ONNX (needs `pip install 'cifar-resnet[onnx]'`) or torch.export's .pt2. Class names, "
         "superclasses, normalisation, temperature and the checkpoint's SHA-256 travel inside. The "
         "export is run on up to 256 real images of the run's data and refused (nothing written) "
-        "when a probability differs from PyTorch's by 1e-4 or more.",
-        epilog="example: cifar-resnet export runs/demo/best.pt --format onnx --out demo.onnx",
+        "when a probability differs from PyTorch's by 1e-4 or more. --format hub writes a model folder "
+        "to share (a Hugging Face Hub repository's layout): model.safetensors, config.json and a model "
+        "card README.md whose metrics are measured while exporting; reloaded, it must give the "
+        "checkpoint's probabilities within 1e-6.",
+        epilog="examples: cifar-resnet export runs/demo/best.pt --format onnx --out demo.onnx\n"
+        "          cifar-resnet export runs/demo/best.pt --format hub --out demo-model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train`")
-    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2")
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train`, or a model folder")
+    p.add_argument(
+        "--format", dest="fmt", default="onnx", choices=["onnx", "pt2", "hub"], help="onnx (default), pt2 or hub"
+    )
+    p.add_argument("--out", required=True, help="the file to write (hub: the folder)")
+    p.add_argument(
+        "--weights-dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="hub: the weights' dtype in model.safetensors (bf16: half the size)",
+    )
+    p.add_argument("--license", default="mit", help="hub: the licence the model card gives the weights (default mit)")
     p.add_argument(
         "--input",
         dest="input_kind",
@@ -225,6 +240,34 @@ def _add_model_use_parsers(sub, commands: dict) -> None:
     p.set_defaults(func=commands["export"])
 
 
+def _add_share_parsers(sub, commands: dict) -> None:
+    """push and pull: a model folder to and from the Hugging Face Hub."""
+    p = sub.add_parser(
+        "push",
+        help="upload a model folder to the Hugging Face Hub",
+        description="Upload a model folder written by `export --format hub` to a Hub model repository (created "
+        "when missing) as one commit of its three files. Needs `pip install 'cifar-resnet[hub]'` and a "
+        "token, read as huggingface_hub reads it (HF_TOKEN, or `hf auth login`).",
+        epilog="example: cifar-resnet push demo-model USER/cifar100-fast",
+    )
+    p.add_argument("folder", help="a model folder (model.safetensors, config.json, README.md)")
+    p.add_argument("repo_id", help="USER/REPO")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--message", default=None, help="the commit message")
+    p.set_defaults(func=commands["push"])
+    p = sub.add_parser(
+        "pull",
+        help="download a model folder from the Hugging Face Hub and print its path",
+        description="Download a Hub model repository's model folder into huggingface_hub's cache (offline "
+        "with HF_HUB_OFFLINE=1: the cached copy) and print its path, for evaluate, predict, interpret, "
+        "serve or export. Needs `pip install 'cifar-resnet[hub]'`.",
+        epilog='example: cifar-resnet predict "$(cifar-resnet pull USER/cifar100-fast)" cat.png',
+    )
+    p.add_argument("repo_id", help="USER/REPO")
+    p.add_argument("--revision", default=None, help="a branch, tag or commit (default main)")
+    p.set_defaults(func=commands["pull"])
+
+
 def _add_serve_parser(sub, commands: dict) -> None:
     p = sub.add_parser(
         "serve",
@@ -234,7 +277,9 @@ def _add_serve_parser(sub, commands: dict) -> None:
         "OpenAPI docs at /docs. Concurrent requests are batched together.",
         epilog="example: cifar-resnet serve runs/demo/best.pt --port 8000",
     )
-    p.add_argument("model", help="a checkpoint (best.pt) or a model exported with `cifar-resnet export` (.onnx)")
+    p.add_argument(
+        "model", help="a checkpoint (best.pt), a model folder or a model exported with `cifar-resnet export` (.onnx)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     hints = typing.get_type_hints(ServeLimits)
@@ -329,7 +374,9 @@ DATA_HELP = (
 
 
 def _add_checkpoint_arguments(p: argparse.ArgumentParser, *, split: bool = True) -> None:
-    p.add_argument("checkpoint", help="a checkpoint written by `cifar-resnet train` (best.pt or last.pt)")
+    p.add_argument(
+        "checkpoint", help="a checkpoint written by `cifar-resnet train` (best.pt or last.pt), or a model folder"
+    )
     p.add_argument("--data", default=None, help=DATA_HELP)
     if split:
         p.add_argument("--split", default=None, choices=["train", "val", "test"], help=SPLIT_HELP)

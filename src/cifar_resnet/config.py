@@ -59,6 +59,11 @@ class TrainConfig:
     whiten: bool = _field(
         False, "initialise the stem by patch whitening of training images (models that have it: fast, fast_small)"
     )
+    init: str = _field(
+        "",
+        "start from these weights (a model folder or a checkpoint of the same model and arguments) and fine-tune "
+        "them; a new classifier when the classes differ",
+    )
     # optimisation
     epochs: int = _field(100, "number of epochs (with --budget: the most the plan may choose)")
     budget: str = _field(

@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from .version import __version__
+
 __all__ = [
     "PRECISIONS",
     "autocast_for",
@@ -16,6 +18,7 @@ __all__ = [
     "cpu_has_bf16",
     "cpu_model",
     "legacy_precision",
+    "machine_info",
     "resolve_device",
     "resolve_precision",
 ]
@@ -126,3 +129,18 @@ def cpu_model() -> str:
     if not any(c.isdigit() for c in name) and family and model:
         name += f" (family {family}, model {model})"
     return name
+
+
+def machine_info(device: torch.device, processes: int = 1) -> dict:
+    """What a run trained on, for its checkpoint and model card: the device, its name (the GPU's, else the
+    CPU's), the threads of each process, the processes, and the versions of torch and this package."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {
+        "device": device.type,
+        "name": name,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "torch": str(torch.__version__),
+        "cifar_resnet": __version__,
+    }

@@ -27,6 +27,7 @@ from torch import nn
 
 from .inference import EvalData, Predictor, resolve_split
 from .metrics import fine_to_coarse
+from .model_folder import WEIGHTS
 
 __all__ = ["FORMATS", "INPUTS", "ExportReport", "export_model"]
 
@@ -94,7 +95,8 @@ def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[s
         "input": "uint8_nhwc" if input_kind == "uint8" else "float01_nchw",
         "output": "probabilities",
         "precision": "fp32",
-        "checkpoint_sha256": _sha256(checkpoint),
+        # of the checkpoint file, or of a model folder's weights
+        "checkpoint_sha256": _sha256(checkpoint if checkpoint.is_file() else checkpoint / WEIGHTS),
         "checkpoint_checksum": ckpt.checksum,
         "epoch": ckpt.epoch,
         "exporter": f"cifar-resnet (torch {torch.__version__})",

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from .budget import LAST_EPOCH_REFITS, Decision, Planner, follow_plan, is_trace, measure
-from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, EpochRecord, RunDir, init_weights, load_checkpoint
 from .config import TrainConfig
 from .console import format_duration, progress_bar
 from .data import CifarData, channel_stats
-from .device import bf16_is_emulated, resolve_device
+from .device import bf16_is_emulated, machine_info, resolve_device
 from .distributed import Dist, convert_sync_batchnorm, data_parallel, setup, teardown
 from .divergence import Divergence, TrainingDiverged
 from .drop_easy import HardExamples
@@ -421,9 +421,11 @@ class _Run:
         if state is not None and state.classes != list(self.data.classes):
             raise CheckpointError(f"{state.source} was trained on other classes than {self.data.source} has")
         self.mean, self.std = (state.mean, state.std) if state else channel_stats(self.data.train.images)
+        init = load_checkpoint(config.init) if config.init and state is None else None  # --init: given weights
         self._make_loaders(eval_split)
         # model init
-        self.model = init_model(config, self.data, (self.mean, self.std), dev, data_init=state is None)
+        self.model = init_model(config, self.data, (self.mean, self.std), dev, data_init=not (state or init))
+        self.init = init_weights(self.model, init, self.data.classes) if init else (state.init if state else None)
         if config.sync_bn and dist.enabled:
             convert_sync_batchnorm(self.model)
         # --budget: measure and plan (or follow a given or saved trace), re-planned after each epoch
@@ -586,6 +588,11 @@ class _Run:
             f"{len(self.data.train)} training images, "
             f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {self.full_steps} steps"
         )
+        if self.init and self.start_epoch == 0 and self.partial is None:
+            i = self.init
+            self.say(
+                f"starting from {i['source']} ({i['model']}, {i['classes']} classes; {i['classifier']} classifier)"
+            )
         if self.planner is not None and self.start_epoch == 0 and self.partial is None:
             self.say(self.planner.trace.first_line(self.data.train.images.shape[1]))
 
@@ -607,6 +614,7 @@ class _Run:
     def checkpoint(self, epoch: int, partial: dict | None) -> Checkpoint:
         """The run's checkpoint after ``epoch`` epochs (and ``partial``: the progress into the next)."""
         run = {"config": self.config.to_dict(), "eval_split": self.eval_name, "epoch": epoch, "history": self.records}
+        run.update(machine=machine_info(self.dev, self.dist.world_size), init=self.init)
         training_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

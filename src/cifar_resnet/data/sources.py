@@ -147,13 +147,12 @@ class CifarData:
     source: str
 
     def __post_init__(self) -> None:
-        if self.name not in _NUM_CLASSES:
-            raise DataError(f"{self.source}: unknown dataset name {self.name!r} (expected cifar100 or cifar10)")
         object.__setattr__(self, "classes", tuple(self.classes))
-        if len(self.classes) != _NUM_CLASSES[self.name]:
-            raise DataError(
-                f"{self.source}: {self.name} needs {_NUM_CLASSES[self.name]} class names, got {len(self.classes)}"
-            )
+        expected = _NUM_CLASSES.get(self.name)  # other names: a dataset of its own classes, as many as it names
+        if expected is not None and len(self.classes) != expected:
+            raise DataError(f"{self.source}: {self.name} needs {expected} class names, got {len(self.classes)}")
+        if len(self.classes) < 2:
+            raise DataError(f"{self.source}: {len(self.classes)} class name(s); a classifier needs at least 2 classes")
         if self.coarse_classes is not None:
             object.__setattr__(self, "coarse_classes", tuple(self.coarse_classes))
         for split_name, split in (("train", self.train), ("test", self.test), ("val", self.val)):
@@ -421,12 +420,16 @@ def load_npz(path: str | Path) -> CifarData:
     # How many classes: the names say so; else coarse labels or any label >= 10 mean CIFAR-100.
     if names is not None:
         num_classes = len(names)
-        if num_classes not in (10, 100):
-            raise DataError(f"{path}: fine_label_names has {num_classes} names; expected 10 or 100")
+        if num_classes < 2:
+            raise DataError(f"{path}: fine_label_names has {num_classes} name; a classifier needs at least 2 classes")
     else:
         top = max(int(y.max()) if y.size else 0 for y in fine.values())
         num_classes = 100 if coarse or coarse_names is not None or top >= 10 else 10
-    name = "cifar100" if num_classes == 100 else "cifar10"
+    # 10 or 100 classes: CIFAR-10 or CIFAR-100; any other number of named classes: a dataset of its own,
+    # named after its file, without superclasses
+    name = {100: "cifar100", 10: "cifar10"}.get(num_classes, path.stem)
+    if num_classes not in (10, 100) and (coarse or coarse_names is not None):
+        raise DataError(f"{path}: coarse labels/names are for CIFAR-100's 100 classes, but the data has {num_classes}")
     for split, y in fine.items():
         _check_range(y, num_classes, f"{path}: y_{split} ({name})")
 
