@@ -117,21 +117,7 @@ def export_hub(
     images = split.images[:CHECK_IMAGES]
     full = reference.probabilities(images).numpy()
     expected = Predictor.from_checkpoint(_rounded(ckpt, dtype), "cpu", precision="fp32").probabilities(images).numpy()
-    extra = {
-        "superclasses": reference.superclasses if any(reference.superclasses) else None,
-        "pretrained_cfg": {
-            "input_size": [3, *images.shape[1:3]],
-            "mean": list(ckpt.mean),
-            "std": list(ckpt.std),
-            "input": "RGB, scaled to [0, 1], then (x - mean) / std",
-        },
-        "metrics": metrics,
-        "source_checkpoint": Path(ckpt.source).name,
-        "source_checkpoint_sha256": sha256_file(Path(ckpt.source)) if Path(ckpt.source).is_file() else None,
-        "source_checkpoint_checksum": ckpt.checksum,
-        "cifar_resnet_version": __version__,
-        "license": license,
-    }
+    extra = _extra_config(ckpt, reference, images.shape[1:3], metrics, license)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -159,6 +145,26 @@ def export_hub(
             + (f" ({report.dtype_diff:.1e} to the fp32 weights)" if dtype != "fp32" else "")
         )
     return report
+
+
+def _extra_config(ckpt: Checkpoint, reference: Predictor, size, metrics: dict, license: str) -> dict:
+    """What config.json holds beside the checkpoint's own description: superclasses, the input size, the
+    metrics of the card, the source checkpoint, the package version and the licence."""
+    return {
+        "superclasses": reference.superclasses if any(reference.superclasses) else None,
+        "pretrained_cfg": {
+            "input_size": [3, *size],
+            "mean": list(ckpt.mean),
+            "std": list(ckpt.std),
+            "input": "RGB, scaled to [0, 1], then (x - mean) / std",
+        },
+        "metrics": metrics,
+        "source_checkpoint": Path(ckpt.source).name,
+        "source_checkpoint_sha256": sha256_file(Path(ckpt.source)) if Path(ckpt.source).is_file() else None,
+        "source_checkpoint_checksum": ckpt.checksum,
+        "cifar_resnet_version": __version__,
+        "license": license,
+    }
 
 
 def _replace_folder(new: Path, out: Path) -> None:
@@ -225,11 +231,7 @@ def model_card(config: dict) -> str:
     dataset = DATASETS.get(config.get("dataset") or "")
     title = dataset[1] if dataset else (config.get("dataset") or "its own images")
     name = f"{config['architecture']}-{(config.get('dataset') or 'images').replace('/', '-')}"
-    history, machine, init = config.get("history") or [], config.get("machine"), config.get("init")
-    train_s = history[-1].get("train_seconds") if history else None
-    total_s = sum(r.get("seconds", 0.0) for r in history) if history else None
     size = "x".join(str(s) for s in config["pretrained_cfg"]["input_size"][1:])
-    tta = [t for t, on in (("flip", m["tta"]), (f"{m['tta_translate']} px translate", m["tta_translate"])) if on]
     lines = _front_matter(config, name, dataset)
     lines += [
         f"# {config['architecture']} on {title}",
@@ -256,6 +258,17 @@ def model_card(config: dict) -> str:
             "Loading reads `model.safetensors` and `config.json` only: no pickle, no code from the folder."
         ),
         "",
+    ]
+    lines += _results(m)
+    lines += _training(config, training, m)
+    lines += ["", "## Dataset and licence", "", _dataset_text(config.get("dataset"), dataset, config.get("license"))]
+    lines += _limits(config, size)
+    return "\n".join(lines)
+
+
+def _results(m: dict) -> list[str]:
+    tta = [t for t, on in (("flip", m["tta"]), (f"{m['tta_translate']} px translate", m["tta_translate"])) if on]
+    lines = [
         "## Results",
         "",
         "| metric | value |",
@@ -277,6 +290,15 @@ def model_card(config: dict) -> str:
             "These are validation figures, held out from the training images; they are not the official test "
             "split's."
         ),
+    ]
+    return lines
+
+
+def _training(config: dict, training: dict, m: dict) -> list[str]:
+    history, machine, init = config.get("history") or [], config.get("machine"), config.get("init")
+    train_s = history[-1].get("train_seconds") if history else None
+    total_s = sum(r.get("seconds", 0.0) for r in history) if history else None
+    lines = [
         "",
         "## Training",
         "",
@@ -304,8 +326,11 @@ def model_card(config: dict) -> str:
             f"- fine-tuned from `{init['source']}` ({init['model']}, {init['classes']} classes of "
             f"{init.get('dataset') or '?'}; {init['classifier']} classifier)"
         )
-    lines += ["", "## Dataset and licence", "", _dataset_text(config.get("dataset"), dataset, config.get("license"))]
-    lines += [
+    return lines
+
+
+def _limits(config: dict, size: str) -> list[str]:
+    return [
         "",
         "## Intended use and limits",
         "",
@@ -331,7 +356,6 @@ def model_card(config: dict) -> str:
         ),
         "",
     ]
-    return "\n".join(lines)
 
 
 def _dataset_text(name, dataset, license) -> str:
