@@ -12,7 +12,6 @@ fp32; a probability 1e-4 or more apart refuses it, and nothing is left on disk.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from torch import nn
 
 from .inference import EvalData, Predictor, resolve_split
 from .metrics import fine_to_coarse
-from .model_folder import WEIGHTS
+from .model_folder import WEIGHTS, sha256_file
 
 __all__ = ["FORMATS", "INPUTS", "ExportReport", "export_model"]
 
@@ -72,14 +71,6 @@ class ExportReport:
         return {**self.__dict__, "path": str(self.path)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[str, object]:
     ckpt = predictor.ckpt
     mapping, coarse_names = fine_to_coarse(predictor.classes, ckpt.coarse_classes)
@@ -96,7 +87,7 @@ def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[s
         "output": "probabilities",
         "precision": "fp32",
         # of the checkpoint file, or of a model folder's weights
-        "checkpoint_sha256": _sha256(checkpoint if checkpoint.is_file() else checkpoint / WEIGHTS),
+        "checkpoint_sha256": sha256_file(checkpoint if checkpoint.is_file() else checkpoint / WEIGHTS),
         "checkpoint_checksum": ckpt.checksum,
         "epoch": ckpt.epoch,
         "exporter": f"cifar-resnet (torch {torch.__version__})",
