@@ -129,6 +129,30 @@ def test_a_re_plan_never_goes_back_to_a_smaller_image_size():
     assert d.sizes[0] == 24 and 16 not in d.sizes
 
 
+def _phase_at(progress: float) -> int:
+    """TINY's phases: 16 px to a quarter of the run's progress, 24 px to half, full size (0) after."""
+    return 16 if progress < 0.25 else 24 if progress < 0.5 else 0
+
+
+def _laid_over_progress(d, steps: int = 10) -> list[int]:
+    """The size of each epoch a decision plans, from the schedule's progress at the middle of the epoch."""
+    lengths = [steps] * (d.epochs - d.epoch - 1) + [d.last_steps]
+    before = itertools.accumulate([0, *lengths])
+    return [_phase_at(d.progress + (1 - d.progress) * (b + n / 2) / d.steps_left) for b, n in zip(before, lengths)]
+
+
+@pytest.mark.parametrize("progress", [0.1, 0.3])
+def test_a_shortened_run_keeps_its_resizing_phases_where_its_schedule_is(progress):
+    """A slow epoch leaves time for two more: they train at the phases of the schedule's progress over them
+    (the learning rate's), not at those of the new number of epochs, which would jump to full size."""
+    config = TrainConfig(**TINY, epochs=40)
+    trace = _trace(config, 180.0)
+    d = decide(config, trace, 2, _Clock(60.0, 2.0, 0.05, progress), _steps, trained_size=16)
+    assert d.epochs == 4 and d.progress == progress and d.steps_left == 10 + d.last_steps
+    assert d.sizes == _laid_over_progress(d) == ([24, 0] if progress == 0.1 else [0, 0])
+    assert d.predicted_s <= 180 - d.spare_s
+
+
 def test_a_late_run_still_ends_its_schedule_with_a_short_last_epoch():
     """Past its budget, a re-plan cannot stop mid-schedule: it plans one more epoch, of the shortest length."""
     config = TrainConfig(**TINY, epochs=40)
@@ -307,6 +331,11 @@ def test_a_budget_run_ends_between_95_and_100_percent_of_its_budget(synthetic, t
     for i in boundaries:  # across each re-plan the learning rate moves no more than on the steps around it
         assert jumps[i - 1] <= 1.01 * max(jumps[i - 2], jumps[i]) + 1e-12, i
     assert f"budget: {format_duration(machine.end)} used ({100 * machine.end / 600:.0f}%" in out
+    sizes = [r["train_size"] % 32 for r in history.records]  # 0: full size
+    for d in (d for d in trace.decisions if not d.step):  # phases over the schedule's progress, never back
+        floor = sizes[d.epoch - 1] if d.epoch else 16
+        assert d.sizes == [max(s, floor, key=lambda s: s or 99) for s in _laid_over_progress(d)], d
+    assert sizes == sorted(sizes, key=lambda s: s or 99)
     if speeds:
         slow = trace.at(4)
         assert slow.ratio == pytest.approx(2.0) and slow.epochs < trace.at(0).epochs

@@ -97,6 +97,7 @@ class Decision:
     steps_left: int
     predicted_s: float
     step: int = 0  # steps into epoch ``epoch`` (0: at its start; later: the last epoch re-fitting its length)
+    progress: float = 0.0  # the schedule's progress when it was made, over which ``sizes`` lie
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,6 @@ def _with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     return dataclasses.replace(config, epochs=epochs, plan={})
 
 
-def _sizes(epochs: int, progressive: str) -> list[int | None]:
-    return TrainConfig(epochs=epochs, progressive=progressive).train_sizes
-
-
 def _size_counts(sizes: list[int | None]) -> dict[int | None, int]:
     """Epochs per training size, smallest first (None, full size, last)."""
     counts: dict[int | None, int] = {}
@@ -231,21 +228,27 @@ def _size_counts(sizes: list[int | None]) -> dict[int | None, int]:
     return counts
 
 
-def _phase_sizes(phases: list[tuple[int, float]], epochs: int, last_share: float) -> list[int]:
-    """The image side of each of ``epochs`` epochs (0: full size), the last one ``last_share`` of a whole
-    one long: the recipe's resizing phases laid over the run's length in epochs, each epoch at the phase
-    of its middle (so a short last epoch takes its share of the full-size phase, not all of it)."""
-    length = epochs - 1 + last_share
-    out = []
-    for i in range(epochs):
-        middle = i + 0.5 if i < epochs - 1 else length - last_share / 2
-        edge, size = 0.0, 0
-        for phase_size, fraction in phases:
-            edge += fraction * length
-            if middle < edge:
-                size = phase_size
-                break
-        out.append(size)
+def _phase_at(phases: list[tuple[int, float]], progress: float) -> int:
+    """The image side of the recipe's resizing phase at ``progress`` of the run (0: full size)."""
+    edge = 0.0
+    for size, fraction in phases:
+        edge += fraction
+        if progress < edge:
+            return size
+    return 0
+
+
+def _progress_sizes(phases: list[tuple[int, float]], steps: list[int], start: float, pending: int) -> list[int]:
+    """The image side of epochs of ``steps`` steps each (0: full size), the recipe's resizing phases laid
+    over the progress that remains: the schedule spreads progress ``start`` to 1 evenly over ``pending``
+    steps already planned and then these epochs, and each epoch trains at the phase of its middle. So a
+    re-plan that shortens or stretches the run shortens or stretches its phases with its learning rate
+    (a short last epoch takes its share of the full-size phase, not all of it)."""
+    total = pending + sum(steps)
+    out, before = [], pending
+    for n in steps:
+        out.append(_phase_at(phases, start + (1.0 - start) * (before + n / 2) / total))
+        before += n
     return out
 
 
@@ -299,11 +302,15 @@ def predict_seconds(config: TrainConfig, epochs: int, steps_per_epoch: list[int]
 
 @dataclass(frozen=True)
 class _Clock:
-    """What a decision is made from: budget seconds used, the speed ratio, the variation."""
+    """What a decision is made from: budget seconds used, the speed ratio, the variation; the schedule's
+    progress by then, and the steps already planned before the epochs the decision lays out (the rest of
+    an epoch that trains whole before them)."""
 
     elapsed_s: float
     ratio: float
     variation: float
+    progress: float = 0.0
+    pending: int = 0
 
 
 def decide(
@@ -316,8 +323,8 @@ def decide(
 ) -> Decision:
     """The plan from ``done`` epochs on: of every total of epochs up to the recipe's, with the last epoch cut
     to what fits (but not below :data:`MIN_LAST_SHARE` of an epoch) and the recipe's resizing phases laid
-    over that length (:func:`_phase_sizes`, never below ``trained_size``, the size of the epoch before;
-    None: full size), the one predicted to end latest within the budget less the spare; on a tie (within
+    over the progress that remains (:func:`_progress_sizes`, never below ``trained_size``, the size of the
+    epoch before; None: full size), the one predicted to end latest within the budget less the spare; on a tie (within
     half a percent of the budget), the one with the most steps (more epochs: more re-plans), then the
     longest last epoch. Every
     predicted figure is the start-up one times ``clock.ratio``. None fits: at the start,
@@ -349,6 +356,7 @@ def decide(
         last_steps=chosen.last_steps,
         steps_left=chosen.steps_left,
         predicted_s=chosen.end,
+        progress=clock.progress,
     )
 
 
@@ -374,7 +382,7 @@ def _fit_last(candidate: TrainConfig, trace: Trace, done: int, clock: _Clock, st
     shortest = whole if epochs == 1 else max(1, math.ceil(MIN_LAST_SHARE * whole))
 
     def option(last: int) -> _Option:
-        laid = _phase_sizes(phases, epochs, last / whole)[done:]
+        laid = _progress_sizes(phases, [*steps[done : epochs - 1], last], clock.progress, clock.pending)
         if trained is not None:  # never below the size of the epoch before
             laid = [max(s, trained, key=_size_order) for s in laid]
         sizes = [0] * done + laid
@@ -506,8 +514,11 @@ class Planner:
         """The epoch's steps start (from ``step``): the last epoch's re-fits time them from here."""
         self.steps_t0, self.steps_k0 = self.clock(), step
 
-    def refit(self, epoch: int, step: int, size: int | None, whole: int, steps_for) -> Decision | None:
-        """In the last epoch, after ``step`` of its steps (of ``whole``): its length again, from the time a
+    def refit(
+        self, epoch: int, step: int, size: int | None, whole: int, steps_for, progress: float = 0.0
+    ) -> Decision | None:
+        """In the last epoch, after ``step`` of its steps (of ``whole``, at schedule progress ``progress``):
+        its length again, from the time a
         step has taken since the last re-fit (the slowest rank's), so that it ends at the budget, or, where
         the rest of the budget holds more than the whole epoch, a plan of more epochs after it (as at an
         epoch boundary); the trace's own decision where it has one; None when the plan stays."""
@@ -525,7 +536,8 @@ class Planner:
         spare = before.variation * (eval_last + rate * (before.last_steps - step))
         fitted = step + math.floor((self.trace.budget_s - elapsed - eval_last - spare) / rate)
         if fitted > whole and before.epochs < self.trace.max_epochs:
-            decision = self._more_epochs(before, (epoch, step, size, whole), (elapsed, rate, ratio), steps_for)
+            at = (epoch, step, size, whole, progress)
+            decision = self._more_epochs(before, at, (elapsed, rate, ratio), steps_for)
             if decision is not None:
                 self.trace = self.trace.with_decision(decision)
                 return decision
@@ -544,13 +556,14 @@ class Planner:
             steps_left=last - step,
             predicted_s=end,
             epoch=epoch,
+            progress=progress,
         )
         self.trace = self.trace.with_decision(decision)
         return decision
 
-    def boundary(self, done: int, steps: int, size: int | None, steps_for) -> Decision | None:
-        """The decision after ``done`` epochs, the last of which trained ``steps`` steps at ``size``;
-        None: the plan stands (a replay past its trace's end)."""
+    def boundary(self, done: int, steps: int, size: int | None, steps_for, progress: float = 0.0) -> Decision | None:
+        """The decision after ``done`` epochs, the last of which trained ``steps`` steps at ``size``, at
+        schedule progress ``progress``; None: the plan stands (a replay past its trace's end)."""
         recorded = self.trace.at(done)
         if recorded is not None:
             return recorded
@@ -567,19 +580,20 @@ class Planner:
             ratio = max(1e-6, seconds / predicted)
         else:  # the epoch began before a resume: its time is not known
             ratio = self.trace.last.ratio
-        clock = _Clock(elapsed, ratio, _variation([*ratios, ratio]))
+        clock = _Clock(elapsed, ratio, _variation([*ratios, ratio]), progress)
         decision = decide(self.recipe, self.trace, done, clock, steps_for, trained_size=size)
         self.trace = self.trace.with_decision(decision)
         return decision
 
     def _more_epochs(self, before: Decision, at: tuple, now: tuple, steps_for) -> Decision | None:
-        """The plan, made ``step`` steps into the last epoch (``at``: epoch, step, size, whole steps), that
-        trains it whole and more epochs after it, as decided at the boundary it would reach at this speed
-        (``now``: budget seconds used, seconds a step, speed ratio); None where none would fit."""
-        (epoch, step, size, whole), (elapsed, rate, ratio) = at, now
+        """The plan, made ``step`` steps into the last epoch (``at``: epoch, step, size, whole steps, schedule
+        progress), that trains it whole and more epochs after it, as decided at the boundary it would reach
+        at this speed (``now``: budget seconds used, seconds a step, speed ratio), the phases of the epochs
+        after it laid over the progress that remains after the rest of it; None where none would fit."""
+        (epoch, step, size, whole, progress), (elapsed, rate, ratio) = at, now
         m = self.trace.measurement()
         rest = (whole - step) * rate + ratio * _epoch_seconds(self.recipe, m, 0, size, False)
-        clock = _Clock(elapsed + rest, ratio, before.variation)
+        clock = _Clock(elapsed + rest, ratio, before.variation, progress, whole - step)
         later = decide(self.recipe, self.trace, epoch + 1, clock, steps_for, trained_size=size)
         if later.predicted_s + later.spare_s > self.trace.budget_s:
             return None

@@ -456,9 +456,8 @@ class _Run:
         return hard.steps(candidate, self.full_steps)
 
     def _make_planner(self, state: Checkpoint | None) -> Planner | None:
-        """A budget run's planner: a new one that measures and makes the first plan, or one that follows
-        the config's trace (given, or a resumed run's); None without a budget or with an older release's
-        fixed plan, which ``follow_plan`` has applied."""
+        """A budget run's planner: a new one that measures and makes the first plan, or one following the
+        config's trace (given, or a resumed run's); None without a budget or with an older fixed plan."""
         config, clock = self.config, self.options.clock
         if is_trace(config.plan):
             return Planner.of_trace(config, self.dist, clock, state.budget_elapsed if state else 0.0)
@@ -486,7 +485,9 @@ class _Run:
         if self.planner is None:
             return
         before = self.planner.in_force(done - 1, 10**9)  # the latest before this boundary
-        decision = self.planner.boundary(done, steps, self.train_size(done - 1), self._steps_for)
+        decision = self.planner.boundary(
+            done, steps, self.train_size(done - 1), self._steps_for, self.scheduler.progress
+        )
         if decision is None:
             return
         self._follow(decision)
@@ -502,7 +503,9 @@ class _Run:
         if done % max(1, steps // LAST_EPOCH_REFITS):  # a re-fit every tenth of the planned length
             return steps
         before = self.planner.in_force(epoch, done - 1)
-        decision = self.planner.refit(epoch, done, self.train_size(epoch), whole, self._steps_for)
+        decision = self.planner.refit(
+            epoch, done, self.train_size(epoch), whole, self._steps_for, self.scheduler.progress
+        )
         if decision is None:
             return steps
         self._follow(decision)
