@@ -9,6 +9,7 @@ learn), ``write_npz`` (an .npz data file), ``cli`` (the command line run in-proc
 ``open_png`` and ``count_colour`` (figures checked by their pixels).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 from cifar_resnet.cli import main
 from cifar_resnet.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CifarData, Split, load_npz
+from cifar_resnet.data.folders import CACHE_ENV
 
 REAL_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100-train.npz"
 
@@ -97,6 +99,18 @@ def real_run(real_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real_run")
     assert main(REAL_RUN_ARGS + ["--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_cache(tmp_path_factory):
+    """Decoded image folders are cached in a temporary folder, never in the user's cache."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("image-cache"))
+    yield Path(os.environ[CACHE_ENV])
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="module")

@@ -530,6 +530,7 @@ class RunDir:
     plots = property(lambda self: self.path / "plots")
     interpret = property(lambda self: self.path / "interpret")
     reliability_png = property(lambda self: self.path / "reliability.png")
+    skipped_files = property(lambda self: self.path / "skipped-files.txt")
 
     def create(self) -> RunDir:
         if self.path.exists() and not self.path.is_dir():
@@ -539,6 +540,13 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         atomic_write_text(self.config_json, json.dumps(config, indent=1) + "\n")
+
+    def write_skipped(self, skipped: tuple[tuple[str, str], ...]) -> RunDir:
+        """``skipped-files.txt``: each file of the data that could not be used and why, one a line (none:
+        no file)."""
+        if skipped:
+            atomic_write_text(self.skipped_files, "".join(f"{file}\t{why}\n" for file, why in skipped))
+        return self
 
     def write_checkpoint(self, ckpt: Checkpoint) -> None:
         """``last.pt`` alone (a checkpoint written inside an epoch)."""

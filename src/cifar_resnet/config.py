@@ -44,9 +44,14 @@ class TrainConfig:
     # data
     data: str = _field(
         "cifar100",
-        "data source: an .npz file, an official archive (.tar.gz), an extracted "
-        "folder, or cifar100/cifar10 (from the download cache, downloaded on first "
-        "use)",
+        "data source: your own images (a folder of class subfolders, optionally below train/, val/ and test/, "
+        "or a CSV of path,label rows), an .npz file, an official archive (.tar.gz), an extracted folder, or "
+        "cifar100/cifar10 (from the download cache, downloaded on first use)",
+    )
+    strict: bool = _field(
+        False,
+        "a file of your own images that cannot be used (not an image, truncated, unreadable) is an error, "
+        "rather than skipped and listed in the run directory's skipped-files.txt",
     )
     val_split: int = _field(
         5000,

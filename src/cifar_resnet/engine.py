@@ -324,7 +324,7 @@ def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download
     (progress bar, md5 check) when ``download`` is true.
     """
     if data is None:
-        data = load_data(config.data, download_missing=download)
+        data = load_data(config.data, download_missing=download, strict=config.strict)
     if config.val_split and data.val is None:
         data = split_validation(data, config.val_split, seed=config.seed)
     if config.train_subset:

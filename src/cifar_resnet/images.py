@@ -9,6 +9,7 @@ Why each step is done so: docs/inspecting.md.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .console import one_line
 
-__all__ = ["RESIZE_MODES", "SIZE", "ImageFileError", "load_image", "load_images", "prepare_image"]
+__all__ = ["RESIZE_MODES", "SIZE", "ImageFileError", "load_image", "load_image_bytes", "load_images", "prepare_image"]
 
 SIZE = 32
 RESIZE_MODES = ("crop", "squash")
@@ -64,18 +65,27 @@ def load_image(path: str | Path, resize: str = "crop") -> np.ndarray:
         raise ImageFileError(f"{path}: is a directory, not an image file")
     if not path.exists():
         raise ImageFileError(f"{path}: no such file")
+    return _decode(path, path, resize)
+
+
+def load_image_bytes(data: bytes, name: str | Path, resize: str = "crop") -> np.ndarray:
+    """:func:`load_image` of a file's bytes already read (``name`` says which file in an error)."""
+    return _decode(io.BytesIO(data), name, resize)
+
+
+def _decode(source, name: str | Path, resize: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             # a large JPEG is decoded at a reduced scale (DCT scaling, exact averaging): much faster
             img.draft(None, (4 * SIZE, 4 * SIZE))
             img.load()  # decode now: a truncated or corrupt file fails here, not later
             return prepare_image(img, resize)
     except UnidentifiedImageError:
-        raise ImageFileError(f"{path}: not an image (PIL cannot identify the format)") from None
+        raise ImageFileError(f"{name}: not an image (PIL cannot identify the format)") from None
     except Image.DecompressionBombError as e:
-        raise ImageFileError(f"{path}: refused, too many pixels ({one_line(e, 120)})") from None
+        raise ImageFileError(f"{name}: refused, too many pixels ({one_line(e, 120)})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, bad headers, broken chunks
-        raise ImageFileError(f"{path}: unreadable or truncated image ({one_line(e, 160)})") from None
+        raise ImageFileError(f"{name}: unreadable or truncated image ({one_line(e, 160)})") from None
 
 
 def load_images(

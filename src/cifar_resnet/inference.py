@@ -105,12 +105,23 @@ def data_for_checkpoint(ckpt: Checkpoint, data=None) -> CifarData:
     return load_data(data)
 
 
-def check_classes(ckpt: Checkpoint, data: CifarData) -> None:
-    """ValueError unless ``data`` has the checkpoint's classes, in the same order."""
-    if ckpt.classes != list(data.classes):
+def check_classes(ckpt: Checkpoint, data: CifarData) -> CifarData:
+    """``data`` labelled as the checkpoint's classes: as it is where they are the same, in the same order; a
+    dataset of some of them (a folder of a few classes' images) with its labels renumbered as the
+    checkpoint's; ValueError naming a class the checkpoint does not know."""
+    if ckpt.classes == list(data.classes):
+        return data
+    unknown = [c for c in data.classes if c not in ckpt.classes]
+    if unknown or data.coarse_classes is not None:
         n, m = ckpt.num_classes, data.num_classes
-        detail = f"{n} classes vs {m}" if n != m else "the class names differ"
+        detail = f"class {unknown[0]!r} is not among its {n}" if unknown else f"{n} classes vs {m}"
         raise ValueError(f"{ckpt.source} was trained on other classes than {data.source} has ({detail})")
+    index = np.array([ckpt.classes.index(c) for c in data.classes], dtype=np.int64)
+    splits = {
+        name: None if split is None else Split(split.images, index[split.labels])
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+    }
+    return dataclasses.replace(data, classes=tuple(ckpt.classes), **splits)
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,8 @@ def resolve_split(ckpt: Checkpoint, data: CifarData, split: str | None = None) -
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; use train, val or test")
     if split == "test":
-        return "test", data.get_split("test"), f"{data.source}: official test split"
+        official = "official " if data.name in ("cifar10", "cifar100") else ""
+        return "test", data.get_split("test"), f"{data.source}: {official}test split"
     run = _source_splits_like_run(ckpt, data)
     if run is not None:
         if split == "val":
@@ -176,7 +188,8 @@ def resolve_split(ckpt: Checkpoint, data: CifarData, split: str | None = None) -
         raise ValueError(
             f"{data.source} is not the data this checkpoint was trained on (its training images do "
             "not reproduce the checkpoint's normalisation statistics), so the run's validation "
-            "images cannot be recovered from it; pass the run's --data, or use --split test"
+            "images cannot be recovered from it; pass the run's --data, or use "
+            + ("--split test" if data.test is not None else "--split train (all its images)")
         )
     return "train", data.train, f"{data.source}: all training images (not the run's: another source)"
 
@@ -262,7 +275,7 @@ def run_checkpoint(
     source = source or EvalData()
     data = source.load(ckpt)
     model = model_from_checkpoint(ckpt, dev)
-    check_classes(ckpt, data)
+    data = check_classes(ckpt, data)
     name, images, description = resolve_split(ckpt, data, source.split)
     logits, labels = split_logits(model, ckpt, images, options, progress, desc=f"evaluate {name}")
     coarse_map, coarse_names = fine_to_coarse(ckpt.classes, ckpt.coarse_classes or data.coarse_classes, images)

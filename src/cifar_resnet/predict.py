@@ -105,8 +105,7 @@ def _predict_dataset(
     predictor: Predictor, images: DatasetImages, k: int, options: EvalOptions, progress: bool | None
 ) -> Prediction:
     ckpt = predictor.ckpt
-    dataset = images.source.load(ckpt)
-    check_classes(ckpt, dataset)
+    dataset = check_classes(ckpt, images.source.load(ckpt))
     name, split, _ = resolve_split(ckpt, dataset, images.source.split)
     index = images.index
     if images.sample is not None:

@@ -571,7 +571,7 @@ class _Run:
         """The run directory (its config.json written by rank 0) and the TensorBoard writer, when asked for."""
         self.run_dir = RunDir(self.options.out_dir) if self.options.out_dir is not None else None
         if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.create().write_config(self.config.to_dict())
+            self.run_dir.create().write_skipped(self.data.skipped).write_config(self.config.to_dict())
         self.writer = _tensorboard_writer(self.run_dir) if self.options.tensorboard and self.dist.is_main else None
 
     def _resumed_checkpoint(self, state: Checkpoint | None) -> tuple[Path, str] | None:

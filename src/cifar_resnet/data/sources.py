@@ -145,6 +145,7 @@ class CifarData:
     classes: tuple[str, ...]
     coarse_classes: tuple[str, ...] | None
     source: str
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, why) of each file of the source that could not be used
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))

@@ -24,26 +24,24 @@ def _check_count(n: Any, what: str, limit: int, data: CifarData) -> int:
     return int(n)
 
 
-def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of ``n`` items drawn so that every class contributes as equally as possible.
-
-    Each class gets n // num_classes; the remainder goes one each to classes in a seeded random order
-    (so low labels are not always favoured). A class with too few items gives all it has and the
-    shortfall is spread over the others the same way.
+def _stratified_indices(
+    labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator, keep: int = 0
+) -> np.ndarray:
+    """Sorted indices of ``n`` items drawn from each class in proportion to its size (less ``keep``, the
+    items each class keeps back): every class gets the whole part of its share, and the items left over go
+    one each to the classes with the largest fractions, ties in a seeded random order (so low labels are
+    not always favoured). Classes of equal size get equal shares, the remainder going to a seeded few.
     """
     counts = np.bincount(labels, minlength=num_classes)
-    quota = np.zeros(num_classes, dtype=np.int64)
+    room = np.maximum(counts - keep, 0)
     order = rng.permutation(num_classes)
-    remaining = n
-    while remaining > 0:
-        open_classes = order[quota[order] < counts[order]]
-        share, extra = divmod(remaining, len(open_classes))
-        want = np.full(len(open_classes), share, dtype=np.int64)
-        want[:extra] += 1
-        give = np.minimum(want, counts[open_classes] - quota[open_classes])
-        quota[open_classes] += give
-        remaining -= int(give.sum())
-
+    ideal = n * room / max(int(room.sum()), 1)
+    quota = np.floor(ideal).astype(np.int64)
+    rank = np.empty(num_classes, dtype=np.int64)
+    rank[order] = np.arange(num_classes)
+    fraction = ideal - quota
+    for c in sorted(range(num_classes), key=lambda c: (-fraction[c], rank[c]))[: n - int(quota.sum())]:
+        quota[c] += 1
     by_class = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     chosen = [rng.permutation(by_class[starts[c] : starts[c + 1]])[: quota[c]] for c in range(num_classes) if quota[c]]
@@ -51,17 +49,26 @@ def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, rng: np.ra
 
 
 def split_validation(data: CifarData, n_val: int, seed: int = 0) -> CifarData:
-    """Hold ``n_val`` training images out as a stratified validation split (seeded, deterministic).
+    """Hold ``n_val`` training images out as a validation split stratified by class (in proportion to each
+    class's size, each class keeping one image to train on), seeded and deterministic. A dataset of its own
+    classes (not CIFAR's) needs at least 2 images of each class.
 
     The split depends only on the training labels, ``n_val`` and ``seed``; image order is preserved in
     both parts. ``n_val == 0`` returns ``data`` unchanged.
     """
-    n_val = _check_count(n_val, "the validation split (--val-split)", len(data.train) - 1, data)
+    counts = np.bincount(data.train.labels, minlength=data.num_classes)
+    n_val = _check_count(n_val, "the validation split (--val-split)", int(np.maximum(counts - 1, 0).sum()), data)
     if n_val == 0:
         return data
     if data.val is not None:
         raise DataError(f"{data.source}: already has a validation split of {len(data.val)} images")
-    held = _stratified_indices(data.train.labels, data.num_classes, n_val, np.random.default_rng(seed))
+    if data.name not in ("cifar10", "cifar100") and counts.min() < 2:  # CIFAR's subsets may lack a class
+        name, count = data.classes[int(counts.argmin())], int(counts.min())
+        raise DataError(
+            f"{data.source}: class {name!r} has {count} training image(s); --val-split needs at least 2 of each "
+            "class (one to train on, one to validate)"
+        )
+    held = _stratified_indices(data.train.labels, data.num_classes, n_val, np.random.default_rng(seed), keep=1)
     keep = np.ones(len(data.train), dtype=bool)
     keep[held] = False
     return dataclasses.replace(data, train=data.train.subset(keep), val=data.train.subset(held))

@@ -1,0 +1,347 @@
+"""Your own images: a folder of class subfolders or a CSV through the loader, its cache and train, on real
+images that are not CIFAR (scikit-learn's handwritten digits and its two JPEG photographs), and every kind
+of bad input: skipped and listed, or a one-line error before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar_resnet.data import DataError, load_csv, load_data, load_image_folder, split_validation
+from cifar_resnet.data import folders as folders_module
+from cifar_resnet.images import load_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn (a dev dependency) brings the images")
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _folder(root: Path, classes=("cat", "dog"), per_class: int = 3, seed: int = 0) -> Path:
+    """A folder of class subfolders of random 32x32 PNGs."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        for i in range(per_class):
+            _png(root / name / f"{i:03d}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture
+def digits_folder(tmp_path_factory) -> Path:
+    """scikit-learn's 1,797 real 8x8 scans of handwritten digits, as PNG files in 10 class folders."""
+    root = tmp_path_factory.mktemp("digits")
+    digits = sklearn_datasets.load_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    for i, (image, label) in enumerate(zip(pixels, digits.target)):
+        _png(root / str(label) / f"{i:04d}.png", image)
+    return root
+
+
+def _bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A tiny PNG whose header claims ``side`` x ``side`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_a_folder_of_class_subfolders_loads_in_sorted_class_order_and_the_images_as_load_image_makes_them(tmp_path):
+    root = _folder(tmp_path / "pets", classes=("zebra", "ant", "moth"), per_class=2)
+    data = load_image_folder(root)
+    assert data.classes == ("ant", "moth", "zebra") and data.name == "pets" and data.source == str(root)
+    assert data.train.images.shape == (6, 32, 32, 3) and data.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(data.train.images[0], load_image(root / "ant" / "000.png"))
+    assert data.test is None and data.val is None and data.skipped == ()
+    assert load_data(root).classes == data.classes  # load_data picks the image folder for a folder of classes
+
+
+def test_train_val_and_test_folders_become_the_splits(tmp_path):
+    root = tmp_path / "set"
+    _folder(root / "train", per_class=4)
+    _folder(root / "val", per_class=2, seed=1)
+    _folder(root / "test", classes=("dog",), per_class=3, seed=2)  # a test folder may lack a class
+    data = load_image_folder(root)
+    assert (len(data.train), len(data.val), len(data.test)) == (8, 4, 3)
+    assert data.test.labels.tolist() == [1, 1, 1] and data.eval_split()[0] == "val"
+
+
+def test_a_csv_of_paths_and_labels_with_a_split_column(tmp_path):
+    _folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
+    rows = ["path,label,split"] + [
+        f"imgs/{c}/{i:03d}.png,{c}x,{'test' if i == 2 else 'train'}" for c in "ab" for i in range(3)
+    ]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(tmp_path / "list.csv")
+    assert data.classes == ("ax", "bx") and data.name == "list" and (len(data.train), len(data.test)) == (4, 2)
+    assert np.array_equal(data.test.images[1], load_image(tmp_path / "imgs" / "b" / "002.png"))
+
+
+def test_numeric_labels_sort_as_numbers(tmp_path):
+    _folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=1)
+    rows = ["path,label", "imgs/a/000.png,10", "imgs/b/000.png,9", "imgs/c/000.png,1"]
+    (tmp_path / "n.csv").write_text("\n".join(rows))
+    assert load_csv(tmp_path / "n.csv").classes == ("1", "9", "10")
+
+
+def test_the_second_load_comes_from_the_cache_and_a_changed_folder_is_read_again(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "pets", per_class=3)
+    first = load_image_folder(root)
+    assert len(list(Path(os.environ[folders_module.CACHE_ENV]).glob("*.npz"))) >= 1
+
+    def no_decoding(files):
+        raise AssertionError("decoded again although nothing changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(folders_module, "_decode_chunk", no_decoding)
+        again = load_image_folder(root)
+    assert np.array_equal(first.train.images, again.train.images) and again.classes == first.classes
+    new = np.zeros((32, 32, 3), dtype=np.uint8)
+    _png(root / "dog" / "001.png", new)  # the same name, other pixels (and size, and time)
+    os.utime(root / "dog" / "001.png", ns=(1, 1))
+    changed = load_image_folder(root)
+    assert np.array_equal(changed.train.images[4], new) and not np.array_equal(changed.train.images, first.train.images)
+
+
+def test_decoding_on_every_core_gives_what_one_process_gives(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "many", classes=("a", "b", "c"), per_class=40)
+    monkeypatch.setenv(folders_module.CACHE_ENV, "off")
+    one = load_image_folder(root, workers=1)
+    monkeypatch.setattr(folders_module, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(folders_module, "CHUNK", 7)
+    many = load_image_folder(root, workers=2)
+    assert np.array_equal(one.train.images, many.train.images) and np.array_equal(one.train.labels, many.train.labels)
+
+
+def test_the_bundled_jpeg_photographs_take_the_large_image_path(tmp_path):
+    """Two 427x640 JPEG photographs (and one turned by its EXIF orientation) become 32x32 centre crops."""
+    folder = Path(sklearn_datasets.__file__).parent / "images"
+    root = tmp_path / "photos"
+    for name in ("china", "flower"):
+        (root / name).mkdir(parents=True)
+        (root / name / "a.jpg").write_bytes((folder / f"{name}.jpg").read_bytes())
+    with Image.open(folder / "china.jpg") as img:
+        exif = img.getexif()
+        exif[0x0112] = 6  # orientation: turned 90 degrees
+        img.save(root / "china" / "b.jpg", exif=exif, quality=95)
+    data = load_image_folder(root)
+    assert data.train.images.shape == (3, 32, 32, 3) and data.classes == ("china", "flower")
+    assert np.array_equal(data.train.images[0], load_image(folder / "china.jpg"))
+    assert not np.array_equal(data.train.images[0], data.train.images[1])  # turned, then cropped
+    assert data.train.images.std() > 20  # a photograph, not a blank
+
+
+def _bad_folder(root: Path) -> Path:
+    """Two classes of good PNGs and, among them, one file of each kind that cannot be used."""
+    _folder(root, per_class=3)
+    (root / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    good = (root / "dog" / "000.png").read_bytes()
+    (root / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "dog" / "notes.txt").write_text("not an image")
+    _bomb_png(root / "cat" / "bomb.png")
+    (root / "cat" / "gone.png").symlink_to(root / "nowhere.png")  # unreadable: a link to nothing
+    (root / "dog" / "loop.png").symlink_to(root / "dog" / "loop.png")  # a link to itself
+    (root / "dog" / "back").symlink_to(root / "dog", target_is_directory=True)  # a folder loop
+    (root / "cat" / ".DS_Store").write_bytes(b"hidden files are not data")
+    return root
+
+
+def test_files_that_cannot_be_used_are_skipped_counted_and_listed(tmp_path, capsys):
+    data = load_image_folder(_bad_folder(tmp_path / "bad"))
+    assert len(data.train) == 6
+    reasons = dict(data.skipped)
+    names = sorted(Path(f).name for f in reasons)
+    assert names == ["back", "bomb.png", "corrupt.png", "gone.png", "loop.png", "notes.txt", "truncated.png"]
+    assert "too many pixels" in next(why for f, why in reasons.items() if f.endswith("bomb.png"))
+    assert "not an image" in next(why for f, why in reasons.items() if f.endswith("notes.txt"))
+    assert "symlink loop" in next(why for f, why in reasons.items() if f.endswith("back"))
+    out = capsys.readouterr().out
+    assert "skipped 7 file(s) that cannot be used" in out and len(out.strip().splitlines()) == 1
+    again = load_image_folder(tmp_path / "bad")  # from the cache: the same list
+    assert again.skipped == data.skipped
+
+
+def test_strict_makes_a_file_that_cannot_be_used_an_error(tmp_path):
+    root = _bad_folder(tmp_path / "bad")
+    load_image_folder(root)  # cached, with its skipped files
+    with pytest.raises(DataError, match=r"--strict: 7 file\(s\) cannot be used"):
+        load_image_folder(root, strict=True)
+
+
+def test_train_lists_the_skipped_files_in_the_run_directory_and_strict_is_a_one_line_error(
+    tmp_path, cli, assert_one_line_error
+):
+    root = _bad_folder(tmp_path / "bad")
+    args = ["train", "--data", root, "--val-split", "2", "--model", "fast_small", "--epochs", "1", "--batch-size", "4"]
+    args += ["--device", "cpu", "--no-progress"]
+    code, _, err = cli(*args, "--out", tmp_path / "run")
+    assert code == 0, err
+    listed = (tmp_path / "run" / "skipped-files.txt").read_text().splitlines()
+    assert len(listed) == 7 and all("\t" in line for line in listed)
+    code, _, err = cli(*args, "--out", tmp_path / "strict", "--strict")
+    assert_one_line_error(code, err, "--strict", "7 file(s)")
+    assert not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize(
+    "make, fragments",
+    [
+        (
+            lambda r: (
+                _folder(r),
+                (r / "cat" / "000.png").rename(r / "x.png"),
+                [p.unlink() for p in (r / "cat").iterdir()],
+            ),
+            ["cat", "empty class folder"],
+        ),
+        (lambda r: _folder(r, classes=("only",)), ["only the class folder 'only'", "at least 2 classes"]),
+        (lambda r: r.mkdir(), ["no class folders"]),
+        (
+            lambda r: (_folder(r / "train"), _folder(r / "test", classes=("cat", "cow"))),
+            ["'cow'", "not among the classes"],
+        ),
+        (lambda r: (_folder(r / "val"),), ["no train/ folder"]),
+        (
+            lambda r: (
+                _folder(r / "train"),
+                (r / "test" / "dog").mkdir(parents=True),
+                (r / "test" / "dog" / "x.png").write_bytes((r / "train" / "dog" / "001.png").read_bytes()),
+            ),
+            ["x.png (test) is the same file as", "001.png (train)"],
+        ),
+    ],
+    ids=["empty-class", "single-class", "no-classes", "unknown-test-class", "no-train", "train-test-duplicate"],
+)
+def test_a_folder_that_cannot_be_trained_on_is_a_one_line_error(make, fragments, tmp_path, cli, assert_one_line_error):
+    root = tmp_path / "data"
+    make(root)
+    code, _, err = cli("train", "--data", root, "--out", tmp_path / "run", "--epochs", "1", "--device", "cpu")
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        (["path,label", "imgs/a/000.png,a", "imgs/b/missing.png,b"], ["line 3", "no such file", "missing.png"]),
+        (["path,label,weight", "imgs/a/000.png,a,1"], ["unknown column 'weight'", "path and label"]),
+        (["file,label", "imgs/a/000.png,a"], ["unknown column 'file'"]),
+        (["path,label", "imgs/a/000.png,a", ",b"], ["line 3", "an empty path"]),
+        (["path,label", "imgs/a/000.png,a", "imgs/b/000.png,b,extra"], ["line 3", "3 fields"]),
+        (["path,label,split", "imgs/a/000.png,a,train", "imgs/b/000.png,b,holdout"], ["split 'holdout'"]),
+        (["path,label", "imgs/a/000.png,a", "imgs/b/000.png,a"], ["1 class(es)", "at least 2"]),
+        ([], ["empty", "header"]),
+    ],
+    ids=[
+        "missing-file",
+        "unknown-column",
+        "no-path-column",
+        "empty-path",
+        "extra-field",
+        "bad-split",
+        "one-class",
+        "empty",
+    ],
+)
+def test_a_bad_csv_is_a_one_line_error_naming_the_file_and_line(rows, fragments, tmp_path, cli, assert_one_line_error):
+    _folder(tmp_path / "imgs", classes=("a", "b"), per_class=1)
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    code, _, err = cli("train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "d.csv", *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_with_too_few_images_for_the_validation_split_is_a_one_line_error(tmp_path, cli, assert_one_line_error):
+    root = _folder(tmp_path / "data", classes=("cat", "dog"), per_class=5)
+    for p in sorted((root / "dog").iterdir())[1:]:
+        p.unlink()
+    code, _, err = cli("train", "--data", root, "--val-split", "2", "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(code, err, "class 'dog' has 1 training image", "--val-split")
+
+
+def test_the_validation_split_of_unequal_classes_is_in_proportion_to_their_sizes(tmp_path):
+    root = tmp_path / "data"
+    _folder(root, classes=("big",), per_class=40)
+    _folder(root, classes=("small",), per_class=10, seed=1)
+    data = split_validation(load_image_folder(root), 10, seed=0)
+    assert np.bincount(data.val.labels).tolist() == [8, 2] and np.bincount(data.train.labels).tolist() == [32, 8]
+
+
+def test_the_handwritten_digits_train_to_a_held_out_accuracy(digits_folder, tmp_path, cli):
+    """1,797 real 8x8 scans in 10 class folders: the folder trains, on a held-out fifth, to at least 90%."""
+    args = ["train", "--data", digits_folder, "--val-split", "360", "--model", "fast_small", "--optimizer", "nesterov"]
+    args += ["--lr", "0.2", "--weight-decay", "5e-4", "--grad-clip", "0", "--label-smoothing", "0.1", "--flip", "none"]
+    args += ["--schedule", "linear", "--epochs", "6", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    code, _, err = cli(*args, "--out", tmp_path / "run", "--seed", "0")
+    assert code == 0, err
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"] == str(digits_folder)
+    assert history[-1]["val_top1"] >= 0.9, history[-1]
+
+
+def _colour_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int, seed: int = 0) -> Path:
+    """Class folders of noisy images of one colour each: a tiny model tells them apart in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in classes.items():
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (32, 32, 3))
+            _png(root / name / f"{i:03d}.png", np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8))
+    return root
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def test_evaluate_and_predict_take_the_folder_s_test_split_another_folder_of_some_classes_and_name_an_unknown_one(
+    tmp_path, cli, assert_one_line_error
+):
+    root = tmp_path / "colours"
+    _colour_folder(root / "train", COLOURS, 24)
+    _colour_folder(root / "test", COLOURS, 6, seed=1)
+    args = [
+        "train",
+        "--data",
+        root,
+        "--val-split",
+        "12",
+        "--model",
+        "fast_small",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "12",
+    ]
+    code, _, err = cli(*args, "--lr", "0.05", "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    best = tmp_path / "run" / "best.pt"
+    code, out, err = cli("evaluate", best, "--split", "test", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert re.search(r"images +18 \(.*colours: test split\)", out), out
+    some = _colour_folder(tmp_path / "some", {"blue": COLOURS["blue"], "red": COLOURS["red"]}, 5, seed=2)
+    code, out, err = cli("evaluate", best, "--data", some, "--split", "train", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert re.search(r"images +10 \(.*some: all training images", out), out
+    other = _colour_folder(tmp_path / "other", {"blue": COLOURS["blue"], "violet": (150, 30, 200)}, 2)
+    code, _, err = cli("evaluate", best, "--data", other, "--split", "train", "--device", "cpu")
+    assert_one_line_error(code, err, "class 'violet' is not among its 3")
+    code, out, err = cli("predict", best, some / "blue" / "000.png", "--device", "cpu")
+    assert code == 0, err
+    assert any(name in out for name in COLOURS)
