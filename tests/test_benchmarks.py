@@ -366,3 +366,15 @@ def test_budget_replan_runs_quiet_and_disturbed_runs_and_tabulates_them(tmp_path
     args.tag = "v2"
     assert bench.run_one(args, "quiet-replan-v2-seed0", 0, False, bench.ROOT / "src")["checkout"] == "replan (v2)"
     assert len(bench.report(args.out).splitlines()) == 5
+
+
+def test_decode_times_one_at_a_time_every_core_and_the_cache(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the large JPEGs are cut from scikit-learn's bundled photographs")
+    decode = _load("decode")
+    assert decode.main(["--small", "40", "--large", "6", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "decode.json").read_text())
+    for name, files in (("png-32px", 40), ("jpeg-500px", 6)):
+        row = res[name]
+        assert row["files"] == files and _positive(row["one_at_a_time_images_per_s"]) and _positive(row["speedup"])
+        assert _positive(row["parallel_images_per_s"]) and _positive(row["cached_load_s"])
+    assert "again from the cache" in capsys.readouterr().out

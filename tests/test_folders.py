@@ -4,6 +4,7 @@ of bad input: skipped and listed, or a one-line error before any training."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -345,3 +346,45 @@ def test_evaluate_and_predict_take_the_folder_s_test_split_another_folder_of_som
     code, out, err = cli("predict", best, some / "blue" / "000.png", "--device", "cpu")
     assert code == 0, err
     assert any(name in out for name in COLOURS)
+    _the_page_s_examples_are_the_run_s_validation_images(best)
+
+
+def _the_page_s_examples_are_the_run_s_validation_images(best: Path) -> None:
+    """The served page's examples: one validation image of each of the model's classes, not CIFAR's."""
+    pytest.importorskip("fastapi", reason="the serve extra")
+    from fastapi.testclient import TestClient
+
+    from cifar_resnet.serve import create_app
+
+    with TestClient(create_app(best, device="cpu")) as client:
+        examples = client.get("/examples").json()
+        assert [e["label"] for e in examples] == ["blue", "green", "red"]
+        assert all("validation image of" in e["title"] and "colours" in e["title"] for e in examples)
+        png = client.get(examples[2]["url"])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(io.BytesIO(png.content)))
+        assert pixels.shape == (32, 32, 3) and pixels[..., 0].mean() > 2 * pixels[..., 2].mean()  # red
+        assert client.get("/examples/7.png").status_code == 404
+
+
+def test_a_folder_written_from_real_cifar_trains_exactly_as_the_same_images_in_an_npz(real_data, tmp_path, cli):
+    """A slice of the real CIFAR-100 training file (10 classes, 60 images each) as PNG files in class folders
+    and as an .npz in the same order: the same seed gives the same losses and accuracies, epoch by epoch."""
+    names = sorted(real_data.classes)[:10]
+    picked = [np.flatnonzero(real_data.train.labels == real_data.classes.index(n))[:60] for n in names]
+    folder = tmp_path / "slice"
+    for name, rows in zip(names, picked):
+        for i in rows:
+            _png(folder / name / f"{i:05d}.png", real_data.train.images[i])
+    order = np.concatenate(picked)
+    labels = np.repeat(np.arange(10), 60)
+    np.savez(tmp_path / "slice.npz", x_train=real_data.train.images[order], y_train=labels, fine_label_names=names)
+    args = ["--val-split", "100", "--model", "fast_small", "--epochs", "2", "--batch-size", "50", "--seed", "3"]
+    args += ["--device", "cpu", "--no-progress"]
+    runs = {}
+    for source in (folder, tmp_path / "slice.npz"):
+        code, _, err = cli("train", "--data", source, *args, "--out", tmp_path / f"run-{source.suffix or 'folder'}")
+        assert code == 0, err
+        history = json.loads((tmp_path / f"run-{source.suffix or 'folder'}" / "history.json").read_text())
+        runs[source.suffix] = [(r["train_loss"], r["train_top1"], r["val_loss"], r["val_top1"]) for r in history]
+    assert runs[""] == runs[".npz"] and len(runs[""]) == 2

@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..console import one_line
+from ..data import CIFAR100_CLASSES, DataError
+from ..engine import prepare_data
 from ..images import SIZE, ImageFileError, prepare_image
 from ..inference import load_predictor
 from ..serve_limits import MAX_PIXELS, ServeLimits
@@ -300,12 +302,46 @@ def _top_k(value) -> int:
     return k
 
 
+EXAMPLES = 6  # example images of the page for a model of its own classes
+
+
 def _examples() -> list[dict]:
     """The example images of the page: static/examples/<true class>-<index in cifar100-train.npz>.png."""
     return [
-        {"url": f"/static/examples/{p.name}", "label": p.stem.rsplit("-", 1)[0], "filename": p.name}
+        {
+            "url": f"/static/examples/{p.name}",
+            "label": p.stem.rsplit("-", 1)[0],
+            "filename": p.name,
+            "title": f"a CIFAR-100 image of {p.stem.rsplit('-', 1)[0]}",
+        }
         for p in sorted(EXAMPLES_DIR.glob("*.png"))
     ]
+
+
+def _own_examples(predictor) -> tuple[list[dict], list[bytes]] | None:
+    """For a model of other classes than CIFAR-100's: the page's examples from its own data, one image of
+    each of its first :data:`EXAMPLES` classes from the split its run evaluated on (the validation images),
+    as ``(descriptions, PNG files)``; no examples where that data cannot be read (an exported model, a moved
+    folder); None for a CIFAR-100 model, whose examples are the static ones."""
+    if list(predictor.classes) == list(CIFAR100_CLASSES):
+        return None
+    config = getattr(getattr(predictor, "ckpt", None), "config", None)
+    try:
+        name, split = prepare_data(config, download=False).eval_split() if config is not None else ("", None)
+    except (DataError, OSError, ValueError):
+        split = None
+    described, files = [], []
+    for label, cls in enumerate(predictor.classes[:EXAMPLES] if split is not None else []):
+        where = np.flatnonzero(split.labels == label)
+        if not len(where):
+            continue
+        buffer = io.BytesIO()
+        Image.fromarray(split.images[where[0]]).save(buffer, format="PNG")
+        n = len(files)
+        files.append(buffer.getvalue())
+        title = f"a {'validation' if name == 'val' else name} image of {cls} from {Path(config.data).name}"
+        described.append({"url": f"/examples/{n}.png", "label": cls, "filename": f"{cls}-{n}.png", "title": title})
+    return described, files
 
 
 # ------------------------------------------------------------------------------------------------
@@ -415,9 +451,17 @@ def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
     async def get_classes():
         return {"classes": classes, "superclasses": superclasses}
 
-    @app.get("/examples", summary="The example images of the web page (real CIFAR-100 images)")
+    own = _own_examples(predictor)
+
+    @app.get("/examples", summary="The example images of the web page (from the model's own validation images)")
     async def examples():
-        return _examples()
+        return _examples() if own is None else own[0]
+
+    @app.get("/examples/{index}.png", include_in_schema=False)
+    async def example_image(index: int):
+        if own is None or not 0 <= index < len(own[1]):
+            raise HTTPException(404, f"no example {index}")
+        return Response(own[1][index], media_type="image/png")
 
     @app.post("/predict", summary="Classify one or several images", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request):

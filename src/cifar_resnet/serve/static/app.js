@@ -127,7 +127,7 @@ async function loadExamples() {
       button.type = "button";
       button.className = "example";
       button.dataset.label = example.label;
-      button.title = `a CIFAR-100 image of ${pretty(example.label)}`;
+      button.title = example.title ? pretty(example.title) : `an image of ${pretty(example.label)}`;
       const img = document.createElement("img");
       img.src = example.url;
       img.alt = pretty(example.label);
