@@ -381,6 +381,24 @@ def test_a_last_epoch_with_time_for_more_plans_more_epochs_after_it(synthetic, t
     assert 0.95 * 600 <= machine.end <= 600
 
 
+def test_an_epoch_too_late_for_another_after_it_becomes_the_last(synthetic, tmp_path, monkeypatch, capsys):
+    """Steps 4x slower from the middle of the last epoch but one, which the plan made at its start cannot
+    know: the epoch is cut and made the last, so the run ends its schedule within the budget, rather than
+    after another epoch and the final evaluation past it."""
+    data = synthetic(n_train=400, n_val=40)  # 20 steps an epoch: a check every 2 steps
+    probe = FakeMachine(monkeypatch)
+    _budget_run(probe, data, tmp_path / "probe", log=None)
+    history = load_checkpoint(tmp_path / "probe" / "last.pt").history
+    before_last = sum(len(r["lrs"]) for r in history[:-2])  # where the probe's last epoch but one starts
+    machine = FakeMachine(monkeypatch, at_step=(before_last + 10, 4.0))
+    run = _budget_run(machine, data, tmp_path / "run")
+    trace = Trace.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["plan"])
+    cut = [d for d in trace.decisions if d.step and d.epochs == d.epoch + 1 and d.epoch == len(history) - 2]
+    assert cut and len(run.records) == len(history) - 1 and trace.last.epochs == len(run.records)
+    assert f"epoch {len(history) - 1} made the last after step" in capsys.readouterr().out
+    assert machine.end <= 600
+
+
 def test_a_resumed_budget_run_keeps_following_the_clock_and_matches_the_whole_run(synthetic, tmp_path, monkeypatch):
     data = synthetic(n_train=200, n_val=40)
     whole = FakeMachine(monkeypatch, {3: 2.0, 6: 0.5})

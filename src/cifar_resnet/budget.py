@@ -10,25 +10,19 @@ same decisions without timing anything, and is bit-identical.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from .config import TrainConfig
 from .console import format_duration, parse_duration
-from .distributed import Dist, data_parallel
-from .engine import EvalOptions, StepOptions, collect_logits, grad_scaler, resize_batch, train_step
-from .loader import CifarLoader
-from .optim import build_optimizer, build_scheduler
-from .rng import get_rng_state, set_rng_state
+from .distributed import Dist
+from .engine import Measurement, measure
 
 __all__ = [
     "LAST_EPOCH_REFITS",
@@ -47,9 +41,6 @@ __all__ = [
 ]
 
 
-WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
-TIMED_STEPS = 5  # their mean is the step's time: an epoch's time is a sum, slow steps included
-EVAL_BATCHES = 2  # timed evaluation batches (after one untimed)
 # the spare kept for the last epoch, as a share of its predicted time: how far one epoch's speed has strayed
 # from the one before in this run (the mean of the last three), within these bounds, or the default before
 # two epochs have been timed
@@ -60,16 +51,6 @@ LAST_EPOCH_REFITS = 10  # times the last epoch fits its length to the clock agai
 
 class BudgetTooSmall(ValueError):
     """Even the recipe's minimum (one epoch) does not fit in the budget."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What the planner measured: seconds per training step at each image size (``0``: full size), seconds
-    of one plain evaluation pass over the evaluation images, and how long measuring took."""
-
-    step_seconds: dict[int, float]
-    eval_seconds: float
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -188,13 +169,19 @@ class Trace:
         )
 
     def refit_line(self, before: Decision, d: Decision, whole: int, full_size: int) -> str:
-        """What a re-fit of the last epoch changed and why, in one line."""
+        """What a re-fit of the last epoch, or a late epoch made the last, changed and why, in one line."""
+        what = "last epoch re-fitted" if d.epoch == before.epochs - 1 else f"epoch {d.epoch + 1} made the last"
         head = (
-            f"last epoch re-fitted after step {d.step}, {format_duration(d.elapsed_s)} of "
+            f"{what} after step {d.step}, {format_duration(d.elapsed_s)} of "
             f"{format_duration(self.budget_s)} used: a step took {d.ratio:.2f}x the start-up figure in it -> "
         )
-        if d.epochs != before.epochs:
+        if d.epochs > before.epochs:
             return head + f"it trains whole, then more: {self.describe(d, full_size)}"
+        if d.epochs < before.epochs:
+            return head + (
+                f"too late for another epoch: {d.last_steps} of {whole} steps, ending at "
+                f"{format_duration(d.predicted_s)} ({100 * d.predicted_s / self.budget_s:.0f}%)"
+            )
         return head + (
             f"{d.last_steps} of {whole} steps (was {before.last_steps}), ending at {format_duration(d.predicted_s)} "
             f"({100 * d.predicted_s / self.budget_s:.0f}%)"
@@ -517,11 +504,13 @@ class Planner:
     def refit(
         self, epoch: int, step: int, size: int | None, whole: int, steps_for, progress: float = 0.0
     ) -> Decision | None:
-        """In the last epoch, after ``step`` of its steps (of ``whole``, at schedule progress ``progress``):
-        its length again, from the time a
-        step has taken since the last re-fit (the slowest rank's), so that it ends at the budget, or, where
-        the rest of the budget holds more than the whole epoch, a plan of more epochs after it (as at an
-        epoch boundary); the trace's own decision where it has one; None when the plan stays."""
+        """After ``step`` of the steps (of ``whole``, at schedule progress ``progress``) of epoch ``epoch``,
+        from the time a step has taken since the last re-fit (the slowest rank's). In the last epoch: its
+        length again, so that it ends at the budget, or, where the rest of the budget holds more than the
+        whole epoch, a plan of more epochs after it (as at an epoch boundary). In an earlier epoch: where
+        the run could no longer end within the budget after it (not even with the shortest last epoch
+        after it), this epoch becomes the last, its length fitted to the budget. The trace's own decision
+        where it has one; None when the plan stays."""
         recorded = self.trace.at(epoch, step)
         if recorded is not None or self.trace.replay or step <= self.steps_k0:
             return recorded
@@ -533,7 +522,10 @@ class Planner:
         before, m = self.in_force(epoch, step), self.trace.measurement()
         ratio = max(1e-6, rate / m.step_seconds[size or 0])
         eval_last = ratio * _epoch_seconds(self.recipe, m, 0, size, True)
-        spare = before.variation * (eval_last + rate * (before.last_steps - step))
+        if epoch < before.epochs - 1 and not self._too_late(before, (epoch, step, size, whole), (elapsed, rate, ratio)):
+            return None
+        steps_now = before.last_steps if epoch == before.epochs - 1 else whole
+        spare = before.variation * (eval_last + rate * (steps_now - step))
         fitted = step + math.floor((self.trace.budget_s - elapsed - eval_last - spare) / rate)
         if fitted > whole and before.epochs < self.trace.max_epochs:
             at = (epoch, step, size, whole, progress)
@@ -542,11 +534,12 @@ class Planner:
                 self.trace = self.trace.with_decision(decision)
                 return decision
         last = max(step + 1, min(whole, fitted))
-        if last == before.last_steps:
+        if last == before.last_steps and epoch == before.epochs - 1:
             return None
         end = elapsed + rate * (last - step) + eval_last
         decision = dataclasses.replace(
             before,
+            epochs=epoch + 1,
             step=step,
             elapsed_s=elapsed,
             ratio=ratio,
@@ -560,6 +553,18 @@ class Planner:
         )
         self.trace = self.trace.with_decision(decision)
         return decision
+
+    def _too_late(self, before: Decision, at: tuple, now: tuple) -> bool:
+        """Whether the run, ``at`` (epoch, step, size, whole steps) an epoch before its last, could no longer
+        end within the budget after this epoch, its evaluation and the shortest last epoch after it with
+        its evaluation, at this speed (``now``: budget seconds used, seconds a step, speed ratio)."""
+        (epoch, step, size, whole), (elapsed, rate, ratio) = at, now
+        m = self.trace.measurement()
+        after = before.sizes[epoch + 1 - before.epoch]
+        shortest = max(1, math.ceil(MIN_LAST_SHARE * whole))
+        rest = (whole - step) * rate + ratio * _epoch_seconds(self.recipe, m, 0, size, False)
+        rest += ratio * _epoch_seconds(self.recipe, m, shortest, after or None, True)
+        return elapsed + rest > self.trace.budget_s
 
     def boundary(self, done: int, steps: int, size: int | None, steps_for, progress: float = 0.0) -> Decision | None:
         """The decision after ``done`` epochs, the last of which trained ``steps`` steps at ``size``, at
@@ -605,91 +610,3 @@ class Planner:
             sizes=[size or 0, *later.sizes],
             steps_left=whole - step + later.steps_left,
         )
-
-
-def measure(
-    config: TrainConfig,
-    model: nn.Module,
-    loader: CifarLoader,
-    eval_loader: CifarLoader,
-    dist: Dist,
-    *,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Measurement:
-    """Time this machine's training step at each image size of ``config`` and one plain evaluation pass
-    over ``eval_loader`` (a few batches, scaled to the whole pass), on ``loader``'s device; on a copy of
-    ``model``, its own optimizer and a fork of ``loader`` (:meth:`~cifar_resnet.loader.CifarLoader.fork`),
-    so the run itself is untouched (the global random generators are restored). Under torchrun the ranks
-    step together (DDP) and agree on the slowest figures."""
-    t0 = clock()
-    rng = get_rng_state()
-    try:
-        probe = copy.deepcopy(model)
-        step_seconds = _step_seconds(config, probe, loader, dist, clock)
-        eval_seconds = _eval_seconds(probe, eval_loader, EvalOptions.from_config(config, loader.device).plain(), clock)
-    finally:
-        set_rng_state(rng)
-    figures = torch.tensor([*step_seconds.values(), eval_seconds], dtype=torch.float64)
-    figures = dist.max(figures)  # every rank plans from the same, slowest, figures
-    return Measurement(
-        step_seconds=dict(zip(step_seconds, (float(v) for v in figures[:-1]))),
-        eval_seconds=float(figures[-1]),
-        seconds=float(dist.max(torch.tensor([clock() - t0], dtype=torch.float64))[0]),
-    )
-
-
-def _step_seconds(config: TrainConfig, probe: nn.Module, loader: CifarLoader, dist: Dist, clock) -> dict[int, float]:
-    """Seconds of a training step of ``probe`` at each image size of ``config`` (``0``: full size): the mean
-    of :data:`TIMED_STEPS` after :data:`WARMUP_STEPS` untimed, on real, augmented batches, in the
-    precision that will run, the loader's work included."""
-    dev = loader.device
-    optimizer = build_optimizer(config, probe, dev)
-    scheduler = build_scheduler(config, optimizer, len(loader))
-    step_model = data_parallel(probe, dist, dev)
-    options = StepOptions.from_config(config, dev)
-    scaler = grad_scaler(options, dev)
-    batches = loader.fork()
-    batches.set_epoch(0)
-    stream = iter(batches)
-    step_model.train()
-    step_seconds = {}
-    for size in sorted({size or 0 for size in config.train_sizes}, key=_size_order):
-        times = []
-        for i in range(WARMUP_STEPS + TIMED_STEPS):
-            _sync(dev)
-            start = clock()  # the loader's work (augmentation) is part of a step's time
-            try:
-                x, y = next(stream)
-            except StopIteration:
-                stream = iter(batches)
-                x, y = next(stream)
-            x = resize_batch(x, size or None)
-            loss, _, _ = train_step(step_model, x, y, optimizer, scheduler, options, scaler)
-            loss.item()  # wait for the step
-            _sync(dev)
-            if i >= WARMUP_STEPS:
-                times.append(clock() - start)
-        step_seconds[size] = sum(times) / len(times)
-    return step_seconds
-
-
-def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, clock) -> float:
-    """One plain pass over ``loader``, from the time of a few of its batches."""
-    batches = []
-    for i, batch in enumerate(loader):
-        if i > EVAL_BATCHES:
-            break
-        batches.append(batch)
-    collect_logits(model, batches[:1], options)  # untimed warm-up
-    timed = batches[1:] or batches
-    _sync(loader.device)
-    start = clock()
-    collect_logits(model, timed, options)
-    _sync(loader.device)
-    per_image = (clock() - start) / sum(len(y) for _, y in timed)
-    return per_image * loader.num_images
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)

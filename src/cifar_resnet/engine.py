@@ -5,12 +5,16 @@ running statistics, and the pass of a model over a loader, each with its options
 (``fit`` and ``lr-find`` start from the same model and batches); :func:`train_step` is the package's one training step
 (:class:`StepOptions`), which ``fit`` and ``lr-find`` call step by step and :func:`train_one_epoch` loops
 for the notebook's ``fit``; :class:`EpochStats` sums an epoch's loss and accuracy on the device;
-:func:`collect_logits` runs a model over a loader (:class:`EvalOptions`) for every reported number.
+:func:`collect_logits` runs a model over a loader (:class:`EvalOptions`) for every reported number;
+:func:`measure` times this machine's training step and evaluation, which a ``--budget`` run plans from.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,18 +24,22 @@ from torch import nn
 from .config import CLIP_MODES, TrainConfig
 from .data import CifarData, Split, load_data, split_validation, subsample
 from .device import autocast_for, resolve_precision
-from .distributed import Dist
+from .distributed import Dist, data_parallel
 from .loader import CifarLoader
 from .models import create_model
+from .optim import build_optimizer, build_scheduler
+from .rng import get_rng_state, set_rng_state
 
 __all__ = [
     "EpochStats",
     "EvalOptions",
+    "Measurement",
     "StepOptions",
     "collect_logits",
     "epoch_line",
     "grad_scaler",
     "init_model",
+    "measure",
     "prepare_data",
     "resize_batch",
     "train_one_epoch",
@@ -330,3 +338,110 @@ def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download
     if config.train_subset:
         data = subsample(data, config.train_subset, seed=config.seed)
     return data
+
+
+# ------------------------------------------------------------------------------------------------
+# timing this machine (a --budget run plans from these figures)
+# ------------------------------------------------------------------------------------------------
+
+WARMUP_STEPS = 2  # untimed: the first steps allocate, pick kernels, fill caches
+TIMED_STEPS = 5  # their mean is the step's time: an epoch's time is a sum, slow steps included
+EVAL_BATCHES = 2  # timed evaluation batches (after one untimed)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the planner measured: seconds per training step at each image size (``0``: full size), seconds
+    of one plain evaluation pass over the evaluation images, and how long measuring took."""
+
+    step_seconds: dict[int, float]
+    eval_seconds: float
+    seconds: float
+
+
+def measure(
+    config: TrainConfig,
+    model: nn.Module,
+    loader: CifarLoader,
+    eval_loader: CifarLoader,
+    dist: Dist,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Measurement:
+    """Time this machine's training step at each image size of ``config`` and one plain evaluation pass
+    over ``eval_loader`` (a few batches, scaled to the whole pass), on ``loader``'s device; on a copy of
+    ``model``, its own optimizer and a fork of ``loader`` (:meth:`~cifar_resnet.loader.CifarLoader.fork`),
+    so the run itself is untouched (the global random generators are restored). Under torchrun the ranks
+    step together (DDP) and agree on the slowest figures."""
+    t0 = clock()
+    rng = get_rng_state()
+    try:
+        probe = copy.deepcopy(model)
+        step_seconds = _step_seconds(config, probe, loader, dist, clock)
+        eval_seconds = _eval_seconds(probe, eval_loader, EvalOptions.from_config(config, loader.device).plain(), clock)
+    finally:
+        set_rng_state(rng)
+    figures = torch.tensor([*step_seconds.values(), eval_seconds], dtype=torch.float64)
+    figures = dist.max(figures)  # every rank plans from the same, slowest, figures
+    return Measurement(
+        step_seconds=dict(zip(step_seconds, (float(v) for v in figures[:-1]))),
+        eval_seconds=float(figures[-1]),
+        seconds=float(dist.max(torch.tensor([clock() - t0], dtype=torch.float64))[0]),
+    )
+
+
+def _step_seconds(config: TrainConfig, probe: nn.Module, loader: CifarLoader, dist: Dist, clock) -> dict[int, float]:
+    """Seconds of a training step of ``probe`` at each image size of ``config`` (``0``: full size): the mean
+    of :data:`TIMED_STEPS` after :data:`WARMUP_STEPS` untimed, on real, augmented batches, in the
+    precision that will run, the loader's work included."""
+    dev = loader.device
+    optimizer = build_optimizer(config, probe, dev)
+    scheduler = build_scheduler(config, optimizer, len(loader))
+    step_model = data_parallel(probe, dist, dev)
+    options = StepOptions.from_config(config, dev)
+    scaler = grad_scaler(options, dev)
+    batches = loader.fork()
+    batches.set_epoch(0)
+    stream = iter(batches)
+    step_model.train()
+    step_seconds = {}
+    for size in sorted({size or 0 for size in config.train_sizes}, key=lambda s: s or 10**6):  # full size last
+        times = []
+        for i in range(WARMUP_STEPS + TIMED_STEPS):
+            _sync(dev)
+            start = clock()  # the loader's work (augmentation) is part of a step's time
+            try:
+                x, y = next(stream)
+            except StopIteration:
+                stream = iter(batches)
+                x, y = next(stream)
+            x = resize_batch(x, size or None)
+            loss, _, _ = train_step(step_model, x, y, optimizer, scheduler, options, scaler)
+            loss.item()  # wait for the step
+            _sync(dev)
+            if i >= WARMUP_STEPS:
+                times.append(clock() - start)
+        step_seconds[size] = sum(times) / len(times)
+    return step_seconds
+
+
+def _eval_seconds(model: nn.Module, loader: CifarLoader, options: EvalOptions, clock) -> float:
+    """One plain pass over ``loader``, from the time of a few of its batches."""
+    batches = []
+    for i, batch in enumerate(loader):
+        if i > EVAL_BATCHES:
+            break
+        batches.append(batch)
+    collect_logits(model, batches[:1], options)  # untimed warm-up
+    timed = batches[1:] or batches
+    _sync(loader.device)
+    start = clock()
+    collect_logits(model, timed, options)
+    _sync(loader.device)
+    per_image = (clock() - start) / sum(len(y) for _, y in timed)
+    return per_image * loader.num_images
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

@@ -495,9 +495,9 @@ class _Run:
             self.say(self.planner.trace.replan_line(before, decision, self.data.train.images.shape[1]))
 
     def refit(self, epoch: int, done: int, steps: int) -> int:
-        """The steps of epoch ``epoch`` after ``done`` of them: a budget run's last epoch fits its length to
-        the clock :data:`~cifar_resnet.budget.LAST_EPOCH_REFITS` times as it runs; ``steps`` otherwise."""
-        if self.planner is None or epoch != self.config.epochs - 1 or done >= steps:
+        """The steps of epoch ``epoch`` after ``done`` of them: a budget run's, re-fitted to its clock
+        :data:`~cifar_resnet.budget.LAST_EPOCH_REFITS` times an epoch (``Planner.refit``); ``steps`` otherwise."""
+        if self.planner is None or done >= steps:
             return steps
         whole = self.hard.steps(self.config, self.full_steps)[epoch]
         if done % max(1, steps // LAST_EPOCH_REFITS):  # a re-fit every tenth of the planned length
