@@ -346,6 +346,9 @@ def test_evaluate_and_predict_take_the_folder_s_test_split_another_folder_of_som
     code, out, err = cli("predict", best, some / "blue" / "000.png", "--device", "cpu")
     assert code == 0, err
     assert any(name in out for name in COLOURS)
+    code, out, err = cli("interpret", best, "--device", "cpu", "--no-progress", "--out", tmp_path / "interpret")
+    assert code == 0, err
+    assert (tmp_path / "interpret" / "confusion_matrix.png").is_file() and "on 12 images" in out
     _the_page_s_examples_are_the_run_s_validation_images(best)
 
 
