@@ -431,7 +431,7 @@ def test_a_replayed_trace_trains_the_same_weights_without_timing(synthetic, tmp_
     from the trace it wrote, which times nothing: bit-identical weights; the same from the command line."""
     data = synthetic(n_train=200, n_val=40)
     live = tmp_path / "live"
-    fit(TrainConfig(**TINY, epochs=40, budget="6s"), data, live, progress=False, log=None)
+    fit(TrainConfig(**TINY, epochs=40, budget="15s"), data, live, progress=False, log=None)
     trace = Trace.from_dict(json.loads((live / "config.json").read_text())["plan"])
     assert trace.step_seconds[0] > 0 and trace.last.epoch > 0
     config = replay_config(TrainConfig.from_dict(json.loads((live / "config.json").read_text())), "config.json")
