@@ -66,8 +66,8 @@ def test_train_then_resume_then_refuse_finished(tmp_path, capsys, write_npz):
         (["--optimizer", "rmsprop"], "unknown optimizer"),
         (
             ["--val-split", "100000"],
-            "the validation split (--val-split) must be between 0 and 59, got 100000",
-        ),  # 60 images
+            "the validation split (--val-split) must be between 0 and 50, got 100000",
+        ),  # 60 images of 10 classes, each keeping one
     ],
 )
 def test_train_bad_arguments_one_line(tmp_path, capsys, write_npz, args, message):

@@ -665,7 +665,8 @@ def test_split_validation_remainder_and_limits(synthetic) -> None:
 
 
 def test_split_validation_unbalanced() -> None:
-    """A class with too few images gives all it has; the shortfall is spread over the others."""
+    """Each class gives in proportion to its size and keeps one image to train on: a class of 2 gives
+    nothing to a small split and its one spare image to the largest split there can be."""
     labels = np.concatenate([np.zeros(2, np.int64), np.repeat(np.arange(1, 10), 30)])
     data = CifarData(
         "cifar10",
@@ -677,7 +678,11 @@ def test_split_validation_unbalanced() -> None:
         "unbalanced",
     )
     counts = np.bincount(ds.split_validation(data, 50, seed=0).val.labels, minlength=10)
-    assert counts[0] == 2 and counts.sum() == 50 and set(counts[1:].tolist()) <= {5, 6}
+    assert counts[0] == 0 and counts.sum() == 50 and set(counts[1:].tolist()) <= {5, 6}
+    largest = ds.split_validation(data, 1 + 9 * 29, seed=0)  # every class down to one training image
+    assert np.bincount(largest.train.labels, minlength=10).tolist() == [1] * 10
+    with pytest.raises(DataError, match="between 0 and 262"):
+        ds.split_validation(data, 263)
 
 
 def test_subsample(synthetic) -> None:
