@@ -416,6 +416,21 @@ def create_app(model, limits: ServeLimits = ServeLimits(), *, device: str = "aut
     return app
 
 
+def _add_example_routes(app: FastAPI, predictor) -> None:
+    """``/examples`` (the page's example images) and, for a model of its own classes, ``/examples/N.png``."""
+    own = _own_examples(predictor)
+
+    @app.get("/examples", summary="The example images of the web page (from the model's own validation images)")
+    async def examples():
+        return _examples() if own is None else own[0]
+
+    @app.get("/examples/{index}.png", include_in_schema=False)
+    async def example_image(index: int):
+        if own is None or not 0 <= index < len(own[1]):
+            raise HTTPException(404, f"no example {index}")
+        return Response(own[1][index], media_type="image/png")
+
+
 def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
     """The routes of ``app`` (its ``state`` holds the predictor, its batching queue and its info)."""
     predictor, queue, info = app.state.predictor, app.state.queue, app.state.info
@@ -451,17 +466,7 @@ def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
     async def get_classes():
         return {"classes": classes, "superclasses": superclasses}
 
-    own = _own_examples(predictor)
-
-    @app.get("/examples", summary="The example images of the web page (from the model's own validation images)")
-    async def examples():
-        return _examples() if own is None else own[0]
-
-    @app.get("/examples/{index}.png", include_in_schema=False)
-    async def example_image(index: int):
-        if own is None or not 0 <= index < len(own[1]):
-            raise HTTPException(404, f"no example {index}")
-        return Response(own[1][index], media_type="image/png")
+    _add_example_routes(app, predictor)
 
     @app.post("/predict", summary="Classify one or several images", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request):
