@@ -64,10 +64,29 @@ REAL_RUN_ARGS = [
 REAL_DATA_FIXTURES = frozenset({"real_npz", "real_data", "real_run"})
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run the tests marked long (kill -9, torchrun restarts and sweep takeovers, benchmark smokes); "
+        "`--long -m long` runs only them",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if not config.getoption("--long"):
+        long = [item for item in items if item.get_closest_marker("long")]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if not item.get_closest_marker("long")]
+
+
+def pytest_report_header(config):
+    if not config.getoption("--long"):
+        return "tests marked long are left out: `--long` runs them too, `--long -m long` only them"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -210,6 +210,7 @@ def test_step_variants_runs_every_variant(tmp_path, capsys):
     assert "| muon, relu |" in table and "ms/step" in table
 
 
+@pytest.mark.long
 def test_ddp_benchmark_runs_one_and_two_processes(tmp_path, capsys):
     ddp = _load("ddp")
     out = tmp_path / "rows.json"
@@ -330,6 +331,7 @@ def test_budget_report_reads_the_runs_and_draws_the_figure(tmp_path, monkeypatch
     assert len(table) == 5 and any("| fast 48/192/192 | 2 | 5 min | 0 | 2 | 14.1 | 45.00% |" in row for row in table)
 
 
+@pytest.mark.long
 def test_malloc_step_times_both_settings_in_processes_of_their_own(capsys):
     rc = _load("malloc_step").main(["--size", "16", "--batch", "16", "--steps", "1", "--rounds", "1"])
     out = capsys.readouterr().out
@@ -339,6 +341,7 @@ def test_malloc_step_times_both_settings_in_processes_of_their_own(capsys):
     assert rows[1].split("|")[2].strip() == ("yes" if sys.platform.startswith("linux") else "no")
 
 
+@pytest.mark.long
 def test_budget_replan_runs_quiet_and_disturbed_runs_and_tabulates_them(tmp_path, write_npz):
     """Two short budget runs of a tiny net, one disturbed by a busy process, each from its own ``src`` (this
     checkout's, and the same through a link, as a baseline checkout would be): their files, summaries, the

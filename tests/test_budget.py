@@ -493,6 +493,7 @@ with open(os.path.join(sys.argv[3], f"seconds{rank}.json"), "w") as f:
 """
 
 
+@pytest.mark.long
 def test_torchrun_ranks_decide_together_on_the_slowest_rank_s_times(real_data, tmp_path):
     """Two processes, rank 1 with a clock 3x fast (a rank 3x slower, as far as the planner can tell, without
     slowing the test): both keep one schedule (the same learning rates and weights, the same number of epochs),

@@ -252,6 +252,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(small_npz, one_process, 
     _assert_same_history(a.history, b.history, exact=True)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_a_checkpoint_resumes_under_another_number_of_processes(small_npz, two_processes, tmp_path, first, then):
     stopped = _interrupt_mid_epoch(_args(small_npz, tmp_path), tmp_path, nproc=first)
@@ -267,16 +268,20 @@ def test_a_checkpoint_resumes_under_another_number_of_processes(small_npz, two_p
     )
 
 
+KILLS = 8
+
+
+@pytest.mark.long
 def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(small_npz, tmp_path):
-    """20 starts of a run that saves every step, each killed with SIGKILL at a random moment once it has
+    """8 starts of a run that saves every step, each killed with SIGKILL at a random moment once it has
     written a few checkpoints (so that every kill lands in training, between or inside checkpoint writes,
-    however slow the start-up or fast the steps); the 21st start finishes, bit-identical to an
+    however slow the start-up or fast the steps); the 9th start finishes, bit-identical to an
     uninterrupted run."""
-    args = _args(small_npz, tmp_path / "run", epochs=12, save_every_steps=1) + ["--resume", "auto"]
+    args = _args(small_npz, tmp_path / "run", epochs=6, save_every_steps=1) + ["--resume", "auto"]
     last = tmp_path / "run" / "last.pt"
     rng = random.Random(0)
     kills = 0
-    while kills < 20:
+    while kills < KILLS:
         proc = subprocess.Popen(_cmd(args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # wait for this start to write 1 to 4 checkpoints (a few steps, however fast or slow the machine),
         # then kill it at a random moment of the next step or write
@@ -294,16 +299,16 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_does_not_load(s
         proc.wait()
         kills += 1
         load_checkpoint(last, resumable=True)  # raises if it does not load
-    assert kills == 20, proc.stderr.read()[-2000:]
-    _run(args)  # the 21st start resumes and finishes
+    assert kills == KILLS, proc.stderr.read()[-2000:]
+    _run(args)  # the last start resumes and finishes
     reference = fit(
-        TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 12}),
+        TrainConfig(**{**TINY, "data": str(small_npz), "epochs": 6}),
         out_dir=tmp_path / "ref",
         log=None,
         progress=False,
     )
     final = load_checkpoint(last)
-    assert final.epoch == 12
+    assert final.epoch == 6
     assert all(torch.equal(reference.model.state_dict()[k], final.state_dict[k]) for k in final.state_dict)
 
 
@@ -359,6 +364,7 @@ def test_diverging_weights_are_never_saved(small_npz, tmp_path, capsys):
         assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), path
 
 
+@pytest.mark.long
 def test_torchrun_restarts_a_killed_worker_and_the_run_finishes(small_npz, two_processes, tmp_path):
     args = _args(small_npz, tmp_path, save_every_steps=2) + ["--resume", "auto"]
     proc = subprocess.Popen(
@@ -389,6 +395,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_two_nodes_on_one_machine_train_like_one_two_process_run(small_npz, two_processes, tmp_path):
     port = _free_port()
     rdzv = (

@@ -286,11 +286,12 @@ def test_the_validation_split_of_unequal_classes_is_in_proportion_to_their_sizes
 
 
 def test_the_handwritten_digits_train_to_a_held_out_accuracy(digits_folder, tmp_path, cli):
-    """1,797 real 8x8 scans in 10 class folders: the folder trains, on a held-out fifth, to at least 90%."""
+    """1,797 real 8x8 scans in 10 class folders: the folder trains in 3 epochs, on a held-out fifth, to at
+    least 90% (experiments/own-images: 98% after 3 of 6 epochs, 99.17% after 6)."""
     args = ["train", "--data", digits_folder, "--val-split", "360", "--model", "fast_small", "--optimizer", "nesterov"]
     args += ["--lr", "0.2", "--weight-decay", "5e-4", "--grad-clip", "0", "--label-smoothing", "0.1", "--flip", "none"]
-    args += ["--schedule", "linear", "--epochs", "6", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-    code, _, err = cli(*args, "--out", tmp_path / "run", "--seed", "0")
+    args += ["--schedule", "linear", "--epochs", "3", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+    code, _, err = cli(*args, "--out", tmp_path / "run", "--seed", "0")  # the experiment's 6 epochs, halved
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -280,6 +280,7 @@ def test_the_card_gives_the_command_of_the_run():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_pull_and_from_pretrained_read_a_repo_from_the_hub_cache_offline(folder, tmp_path):
     pytest.importorskip("huggingface_hub", reason="needs the hub extra")
     cache = tmp_path / "hub"

@@ -454,6 +454,7 @@ lr = 1e-7
 ONE_CELL = "[grid]\nseeds = [0]\n[grid.variants]\nonly = {}\n"
 
 
+@pytest.mark.long
 def test_a_trial_whose_worker_is_killed_is_taken_over_and_resumed_from_its_last_checkpoint(tmp_path, tiny_npz):
     path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=4)
     first = workers(path)
@@ -484,6 +485,7 @@ def test_a_trial_whose_worker_is_killed_is_taken_over_and_resumed_from_its_last_
     assert log.count("Epoch 1,") == 1  # epoch 1 was trained once, by the killed worker, not again
 
 
+@pytest.mark.long
 def test_ctrl_c_stops_a_worker_after_its_step_and_the_trial_resumes(tmp_path, tiny_npz, cli):
     path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=4)
 
@@ -539,6 +541,7 @@ def test_a_trial_stopped_before_training_is_queued_again_untouched(tmp_path, tin
     assert not (tmp_path / "s" / "trial-0000" / "last.pt").exists()  # nothing was trained
 
 
+@pytest.mark.long
 def test_sigterm_stops_a_waiting_worker_at_once(tmp_path, tiny_npz):
     """A worker with nothing left to start waits for other workers' trials; SIGTERM ends the wait."""
     path = sweep_file(tmp_path, tiny_npz, ONE_CELL, train_subset=1900, epochs=30)
@@ -621,6 +624,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.long
 def test_two_workers_started_apart_share_a_grid_on_postgresql(tmp_path, tiny_npz, postgres, cli):
     path = sweep_file(tmp_path, tiny_npz, GRID.replace("[0, 1]", "[0, 1, 2]"), name="pg-grid")
     # two separate commands, as on two machines: both create (or join) the study and queue the cells
