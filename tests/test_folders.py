@@ -392,3 +392,41 @@ def test_a_folder_written_from_real_cifar_trains_exactly_as_the_same_images_in_a
         history = json.loads((tmp_path / f"run-{source.suffix or 'folder'}" / "history.json").read_text())
         runs[source.suffix] = [(r["train_loss"], r["train_top1"], r["val_loss"], r["val_top1"]) for r in history]
     assert runs[""] == runs[".npz"] and len(runs[""]) == 2
+
+
+def test_calibrate_export_sweep_and_the_python_api_take_a_folder(tmp_path, cli):
+    """The rest of the commands on a folder of its own classes: calibrate refits its temperature on the run's
+    validation images of the folder, export checks itself on the folder's images, a sweep whose [base] data
+    is the folder trains its cell, and ``load_data`` and ``fit`` take the folder from Python."""
+    import cifar_resnet
+    from cifar_resnet import TrainConfig
+
+    root = _colour_folder(tmp_path / "colours", COLOURS, 16)
+    config = TrainConfig(
+        data=str(root), val_split=12, model="fast_small", epochs=2, batch_size=12, lr=0.05, device="cpu", seed=0
+    )
+    data = cifar_resnet.load_data(root)
+    assert list(data.classes) == sorted(COLOURS) and len(data.train) == 48
+    result = cifar_resnet.fit(config, out_dir=tmp_path / "run", log=None, progress=False)
+    assert result.model is not None and (tmp_path / "run" / "best.pt").is_file()
+    best = tmp_path / "run" / "best.pt"
+    code, out, err = cli("calibrate", best, "--device", "cpu", "--no-progress", "--plot", tmp_path / "rel.png")
+    assert code == 0, err
+    assert re.search(r"fitted on 12 images: .*colours: the run's held-out validation split", out), out
+    pytest.importorskip("onnxruntime", reason="the onnx extra")
+    code, out, err = cli("export", best, "--format", "onnx", "--out", tmp_path / "model.onnx")
+    assert code == 0, err
+    assert (tmp_path / "model.onnx").is_file()
+    code, out, err = cli("predict", tmp_path / "model.onnx", root / "red" / "000.png")
+    assert code == 0, err
+    assert any(name in out for name in COLOURS), out
+    pytest.importorskip("optuna", reason="the sweep extra")
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        f'[sweep]\ndirectory = "{tmp_path / "s"}"\n\n[base]\ndata = "{root}"\nval_split = 12\nmodel = "fast_small"\n'
+        'epochs = 1\nbatch_size = 12\ndevice = "cpu"\n\n[grid]\nseeds = [0]\n[grid.variants]\nbase = {}\n'
+    )
+    code, out, err = cli("sweep", "run", sweep)
+    assert code == 0, err + out
+    code, out, err = cli("sweep", "report", sweep)
+    assert code == 0 and "Trials: 1 complete." in out, err + out

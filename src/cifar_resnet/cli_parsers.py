@@ -160,7 +160,10 @@ def _add_data_parsers(sub, commands: dict) -> None:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = dsub.add_parser("info", help="sizes, classes, per-channel mean/std of a data source")
     p.add_argument(
-        "--data", required=True, help="an .npz file, an official archive, an extracted folder, or cifar100/cifar10"
+        "--data",
+        required=True,
+        help="a folder of class subfolders, a CSV of path,label rows, an .npz file, an official archive, an "
+        "extracted CIFAR folder, or cifar100/cifar10",
     )
     p.add_argument("--root", default=None, help="download cache for cifar100/cifar10 (default ~/.cache/cifar-resnet)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -365,10 +368,11 @@ SPLIT_HELP = (
     "the run's own held-out and training images: the run's --val-split, --train-subset and --seed "
     "(saved in the checkpoint) are applied to DATA again, after checking that DATA is the run's "
     "source (its training images reproduce the checkpoint's normalisation statistics); test is "
-    "the source's official test split"
+    "the source's test split (CIFAR's official one, a folder's test/)"
 )
 DATA_HELP = (
-    "data source (.npz, official archive, extracted folder, or cifar100/cifar10); default: the data "
+    "data source (a folder of class subfolders, a CSV of path,label rows, an .npz, an official archive, an "
+    "extracted CIFAR folder, or cifar100/cifar10); default: the data "
     "the checkpoint was trained on, from its config"
 )
 
