@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import DataError, load_csv, load_data, load_image_folder, split_validation
 from cifar_resnet.data import folders as folders_module
 from cifar_resnet.images import load_image
@@ -353,8 +354,9 @@ def test_evaluate_and_predict_take_the_folder_s_test_split_another_folder_of_som
     _the_page_s_examples_are_the_run_s_validation_images(best)
 
 
-def _the_page_s_examples_are_the_run_s_validation_images(best: Path) -> None:
-    """The served page's examples: one validation image of each of the model's classes, not CIFAR's."""
+def _the_page_s_examples_are_the_run_s_validation_images(best: Path, size: int = 32) -> None:
+    """The served page's examples: one validation image of each of the model's classes, not CIFAR's, at the
+    model's image size; and an upload is answered in the model's classes."""
     pytest.importorskip("fastapi", reason="the serve extra")
     from fastapi.testclient import TestClient
 
@@ -367,8 +369,11 @@ def _the_page_s_examples_are_the_run_s_validation_images(best: Path) -> None:
         png = client.get(examples[2]["url"])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         pixels = np.asarray(Image.open(io.BytesIO(png.content)))
-        assert pixels.shape == (32, 32, 3) and pixels[..., 0].mean() > 2 * pixels[..., 2].mean()  # red
+        assert pixels.shape == (size, size, 3) and pixels[..., 0].mean() > 2 * pixels[..., 2].mean()  # red
         assert client.get("/examples/7.png").status_code == 404
+        answer = client.post("/predict", files={"files": ("red.png", png.content, "image/png")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][0]["top"][0]["class"] in COLOURS
 
 
 def test_a_folder_written_from_real_cifar_trains_exactly_as_the_same_images_in_an_npz(real_data, tmp_path, cli):
@@ -430,3 +435,65 @@ def test_calibrate_export_sweep_and_the_python_api_take_a_folder(tmp_path, cli):
     assert code == 0, err + out
     code, out, err = cli("sweep", "report", sweep)
     assert code == 0 and "Trials: 1 complete." in out, err + out
+
+
+def test_a_folder_made_64_px_trains_a_model_that_predicts_serves_and_exports_at_64_px(tmp_path, cli):
+    """--image-size 64: the folder is decoded at 64 px (cached apart from its 32 px decoding), the progressive
+    phases written for 32 px double, and evaluate, predict and export read new images at 64 px."""
+    root = _colour_folder(tmp_path / "colours", COLOURS, 16)
+    small, large = load_data(root, log=None), load_data(root, image_size=64, log=None)
+    assert (small.image_size, large.image_size) == (32, 64) and large.train.images.shape[1:] == (64, 64, 3)
+    np.testing.assert_array_equal(large.train.labels, small.train.labels)
+    args = ["train", "--data", root, "--image-size", "64", "--val-split", "12", "--model", "fast_small"]
+    args += ["--epochs", "4", "--progressive", "16:0.25,24:0.25", "--batch-size", "12", "--lr", "0.05"]
+    code, out, err = cli(*args, "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "36 training images of 64 px, 12 val images" in out, out
+    config = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert config.image_size == 64 and config.train_sizes == [32, 48, None, None]  # 16 and 24 px, doubled
+    best = tmp_path / "run" / "best.pt"
+    code, out, err = cli("evaluate", best, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    code, out, err = cli("predict", best, root / "red" / "000.png", "--device", "cpu")
+    assert code == 0 and any(name in out for name in COLOURS), err + out
+    _the_page_s_examples_are_the_run_s_validation_images(best, size=64)
+    from cifar_resnet.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(best, "cpu")
+    assert predictor.image_size == 64
+    with pytest.raises(ValueError, match=r"takes \(64, 64, 3\) images, got \(32, 32, 3\)"):
+        predictor.probabilities(small.train.images[:2])
+    code, _, err = cli("evaluate", best, "--data", _colour_folder(tmp_path / "other", COLOURS, 2), "--split", "train")
+    assert code == 0, err  # another folder is read at the model's size
+    code, _, err = cli("export", best, "--format", "hub", "--out", tmp_path / "hub")
+    assert code == 0, err
+    assert Predictor.from_checkpoint(tmp_path / "hub", "cpu").image_size == 64  # a model folder keeps its size
+    pytest.importorskip("onnxruntime", reason="the onnx extra")
+    code, out, err = cli("export", best, "--format", "onnx", "--out", tmp_path / "model.onnx")
+    assert code == 0, err
+    code, out, err = cli("predict", tmp_path / "model.onnx", root / "blue" / "001.png")
+    assert code == 0 and any(name in out for name in COLOURS), err + out
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--image-size", "0"], "the image size (--image-size) must be 8-512 px, got 0"),
+        (["--image-size", "4096"], "the image size (--image-size) must be 8-512 px, got 4096"),
+        (["--image-size", "64", "--model", "seed_resnet"], "--model seed_resnet (the notebook's network"),
+    ],
+)
+def test_an_image_size_the_models_cannot_take_is_a_one_line_error(
+    tmp_path, cli, assert_one_line_error, flags, fragment
+):
+    root = _colour_folder(tmp_path / "colours", COLOURS, 4)
+    code, _, err = cli("train", "--data", root, "--epochs", "1", "--out", tmp_path / "run", *flags)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cifar_images_are_32_px_whatever_image_size_says(tmp_path, write_npz, cli, assert_one_line_error):
+    npz = write_npz(tmp_path / "d.npz")
+    args = ["train", "--data", npz, "--image-size", "64", "--model", "fast_small", "--epochs", "1"]
+    code, _, err = cli(*args, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "CIFAR's images are 32x32; --image-size 64 applies to a folder or CSV")

@@ -219,7 +219,7 @@ running = {}  # a child per core at a time, each importing one module into a cle
 def reap():
     pid, status = os.wait()
     if os.WIFSIGNALED(status):
-        print(running[pid], "killed by signal", os.WTERMSIG(status), flush=True)
+        os.write(1, f"{running[pid]} killed by signal {os.WTERMSIG(status)}\\n".encode())
     del running[pid]
 for module in sys.argv[1:]:
     if len(running) >= (os.cpu_count() or 1):
@@ -229,7 +229,8 @@ for module in sys.argv[1:]:
         try:
             __import__(module)
         except BaseException:
-            print(module, traceback.format_exc().strip().splitlines()[-1], flush=True)
+            line = module + " " + traceback.format_exc().strip().splitlines()[-1] + "\\n"
+            os.write(1, line.encode())  # one write: the children print side by side
             os._exit(1)
         os._exit(0)
     running[pid] = module

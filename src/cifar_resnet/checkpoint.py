@@ -241,6 +241,11 @@ class Checkpoint:
         return self.config_dict.get("data") or None
 
     @property
+    def image_size(self) -> int:
+        """The side in px of the square images the model was trained on (32 unless ``--image-size`` said)."""
+        return int(self.config_dict.get("image_size", 32))
+
+    @property
     def precision(self) -> str:
         """The precision the run trained and evaluated in (``auto``, ``fp32``, ``bf16``, ``fp16``; to be
         resolved for a device); fp32 for a checkpoint without a config."""

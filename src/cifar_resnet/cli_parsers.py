@@ -230,7 +230,7 @@ def _add_model_use_parsers(sub, commands: dict) -> None:
         dest="input_kind",
         default="uint8",
         choices=["uint8", "float"],
-        help="uint8: (N, 32, 32, 3) RGB bytes (default); float: (N, 3, 32, 32) in [0, 1]",
+        help="uint8: (N, S, S, 3) RGB bytes (default); float: (N, 3, S, S) in [0, 1]; S: 32, or the run's --image-size",
     )
     p.add_argument("--data", default=None, help=DATA_HELP + " (the check images come from it)")
     p.add_argument(

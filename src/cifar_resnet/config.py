@@ -14,6 +14,7 @@ from typing import Any
 from .augment import Augment
 from .console import parse_duration
 from .device import PRECISIONS, legacy_precision, resolve_device, resolve_precision
+from .images import SIZE, check_size
 
 __all__ = [
     "CLIP_MODES",
@@ -52,6 +53,12 @@ class TrainConfig:
         False,
         "a file of your own images that cannot be used (not an image, truncated, unreadable) is an error, "
         "rather than skipped and listed in the run directory's skipped-files.txt",
+    )
+    image_size: int = _field(
+        SIZE,
+        "px your own images are made, square (the shorter side resized, the centre cropped); CIFAR's are 32. "
+        "Progressive sizes are written for 32 px and scale with it; fast, fast_small and resnet* adapt to it, "
+        "seed_resnet (the notebook's network) takes 32 only",
     )
     val_split: int = _field(
         5000,
@@ -189,6 +196,12 @@ class TrainConfig:
                 raise ValueError("--plan: not a trace written by --budget (it has no decisions)")
         elif self.plan and not (isinstance(self.plan.get("epochs"), int) and self.plan["epochs"] >= 1):
             raise ValueError("--plan: not a plan written by --budget (it needs its number of epochs)")
+        check_size(self.image_size)  # a one-line error naming --image-size
+        if self.image_size != SIZE and self.model == "seed_resnet":
+            raise ValueError(
+                f"--model seed_resnet (the notebook's network, its pooling fixed) takes {SIZE} px images only, "
+                f"not --image-size {self.image_size}; fast, fast_small and resnet* adapt to the size"
+            )
         _ = self.augment  # builds an Augment, which validates the flip mode and sizes
         _ = self.train_sizes
 
@@ -210,7 +223,8 @@ class TrainConfig:
 
     @property
     def phases(self) -> list[tuple[int, float]]:
-        """``progressive`` as ``[(size, fraction), ...]``, the phases below full size in order."""
+        """``progressive`` as ``[(size, fraction), ...]``, the phases below full size in order; its sizes are
+        written for 32 px images and scaled by ``image_size / 32`` (to an even number of px) for others."""
         phases = []
         for part in filter(None, (p.strip() for p in self.progressive.split(","))):
             try:
@@ -220,7 +234,7 @@ class TrainConfig:
                 raise ValueError(f"progressive: expected SIZE:FRACTION,..., got {self.progressive!r}") from None
             if not (8 <= size <= 64 and 0 < frac < 1):
                 raise ValueError(f"progressive: sizes must be 8-64 px and fractions in (0, 1), got {part!r}")
-            phases.append((size, frac))
+            phases.append((size if self.image_size == SIZE else 2 * round(size * self.image_size / SIZE / 2), frac))
         if sum(f for _, f in phases) >= 1:
             raise ValueError(f"progressive: the fractions {self.progressive!r} leave no epoch at full size")
         return phases

@@ -332,7 +332,7 @@ def prepare_data(config: TrainConfig, data: CifarData | None = None, *, download
     (progress bar, md5 check) when ``download`` is true.
     """
     if data is None:
-        data = load_data(config.data, download_missing=download, strict=config.strict)
+        data = load_data(config.data, download_missing=download, image_size=config.image_size, strict=config.strict)
     if config.val_split and data.val is None:
         data = split_validation(data, config.val_split, seed=config.seed)
     if config.train_subset:

@@ -1,9 +1,10 @@
 """A checkpoint as a file that runs without this package: ONNX (onnxruntime, any language) or
 ``torch.export`` (``.pt2``, PyTorch without the model's Python code).
 
-The exported model takes uint8 NHWC ``(N, 32, 32, 3)`` RGB images (``--input uint8``) or float NCHW in
-[0, 1] (``--input float``), with a dynamic batch axis; normalisation, network and calibration temperature
-are inside, it returns ``probabilities`` (N, C), and it computes in fp32. Class names, superclasses,
+The exported model takes uint8 NHWC ``(N, S, S, 3)`` RGB images (``--input uint8``) or float NCHW in [0, 1]
+(``--input float``), S = 32 or the run's ``--image-size``, with a dynamic batch axis; normalisation,
+network and calibration temperature are inside, it returns ``probabilities`` (N, C), and it computes in
+fp32. Class names, superclasses,
 normalisation, temperature, input layout and the checkpoint's SHA-256 travel in the file's metadata.
 Every export is run on real images of the run's data and compared with the checkpoint run by PyTorch in
 fp32; a probability 1e-4 or more apart refuses it, and nothing is left on disk.
@@ -84,6 +85,7 @@ def _metadata(predictor: Predictor, checkpoint: Path, input_kind: str) -> dict[s
         "std": list(predictor.std),
         "temperature": predictor.temperature,
         "input": "uint8_nhwc" if input_kind == "uint8" else "float01_nchw",
+        "image_size": predictor.image_size,
         "output": "probabilities",
         "precision": "fp32",
         # of the checkpoint file, or of a model folder's weights

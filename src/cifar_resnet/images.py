@@ -1,6 +1,7 @@
-"""Image files (any size, mode and format) -> the 32x32 RGB uint8 images the models were trained on.
+"""Image files (any size, mode and format) -> the square RGB uint8 images the models were trained on (32x32,
+CIFAR's size, unless a model was trained with another ``--image-size``).
 
-:func:`prepare_image` makes a PIL image 32x32 as CIFAR's images were made: EXIF orientation applied,
+:func:`prepare_image` makes a PIL image ``size`` x ``size`` as CIFAR's images were made: EXIF orientation applied,
 transparency composited on white, the centred square cropped (``resize="squash"`` keeps the whole frame,
 :data:`RESIZE_MODES`) and downscaled with PIL's box filter (area averaging). :func:`load_image` reads one
 file (:class:`ImageFileError` when it cannot), :func:`load_images` many, collecting the files it cannot read.
@@ -18,9 +19,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .console import one_line
 
-__all__ = ["RESIZE_MODES", "SIZE", "ImageFileError", "load_image", "load_image_bytes", "load_images", "prepare_image"]
+__all__ = [
+    "MAX_SIZE",
+    "MIN_SIZE",
+    "RESIZE_MODES",
+    "SIZE",
+    "ImageFileError",
+    "check_size",
+    "load_image",
+    "load_image_bytes",
+    "load_images",
+    "prepare_image",
+]
 
-SIZE = 32
+SIZE = 32  # CIFAR's, and every model's unless trained with another --image-size
+MIN_SIZE, MAX_SIZE = 8, 512
 RESIZE_MODES = ("crop", "squash")
 
 
@@ -28,8 +41,16 @@ class ImageFileError(ValueError):
     """An image file that cannot be used (missing, a directory, not an image, truncated)."""
 
 
-def prepare_image(img, resize: str = "crop") -> np.ndarray:
-    """A PIL image of any size and mode -> (32, 32, 3) uint8 RGB: EXIF orientation, transparency on white,
+def check_size(size) -> int:
+    """``size`` if it is a whole number of px the images can be made (MIN_SIZE to MAX_SIZE); ValueError
+    naming --image-size otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"the image size (--image-size) must be {MIN_SIZE}-{MAX_SIZE} px, got {size!r}")
+    return size
+
+
+def prepare_image(img, resize: str = "crop", size: int = SIZE) -> np.ndarray:
+    """A PIL image of any size and mode -> (size, size, 3) uint8 RGB: EXIF orientation, transparency on white,
     centre crop (or squash), box-filter downscale (docs/inspecting.md says why)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize!r}; use crop or squash")
@@ -52,34 +73,34 @@ def prepare_image(img, resize: str = "crop") -> np.ndarray:
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
         box = (left, top, left + side, top + side)
-    if (w, h) != (SIZE, SIZE) or box is not None:
-        img = img.resize((SIZE, SIZE), Image.Resampling.BOX, box=box)
+    if (w, h) != (size, size) or box is not None:
+        img = img.resize((size, size), Image.Resampling.BOX, box=box)
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def load_image(path: str | Path, resize: str = "crop") -> np.ndarray:
-    """Read one image file as (32, 32, 3) uint8; :class:`ImageFileError` with a one-line reason if it
+def load_image(path: str | Path, resize: str = "crop", size: int = SIZE) -> np.ndarray:
+    """Read one image file as (size, size, 3) uint8; :class:`ImageFileError` with a one-line reason if it
     cannot be (missing, a directory, not an image, truncated or corrupt)."""
     path = Path(path)
     if path.is_dir():
         raise ImageFileError(f"{path}: is a directory, not an image file")
     if not path.exists():
         raise ImageFileError(f"{path}: no such file")
-    return _decode(path, path, resize)
+    return _decode(path, path, resize, size)
 
 
-def load_image_bytes(data: bytes, name: str | Path, resize: str = "crop") -> np.ndarray:
+def load_image_bytes(data: bytes, name: str | Path, resize: str = "crop", size: int = SIZE) -> np.ndarray:
     """:func:`load_image` of a file's bytes already read (``name`` says which file in an error)."""
-    return _decode(io.BytesIO(data), name, resize)
+    return _decode(io.BytesIO(data), name, resize, size)
 
 
-def _decode(source, name: str | Path, resize: str) -> np.ndarray:
+def _decode(source, name: str | Path, resize: str, size: int) -> np.ndarray:
     try:
         with Image.open(source) as img:
             # a large JPEG is decoded at a reduced scale (DCT scaling, exact averaging): much faster
-            img.draft(None, (4 * SIZE, 4 * SIZE))
+            img.draft(None, (4 * size, 4 * size))
             img.load()  # decode now: a truncated or corrupt file fails here, not later
-            return prepare_image(img, resize)
+            return prepare_image(img, resize, size)
     except UnidentifiedImageError:
         raise ImageFileError(f"{name}: not an image (PIL cannot identify the format)") from None
     except Image.DecompressionBombError as e:
@@ -89,19 +110,19 @@ def _decode(source, name: str | Path, resize: str) -> np.ndarray:
 
 
 def load_images(
-    paths: Sequence[str | Path], resize: str = "crop"
+    paths: Sequence[str | Path], resize: str = "crop", size: int = SIZE
 ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """Read many files; a bad file does not stop the others.
 
-    Returns ``(images, good_paths, errors)``: the (N, 32, 32, 3) uint8 images of the readable files in
+    Returns ``(images, good_paths, errors)``: the (N, size, size, 3) uint8 images of the readable files in
     order, their paths, and ``(path, message)`` for each file that could not be read.
     """
     images, good, errors = [], [], []
     for p in paths:
         try:
-            images.append(load_image(p, resize))
+            images.append(load_image(p, resize, size))
             good.append(Path(p))
         except ImageFileError as e:
             errors.append((Path(p), str(e)))
-    stacked = np.stack(images) if images else np.zeros((0, SIZE, SIZE, 3), dtype=np.uint8)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
     return stacked, good, errors

@@ -102,13 +102,17 @@ def data_for_checkpoint(ckpt: Checkpoint, data=None) -> CifarData:
         data = ckpt.data_source
         if not data:
             raise ValueError(f"{ckpt.source} does not name its training data; pass --data")
-    return load_data(data)
+    return load_data(data, image_size=ckpt.image_size)
 
 
 def check_classes(ckpt: Checkpoint, data: CifarData) -> CifarData:
     """``data`` labelled as the checkpoint's classes: as it is where they are the same, in the same order; a
     dataset of some of them (a folder of a few classes' images) with its labels renumbered as the
-    checkpoint's; ValueError naming a class the checkpoint does not know."""
+    checkpoint's; ValueError naming a class the checkpoint does not know, or images of another size."""
+    if data.image_size != ckpt.image_size:
+        raise ValueError(
+            f"{ckpt.source} takes {ckpt.image_size} px images; {data.source} has {data.image_size} px images"
+        )
     if ckpt.classes == list(data.classes):
         return data
     unknown = [c for c in data.classes if c not in ckpt.classes]
@@ -303,6 +307,7 @@ class _Predictions(abc.ABC):
     """What every predictor offers on top of ``probabilities``: top-k names, and image files in one call."""
 
     classes: list[str]
+    image_size: int  # the side in px of the square images the model takes
 
     @abc.abstractmethod
     def eval_options(self, overrides: EvalOverrides | None = None) -> EvalOptions:
@@ -312,7 +317,18 @@ class _Predictions(abc.ABC):
     def probabilities(
         self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
     ) -> torch.Tensor:
-        """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 RGB images."""
+        """Calibrated probabilities (N, C) for (N, S, S, 3) uint8 RGB images, S = :attr:`image_size`."""
+
+    def _images(self, images: np.ndarray) -> np.ndarray:
+        """``images`` as (N, S, S, 3) uint8; ValueError for images of another size."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"{self.source} takes ({self.image_size}, {self.image_size}, 3) images, got {tuple(images.shape[1:])}"
+            )
+        return images
 
     def top_k(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(class name, probability)`` of each row, most probable first."""
@@ -333,8 +349,9 @@ class _Predictions(abc.ABC):
         progress: bool | None = False,
     ) -> tuple[list[dict], np.ndarray]:
         """One result per path, in order: ``{"path", "top": [{"class", "prob"}...]}`` or, for a file that
-        cannot be read, ``{"path", "error"}``. Also returns the 32x32 images of the good files."""
-        stacked, _, errors = load_images(paths, resize)
+        cannot be read, ``{"path", "error"}``. Also returns the images of the good files, as the model takes
+        them (:attr:`image_size` px square)."""
+        stacked, _, errors = load_images(paths, resize, self.image_size)
         failed = dict(errors)
         probs = self.probabilities(stacked, options, progress)
         tops = iter(self.top_k(probs, k) if len(stacked) else [])
@@ -362,6 +379,7 @@ class Predictor(_Predictions):
 
     def __post_init__(self) -> None:
         self.classes = self.ckpt.classes
+        self.image_size = self.ckpt.image_size
 
     @classmethod
     def from_checkpoint(
@@ -381,11 +399,9 @@ class Predictor(_Predictions):
     def probabilities(
         self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
     ) -> torch.Tensor:
-        """Calibrated softmax probabilities (N, C), float32 on the CPU, for (N, 32, 32, 3) uint8 RGB images,
-        evaluated as ``options`` say (default :attr:`options`)."""
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
+        """Calibrated softmax probabilities (N, C), float32 on the CPU, for (N, S, S, 3) uint8 RGB images (S:
+        :attr:`image_size`), evaluated as ``options`` say (default :attr:`options`)."""
+        images = self._images(images)
         if len(images) == 0:
             return torch.zeros(0, len(self.classes))
         split = Split(images, np.zeros(len(images), dtype=np.int64))
@@ -471,6 +487,7 @@ class OnnxPredictor(_Predictions):
         self.source = str(path)
         self.meta = {k: json.loads(v) for k, v in meta.items() if k != "producer"}
         self.classes = list(self.meta["classes"])
+        self.image_size = int(self.meta.get("image_size", 32))
         self.input = self.session.get_inputs()[0].name
         if self.meta["input"] != "uint8_nhwc":
             raise ValueError(f"{path} takes {self.meta['input']} input; predict and serve use uint8 NHWC models")
@@ -521,12 +538,10 @@ class OnnxPredictor(_Predictions):
     def probabilities(
         self, images: np.ndarray, options: EvalOptions | None = None, progress: bool | None = False
     ) -> torch.Tensor:
-        """Calibrated probabilities (N, C) for (N, 32, 32, 3) uint8 images (no test-time augmentation)."""
+        """Calibrated probabilities (N, C) for (N, S, S, 3) uint8 images (no test-time augmentation)."""
         options = options or self.eval_options()
         self._check(options)
-        images = np.ascontiguousarray(np.asarray(images, dtype=np.uint8))
-        if images.ndim == 3:
-            images = images[None]
+        images = np.ascontiguousarray(self._images(images), dtype=np.uint8)
         if len(images) == 0:
             return torch.zeros(0, len(self.classes))
         step = options.batch_size

@@ -33,7 +33,7 @@ class Interpretation:
     """Logits of a model over a split, with the split's images, and the analyses built on them."""
 
     classes: list[str]
-    images: np.ndarray  # (N, 32, 32, 3) uint8, the split's images in order
+    images: np.ndarray  # (N, S, S, 3) uint8, the split's images in order
     labels: torch.Tensor  # (N,) int64
     logits: torch.Tensor  # (N, C) float32
     coarse_map: np.ndarray | None = None

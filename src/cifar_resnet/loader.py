@@ -77,7 +77,7 @@ class CifarLoader:
         host = torch.from_numpy(images)
         if self.device.type == "cuda":
             host = host.pin_memory()
-        self.images = host.to(self.device, non_blocking=True)  # (N, 32, 32, 3) uint8, the only copy
+        self.images = host.to(self.device, non_blocking=True)  # (N, S, S, 3) uint8, the only copy
         self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64)).to(self.device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)

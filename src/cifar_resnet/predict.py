@@ -30,7 +30,7 @@ class Prediction:
 
     results: list[dict]  # per image: {"path" | "index", "top": [{"class", "prob"}], "precision", ...}
     # or {"path", "error"}
-    images: np.ndarray  # (N, 32, 32, 3) uint8: the images that were predicted, in order
+    images: np.ndarray  # (N, S, S, 3) uint8: the images that were predicted, in order
     predictor: Predictor | OnnxPredictor
     options: EvalOptions  # how they were computed (test-time augmentation, precision)
 

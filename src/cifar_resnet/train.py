@@ -588,7 +588,7 @@ class _Run:
         procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
         self.say(
             f"{config.model} ({n_params:,} parameters) on {self.dev}{self._precision_note()}{procs}; "
-            f"{len(self.data.train)} training images, "
+            f"{len(self.data.train)} training images{f' of {config.image_size} px' * (config.image_size != 32)}, "
             f"{len(eval_split)} {self.eval_name} images, {config.epochs} epochs of {self.full_steps} steps"
         )
         if self.init and self.start_epoch == 0 and self.partial is None:

@@ -19,19 +19,22 @@ is a :class:`DataError` naming the file or folder.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..console import progress_bar
-from ..images import SIZE, ImageFileError, load_image_bytes
+from ..images import SIZE, ImageFileError, check_size, load_image_bytes
 from .download import DATASETS, DEFAULT_ROOT
 from .errors import DataError
 from .sources import CifarData, Split
@@ -153,14 +156,14 @@ def _stat_key(file: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _cache_key(source: Path, entries: list[tuple[str, int, Path]], classes: tuple[str, ...]) -> str:
+def _cache_key(source: Path, entries: list[tuple[str, int, Path]], classes: tuple[str, ...], size: int) -> str:
     files = [(split, label, str(f), *_stat_key(f)) for split, label, f in entries]
-    text = json.dumps([CACHE_VERSION, SIZE, str(source.resolve()), classes, files])
+    text = json.dumps([CACHE_VERSION, size, str(source.resolve()), classes, files])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _decode_chunk(files: list[str]) -> list[tuple[bytes | None, str, str]]:
-    """Each file as ``(32x32x3 pixels or None, digest of its bytes, why it was skipped)``."""
+def _decode_chunk(files: list[str], size: int = SIZE) -> list[tuple[bytes | None, str, str]]:
+    """Each file as ``(size x size x 3 pixels or None, digest of its bytes, why it was skipped)``."""
     out = []
     for name in files:
         try:
@@ -168,7 +171,7 @@ def _decode_chunk(files: list[str]) -> list[tuple[bytes | None, str, str]]:
                 raise ImageFileError(f"{name}: refused, a file of over {MAX_FILE_BYTES >> 20} MiB")
             with open(name, "rb") as f:
                 data = f.read()
-            pixels = load_image_bytes(data, name)
+            pixels = load_image_bytes(data, name, size=size)
             out.append((pixels.tobytes(), hashlib.blake2b(data, digest_size=16).hexdigest(), ""))
         except ImageFileError as e:
             out.append((None, "", str(e)))
@@ -177,7 +180,9 @@ def _decode_chunk(files: list[str]) -> list[tuple[bytes | None, str, str]]:
     return out
 
 
-def _decode(files: list[Path], workers: int | None, progress: bool | None) -> list[tuple[bytes | None, str, str]]:
+def _decode(
+    files: list[Path], size: int, workers: int | None, progress: bool | None
+) -> list[tuple[bytes | None, str, str]]:
     """:func:`_decode_chunk` of every file, on ``workers`` processes (default: every core this process may
     use), with a progress bar in images/s."""
     if not workers:
@@ -187,13 +192,13 @@ def _decode(files: list[Path], workers: int | None, progress: bool | None) -> li
     out = []
     with progress_bar(len(names), "decoding images", progress, unit="img") as bar:
         if workers <= 1 or len(names) < PARALLEL_FROM:
-            results = map(_decode_chunk, chunks)
+            results = map(functools.partial(_decode_chunk, size=size), chunks)
             pool = None
         else:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             pool = ProcessPoolExecutor(workers, mp_context=context)
-            results = pool.map(_decode_chunk, chunks)
+            results = pool.map(functools.partial(_decode_chunk, size=size), chunks)
         try:
             for chunk in results:
                 out += chunk
@@ -213,12 +218,14 @@ def _check_duplicates(entries, digests: list[str]) -> None:
 
 
 def _assemble(source: Path, name: str, classes, entries, pixels, skipped) -> CifarData:
+    first = next((p for p in pixels if p is not None), b"")
+    size = math.isqrt(len(first) // 3)  # every image was made size x size x 3
     splits = {}
     for split in SPLITS:
         rows = [i for i, (s, _, _) in enumerate(entries) if s == split and pixels[i] is not None]
         if not rows:
             continue
-        images = np.frombuffer(b"".join(pixels[i] for i in rows), dtype=np.uint8).reshape(-1, SIZE, SIZE, 3)
+        images = np.frombuffer(b"".join(pixels[i] for i in rows), dtype=np.uint8).reshape(-1, size, size, 3)
         splits[split] = Split(images.copy(), np.array([entries[i][1] for i in rows], dtype=np.int64))
     return _data(source, name, classes, splits, skipped)
 
@@ -233,17 +240,31 @@ def _data(source: Path, name: str, classes, splits: dict[str, Split], skipped) -
     return CifarData(name, train, splits.get("test"), splits.get("val"), classes, None, str(source), tuple(skipped))
 
 
-def _load_listed(
-    source: Path, listing: Callable, *, strict: bool, workers: int | None, progress: bool | None, log
-) -> CifarData:
+@dataclass(frozen=True)
+class _Reading:
+    """How the files are read: made ``size`` px square, ``strict`` or not, on ``workers`` processes."""
+
+    size: int
+    strict: bool
+    workers: int | None
+    progress: bool | None
+    log: Callable[[str], None] | None
+
+
+def _load_listed(source: Path, listing: Callable, how: _Reading) -> CifarData:
+    size, strict, log = how.size, how.strict, how.log
+    try:
+        check_size(size)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     skipped: list[tuple[str, str]] = []
     classes, entries = listing(skipped)
     name = source.stem if source.is_file() else source.name
     cache = cache_dir()
-    cached = cache / f"{_cache_key(source, entries, classes)}.npz" if cache is not None else None
+    cached = cache / f"{_cache_key(source, entries, classes, size)}.npz" if cache is not None else None
     data = _read_cache(cached, source, name, classes) if cached is not None and cached.is_file() else None
     if data is None:
-        decoded = _decode([f for _, _, f in entries], workers, progress) if entries else []
+        decoded = _decode([f for _, _, f in entries], size, how.workers, how.progress) if entries else []
         pixels, digests, reasons = zip(*decoded) if decoded else ((), (), ())
         skipped += [(str(f), why) for (_, _, f), why in zip(entries, reasons) if why]
         if not strict or not skipped:
@@ -293,24 +314,26 @@ def _read_cache(path: Path, source: Path, name: str, classes) -> CifarData | Non
 def load_image_folder(
     path: str | Path,
     *,
+    image_size: int = SIZE,
     strict: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
 ) -> CifarData:
     """A folder of class subfolders (optionally below ``train/``, ``val/`` and ``test/``) as a dataset named
-    after the folder; ``log`` hears how many files were skipped."""
+    after the folder, its images made ``image_size`` px square; ``log`` hears how many files were skipped."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"no such folder: {root}")
     return _load_listed(
-        root, lambda skipped: _folder_listing(root, skipped), strict=strict, workers=workers, progress=progress, log=log
+        root, lambda skipped: _folder_listing(root, skipped), _Reading(image_size, strict, workers, progress, log)
     )
 
 
 def load_csv(
     path: str | Path,
     *,
+    image_size: int = SIZE,
     strict: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
@@ -320,9 +343,7 @@ def load_csv(
     file = Path(path)
     if not file.is_file():
         raise DataError(f"no such file: {file}")
-    return _load_listed(
-        file, lambda skipped: _csv_listing(file), strict=strict, workers=workers, progress=progress, log=log
-    )
+    return _load_listed(file, lambda skipped: _csv_listing(file), _Reading(image_size, strict, workers, progress, log))
 
 
 def load_data(
@@ -330,22 +351,28 @@ def load_data(
     *,
     root: str | Path | None = None,
     download_missing: bool = False,
+    image_size: int = SIZE,
     strict: bool = False,
-    progress: bool | None = None,
     log: Callable[[str], None] | None = print,
 ) -> CifarData:
-    """Any source: a CSV or a folder of class subfolders (your own images, :func:`load_image_folder`), or a
-    CIFAR source (:func:`cifar_resnet.data.sources.load_data`: ``.npz``, archive, extracted folder, name)."""
+    """Any source: a CSV or a folder of class subfolders (your own images, :func:`load_image_folder`, made
+    ``image_size`` px square), or a CIFAR source (:func:`cifar_resnet.data.sources.load_data`: ``.npz``,
+    archive, extracted folder, name), whose images are 32 px: another ``image_size`` is an error there."""
     path = None if isinstance(source, str) and source in DATASETS else Path(source).expanduser()
     if path is not None and path.suffix.lower() == ".csv":
-        return load_csv(path, strict=strict, progress=progress, log=log)
+        return load_csv(path, image_size=image_size, strict=strict, log=log)
     if path is not None and path.is_dir() and not _is_cifar_folder(path):
         if not is_image_folder(path):
             raise DataError(
                 f"{path}: no class folders (your own images go in one subfolder per class) and not an extracted "
                 "CIFAR folder"
             )
-        return load_image_folder(path, strict=strict, progress=progress, log=log)
+        return load_image_folder(path, image_size=image_size, strict=strict, log=log)
+    if image_size != SIZE:
+        raise DataError(
+            f"{source}: CIFAR's images are {SIZE}x{SIZE}; --image-size {image_size} applies to a folder or CSV of "
+            "your own images"
+        )
     return load_cifar(source, root=root, download_missing=download_missing)
 
 

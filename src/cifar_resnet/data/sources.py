@@ -100,7 +100,8 @@ _LAYOUT_FILES = {"cifar100": _CIFAR100_FILES, "cifar10": _CIFAR10_FILES}
 
 @dataclass(frozen=True, eq=False)  # eq=False: array fields make a generated __eq__ meaningless
 class Split:
-    """One split: uint8 NHWC RGB images with int64 fine (and optionally coarse) labels."""
+    """One split: uint8 NHWC RGB images, square (CIFAR's 32x32, or another size a folder was made), with
+    int64 fine (and optionally coarse) labels."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -108,8 +109,8 @@ class Split:
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != _IMAGE_SHAPE:
-            raise DataError(f"Split: images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+            raise DataError(f"Split: images must be uint8 of shape (N, S, S, 3), got {images.dtype} {images.shape}")
         n = images.shape[0]
         # Normalise here so that every consumer can rely on the documented dtypes and layout.
         object.__setattr__(self, "images", np.ascontiguousarray(images))
@@ -164,6 +165,14 @@ class CifarData:
                 if self.coarse_classes is None:
                     raise DataError(f"{self.source}: {split_name} has coarse labels but no coarse class names")
                 _check_range(split.coarse, len(self.coarse_classes), f"{self.source}: {split_name} coarse labels")
+        sizes = {s.images.shape[1] for s in (self.train, self.test, self.val) if s is not None}
+        if len(sizes) > 1:
+            raise DataError(f"{self.source}: its splits' images differ in size ({sorted(sizes)} px)")
+
+    @property
+    def image_size(self) -> int:
+        """The side of its (square) images in px: 32 for CIFAR."""
+        return int(self.train.images.shape[1])
 
     @property
     def num_classes(self) -> int:

@@ -249,8 +249,10 @@ async def read_form(request: Request, max_files: int) -> tuple[list[tuple[str, b
 # ------------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple]:
-    """Bytes of an image file -> ``((32, 32, 3) uint8, (width, height))``, from memory; :class:`ImageRejected`
+def decode_image(
+    data: bytes, filename: str = "image", max_pixels: int = MAX_PIXELS, size: int = SIZE
+) -> tuple[np.ndarray, tuple]:
+    """Bytes of an image file -> ``((size, size, 3) uint8, (width, height))``, from memory; :class:`ImageRejected`
     with the HTTP status and a one-line reason when it cannot be used."""
     if not data:
         raise ImageRejected(400, f"{filename}: the file is empty")
@@ -262,9 +264,9 @@ def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIX
                     413,
                     f"{filename}: {width}x{height} pixels is too many (the limit is {max_pixels / 1e6:.0f} megapixels)",
                 )
-            img.draft(None, (4 * SIZE, 4 * SIZE))  # a large JPEG is decoded at a reduced scale
+            img.draft(None, (4 * size, 4 * size))  # a large JPEG is decoded at a reduced scale
             img.load()  # a truncated or corrupt file fails here
-            return prepare_image(img, "crop"), (width, height)
+            return prepare_image(img, "crop", size), (width, height)
     except UnidentifiedImageError:
         raise ImageRejected(
             415, f"{filename}: not an image of a supported format ({', '.join(IMAGE_FORMATS)})"
@@ -276,19 +278,19 @@ def decode_image(data: bytes, filename: str = "image", max_pixels: int = MAX_PIX
 
 
 def png_data_url(image: np.ndarray) -> str:
-    """A (32, 32, 3) uint8 image as a ``data:image/png;base64,...`` URL."""
+    """An (S, S, 3) uint8 image as a ``data:image/png;base64,...`` URL."""
     buf = io.BytesIO()
     Image.fromarray(image, "RGB").save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _decode_all(uploads, max_pixels: int) -> list[tuple[np.ndarray, tuple, str]]:
+def _decode_all(uploads, max_pixels: int, size: int) -> list[tuple[np.ndarray, tuple, str]]:
     out = []
     for filename, data, declared in uploads:
         if declared and not declared.startswith("image/") and declared != "application/octet-stream":
             raise ImageRejected(415, f"{filename}: {declared} is not an image type")
-        image, size = decode_image(data, filename, max_pixels)
-        out.append((image, size, png_data_url(image)))
+        image, shape = decode_image(data, filename, max_pixels, size)
+        out.append((image, shape, png_data_url(image)))
     return out
 
 
@@ -437,6 +439,7 @@ def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
     classes, superclasses = list(predictor.classes), list(predictor.superclasses)
     max_files, max_bytes, max_pixels = int(limits.max_files), int(limits.max_upload_mb * 1e6), limits.max_pixels
     decode_slots = asyncio.Semaphore(os.cpu_count() or 2)  # bounds the memory of images being decoded at once
+    size = getattr(predictor, "image_size", SIZE)  # the side of the images the model takes
     started = time.monotonic()
 
     @app.get("/", include_in_schema=False)
@@ -477,7 +480,7 @@ def _add_routes(app: FastAPI, limits: ServeLimits) -> None:
                 raise HTTPException(400, "no image: send one or more files in the multipart field 'files'")
             async with decode_slots:
                 try:
-                    decoded = await asyncio.to_thread(_decode_all, uploads, max_pixels)
+                    decoded = await asyncio.to_thread(_decode_all, uploads, max_pixels, size)
                 except ImageRejected as e:
                     raise HTTPException(e.status, e.detail) from None
             images = np.stack([image for image, _, _ in decoded])

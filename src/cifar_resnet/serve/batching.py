@@ -1,6 +1,6 @@
 """Concurrent requests -> one forward pass: :class:`BatchQueue`, the batching queue of the HTTP service.
 
-Each request hands :meth:`BatchQueue.submit` its images, (N, 32, 32, 3) uint8, and awaits its rows of
+Each request hands :meth:`BatchQueue.submit` its images, (N, S, S, 3) uint8, and awaits its rows of
 probabilities. A collector task on the event loop gathers waiting requests until the batch holds ``max_batch``
 images, the oldest has waited ``max_wait_ms`` or (with ``track_incoming``) no request announced by
 :meth:`BatchQueue.incoming` is still on its way, then runs ``run`` on the batch in its own worker thread and
@@ -57,7 +57,7 @@ class _Item:
 class BatchQueue:
     """Batches the images of concurrent :meth:`submit` calls into one call of ``run``.
 
-    ``run`` maps (N, 32, 32, 3) uint8 to (N, C) probabilities; it runs in a dedicated worker thread, one
+    ``run`` maps (N, S, S, 3) uint8 to (N, C) probabilities; it runs in a dedicated worker thread, one
     call at a time (a second thread would only compete for the same cores). Use from one event loop.
     """
 
