@@ -171,6 +171,7 @@ def test_two_processes_with_sync_bn_compute_what_one_computes(one_process, two_p
     )
 
 
+@pytest.mark.long
 def test_without_sync_bn_the_processes_differ_measurably(small_npz, one_process, tmp_path):
     """The tolerance above is tight enough to see per-process BN statistics (what --sync-bn removes)."""
     _run(_args(small_npz, tmp_path, sync_bn=False), nproc=2)
@@ -203,6 +204,7 @@ os.write(1, line.encode())  # one write: the two ranks share the pipe
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.long
 def test_teardown_ends_gloo_s_threads_before_the_interpreter_exits(tmp_path):
     """A gloo worker thread still alive at interpreter shutdown can abort a finished run (SIGABRT, "terminate
     called without an active exception": the thread frees an all-reduce's tensors while the interpreter is
@@ -235,6 +237,7 @@ def test_under_torchrun_the_command_ends_without_the_interpreter_s_shutdown(monk
     assert plain.value.code == 0 and exits == [0]
 
 
+@pytest.mark.long
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(small_npz, one_process, tmp_path):
     stopped = _interrupt_mid_epoch(_args(small_npz, tmp_path), tmp_path)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr

@@ -497,3 +497,43 @@ def test_cifar_images_are_32_px_whatever_image_size_says(tmp_path, write_npz, cl
     args = ["train", "--data", npz, "--image-size", "64", "--model", "fast_small", "--epochs", "1"]
     code, _, err = cli(*args, "--out", tmp_path / "run")
     assert_one_line_error(code, err, "CIFAR's images are 32x32; --image-size 64 applies to a folder or CSV")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_folder_trains_the_main_job_s_preset_resumes_exactly_and_plans_a_budget(tmp_path, cli):
+    """The main job's fp32 preset (whitened stem, progressive sizes, test-time augmentation) on a folder at 48 px:
+    a run stopped after epoch 2 and resumed ends with the uninterrupted run's weights; the same folder under
+    ``--preset fast-cpu --budget`` plans its epochs from its own step times."""
+    import dataclasses
+
+    import torch
+
+    from cifar_resnet import PRESETS, fit
+
+    root = _colour_folder(tmp_path / "colours", COLOURS, 16)
+    tiny = {"widths": [8, 16, 16], "stem_width": 8}
+    config = dataclasses.replace(
+        PRESETS["fast-cpu-fp32"], data=str(root), image_size=48, val_split=12, batch_size=12, eval_batch_size=24
+    )
+    config = dataclasses.replace(config, model_kwargs=tiny, epochs=4, budget="", device="cpu")
+    full = fit(config, out_dir=tmp_path / "full", log=None, progress=False)
+    sizes = [r["train_size"] for r in full.records]
+    assert sizes == [s or 48 for s in config.train_sizes] and sizes[0] == 24 and sizes[-1] == 48  # 16 px -> 24
+
+    def stop(record):
+        if record["epoch"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(config, out_dir=tmp_path / "cut", log=None, progress=False, on_epoch_end=stop)
+    resumed = fit(config, resume=tmp_path / "cut" / "last.pt", log=None, progress=False)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    args = ["train", "--preset", "fast-cpu", "--data", root, "--val-split", "12", "--batch-size", "12"]
+    args += ["--model-kwargs", json.dumps(tiny), "--budget", "12s", "--device", "cpu", "--no-progress"]
+    code, out, err = cli(*args, "--out", tmp_path / "budget")
+    assert code == 0, err
+    assert re.search(r"plan for a 12s budget: \d+ epochs", out) and "the 12s budget: " in out, out
