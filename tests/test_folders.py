@@ -481,6 +481,11 @@ def test_a_folder_made_64_px_trains_a_model_that_predicts_serves_and_exports_at_
         (["--image-size", "0"], "the image size (--image-size) must be 8-512 px, got 0"),
         (["--image-size", "4096"], "the image size (--image-size) must be 8-512 px, got 4096"),
         (["--image-size", "64", "--model", "seed_resnet"], "--model seed_resnet (the notebook's network"),
+        (["--image-size", "8", "--model", "fast_small"], "needs images of at least 10 px"),
+        (
+            ["--image-size", "16", "--model", "fast", "--progressive", "16:0.25"],
+            "a --progressive size of 8 px (sizes written for 32 px, scaled to --image-size 16)",
+        ),
     ],
 )
 def test_an_image_size_the_models_cannot_take_is_a_one_line_error(

@@ -16,6 +16,8 @@ from .console import parse_duration
 from .device import PRECISIONS, legacy_precision, resolve_device, resolve_precision
 from .images import SIZE, check_size
 
+FAST_MIN_SIZE = 10  # the fast nets' 2x2 stem and three 2x2 poolings take 10 px to 1x1; 8 px to nothing
+
 __all__ = [
     "CLIP_MODES",
     "FP32_PRESETS",
@@ -196,13 +198,29 @@ class TrainConfig:
                 raise ValueError("--plan: not a trace written by --budget (it has no decisions)")
         elif self.plan and not (isinstance(self.plan.get("epochs"), int) and self.plan["epochs"] >= 1):
             raise ValueError("--plan: not a plan written by --budget (it needs its number of epochs)")
+        _ = self.augment  # builds an Augment, which validates the flip mode and sizes
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """ValueError for an image size or a progressive size the model cannot take."""
         check_size(self.image_size)  # a one-line error naming --image-size
         if self.image_size != SIZE and self.model == "seed_resnet":
             raise ValueError(
                 f"--model seed_resnet (the notebook's network, its pooling fixed) takes {SIZE} px images only, "
                 f"not --image-size {self.image_size}; fast, fast_small and resnet* adapt to the size"
             )
-        _ = self.augment  # builds an Augment, which validates the flip mode and sizes
+        smallest = min([size for size, _ in self.phases] + [self.image_size])
+        if self.model.startswith("fast") and smallest < FAST_MIN_SIZE:
+            scaled = f" (sizes written for {SIZE} px, scaled to --image-size {self.image_size})" * (
+                self.image_size != SIZE
+            )
+            what = (
+                f"--image-size {smallest}" if smallest == self.image_size else f"a --progressive size of {smallest} px"
+            )
+            raise ValueError(
+                f"--model {self.model} needs images of at least {FAST_MIN_SIZE} px (a 2x2 stem, three 2x2 poolings), "
+                f"got {what}{scaled if smallest != self.image_size else ''}"
+            )
         _ = self.train_sizes
 
     @property
