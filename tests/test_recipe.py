@@ -241,7 +241,8 @@ def test_a_run_with_the_recipe_knobs_resumes_exactly(tmp_path, synthetic):
         assert torch.equal(a[k], b[k]), k
     assert [r["val_loss"] for r in resumed.records] == [r["val_loss"] for r in full.records]
     rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
-    assert rows[0].endswith("train_images,train_size,eval_tta") and rows[-1].endswith(",32,flip+translate1")
+    assert rows[0].endswith("train_images,train_size,eval_tta,progress")
+    assert rows[-1].endswith(",32,flip+translate1,1")  # the whole schedule done
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["progressive"] == "16:0.25,24:0.25"
     assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 4
 

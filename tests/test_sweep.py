@@ -440,6 +440,8 @@ lr = 1e-7
     assert good.state == optuna.trial.TrialState.COMPLETE and good.user_attrs["epochs"] == 4
     assert stuck.state == optuna.trial.TrialState.PRUNED and stuck.user_attrs["epochs_done"] == 1
     assert stuck.intermediate_values[1] < 0.2 < good.intermediate_values[1]  # chance is 0.1
+    assert sorted(good.intermediate_values) == list(range(1, 11))  # tenths of its schedule, 4 epochs' values
+    assert good.intermediate_values[2] == good.intermediate_values[1] != good.intermediate_values[10]
     assert stuck.params["model_kwargs.widths"] == "[8, 8, 8]"  # a list choice, stored as its JSON text
     assert load_sweep(path).trials == 2 and len(study.trials) == 2  # no trial beyond the budget
     code, out, _ = cli("sweep", "report", path)
@@ -689,3 +691,35 @@ def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
     assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")
     config = build_config("fast-cpu-fp32", {"model_kwargs.widths": [32, 128, 128]})
     assert config.model_kwargs == {"widths": [32, 128, 128]} and config.precision == "fp32"
+
+
+class _Reported:
+    """A stand-in for an Optuna trial that keeps what is reported to it."""
+
+    def __init__(self):
+        self.values: dict[int, float] = {}
+
+    def report(self, value, step):
+        assert step not in self.values, f"step {step} reported twice"
+        self.values[step] = value
+
+
+def test_trials_of_different_lengths_report_at_the_same_tenths_of_their_schedules():
+    """A 4-epoch and a 10-epoch run report at the tenths 1-10; epoch 3 of the first (75% of its schedule) is
+    compared with epoch 7 or 8 of the second, not with its epoch 3; a resumed run reports nothing twice."""
+    from cifar_resnet.sweep.worker import report_tenths
+
+    short, long_ = _Reported(), _Reported()
+    done = 0
+    for epoch in range(1, 5):
+        done = report_tenths(short, {"val_top1": epoch / 10, "progress": epoch / 4}, done)
+    done = 0
+    for epoch in range(1, 11):
+        done = report_tenths(long_, {"val_top1": epoch / 100, "progress": epoch / 10}, done)
+    assert sorted(short.values) == sorted(long_.values) == list(range(1, 11))
+    assert [short.values[s] for s in (1, 2, 3, 5, 7, 8, 10)] == [0.1, 0.1, 0.2, 0.2, 0.3, 0.4, 0.4]
+    assert long_.values[7] == 0.07
+    resumed = _Reported()
+    assert report_tenths(resumed, {"val_top1": 0.5, "progress": 0.5}, 5) == 5 and not resumed.values
+    assert report_tenths(resumed, {"val_top1": 0.6, "progress": 1.0 - 1e-12}, 5) == 10  # rounding at the end
+    assert sorted(resumed.values) == [6, 7, 8, 9, 10]

@@ -482,6 +482,7 @@ class EpochRecord:
     train_size: int  # the side of the training images (progressive resizing)
     eval_tta: str  # how the epoch was evaluated: none, flip, translate1, flip+translate1
     eval_split: str = "val"
+    progress: float = 0.0  # the share of the learning-rate schedule done at the epoch's end: 1.0 at the last
     lrs: list[float] = dataclasses.field(default_factory=list, repr=False)  # every step's, in last.pt only
 
     def to_dict(self) -> dict:

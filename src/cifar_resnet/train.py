@@ -291,6 +291,7 @@ def _evaluate_epoch(run: _Run, epoch: int, stats: _EpochStats, steps: int) -> di
         eval_tta=options.tta_name,
         train_size=run.train_size(epoch) or run.data.train.images.shape[1],
         train_images=stats.seen,
+        progress=getattr(run.scheduler, "progress", (epoch + 1) / config.epochs),  # LambdaLR: epochs fixed
         lrs=stats.lrs,
     ).to_dict()
 
@@ -423,7 +424,6 @@ class _Run:
         self.mean, self.std = (state.mean, state.std) if state else channel_stats(self.data.train.images)
         init = load_checkpoint(config.init) if config.init and state is None else None  # --init: given weights
         self._make_loaders(eval_split)
-        # model init
         self.model = init_model(config, self.data, (self.mean, self.std), dev, data_init=not (state or init))
         self.init = init_weights(self.model, init, self.data.classes) if init else (state.init if state else None)
         if config.sync_bn and dist.enabled:

@@ -33,7 +33,7 @@ TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: 
 NOT_OVERRIDABLE = {"plan"}  # written by --budget, never by hand
 SWEEP_KEYS = {"name", "directory", "storage", "heartbeat", "grace", "retries"}
 GRID_KEYS = {"seeds", "variants", "baseline"}
-SEARCH_KEYS = {"trials", "seed", "pruner", "startup_trials", "warmup_epochs", "params", "start"}
+SEARCH_KEYS = {"trials", "seed", "pruner", "startup_trials", "warmup_tenths", "params", "start"}
 PARAM_KEYS = {"low", "high", "log", "step", "choices"}
 PRUNERS = ("median", "hyperband", "none")
 MACHINE_LOCAL = ("data", "device")  # may differ between the machines of one study
@@ -103,7 +103,7 @@ class SweepSpec:
     sampler_seed: int = 0
     pruner: str = "median"
     startup_trials: int = 5
-    warmup_epochs: int = 0
+    warmup_tenths: int = 0  # the pruner's steps are tenths of a trial's schedule (worker.PRUNE_STEPS)
     start: tuple[dict, ...] = ()
     heartbeat: int = 60
     grace: int = 180
@@ -180,6 +180,14 @@ def _int(table: dict, key: str, default: int, where: str, minimum: int) -> int:
     value = table.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SweepError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _tenths(search: dict, where: str) -> int:
+    """``warmup_tenths``: how many tenths of a trial's schedule pass before the pruner may stop it (0-9)."""
+    value = _int(search, "warmup_tenths", 0, where, 0)
+    if value > 9:
+        raise SweepError(f"{where}: warmup_tenths must be 0-9 (tenths of a trial's schedule), got {value}")
     return value
 
 
@@ -404,7 +412,7 @@ def _load_search(doc: dict, path: Path, common: dict) -> SweepSpec:
         sampler_seed=_int(search, "seed", 0, where, 0),
         pruner=pruner,
         startup_trials=_int(search, "startup_trials", 5, where, 0),
-        warmup_epochs=_int(search, "warmup_epochs", 0, where, 0),
+        warmup_tenths=_tenths(search, where),
         start=tuple(start),
     )
     # each range's ends and every choice must make a configuration the recipe accepts

@@ -72,9 +72,9 @@ def _samplers(spec: SweepSpec):
         return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
     sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
     if spec.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs)
-    elif spec.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_tenths)
+    elif spec.pruner == "hyperband":  # a trial's resource: the tenths of its schedule done
+        pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_tenths), max_resource=10)
     else:
         pruner = optuna.pruners.NopPruner()
     return sampler, pruner

@@ -157,7 +157,7 @@ def _take_over(trial, spec: SweepSpec, run_dir: Path, log: Callable[[str], None]
         log(f"continues trial {before}, whose run directory {old} is not on this machine: starting afresh")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _TrialRun:
     """One trial as this worker runs it: the study, the Optuna trial, the sweep, its run directory and the
     logger of its lines (:func:`_trial_logger`)."""
@@ -167,6 +167,7 @@ class _TrialRun:
     spec: SweepSpec
     run_dir: Path
     say: Callable[[str], None]
+    reported: int = 0  # the last tenth of the schedule reported to the pruner
 
 
 def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], None], stop: StopSignals) -> str | int:
@@ -211,16 +212,32 @@ def _set_up(run: _TrialRun, overrides: dict, config: TrainConfig, worker: str) -
         earlier = RunDir(run_dir).read_history()[0]
         trial.set_user_attr("resumed_after_epoch", len(earlier))
         for record in earlier:
-            trial.report(record["val_top1"], record["epoch"])
+            run.reported = report_tenths(trial, record, run.reported)
     return label
 
 
-def _pruning_reporter(trial) -> Callable[[dict], None]:
-    """``fit``'s ``on_epoch_end``: report the epoch's validation top-1 to the trial, and prune it if the
-    pruner says so."""
+PRUNE_STEPS = 10  # a trial reports to the pruner at each tenth of its learning-rate schedule
+
+
+def report_tenths(trial, record: dict, reported: int) -> int:
+    """Report ``record``'s validation top-1 at every tenth of the schedule it has reached since step
+    ``reported`` (steps 1-10), and return the last step reported. Trials of different lengths (a budget run of
+    a small net trains more, shorter epochs than one of a large net) are so compared at the same share of
+    their schedules, not at the same epoch; an epoch that spans several tenths reports at each of them."""
+    reached = min(PRUNE_STEPS, int(record.get("progress", 0.0) * PRUNE_STEPS + 1e-6))
+    for step in range(reported + 1, reached + 1):
+        trial.report(record["val_top1"], step)
+    return max(reported, reached)
+
+
+def _pruning_reporter(run: _TrialRun) -> Callable[[dict], None]:
+    """``fit``'s ``on_epoch_end``: report the epoch's validation top-1 to the trial at the tenths of its
+    schedule it reached (:func:`report_tenths`; a resumed trial's earlier epochs were reported in
+    :func:`_set_up`), and prune it if the pruner says so."""
+    trial = run.trial
 
     def on_epoch_end(record: dict) -> None:
-        trial.report(record["val_top1"], record["epoch"])
+        run.reported = report_tenths(trial, record, run.reported)
         trial.set_user_attr("epochs_done", record["epoch"])
         if trial.should_prune():
             raise import_optuna().TrialPruned(f"pruned after epoch {record['epoch']} at {record['val_top1']:.4f}")
@@ -236,7 +253,7 @@ def _train(run: _TrialRun, config: TrainConfig, label: str) -> str | int:
     with _Heartbeat(storage_of(study), trial_id_of(trial), run.spec.heartbeat) as beat:
         try:
             history = fit(
-                config, out_dir=run_dir, resume="auto", log=say, progress=False, on_epoch_end=_pruning_reporter(trial)
+                config, out_dir=run_dir, resume="auto", log=say, progress=False, on_epoch_end=_pruning_reporter(run)
             )
         except import_optuna().TrialPruned as e:
             _record(trial, run_dir, t0, measured, None)
