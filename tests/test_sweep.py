@@ -723,3 +723,28 @@ def test_trials_of_different_lengths_report_at_the_same_tenths_of_their_schedule
     assert report_tenths(resumed, {"val_top1": 0.5, "progress": 0.5}, 5) == 5 and not resumed.values
     assert report_tenths(resumed, {"val_top1": 0.6, "progress": 1.0 - 1e-12}, 5) == 10  # rounding at the end
     assert sorted(resumed.values) == [6, 7, 8, 9, 10]
+
+
+def test_workers_on_an_sqlite_study_take_trials_one_at_a_time(tmp_path):
+    """Python's sqlite3 reads outside a transaction, so two workers could both see a queued trial waiting and
+    both take it: while one worker takes a trial, the lock beside the database is held, and another process
+    cannot take it; an in-memory study needs no lock."""
+    import fcntl
+
+    from cifar_resnet.sweep.study import _one_taker
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    probe = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    lock = tmp_path / "optuna.lock"
+
+    def take_lock_elsewhere():
+        cmd = [sys.executable, "-c", probe, str(lock)]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+
+    with _one_taker(study):
+        busy = take_lock_elsewhere()
+        assert busy.returncode != 0 and "BlockingIOError" in busy.stderr
+    free = take_lock_elsewhere()
+    assert free.returncode == 0, free.stderr
+    with _one_taker(optuna.create_study()):
+        assert fcntl.LOCK_EX  # an in-memory study: nothing to lock

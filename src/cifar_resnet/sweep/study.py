@@ -4,11 +4,18 @@ next trial a worker takes. Optuna (the ``sweep`` extra) is imported only when a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock file (one worker per SQLite study there)
+    fcntl = None
 
 from ..console import one_line
 from ..signals import StopSignals
@@ -292,6 +299,25 @@ def _take(study, spec: SweepSpec, variants: frozenset[str] | None = None):
     return None
 
 
+@contextlib.contextmanager
+def _one_taker(study):
+    """Workers take trials one at a time where the study is an SQLite file: Python's sqlite3 reads outside a
+    transaction, so two workers could both see a queued trial waiting and both take it (each then trains
+    it). An exclusive lock on ``FILE.lock`` beside the database serialises the taking; PostgreSQL and MySQL
+    lock the trial's row themselves."""
+    storage = storage_of(study)
+    url = str(getattr(getattr(storage, "_backend", storage), "url", ""))
+    if fcntl is None or not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(Path(url[len("sqlite:///") :]).with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def next_trial(
     study, spec: SweepSpec, log: Callable[[str], None], stop: StopSignals, variants: frozenset[str] | None = None
 ):
@@ -301,8 +327,9 @@ def next_trial(
     ``variants``, finished means: no cell of those rows waits or runs."""
     waiting_said = False
     while stop.received is None:
-        import_optuna().storages.fail_stale_trials(study)
-        trial = _take(study, spec, variants)
+        with _one_taker(study):
+            import_optuna().storages.fail_stale_trials(study)
+            trial = _take(study, spec, variants)
         if trial is not None:
             return trial
         running = [
