@@ -479,7 +479,8 @@ def test_a_trial_whose_worker_is_killed_is_taken_over_and_resumed_from_its_last_
     old, new = study_of(spec).trials
     assert old.state == optuna.trial.TrialState.FAIL and new.state == optuna.trial.TrialState.COMPLETE
     assert new.user_attrs["continues"] == 0 and new.user_attrs["resumed_after_epoch"] >= 1
-    assert new.user_attrs["epochs"] == 4 and new.intermediate_values.keys() == {1, 2, 3, 4}
+    assert new.user_attrs["epochs"] == 4
+    assert sorted(new.intermediate_values) == list(range(1, 11))  # every tenth of its schedule, once
     run_dir = tmp_path / "s" / "trial-0001"
     assert (run_dir / "best.pt").is_file() and not (tmp_path / "s" / "trial-0000").exists()
     assert "continued by trial 1" in (tmp_path / "s" / "trial-0000.moved").read_text()
