@@ -730,8 +730,6 @@ def test_workers_on_an_sqlite_study_take_trials_one_at_a_time(tmp_path):
     """Python's sqlite3 reads outside a transaction, so two workers could both see a queued trial waiting and
     both take it: while one worker takes a trial, the lock beside the database is held, and another process
     cannot take it; an in-memory study needs no lock."""
-    import fcntl
-
     from cifar_resnet.sweep.study import _one_taker
 
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -747,5 +745,5 @@ def test_workers_on_an_sqlite_study_take_trials_one_at_a_time(tmp_path):
         assert busy.returncode != 0 and "BlockingIOError" in busy.stderr
     free = take_lock_elsewhere()
     assert free.returncode == 0, free.stderr
-    with _one_taker(optuna.create_study()):
-        assert fcntl.LOCK_EX  # an in-memory study: nothing to lock
+    with _one_taker(study), _one_taker(optuna.create_study()):  # an in-memory study takes no lock: no wait here
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db", "optuna.lock"]
