@@ -267,7 +267,8 @@ def test_the_import_check_sees_a_module_that_cannot_import_alone(tmp_path):
 MAX_FILE_LINES = 700
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 6
-MAX_FUNCTIONS_WITH_MANY_PARAMETERS = 8  # the public surfaces that mirror a command or the notebook's API
+# the public surfaces that mirror a command, the notebook's API or a model builder (whose signature is its model_kwargs)
+MAX_FUNCTIONS_WITH_MANY_PARAMETERS = 10
 
 
 def _is_parser_declaration(node: ast.FunctionDef) -> bool:
@@ -311,10 +312,13 @@ def test_no_module_or_function_outgrows_a_reading():
 def test_the_size_check_sees_a_long_function_and_a_long_parameter_list(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     wide = ", ".join(f"a{i}" for i in range(MAX_PARAMETERS + 1))
-    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n" + "".join(f"def w{i}({wide}): ...\n" for i in range(9)))
+    n_wide = MAX_FUNCTIONS_WITH_MANY_PARAMETERS + 1
+    (tmp_path / "m.py").write_text(
+        f"def long():\n{body}\n\n" + "".join(f"def w{i}({wide}): ...\n" for i in range(n_wide))
+    )
     found = _too_big({"m": tmp_path / "m.py"})
     assert found[0].startswith("m.long (line 1): 61 lines")
-    assert "9 functions take more than 6 parameters:" in found
+    assert f"{n_wide} functions take more than 6 parameters:" in found
     parser = "def p(s):\n" + "\n".join(f"    s.add_argument('--o{i}')" for i in range(70)) + "\n"
     (tmp_path / "p.py").write_text(parser)
     assert _too_big({"p": tmp_path / "p.py"}) == []

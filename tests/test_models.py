@@ -285,6 +285,24 @@ def test_fast_structure():
     assert n_params(small) < n_params(model) / 4
 
 
+def test_fast_depth_sets_the_convolutions_of_each_group():
+    torch.manual_seed(0)
+    convs = {d: create_model("fast_small", depth=d) for d in (1, 2, 3)}
+    for d, model in convs.items():
+        n = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+        assert n == 1 + 3 * d, (d, n)  # the stem and d convolutions in each of 3 groups
+        assert model(batch()).shape == (2, 100)
+    # depth 2 keeps the names (and so the checkpoints) of the net before depth was a choice
+    assert {"group1.conv2.weight", "group1.norm2.weight"} <= set(convs[2].state_dict())
+    assert "group1.conv3.weight" in convs[3].state_dict() and "group1.conv2.weight" not in convs[1].state_dict()
+    # the extra convolutions start as identities on their first channels, as the others
+    w = convs[3].group2.conv3.weight
+    assert torch.equal(w[:, :, 1, 1].diagonal(), torch.ones(w.shape[0]))
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match="depth"):
+            create_model("fast_small", depth=bad)
+
+
 def test_fast_logit_scale_scales_logits():
     torch.manual_seed(0)
     a = create_model("fast_small", logit_scale=1.0).eval()

@@ -2,10 +2,10 @@
 
 Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (2024, arXiv:2404.00498) and the airbench repository.
 :class:`FastNet`, for 32x32 inputs: a bias-free 2x2 stem of 24 filters (32 -> 31) that :meth:`FastNet.init_whiten`
-can set to whiten the training patches; three :class:`ConvGroup` (conv3x3 -> MaxPool2d(2) -> BN -> act -> conv3x3
--> BN -> act, ``widths``; 31 -> 15 -> 7 -> 3); AdaptiveMaxPool2d(1) and a bias-free Linear whose logits are
-multiplied by ``logit_scale``. The activation is GELU unless ``act`` says ``"relu"`` or ``"silu"``.
-Works in ``channels_last`` and under bf16 autocast. Its design choices are explained in docs/models.md.
+can set to whiten the training patches; three :class:`ConvGroup` (conv3x3 -> MaxPool2d(2) -> BN -> act, then
+``depth - 1`` times conv3x3 -> BN -> act, ``widths``; 31 -> 15 -> 7 -> 3); AdaptiveMaxPool2d(1) and a bias-free
+Linear whose logits are multiplied by ``logit_scale``. The activation is GELU unless ``act`` says ``"relu"`` or
+``"silu"``. Works in ``channels_last`` and under bf16 autocast. Its design choices are explained in docs/models.md.
 """
 
 from __future__ import annotations
@@ -32,22 +32,27 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class ConvGroup(nn.Module):
-    """conv3x3 -> MaxPool2d(2) -> BN -> GELU -> conv3x3 -> BN -> GELU."""
+    """conv3x3 -> MaxPool2d(2) -> BN -> GELU, then ``depth - 1`` times conv3x3 -> BN -> GELU (``conv2``/``norm2``,
+    ``conv3``/``norm3``, ...; airbench94 has 2 convolutions a group, airbench96 3)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float, act: str = "gelu"
+        self, in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float, act: str = "gelu", depth: int = 2
     ) -> None:
         super().__init__()
+        self.depth = depth
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
-        self.conv2 = _conv3x3(out_channels, out_channels)
-        self.norm2 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        for i in range(2, depth + 1):
+            setattr(self, f"conv{i}", _conv3x3(out_channels, out_channels))
+            setattr(self, f"norm{i}", nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
         self.act = _activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
+        for i in range(2, self.depth + 1):
+            x = self.act(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
+        return x
 
 
 class FastNet(nn.Module):
@@ -63,6 +68,7 @@ class FastNet(nn.Module):
         bn_momentum: float = 0.4,
         bn_eps: float = 1e-5,
         act: str = "gelu",
+        depth: int = 2,
     ) -> None:
         super().__init__()
         widths = list(widths)
@@ -72,11 +78,13 @@ class FastNet(nn.Module):
             raise ValueError(f"stem_width and stem_kernel must be positive, got {stem_width}, {stem_kernel}")
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 4:
+            raise ValueError(f"depth (convolutions in each of the 3 groups) must be an integer 1-4, got {depth!r}")
         self.stem = nn.Conv2d(3, stem_width, kernel_size=stem_kernel, padding=0, bias=False)
         self.stem_act = _activation(act)
-        self.group1 = ConvGroup(stem_width, widths[0], bn_momentum, bn_eps, act)
-        self.group2 = ConvGroup(widths[0], widths[1], bn_momentum, bn_eps, act)
-        self.group3 = ConvGroup(widths[1], widths[2], bn_momentum, bn_eps, act)
+        self.group1 = ConvGroup(stem_width, widths[0], bn_momentum, bn_eps, act, depth)
+        self.group2 = ConvGroup(widths[0], widths[1], bn_momentum, bn_eps, act, depth)
+        self.group3 = ConvGroup(widths[1], widths[2], bn_momentum, bn_eps, act, depth)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -190,10 +198,17 @@ def fast(
     logit_scale: float = 1 / 9,
     bn_momentum: float = 0.4,
     act: str = "gelu",
+    depth: int = 2,
 ) -> FastNet:
     """airbench-style net (widths 64/256/256 as airbench94); ~2.0 M parameters for 100 classes."""
     return FastNet(
-        num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale, bn_momentum=bn_momentum, act=act
+        num_classes,
+        widths=widths,
+        stem_width=stem_width,
+        logit_scale=logit_scale,
+        bn_momentum=bn_momentum,
+        act=act,
+        depth=depth,
     )
 
 
@@ -205,8 +220,15 @@ def fast_small(
     logit_scale: float = 1 / 9,
     bn_momentum: float = 0.4,
     act: str = "gelu",
+    depth: int = 2,
 ) -> FastNet:
     """The fast net at widths 32/64/128, for CPUs with a couple of cores."""
     return FastNet(
-        num_classes, widths=widths, stem_width=stem_width, logit_scale=logit_scale, bn_momentum=bn_momentum, act=act
+        num_classes,
+        widths=widths,
+        stem_width=stem_width,
+        logit_scale=logit_scale,
+        bn_momentum=bn_momentum,
+        act=act,
+        depth=depth,
     )
