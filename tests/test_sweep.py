@@ -449,6 +449,26 @@ lr = 1e-7
     assert open_png(tmp_path / "s" / "history.png").shape[0] > 100
 
 
+def test_two_workers_draw_different_points_and_one_worker_s_sequence_repeats(tmp_path, tiny_npz):
+    body = """
+[search]
+trials = 4
+seed = 7
+[search.params]
+lr = { low = 0.01, high = 1.0, log = true }
+label_smoothing = { low = 0.0, high = 0.3 }
+"""
+
+    def drawn(name: str, workers: int) -> list[dict]:
+        spec = load_sweep(sweep_file(tmp_path, tiny_npz, body, name=name))
+        studies = [open_and_queue(spec, None) for _ in range(workers)]  # each its own sampler, as in a process
+        return [_take(studies[i % workers], spec).params for i in range(4)]  # none told: all still running
+
+    two = drawn("two", 2)
+    assert len({tuple(p.values()) for p in two}) == 4  # the same seed in each worker drew the same points
+    assert drawn("again", 2) == two and drawn("one", 1) == two  # trial n is drawn from (seed, n)
+
+
 # --------------------------------------------------------------------------------------------------
 # faults: kill -9 and Ctrl-C mid-trial
 # --------------------------------------------------------------------------------------------------

@@ -73,11 +73,21 @@ def _safe_url(url: str) -> str:
     return url
 
 
+def _tpe(spec: SweepSpec, number: int):
+    """TPE for the study's trial ``number``, seeded from the file's ``seed`` and that number: workers that each
+    seeded it with the file's seed alone drew the same points, one after another (the random start-up
+    points first). Multivariate (the parameters' joint density: a learning rate goes with a batch size), and
+    the trials still running count as bad ones (constant liar), so that a second worker asks elsewhere."""
+    optuna = import_optuna()
+    seed = random.Random(f"{spec.sampler_seed}/{number}").getrandbits(32)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
 def _samplers(spec: SweepSpec):
     optuna = import_optuna()
     if spec.kind == "grid":
         return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
-    sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
+    sampler = _tpe(spec, 0)
     if spec.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_tenths)
     elif spec.pruner == "hyperband":  # a trial's resource: the tenths of its schedule done
@@ -293,8 +303,11 @@ def _take(study, spec: SweepSpec, variants: frozenset[str] | None = None):
             study.tell(trial, state=trial_states().FAIL)
         return None
     if study.get_trials(deepcopy=False, states=(trial_states().WAITING,)) or _counted(study) < spec.trials:
+        study.sampler = _tpe(spec, len(study.get_trials(deepcopy=False)))
         trial = study.ask()  # a queued trial first (a continuation, a start point), else TPE's next
         storage_of(study).record_heartbeat(trial_id_of(trial))
+        for param in spec.params:  # drawn now, under the lock: the next worker's TPE sees this running point
+            param.suggest(trial)
         return trial
     return None
 
