@@ -445,8 +445,19 @@ lr = 1e-7
     assert stuck.params["model_kwargs.widths"] == "[8, 8, 8]"  # a list choice, stored as its JSON text
     assert load_sweep(path).trials == 2 and len(study.trials) == 2  # no trial beyond the budget
     code, out, _ = cli("sweep", "report", path)
-    assert "Trials: 1 complete, 1 pruned." in out and "| 0 | " in out
+    assert "Trials: 1 complete, 1 pruned." in out and "## The best complete trials (1 of 1)" in out
+    assert "| trial | val top-1 % | val top-5 % | epochs | training s | lr | widths |" in out  # a column each
+    assert (
+        "## Every finished trial (2)" in out
+        and "| 1 | pruned | " in out
+        and "| tenth 2 | 1 | 1e-07 | [8, 8, 8] |" in out
+    )
     assert open_png(tmp_path / "s" / "history.png").shape[0] > 100
+    assert open_png(tmp_path / "s" / "curves.png").shape[0] > 100
+    assert [row["at"] for row in json.loads((tmp_path / "s" / "report.json").read_text())["trials_table"]] == [
+        "end",
+        "tenth 2",  # its one epoch is a quarter of its schedule: tenths 1 and 2
+    ]
 
 
 def test_two_workers_draw_different_points_and_one_worker_s_sequence_repeats(tmp_path, tiny_npz):

@@ -39,6 +39,7 @@ __all__ = [
     "plot_prediction",
     "plot_reliability",
     "plot_run",
+    "plot_search_curves",
     "plot_search_history",
     "plot_sweep_variants",
     "save_figure",
@@ -564,6 +565,43 @@ def plot_search_history(
     ax.set_title(title)
     ax.grid(True, alpha=0.25)
     ax.legend()
+    return _finish(fig, path)
+
+
+def plot_search_curves(
+    curves: Sequence[dict[int, float]], states: Sequence[str], path=None, *, title: str = "Validation top-1 by tenth"
+) -> Figure:
+    """Each finished trial's validation top-1 (%) at each tenth of its schedule it reached (its pruner reports):
+    complete trials coloured, pruned ones grey, ending where they were stopped."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    labelled = set()
+    for curve, state in zip(curves, states):
+        if not curve:
+            continue
+        steps = sorted(curve)
+        done = state == "complete"
+        label = None if state in labelled else state
+        labelled.add(state)
+        ax.plot(
+            steps,
+            [curve[s] * 100 for s in steps],
+            color=VAL_COLOUR if done else "0.6",
+            lw=1.2 if done else 0.9,
+            alpha=0.8,
+            marker="o" if not done else None,
+            markevery=[len(steps) - 1],
+            label=label,
+            zorder=3 if done else 2,
+        )
+    ax.set_xlim(0.5, 10.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("tenth of the learning-rate schedule")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.25)
+    if labelled:
+        ax.legend()
     return _finish(fig, path)
 
 

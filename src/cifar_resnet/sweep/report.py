@@ -1,6 +1,7 @@
 """A sweep's report: for a grid, one row per variant (mean ± sd over seeds, the difference from the baseline
 with its standard error, training seconds and peak memory, the machines); for a search, the best trials and
-the parameters' importances; the trials running or failed; ``report.md``, ``report.json`` and a figure."""
+the parameters' importances and every finished trial; the trials running or failed; ``report.md``,
+``report.json`` and figures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_text
-from ..plots import plot_search_history, plot_sweep_variants
+from ..plots import plot_search_curves, plot_search_history, plot_sweep_variants
 from .spec import SweepSpec
 from .study import (
     error_line,
@@ -121,14 +122,18 @@ def _grid_section(spec: SweepSpec, complete: list, result: dict, out_dir: Path) 
 
 
 def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir: Path) -> list[str]:
-    """A search's best trials, importances and figure (``history.png``); sets ``result``'s ``best``,
-    ``importances`` and ``figures``."""
+    """A search's best trials, importances, every finished trial, and figures (``history.png``, ``curves.png``);
+    sets ``result``'s ``best``, ``importances``, ``trials_table`` and ``figures``."""
     S = trial_states()
-    best, importances = _search_results(study, spec, [t for t in trials if t.state == S.COMPLETE])
+    complete = [t for t in trials if t.state == S.COMPLETE]
+    finished = sorted((t for t in trials if t.state in (S.COMPLETE, S.PRUNED)), key=lambda t: t.number)
+    best, importances = _search_results(study, spec, complete)
     result["best"], result["importances"] = best, importances
-    lines = _search_table(best, importances)
+    result["trials_table"] = [_trial_row(t) for t in finished]
+    names = [p.name for p in spec.params]
+    lines = _search_table(best, importances, names, len(complete))
+    lines += ["", f"## Every finished trial ({len(finished)})", "", *_rows_table(result["trials_table"], names)]
     figures = []
-    finished = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
     if finished:
         plot_search_history(
             [t.number for t in finished],
@@ -137,8 +142,48 @@ def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir:
             title=f"{spec.name}: validation top-1 by trial",
             path=out_dir / "history.png",
         )
-        figures.append(str(out_dir / "history.png"))
+        plot_search_curves(
+            [dict(t.intermediate_values) for t in finished],
+            [t.state.name.lower() for t in finished],
+            title=f"{spec.name}: validation top-1 at each tenth of the schedule",
+            path=out_dir / "curves.png",
+        )
+        figures += [str(out_dir / "history.png"), str(out_dir / "curves.png")]
     result["figures"] = figures
+    return lines
+
+
+def _trial_row(trial) -> dict:
+    """A finished trial as a row: its value (a pruned trial's last report, and at which tenth)."""
+    steps = trial.intermediate_values
+    complete = trial.state.name == "COMPLETE"
+    return {
+        "trial": trial.number,
+        "state": trial.state.name.lower(),
+        "val_top1": _last_value(trial),
+        "at": "end" if complete else (f"tenth {max(steps)}" if steps else "start"),
+        "epochs": trial.user_attrs.get("epochs", trial.user_attrs.get("epochs_done")),
+        "params": trial.params,
+    }
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("model_kwargs.")
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _rows_table(rows: list[dict], names: list[str]) -> list[str]:
+    """Every finished trial, one column a parameter."""
+    lines = [
+        "| trial | state | val top-1 % | at | epochs | " + " | ".join(map(_short, names)) + " |",
+        "| --- " * (5 + len(names)) + "|",
+    ]
+    for r in rows:
+        cells = [str(r["trial"]), r["state"], f"{r['val_top1'] * 100:.2f}", r["at"], str(r["epochs"] or "")]
+        lines.append("| " + " | ".join(cells + [_value(r["params"].get(n, "")) for n in names]) + " |")
     return lines
 
 
@@ -317,20 +362,27 @@ def _search_results(study, spec: SweepSpec, complete) -> tuple[list[dict], dict]
     return rows, importances
 
 
-def _search_table(best: list[dict], importances: dict) -> list[str]:
+def _search_table(best: list[dict], importances: dict, names: list[str], n_complete: int) -> list[str]:
+    """The best complete trials, one column a parameter, and the parameters' importances."""
     lines = [
-        "| trial | val top-1 % | val top-5 % | epochs | training s | parameters |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"## The best complete trials ({len(best)} of {n_complete})",
+        "",
+        "| trial | val top-1 % | val top-5 % | epochs | training s | " + " | ".join(map(_short, names)) + " |",
+        "| --- " * (5 + len(names)) + "|",
     ]
     for r in best:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
         top5 = "" if r["val_top5"] is None else f"{r['val_top5'] * 100:.2f}"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['trial']} | {r['val_top1'] * 100:.2f} | {top5} | {r['epochs']} | {secs} | {params} |")
+        cells = [str(r["trial"]), f"{r['val_top1'] * 100:.2f}", top5, str(r["epochs"]), secs]
+        lines.append("| " + " | ".join(cells + [_value(r["params"].get(n, "")) for n in names]) + " |")
     if importances:
-        lines += ["", "Parameter importances (Optuna's fANOVA, over the complete trials):", ""]
+        head = (
+            f"Parameter importances (Optuna's fANOVA over the {n_complete} complete trials; pruned ones are left "
+            "out, so a parameter that only decides which trials get pruned ranks low):"
+        )
+        lines += ["", head, ""]
         lines += [
-            f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+            f"- {_short(k)}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
             for k, v in sorted(importances.items(), key=lambda kv: -kv[1] if isinstance(kv[1], float) else 0)
         ]
     return lines
