@@ -575,6 +575,31 @@ def test_a_trial_stopped_before_training_is_queued_again_untouched(tmp_path, tin
     assert not (tmp_path / "s" / "trial-0000" / "last.pt").exists()  # nothing was trained
 
 
+def test_a_trial_stopped_within_its_first_epoch_resumes_from_its_last_checkpoint(tmp_path, tiny_npz, monkeypatch):
+    import cifar_resnet.train as train_module
+
+    spec = load_sweep(sweep_file(tmp_path, tiny_npz, ONE_CELL, epochs=1))
+    study = open_and_queue(spec, None)
+    real_step, steps = train_module.train_step, []
+
+    def step_then_sigterm(*args, **kw):
+        steps.append(1)
+        if len(steps) == 2:  # the handler fit installed turns it into a stop after this step
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
+    assert _run_trial(study, _take(study, spec), spec, "here", lambda line: None, StopSignals()) == 143
+    stopped = tmp_path / "s" / "trial-0000"
+    assert (stopped / "last.pt").is_file() and not (stopped / "history.json").exists()  # mid-epoch 1
+    lines = []
+    assert _run_trial(study, _take(study, spec), spec, "here", lines.append, StopSignals()) == "completed"
+    assert any("resuming" in line for line in lines), lines
+    assert len(steps) == 6  # 2 before the stop, the other 4 of the epoch's 6 after it: none twice
+    first, second = study_of(spec).trials
+    assert first.state == optuna.trial.TrialState.FAIL and second.state == optuna.trial.TrialState.COMPLETE
+
+
 @pytest.mark.long
 def test_sigterm_stops_a_waiting_worker_at_once(tmp_path, tiny_npz):
     """A worker with nothing left to start waits for other workers' trials; SIGTERM ends the wait."""

@@ -352,8 +352,9 @@ def _add_sweep_parsers(sub, commands: dict) -> None:
         help="the sweep's table and figures",
         description="Report on a sweep: for a grid, one row per variant with mean ± sd over seeds and the "
         "difference to the baseline with its standard error, and accuracy.png; for a search, the best "
-        "trials, the parameters' importances, every finished trial, history.png and curves.png; and where each running trial is (its worker, "
-        "epochs done, and whether its worker stopped sending heartbeats). Writes report.md and report.json too.",
+        "trials, the parameters' importances, every finished trial, history.png and curves.png; and where "
+        "each running trial is (its worker, epochs done, and whether its worker stopped sending heartbeats). "
+        "Writes report.md and report.json too.",
         epilog="example: cifar-resnet sweep report experiments/ablation-sweep/ablation.toml",
     )
     p.add_argument("file", help="the sweep file (TOML)")

@@ -179,7 +179,10 @@ def _run_trial(study, trial, spec: SweepSpec, worker: str, log: Callable[[str], 
         overrides, config = _trial_config(trial, spec)
     except (ValueError, TypeError) as e:
         return _fail(run, f"configuration rejected: {error_line(e)}")
-    label = _set_up(run, overrides, config, worker)
+    try:
+        label = _set_up(run, overrides, config, worker)
+    except (OSError, ValueError) as e:  # an unreadable run directory fails this trial, not the worker
+        return _fail(run, f"its run directory: {error_line(e)}")
     if stop.received is not None:  # a signal while the trial was taken and set up: hand it back
         _hand_back(run, f"interrupted by {stop.name} before training began")
         run.say(f"interrupted by {stop.name} before training began; queued again")
@@ -208,8 +211,8 @@ def _set_up(run: _TrialRun, overrides: dict, config: TrainConfig, worker: str) -
         "threads": torch.get_num_threads(),
     }.items():
         trial.set_user_attr(key, value)
-    if resumed:
-        earlier = RunDir(run_dir).read_history()[0]
+    if resumed:  # a trial stopped within its first epoch has a last.pt and no history.json: nothing to report
+        earlier = RunDir(run_dir).read_history()[0] if RunDir(run_dir).history_json.is_file() else []
         trial.set_user_attr("resumed_after_epoch", len(earlier))
         for record in earlier:
             run.reported = report_tenths(trial, record, run.reported)
