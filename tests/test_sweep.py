@@ -217,6 +217,18 @@ def test_the_grid_s_cells_and_their_configurations(tmp_path, tiny_npz):
     assert other.base["data"] == "/elsewhere/cifar100-train.npz" and other.identity() == spec.identity()
 
 
+def test_a_report_reads_the_file_s_sqlite_storage_and_writes_where_it_is_told(tmp_path, tiny_npz, cli):
+    path = sweep_file(tmp_path, tiny_npz, GRID, sweep=f'storage = "sqlite:///{tmp_path / "kept" / "study.db"}"')
+    (tmp_path / "kept").mkdir()
+    open_study(load_sweep(path))
+    code, out, err = cli("sweep", "report", path, "--out", tmp_path / "report")
+    assert code == 0, out + err
+    assert (tmp_path / "report" / "report.md").is_file() and not (tmp_path / "report" / "optuna.db").exists()
+    (tmp_path / "kept" / "study.db").unlink()
+    code, _, err = cli("sweep", "report", path, "--out", tmp_path / "report")
+    assert code != 0 and f"{tmp_path / 'kept' / 'study.db'} does not exist" in err
+
+
 def test_a_changed_base_is_refused_by_the_study_it_would_join(tmp_path, tiny_npz, cli, assert_one_line_error):
     path = sweep_file(tmp_path, tiny_npz, GRID)
     open_study(load_sweep(path))
@@ -478,6 +490,34 @@ label_smoothing = { low = 0.0, high = 0.3 }
     two = drawn("two", 2)
     assert len({tuple(p.values()) for p in two}) == 4  # the same seed in each worker drew the same points
     assert drawn("again", 2) == two and drawn("one", 1) == two  # trial n is drawn from (seed, n)
+
+
+def test_the_report_says_how_well_each_tenth_foretells_the_final_value():
+    from cifar_resnet.sweep.report import _foretelling_lines, foretelling
+
+    def trial(final: float, at: dict[int, float]):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=final, intermediate_values=at)
+
+    # at tenth 2 the trials rank as they end, at tenth 5 the other way round; tenth 8 ties two of them
+    trials = [trial(f, {2: f / 2, 5: 1 - f, 8: min(f, 0.5)}) for f in (0.3, 0.5, 0.6, 0.7)]
+    rho = foretelling(trials)
+    assert rho[2] == pytest.approx(1.0) and rho[5] == pytest.approx(-1.0)
+    assert rho[8] == pytest.approx(0.7745967, abs=1e-6)  # ranks 1, 3, 3, 3 against 1, 2, 3, 4
+    assert rho[1] is None  # no trial reported there
+    assert foretelling(trials[:2])[2] is None  # two trials rank nothing
+    lines = _foretelling_lines(rho, 4, SimpleNamespace(pruner="median", warmup_tenths=3))
+    from cifar_resnet.sweep.report import _running
+
+    running = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING,
+        params={"lr": 0.123456789, "model_kwargs.depth": 3},
+        distributions={
+            "lr": optuna.distributions.FloatDistribution(0.01, 1.0),
+            "model_kwargs.depth": optuna.distributions.CategoricalDistribution([2, 3]),
+        },
+    )
+    assert _running(running, set(), 180)["text"].startswith("lr=0.1235, depth=3, in its first epoch")
+    assert "judges from tenth 3 on)" in lines[1] and lines[-1] == "| ρ |  | 1.00 |  |  | -1.00 |  |  | 0.77 |  |"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -132,6 +132,8 @@ def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir:
     result["trials_table"] = [_trial_row(t) for t in finished]
     names = [p.name for p in spec.params]
     lines = _search_table(best, importances, names, len(complete))
+    result["foretelling"] = foretelling(complete)
+    lines += _foretelling_lines(result["foretelling"], len(complete), spec)
     lines += ["", f"## Every finished trial ({len(finished)})", "", *_rows_table(result["trials_table"], names)]
     figures = []
     if finished:
@@ -151,6 +153,57 @@ def _search_section(study, spec: SweepSpec, trials: list, result: dict, out_dir:
         figures += [str(out_dir / "history.png"), str(out_dir / "curves.png")]
     result["figures"] = figures
     return lines
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n of ``values``, ties given their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def foretelling(complete) -> dict[int, float | None]:
+    """For each tenth of the schedule (1-9): Spearman's rank correlation, over the complete trials, between a
+    trial's validation top-1 reported at that tenth and its final value; None with fewer than 3 trials or no
+    spread. Near 1 at tenth t: a pruner stopping trials from t on keeps the ones that end best."""
+    out: dict[int, float | None] = {}
+    for tenth in range(1, 10):
+        pairs = [(t.intermediate_values[tenth], t.value) for t in complete if tenth in t.intermediate_values]
+        out[tenth] = None
+        if len(pairs) >= 3:
+            a, b = _ranks([p[0] for p in pairs]), _ranks([p[1] for p in pairs])
+            ma, mb = statistics.fmean(a), statistics.fmean(b)
+            sa = math.sqrt(sum((x - ma) ** 2 for x in a))
+            sb = math.sqrt(sum((y - mb) ** 2 for y in b))
+            if sa > 0 and sb > 0:
+                out[tenth] = sum((x - ma) * (y - mb) for x, y in zip(a, b)) / (sa * sb)
+    return out
+
+
+def _foretelling_lines(rho: dict[int, float | None], n_complete: int, spec: SweepSpec) -> list[str]:
+    if not any(v is not None for v in rho.values()):
+        return []
+    judged = "no pruner" if spec.pruner == "none" else f"the pruner judges from tenth {max(1, spec.warmup_tenths)} on"
+    head = (
+        "How well a trial's top-1 at each tenth of its schedule foretells its final top-1 (Spearman's rank "
+        f"correlation over the {n_complete} complete trials; {judged}):"
+    )
+    return [
+        "",
+        head,
+        "",
+        "| tenth | " + " | ".join(str(t) for t in rho) + " |",
+        "| --- " * (1 + len(rho)) + "|",
+        "| ρ | " + " | ".join("" if v is None else f"{v:.2f}" for v in rho.values()) + " |",
+    ]
 
 
 def _trial_row(trial) -> dict:
@@ -192,7 +245,8 @@ def _running(trial, stale: set[int] | None, grace: int) -> dict:
     its worker has stopped sending heartbeats (the next worker to look takes it over)."""
     attrs = trial.user_attrs
     cell = trial_cell(trial)
-    label = f"{cell['variant']}/seed{cell['seed']}" if cell else ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    searched = ", ".join(f"{_short(k)}={_value(v)}" for k, v in trial.params.items())
+    label = f"{cell['variant']}/seed{cell['seed']}" if cell else searched
     epochs = attrs.get("epochs_done", 0)
     info = {
         "number": trial.number,

@@ -102,9 +102,10 @@ def open_study(spec: SweepSpec, url: str | None = None, *, create: bool = True):
     file: a study begun from a different base, variants or ranges is an error."""
     optuna = import_optuna()
     url = url or spec.storage_url
-    if not create and url == spec.storage_url and not (spec.directory / "optuna.db").is_file():
+    sqlite_file = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if not create and sqlite_file is not None and not sqlite_file.is_file():  # reading: make no empty study
         raise SweepError(
-            f"no study named {spec.name!r}: {spec.directory / 'optuna.db'} does not exist; "
+            f"no study named {spec.name!r}: {sqlite_file} does not exist; "
             f"start it with cifar-resnet sweep run {spec.path}"
         )
     storage = _storage(spec, url)
