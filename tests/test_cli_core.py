@@ -62,7 +62,7 @@ def test_train_then_resume_then_refuse_finished(tmp_path, capsys, write_npz):
     "args, message",
     [
         (["--model", "resnet9000"], "unknown model 'resnet9000'"),
-        (["--model-kwargs", '{"depth": 3}'], "unknown argument depth"),
+        (["--model-kwargs", '{"blocks": 3}'], "unknown argument blocks"),
         (["--optimizer", "rmsprop"], "unknown optimizer"),
         (
             ["--val-split", "100000"],
