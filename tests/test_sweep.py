@@ -822,6 +822,31 @@ def test_trials_of_different_lengths_report_at_the_same_tenths_of_their_schedule
     assert sorted(resumed.values) == [6, 7, 8, 9, 10]
 
 
+def test_a_trial_is_not_pruned_after_its_last_epoch():
+    """A pruner that would stop every trial stops one at its first epochs, but not after its last: the run is
+    done, and a value at the end of its schedule counts as a complete trial's."""
+    from cifar_resnet.sweep.worker import _pruning_reporter, _TrialRun
+
+    class Doomed(_Reported):
+        def __init__(self):
+            super().__init__()
+            self.user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+        def should_prune(self):
+            return True
+
+    trial = Doomed()
+    run = _TrialRun(None, trial, None, Path("unused"), print)
+    on_epoch_end = _pruning_reporter(run)
+    with pytest.raises(optuna.TrialPruned, match="after epoch 1 at 0.1000"):
+        on_epoch_end({"epoch": 1, "val_top1": 0.1, "progress": 0.5})
+    on_epoch_end({"epoch": 2, "val_top1": 0.3, "progress": 1.0 - 1e-12})  # rounding at the end
+    assert run.reported == 10 and trial.values[10] == 0.3 and trial.user_attrs["epochs_done"] == 2
+
+
 def test_workers_on_an_sqlite_study_take_trials_one_at_a_time(tmp_path):
     """Python's sqlite3 reads outside a transaction, so two workers could both see a queued trial waiting and
     both take it: while one worker takes a trial, the lock beside the database is held, and another process

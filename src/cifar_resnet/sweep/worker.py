@@ -236,13 +236,14 @@ def report_tenths(trial, record: dict, reported: int) -> int:
 def _pruning_reporter(run: _TrialRun) -> Callable[[dict], None]:
     """``fit``'s ``on_epoch_end``: report the epoch's validation top-1 to the trial at the tenths of its
     schedule it reached (:func:`report_tenths`; a resumed trial's earlier epochs were reported in
-    :func:`_set_up`), and prune it if the pruner says so."""
+    :func:`_set_up`), and prune it if the pruner says so. Not after its last epoch: the run is then done, and
+    stopping it would save nothing but drop a finished run's value from the complete trials."""
     trial = run.trial
 
     def on_epoch_end(record: dict) -> None:
         run.reported = report_tenths(trial, record, run.reported)
         trial.set_user_attr("epochs_done", record["epoch"])
-        if trial.should_prune():
+        if run.reported < PRUNE_STEPS and trial.should_prune():
             raise import_optuna().TrialPruned(f"pruned after epoch {record['epoch']} at {record['val_top1']:.4f}")
 
     return on_epoch_end
