@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from cifar_resnet.budget import Trace
-from cifar_resnet.config import upgrade_config
+from cifar_resnet.config import PRESETS, upgrade_config
 from cifar_resnet.signals import StopSignals
-from cifar_resnet.sweep import build_config, load_sweep, open_study, report
+from cifar_resnet.sweep import SweepError, build_config, load_sweep, open_study, report
 from cifar_resnet.sweep.report import _difference, _grid_rows, _grid_table
 from cifar_resnet.sweep.study import _take, open_and_queue
 from cifar_resnet.sweep.worker import _run_trial
@@ -235,6 +235,26 @@ def test_a_changed_base_is_refused_by_the_study_it_would_join(tmp_path, tiny_npz
     path.write_text(path.read_text().replace("batch_size = 50", "batch_size = 25"))
     code, _, err = cli("sweep", "run", path)
     assert_one_line_error(code, err, "was begun with a different base", "new [sweep] name")
+
+
+def test_a_study_refuses_its_file_once_the_preset_it_names_has_changed(tmp_path, tiny_npz, monkeypatch):
+    path = sweep_file(tmp_path, tiny_npz, GRID)
+    study = open_study(load_sweep(path))
+    assert study.user_attrs["sweep"]["config"]["muon_lr"] == PRESETS["fast"].muon_lr == 0.1
+    open_study(load_sweep(path))  # the same file, the same preset: it joins
+    # the file's text is unchanged, but the preset it names now trains something else
+    monkeypatch.setitem(PRESETS, "fast", dataclasses.replace(PRESETS["fast"], muon_lr=0.3, warmup=0.1))
+    was = r"different base configuration \(muon_lr=0\.1, warmup=0\.2; preset 'fast' .* give muon_lr=0\.3, warmup=0\.1\)"
+    with pytest.raises(SweepError, match=was + r": set those fields in \[base\]"):
+        open_study(load_sweep(path))
+    # the study's values set in [base]: the same configuration, so the file joins, however it is spelled
+    text = path.read_text()
+    path.write_text(text.replace('progressive = ""', 'progressive = ""\nmuon_lr = 0.1\nwarmup = 0.2'))
+    open_study(load_sweep(path))
+    path.write_text(text)
+    # a study begun before it recorded its configuration has nothing to compare, and is joined as before
+    study.set_user_attr("sweep", {k: v for k, v in study.user_attrs["sweep"].items() if k != "config"})
+    open_study(load_sweep(path))
 
 
 def test_difference_is_paired_over_shared_seeds_else_welch():

@@ -122,9 +122,19 @@ class SweepSpec:
         return overrides, build_config(self.preset, overrides)
 
     def identity(self) -> dict:
-        """What the study must agree on with every worker's file (machine-local paths left out)."""
+        """What the study must agree on with every worker's file (machine-local paths left out): the file's
+        preset and overrides as written, and the base configuration they resolve to (``config``), so that a
+        study notices a preset whose definition changed after it began."""
         base = {k: v for k, v in self.base.items() if k not in MACHINE_LOCAL}
-        out: dict = {"kind": self.kind, "preset": self.preset, "base": base}
+        config = dataclasses.asdict(build_config(self.preset, base))
+        config = {k: v for k, v in config.items() if k not in MACHINE_LOCAL}
+        for p in self.params:  # a searched field's base value is never trained
+            field, _, key = p.name.partition(".")
+            if key:
+                config[field] = {k: v for k, v in config[field].items() if k != key}
+            else:
+                config.pop(field, None)
+        out: dict = {"kind": self.kind, "preset": self.preset, "base": base, "config": config}
         if self.kind == "grid":
             out["variants"] = self.variants
         else:

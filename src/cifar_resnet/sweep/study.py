@@ -134,6 +134,23 @@ def open_study(spec: SweepSpec, url: str | None = None, *, create: bool = True):
     return study
 
 
+def _check_base_config(theirs: dict | None, mine: dict, spec: SweepSpec, url: str) -> None:
+    """The file's base resolves to the configuration the study began with, whether its text or the preset it
+    names changed since (a study older than this record has none to compare). Fields added to the
+    configuration since keep their defaults and are not compared."""
+    if theirs is None:
+        return
+    changed = sorted(k for k in theirs if k in mine and theirs[k] != mine[k])
+    if changed:
+        was = ", ".join(f"{k}={json.dumps(theirs[k])}" for k in changed)
+        now = ", ".join(f"{k}={json.dumps(mine[k])}" for k in changed)
+        raise SweepError(
+            f"{spec.path}: the study {spec.name!r} in {_safe_url(url)} was begun with a different base "
+            f"configuration ({was[:150]}; preset {spec.preset!r} and this file's [base] give {now[:150]}): "
+            "set those fields in [base], or give this sweep a new [sweep] name"
+        )
+
+
 def _check_identity(study, spec: SweepSpec, url: str, create: bool) -> None:
     mine = spec.identity()
     theirs = study.user_attrs.get("sweep")
@@ -141,12 +158,16 @@ def _check_identity(study, spec: SweepSpec, url: str, create: bool) -> None:
         if create:
             study.set_user_attr("sweep", mine)
         return
-    for key in ("kind", "preset", "base", "params"):
+    # a study that recorded its base configuration compares that, however the file spells it; an older one
+    # compares the file's preset and base as written
+    keys = ("kind", "params") if "config" in theirs else ("kind", "preset", "base", "params")
+    for key in keys:
         if key in mine and theirs.get(key) != mine[key]:
             raise SweepError(
                 f"{spec.path}: the study {spec.name!r} in {_safe_url(url)} was begun with a different {key} "
                 f"({json.dumps(theirs.get(key))[:120]}); give this sweep a new [sweep] name"
             )
+    _check_base_config(theirs.get("config"), mine["config"], spec, url)
     if spec.kind == "grid":
         for vname, over in mine["variants"].items():
             if vname in theirs["variants"] and theirs["variants"][vname] != over:
