@@ -798,6 +798,27 @@ def test_the_ablation_sweep_file_rebuilds_each_run_the_ablation_recorded():
     assert differ == {}
 
 
+FP32_SEARCH = EXPERIMENTS / "fp32-recipe-search"
+
+
+@pytest.mark.parametrize("grid", ["grid", "grid-zen4"])
+def test_the_fp32_grid_files_rebuild_the_runs_they_recorded(grid):
+    """Each run of the fp32 recipe's grid (one file a CPU) is the configuration of one cell of its sweep file,
+    which spells out in [base] the preset it ran: every field the run recorded but data and device, its epochs
+    the budget's count, the cap its plan's ``max_epochs``."""
+    spec = load_sweep(FP32_SEARCH / f"{grid}.toml")
+    configs = sorted((FP32_SEARCH / grid).glob("trial-*-config.json"))
+    assert len(configs) == len(spec.variants) * len(spec.seeds), f"not every cell's config.json in {grid}/"
+    cells = []
+    for path in configs:
+        recorded = upgrade_config(json.loads(path.read_text()))
+        fields = {k: v for k, v in recorded.items() if k not in ("data", "device", "plan")}
+        fields["epochs"] = recorded["plan"]["max_epochs"]
+        built = {v: spec.grid_config(v, recorded["seed"])[1].to_dict() for v in spec.variants}
+        cells += [(v, recorded["seed"]) for v, config in built.items() if {k: config[k] for k in fields} == fields]
+    assert sorted(cells) == sorted((v, s) for v in spec.variants for s in spec.seeds)
+
+
 @pytest.mark.parametrize("bf16", [True, False])
 def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
     """`train --preset fast-cpu` starts from fast-cpu-fp32 where it trains in fp32; a sweep's workers must
