@@ -188,30 +188,44 @@ def test_deprecated_amp_flags_are_hidden_from_help(capsys, command):
     assert "--precision" in out and "--cpu-amp" not in out and "--amp" not in out and "--no-amp" not in out
 
 
+# what fast-cpu-fp32 changes in fast-cpu: the recipe of experiments/fp32-recipe-search
+FP32_NET = {"widths": [32, 128, 128], "act": "relu"}
+FP32_RECIPE = {
+    "model_kwargs": FP32_NET,
+    "progressive": "20:0.5",
+    "lr": 3.0,
+    "muon_lr": 0.2,
+    "weight_decay": 1.1e-4,
+    "label_smoothing": 0.11,
+    "warmup": 0.19,
+    "channels_last": False,
+    "precision": "fp32",
+    "epochs": 30,
+}
+# each of those fields set on the command line (to fast-cpu's own values but progressive's and epochs')
+FAST_CPU_FLAGS = ["--model-kwargs", "{}", "--progressive", "16:0.25", "--epochs", "17", "--lr", "2.0"]
+FAST_CPU_FLAGS += ["--muon-lr", "0.1", "--weight-decay", "5e-4", "--label-smoothing", "0.2", "--warmup", "0.2"]
+FAST_CPU_FLAGS += ["--channels-last"]
+WIDE_NET = {"widths": [64, 128, 128]}
+
+
 @pytest.mark.parametrize(
-    "bf16, flags, preset, widths, progressive, precision",
+    "bf16, flags, preset, model_kwargs, progressive, precision",
     [
-        (False, [], "fast-cpu-fp32", [48, 192, 192], "16:0.5,24:0.3", "auto"),  # a CPU without bf16: fp32 recipe
+        (False, [], "fast-cpu-fp32", FP32_NET, "20:0.5", "auto"),  # a CPU without bf16: the fp32 recipe
         (True, [], "fast-cpu", {}, "16:0.25,24:0.25", "auto"),  # bf16 here: the preset as it is
-        (True, ["--precision", "fp32"], "fast-cpu-fp32", [48, 192, 192], "16:0.5,24:0.3", "fp32"),
+        (True, ["--precision", "fp32"], "fast-cpu-fp32", FP32_NET, "20:0.5", "fp32"),
         (False, ["--precision", "bf16"], "fast-cpu", {}, "16:0.25,24:0.25", "bf16"),
         # a flag given on the command line wins over the fp32 recipe's value
-        (False, ["--progressive", "16:0.25"], "fast-cpu-fp32", [48, 192, 192], "16:0.25", "auto"),
-        (False, ["--model-kwargs", '{"widths": [64, 128, 128]}'], "fast-cpu-fp32", [64, 128, 128], None, "auto"),
+        (False, ["--progressive", "16:0.25"], "fast-cpu-fp32", FP32_NET, "16:0.25", "auto"),
+        (False, ["--model-kwargs", json.dumps(WIDE_NET)], "fast-cpu-fp32", WIDE_NET, None, "auto"),
         # every field the recipe changes set on the command line: the same run, and nothing to say
-        (
-            False,
-            ["--model-kwargs", "{}", "--progressive", "16:0.25", "--epochs", "17"],
-            "fast-cpu",
-            {},
-            "16:0.25",
-            "auto",
-        ),
+        (False, FAST_CPU_FLAGS, "fast-cpu", {}, "16:0.25", "auto"),
     ],
 )
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
-    monkeypatch, capsys, command, bf16, flags, preset, widths, progressive, precision
+    monkeypatch, capsys, command, bf16, flags, preset, model_kwargs, progressive, precision
 ):
     if command == "lr-find" and "--progressive" in flags:
         pytest.skip("lr-find has no --progressive (it trains at full size)")
@@ -232,7 +246,7 @@ def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
     main([command, "--preset", "fast-cpu", "--device", "cpu", *flags])
     (config,) = configs
     assert config.precision == precision and config.model == "fast" and config.budget == "15m"
-    assert config.model_kwargs == ({"widths": widths} if isinstance(widths, list) else widths)
+    assert config.model_kwargs == model_kwargs
     if progressive is not None:
         assert config.progressive == progressive
     out = capsys.readouterr().out
@@ -247,9 +261,7 @@ def test_fast_cpu_starts_from_its_fp32_recipe_where_it_trains_in_fp32(
         assert ("epochs=30" in line) == ("--epochs" not in flags)
     # the presets themselves never change, whatever the machine: a sweep naming fast-cpu runs it as written
     assert PRESETS["fast-cpu"] == before and get_preset("fast-cpu") == before
-    assert PRESETS["fast-cpu-fp32"] == dataclasses.replace(
-        before, model_kwargs={"widths": [48, 192, 192]}, progressive="16:0.5,24:0.3", precision="fp32", epochs=30
-    )
+    assert PRESETS["fast-cpu-fp32"] == dataclasses.replace(before, **FP32_RECIPE)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -526,7 +526,7 @@ def test_a_folder_trains_the_main_job_s_preset_resumes_exactly_and_plans_a_budge
     config = dataclasses.replace(config, model_kwargs=tiny, epochs=4, budget="", device="cpu")
     full = fit(config, out_dir=tmp_path / "full", log=None, progress=False)
     sizes = [r["train_size"] for r in full.records]
-    assert sizes == [s or 48 for s in config.train_sizes] and sizes[0] == 24 and sizes[-1] == 48  # 16 px -> 24
+    assert sizes == [s or 48 for s in config.train_sizes] and sizes[0] == 30 and sizes[-1] == 48  # 20 px -> 30
 
     def stop(record):
         if record["epoch"] == 2:

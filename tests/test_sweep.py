@@ -827,8 +827,8 @@ def test_a_sweep_runs_the_preset_as_written_on_every_machine(monkeypatch, bf16):
 
     monkeypatch.setattr("cifar_resnet.device.cpu_has_bf16", lambda: bf16)
     assert build_config("fast-cpu", {"device": "cpu"}) == dataclasses.replace(PRESETS["fast-cpu"], device="cpu")
-    config = build_config("fast-cpu-fp32", {"model_kwargs.widths": [32, 128, 128]})
-    assert config.model_kwargs == {"widths": [32, 128, 128]} and config.precision == "fp32"
+    config = build_config("fast-cpu-fp32", {"model_kwargs.widths": [48, 160, 160]})
+    assert config.model_kwargs == {"widths": [48, 160, 160], "act": "relu"} and config.precision == "fp32"
 
 
 class _Reported:

@@ -341,13 +341,19 @@ PRESETS: dict[str, TrainConfig] = {
 }
 # the main job: at most 17 epochs, as many as 15 minutes of training allow on the machine (experiments/budget)
 PRESETS["fast-cpu"] = dataclasses.replace(PRESETS["fast"], epochs=17, budget="15m")
-# the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): a narrower net
-# with more of its epochs at low resolution, and up to 30 epochs so that the budget decides how many
-# (experiments/fp32-recipe)
+# the main job where it trains in fp32 (a CPU without bf16 instructions, or --precision fp32): the recipe our
+# TPE search found (experiments/fp32-recipe-search), a net at 0.28x the FLOPs with ReLU, half its epochs at
+# 20 px, and up to 30 epochs so that the budget decides how many
 PRESETS["fast-cpu-fp32"] = dataclasses.replace(
     PRESETS["fast-cpu"],
-    model_kwargs={"widths": [48, 192, 192]},
-    progressive="16:0.5,24:0.3",
+    model_kwargs={"widths": [32, 128, 128], "act": "relu"},
+    progressive="20:0.5",
+    lr=3.0,
+    muon_lr=0.2,
+    weight_decay=1.1e-4,
+    label_smoothing=0.11,
+    warmup=0.19,
+    channels_last=False,
     precision="fp32",
     epochs=30,
 )
